@@ -1,0 +1,29 @@
+#pragma once
+/// @file
+/// @brief attn: PyTorch's attention layers as header-only Eigen classes. Includes every
+/// public header except io/ (which needs nlohmann-json: include <attn/io/safetensors.hpp>).
+
+#include "attn/core/error.hpp"
+#include "attn/core/state_dict.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/modules/attention_args.hpp"
+#include "attn/modules/attention_block.hpp"
+#include "attn/modules/linear.hpp"
+#include "attn/modules/module.hpp"
+#include "attn/modules/multi_head_attention.hpp"
+#include "attn/modules/self_attention.hpp"
+#include "attn/modules/talking_heads_attention.hpp"
+#include "attn/modules/transformer_encoder_layer.hpp"
+#include "attn/ops/activations.hpp"
+#include "attn/ops/dropout.hpp"
+#include "attn/ops/head_mixing.hpp"
+#include "attn/ops/heads_view.hpp"
+#include "attn/ops/layer_norm.hpp"
+#include "attn/ops/linear.hpp"
+#include "attn/ops/mask.hpp"
+#include "attn/ops/scaled_dot_product_attention.hpp"
+#include "attn/ops/softmax.hpp"
+#include "attn/ops/talking_heads_attention.hpp"
+
+/// @brief Everything attn offers lives in this namespace; attn::detail is internal.
+namespace attn {}

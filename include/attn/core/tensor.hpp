@@ -1,0 +1,173 @@
+#pragma once
+/// @file
+/// @brief Tensor<T> (owning, contiguous, row-major) and TensorView<T> (non-owning).
+///
+/// Memory order is that of a contiguous PyTorch tensor: the last dimension varies
+/// fastest. A (B, N, C) activation is therefore a (B*N, C) row-major matrix, which is
+/// how the modules feed it to one GEMM without copying.
+
+#include <algorithm>
+#include <cassert>
+#include <initializer_list>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+#include <Eigen/Core>
+
+#include "attn/core/error.hpp"
+
+namespace attn {
+
+/// Dynamic row-major matrix (PyTorch's memory order).
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+/// Dynamic column vector.
+template <class T>
+using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+/// Map of a row-major matrix whose rows are `stride` elements apart (a strided view).
+template <class T>
+using StridedMap = Eigen::Map<std::conditional_t<std::is_const<T>::value,
+                                                 const RowMatrix<std::remove_const_t<T>>,
+                                                 RowMatrix<T>>,
+                              Eigen::Unaligned, Eigen::OuterStride<>>;
+
+/// @brief Non-owning view of a contiguous row-major tensor. `T` may be const.
+///
+/// A `const Tensor<T>&` converts to `TensorView<const T>` implicitly, so module
+/// functions take views and accept tensors, raw buffers and Eigen storage alike.
+template <class T>
+class TensorView {
+ public:
+  using Scalar = std::remove_const_t<T>;
+
+  TensorView() = default;
+  /// @param data pointer to numel(shape) elements in row-major order (may be null if empty)
+  /// @param shape the dimensions, outermost first
+  TensorView(T* data, Shape shape) : data_(data), shape_(std::move(shape)) {
+    numel_ = detail::checked_numel(shape_, "attn::TensorView");
+    detail::require(data_ != nullptr || numel_ == 0,
+                    "attn::TensorView: null data for non-empty shape ", shape_);
+  }
+  /// A view of mutable data converts to a view of const data.
+  template <class U, class = std::enable_if_t<std::is_same<const U, T>::value &&
+                                              !std::is_same<U, T>::value>>
+  TensorView(const TensorView<U>& other)  // NOLINT(google-explicit-constructor)
+      : data_(other.data()), shape_(other.shape()), numel_(other.numel()) {}
+
+  T* data() const { return data_; }
+  const Shape& shape() const { return shape_; }
+  Index dim() const { return static_cast<Index>(shape_.size()); }
+  /// Size of dimension i; negative i counts from the end as in PyTorch.
+  Index size(Index i) const { return shape_.at(static_cast<std::size_t>(i < 0 ? i + dim() : i)); }
+  Index numel() const { return numel_; }
+  bool empty() const { return numel_ == 0; }
+
+  /// The tensor as a (numel / last, last) row-major matrix map.
+  Eigen::Map<std::conditional_t<std::is_const<T>::value, const RowMatrix<Scalar>, RowMatrix<Scalar>>>
+  matrix() const {
+    const Index cols = shape_.empty() ? 1 : shape_.back();
+    return {data_, cols == 0 ? 0 : numel_ / cols, cols};
+  }
+
+ private:
+  T* data_ = nullptr;
+  Shape shape_;
+  Index numel_ = 0;
+};
+
+/// @brief Owning, contiguous, row-major tensor (a shape and an aligned buffer).
+template <class T>
+class Tensor {
+ public:
+  using Scalar = T;
+
+  Tensor() = default;
+  /// Zero-filled tensor of the given shape.
+  explicit Tensor(Shape shape) : Tensor(std::move(shape), T(0)) {}
+  /// Tensor of the given shape, every element equal to `fill`.
+  Tensor(Shape shape, T fill) : shape_(std::move(shape)) {
+    storage_.setConstant(detail::checked_numel(shape_, "attn::Tensor"), fill);
+  }
+  /// Tensor of the given shape holding a copy of `values` (row-major order).
+  Tensor(Shape shape, std::initializer_list<T> values) : shape_(std::move(shape)) {
+    const Index n = detail::checked_numel(shape_, "attn::Tensor");
+    detail::require(n == static_cast<Index>(values.size()), "attn::Tensor: shape ", shape_,
+                    " holds ", n, " elements but ", values.size(), " values were given");
+    storage_.resize(n);
+    std::copy(values.begin(), values.end(), storage_.data());
+  }
+  /// Copy of a view's data.
+  explicit Tensor(const TensorView<const T>& view) : shape_(view.shape()) {
+    storage_.resize(view.numel());
+    std::copy(view.data(), view.data() + view.numel(), storage_.data());
+  }
+  /// Copy of `numel(shape)` elements at `data`.
+  static Tensor from_data(Shape shape, const T* data) {
+    return Tensor(TensorView<const T>(data, std::move(shape)));
+  }
+
+  T* data() { return storage_.data(); }
+  const T* data() const { return storage_.data(); }
+  const Shape& shape() const { return shape_; }
+  Index dim() const { return static_cast<Index>(shape_.size()); }
+  /// Size of dimension i; negative i counts from the end as in PyTorch.
+  Index size(Index i) const { return shape_.at(static_cast<std::size_t>(i < 0 ? i + dim() : i)); }
+  Index numel() const { return storage_.size(); }
+  bool empty() const { return storage_.size() == 0; }
+
+  /// Element by flat (row-major) index.
+  T& operator[](Index i) { return storage_[i]; }
+  const T& operator[](Index i) const { return storage_[i]; }
+  /// Element by multi-index, e.g. t(b, n, c); bounds are asserted in debug builds.
+  template <class... I>
+  T& operator()(I... idx) { return storage_[offset({static_cast<Index>(idx)...})]; }
+  template <class... I>
+  const T& operator()(I... idx) const { return storage_[offset({static_cast<Index>(idx)...})]; }
+
+  TensorView<T> view() { return {data(), shape_}; }
+  TensorView<const T> view() const { return {data(), shape_}; }
+  operator TensorView<const T>() const { return view(); }  // NOLINT(google-explicit-constructor)
+  operator TensorView<T>() { return view(); }              // NOLINT(google-explicit-constructor)
+
+  /// The tensor as a (numel / last, last) row-major matrix map.
+  Eigen::Map<RowMatrix<T>> matrix() { return view().matrix(); }
+  Eigen::Map<const RowMatrix<T>> matrix() const { return view().matrix(); }
+  /// The flat data as an Eigen vector map.
+  Eigen::Map<Vector<T>> flat() { return {data(), numel()}; }
+  Eigen::Map<const Vector<T>> flat() const { return {data(), numel()}; }
+
+  /// Same data, new shape with the same element count.
+  Tensor reshaped(Shape shape) && {
+    detail::require(detail::checked_numel(shape, "attn::Tensor::reshaped") == numel(),
+                    "attn::Tensor::reshaped: cannot view shape ", shape_, " as ", shape);
+    shape_ = std::move(shape);
+    return std::move(*this);
+  }
+
+ private:
+  Index offset(std::initializer_list<Index> idx) const {
+    assert(idx.size() == shape_.size() && "attn::Tensor: wrong number of indices");
+    Index off = 0;
+    std::size_t d = 0;
+    for (Index i : idx) {
+      assert(i >= 0 && i < shape_[d] && "attn::Tensor: index out of range");
+      off = off * shape_[d++] + i;
+    }
+    return off;
+  }
+
+  Shape shape_;
+  Eigen::Matrix<T, Eigen::Dynamic, 1> storage_;
+};
+
+/// @brief A rank-2 view of a row-major Eigen matrix (or Map), e.g. one (N, C) sequence.
+template <class Derived>
+auto as_view(const Eigen::PlainObjectBase<Derived>& m) {
+  using S = typename Derived::Scalar;
+  static_assert(Derived::IsRowMajor || Derived::ColsAtCompileTime == 1,
+                "attn::as_view needs row-major storage (attn::RowMatrix<T>)");
+  return TensorView<const S>(m.data(), Shape{m.rows(), m.cols()});
+}
+
+}  // namespace attn

@@ -1,0 +1,74 @@
+#pragma once
+/// @file
+/// @brief Per-call arguments of the attention modules' forward passes.
+
+#include <stdexcept>
+#include <string>
+
+#include "attn/core/tensor.hpp"
+#include "attn/ops/detail/attention_common.hpp"
+#include "attn/ops/dropout.hpp"
+#include "attn/ops/mask.hpp"
+
+namespace attn {
+
+/// @brief Masks and randomness for one forward call (the module's own state stays const).
+template <class T>
+struct AttentionArgs {
+  /// (B, S), one entry per key; e.g. Mask<T>::block_where_true(padding) with
+  /// nn.MultiheadAttention's meaning (true = ignore this key). Unbatched input: (S).
+  Mask<T> key_padding_mask;
+  /// (L, S) shared by the batch, or (B * num_heads, L, S); bool or additive.
+  Mask<T> attn_mask;
+  /// Causal masking (top-left as PyTorch's is_causal, or bottom-right), on top of the masks.
+  Causal causal = Causal::kNone;
+  /// Dropout randomness; required in training mode when a dropout probability is > 0.
+  Generator* generator = nullptr;
+};
+
+/// @brief AttentionArgs plus nn.MultiheadAttention's need_weights / average_attn_weights.
+template <class T>
+struct MhaArgs : AttentionArgs<T> {
+  /// Also return the attention weights. Off by default (PyTorch's default is on): the
+  /// weights cost B*H*L*S elements, and the fast path never needs them.
+  bool need_weights = false;
+  /// Weights averaged over heads (B, L, S), or per head (B, H, L, S).
+  bool average_attn_weights = true;
+};
+
+/// @brief What MultiHeadAttention::forward returns, like PyTorch's (attn_output, attn_weights).
+template <class T>
+struct MhaOutput {
+  Tensor<T> output;        ///< (B, L, E), or (L, E) for unbatched input
+  Tensor<T> attn_weights;  ///< empty unless need_weights
+};
+
+namespace detail {
+
+/// The kernel options of one module call: scale, masks, causal, generator. An unbatched
+/// call's (S) key padding mask is seen as (1, S), as PyTorch does.
+template <class T>
+SdpaOptions<T> sdpa_options(const AttentionArgs<T>& args, T scale, bool unbatched, Index len_k) {
+  SdpaOptions<T> opt;
+  opt.scale = scale;
+  opt.key_padding_mask = unbatched && args.key_padding_mask.shape().size() == 1
+                             ? args.key_padding_mask.reshaped({1, len_k})
+                             : args.key_padding_mask;
+  opt.attn_mask = args.attn_mask;
+  opt.causal = args.causal;
+  opt.generator = args.generator;
+  return opt;
+}
+
+/// Runs a kernel call, prefixing its argument errors with the module function's name.
+template <class F>
+void in_context(const char* where, F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& err) {
+    throw std::invalid_argument(std::string(where) + ": " + err.what());
+  }
+}
+
+}  // namespace detail
+}  // namespace attn

@@ -1,0 +1,74 @@
+#pragma once
+/// @file
+/// @brief AttentionBlock<T>: seed 002's self-attention + residual + LayerNorm for (N, C, L) maps.
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/modules/attention_args.hpp"
+#include "attn/modules/linear.hpp"
+#include "attn/modules/module.hpp"
+#include "attn/modules/multi_head_attention.hpp"
+
+namespace attn {
+
+/// @brief y = LayerNorm(x' + MHA(x', x', x')) with x' = x permuted from (N, C, L) to
+/// (N, L, C), permuted back: seed 002's AttentionBlock for CNN feature maps.
+///
+/// Parameters: mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.{weight,bias},
+/// norm.{weight,bias} (nn.MultiheadAttention(batch_first=True) and nn.LayerNorm).
+template <class T>
+class AttentionBlock : public Module<T> {
+ public:
+  AttentionBlock(Index embed_dim, Index num_heads) : mha_(embed_dim, num_heads), norm_(embed_dim) {}
+
+  Index embed_dim() const { return mha_.embed_dim(); }
+  Index num_heads() const { return mha_.num_heads(); }
+  MultiHeadAttention<T>& mha() { return mha_; }
+  const MultiHeadAttention<T>& mha() const { return mha_; }
+
+  void train(bool mode = true) override {
+    Module<T>::train(mode);
+    mha_.train(mode);
+  }
+
+  /// @param x (N, C, L) feature maps (or (C, L)); @param args optional masks over the L
+  /// positions, generator @return (N, C, L) (or (C, L))
+  Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::AttentionBlock::forward";
+    const Index c = embed_dim();
+    detail::require((x.dim() == 3 || x.dim() == 2) && x.size(-2) == c, where, ": x has shape ",
+                    x.shape(), ", expected (N, C, L) or (C, L) with C = ", c);
+    const Index nb = x.dim() == 3 ? x.size(0) : 1, len = x.size(-1);
+    // (N, C, L) -> (N, L, C): the projections want one row per position.
+    Shape seq_shape = x.dim() == 3 ? Shape{nb, len, c} : Shape{len, c};
+    Tensor<T> seq(seq_shape);
+    for (Index b = 0; b < nb; ++b)
+      Eigen::Map<RowMatrix<T>>(seq.data() + b * len * c, len, c) =
+          Eigen::Map<const RowMatrix<T>>(x.data() + b * c * len, c, len).transpose();
+    MhaArgs<T> mha_args;
+    static_cast<AttentionArgs<T>&>(mha_args) = args;
+    Tensor<T> y = mha_.forward(seq, seq, seq, mha_args).output;
+    y.matrix() += seq.matrix();
+    norm_.apply(y.matrix(), y.matrix());
+    Tensor<T> out(x.shape());
+    for (Index b = 0; b < nb; ++b)
+      Eigen::Map<RowMatrix<T>>(out.data() + b * c * len, c, len) =
+          Eigen::Map<const RowMatrix<T>>(y.data() + b * len * c, len, c).transpose();
+    return out;
+  }
+
+  std::vector<ParameterSlot<T>> parameters() const override {
+    auto s = detail::prefixed(mha_.parameters(), "mha.");
+    detail::append(s, detail::prefixed(norm_.parameters(), "norm."));
+    return s;
+  }
+
+ protected:
+  const char* type_name() const override { return "attn::AttentionBlock"; }
+
+ private:
+  MultiHeadAttention<T> mha_;
+  LayerNorm<T> norm_;
+};
+
+}  // namespace attn

@@ -1,0 +1,105 @@
+#pragma once
+/// @file
+/// @brief Module<T>: training flag, named parameters and state dicts, as torch.nn.Module.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "attn/core/error.hpp"
+#include "attn/core/state_dict.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/ops/dropout.hpp"
+
+namespace attn {
+
+/// @brief Base of every class that owns parameters.
+///
+/// Parameters are exposed under their PyTorch state_dict names, so a checkpoint's tensors
+/// load one to one. Modules start in eval mode (PyTorch modules start in training mode):
+/// call train() to enable dropout, and pass a Generator to forward when you do.
+template <class T>
+class Module {
+ public:
+  virtual ~Module() = default;
+
+  /// Training mode on (dropout active) or off; propagates to submodules.
+  virtual void train(bool mode = true) { training_ = mode; }
+  /// Same as train(false).
+  void eval() { train(false); }
+  bool is_training() const { return training_; }
+
+  /// Every parameter with its PyTorch name, a pointer into this module, and its shape.
+  virtual std::vector<ParameterSlot<T>> parameters() const = 0;
+
+  /// Copy of every parameter, by PyTorch name (torch.nn.Module.state_dict()).
+  StateDict<T> state_dict() const { return detail::to_state_dict(parameters()); }
+
+  /// @brief Loads parameters by name (torch.nn.Module.load_state_dict).
+  /// @param strict missing or unexpected names are errors (shape mismatches always are)
+  /// @throws std::invalid_argument listing every missing, unexpected or misshaped name;
+  /// nothing is changed then.
+  virtual void load_state_dict(const StateDict<T>& dict, bool strict = true) {
+    detail::load_slots(parameters(), dict, type_name(), strict);
+  }
+
+  /// Total number of parameter elements.
+  Index num_parameters() const {
+    Index n = 0;
+    for (const auto& s : parameters()) n += detail::checked_numel(s.shape, type_name());
+    return n;
+  }
+
+ protected:
+  Module() = default;
+  Module(const Module&) = default;
+  Module& operator=(const Module&) = default;
+  /// "attn::ClassName", used in error messages.
+  virtual const char* type_name() const = 0;
+
+  /// Throws if a forward pass would need dropout randomness but got no generator.
+  void require_generator(const Generator* gen, double p) const {
+    detail::require(!training_ || p == 0.0 || gen != nullptr, type_name(),
+                    "::forward: training mode with dropout ", p,
+                    " needs a Generator (pass one in the forward arguments)");
+  }
+
+ private:
+  bool training_ = false;
+};
+
+namespace detail {
+
+/// Prefixes every slot name ("out_proj." + "weight").
+template <class T>
+std::vector<ParameterSlot<T>> prefixed(std::vector<ParameterSlot<T>> slots, const std::string& prefix) {
+  for (auto& s : slots) s.name = prefix + s.name;
+  return slots;
+}
+
+/// Appends b to a.
+template <class T>
+void append(std::vector<ParameterSlot<T>>& a, const std::vector<ParameterSlot<T>>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+}
+
+/// Fills data with U(-bound, bound) from a fixed-seed stream (modules' default init).
+template <class T>
+void init_uniform(T* data, Index n, double bound, std::uint64_t seed) {
+  const std::uint64_t key = Generator(seed).next_key();
+  for (Index i = 0; i < n; ++i)
+    data[i] = static_cast<T>((2.0 * uniform(key, static_cast<std::uint64_t>(i)) - 1.0) * bound);
+}
+
+/// Checks an activation's shape: rank 2 (N, C) or 3 (B, N, C) with C == features.
+/// Returns the batch size (1 for rank 2).
+inline Index check_sequence(const char* where, const char* arg, const Shape& shape, Index features,
+                            const char* layout = "(batch, length, features)") {
+  const auto rank = shape.size();
+  require((rank == 2 || rank == 3) && shape.back() == features, where, ": ", arg, " has shape ", shape,
+          ", expected ", layout, " or its unbatched form with ", features, " features");
+  return rank == 3 ? shape[0] : 1;
+}
+
+}  // namespace detail
+}  // namespace attn

@@ -1,0 +1,338 @@
+#pragma once
+/// @file
+/// @brief MultiHeadAttention<T>: torch.nn.MultiheadAttention (batch_first), self and cross.
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/modules/attention_args.hpp"
+#include "attn/modules/linear.hpp"
+#include "attn/modules/module.hpp"
+#include "attn/ops/heads_view.hpp"
+#include "attn/ops/mask.hpp"
+#include "attn/ops/scaled_dot_product_attention.hpp"
+
+namespace attn {
+
+/// @brief Parameter names (and scale convention) of the multi-head layers in the seeds.
+enum class MhaLayout {
+  /// torch.nn.MultiheadAttention: in_proj_weight (or q/k/v_proj_weight when kdim or vdim
+  /// differ from embed_dim), in_proj_bias, out_proj.*, bias_k, bias_v; q / sqrt(head_dim).
+  kTorch,
+  /// Seed 001's MultiHeadAttention: Linear layers q, k, v, out; scores / sqrt(head_dim)
+  /// with the square root taken in float32 (torch.sqrt(torch.tensor(d, dtype=float32))).
+  kSeparateLinears,
+  /// Seed 004's (MobileViT) MultiHeadAttention: qkv_proj, out_proj; q * head_dim**-0.5.
+  /// Needs kdim == vdim == embed_dim.
+  kFusedQkv,
+};
+
+/// @brief Constructor options, named after nn.MultiheadAttention's arguments.
+struct MultiHeadAttentionOptions {
+  double dropout = 0.0;        ///< dropout on the attention weights (training mode only)
+  bool bias = true;            ///< in_proj_bias and out_proj.bias
+  bool add_bias_kv = false;    ///< learned bias_k / bias_v appended as one more key / value
+  bool add_zero_attn = false;  ///< a zero key / value appended after that
+  Index kdim = 0;              ///< key features; 0 means embed_dim
+  Index vdim = 0;              ///< value features; 0 means embed_dim
+  MhaLayout layout = MhaLayout::kTorch;
+};
+
+/// @brief Multi-head attention with torch.nn.MultiheadAttention(batch_first=True) semantics.
+///
+/// Self-attention when query, key and value are the same tensor (one fused projection
+/// GEMM), cross-attention when they differ (Lq != Lk, kdim / vdim != embed_dim). The
+/// projections run as GEMMs over all B*N rows; heads are strided views of their output.
+/// load_state_dict recognises all three layouts of MhaLayout from the names present.
+template <class T>
+class MultiHeadAttention : public Module<T> {
+ public:
+  MultiHeadAttention(Index embed_dim, Index num_heads, const MultiHeadAttentionOptions& options = {})
+      : embed_dim_(embed_dim),
+        num_heads_(num_heads),
+        kdim_(options.kdim == 0 ? embed_dim : options.kdim),
+        vdim_(options.vdim == 0 ? embed_dim : options.vdim),
+        options_(options),
+        out_proj_(std::max<Index>(embed_dim, 1), std::max<Index>(embed_dim, 1), options.bias, 7) {
+    constexpr const char* where = "attn::MultiHeadAttention";
+    detail::require(embed_dim > 0 && num_heads > 0, where, ": embed_dim (", embed_dim,
+                    ") and num_heads (", num_heads, ") must be positive");
+    detail::require(embed_dim % num_heads == 0, where, ": embed_dim (", embed_dim,
+                    ") must be divisible by num_heads (", num_heads, ")");
+    detail::require(options.kdim >= 0 && options.vdim >= 0, where, ": kdim (", options.kdim,
+                    ") and vdim (", options.vdim, ") must be >= 0 (0 means embed_dim)");
+    detail::check_dropout_p(options.dropout, where);
+    head_dim_ = embed_dim / num_heads;
+    set_layout(options.layout);
+    const Index e = embed_dim;
+    // xavier_uniform_ per projection, as PyTorch's _reset_parameters; biases start at 0.
+    in_weight_.resize(e * (e + kdim_ + vdim_));
+    const double bound_fused = std::sqrt(6.0 / static_cast<double>(e + 3 * e));
+    if (same_embed_dims()) {
+      detail::init_uniform(in_weight_.data(), in_weight_.size(), bound_fused, 3);
+    } else {
+      detail::init_uniform(in_weight_.data(), e * e, std::sqrt(6.0 / double(2 * e)), 3);
+      detail::init_uniform(in_weight_.data() + e * e, e * kdim_, std::sqrt(6.0 / double(e + kdim_)), 4);
+      detail::init_uniform(in_weight_.data() + e * (e + kdim_), e * vdim_,
+                           std::sqrt(6.0 / double(e + vdim_)), 5);
+    }
+    in_bias_ = Vector<T>::Zero(options.bias ? 3 * e : 0);
+    if (options.bias) out_proj_.bias().setZero();
+    if (options.add_bias_kv) {
+      bias_k_.resize(e);
+      bias_v_.resize(e);
+      detail::init_uniform(bias_k_.data(), e, std::sqrt(6.0 / double(2 * e)), 8);
+      detail::init_uniform(bias_v_.data(), e, std::sqrt(6.0 / double(2 * e)), 9);
+    }
+  }
+
+  Index embed_dim() const { return embed_dim_; }
+  Index num_heads() const { return num_heads_; }
+  Index head_dim() const { return head_dim_; }
+  Index kdim() const { return kdim_; }
+  Index vdim() const { return vdim_; }
+  const MultiHeadAttentionOptions& options() const { return options_; }
+  MhaLayout layout() const { return layout_; }
+  /// The factor q k^T is multiplied by (depends on the layout, see MhaLayout).
+  T scale() const { return scale_; }
+
+  /// Chooses the parameter names and scale convention (load_state_dict does it by itself).
+  void set_layout(MhaLayout layout) {
+    detail::require(layout != MhaLayout::kFusedQkv || same_embed_dims(),
+                    "attn::MultiHeadAttention: the fused qkv_proj layout needs kdim (", kdim_,
+                    ") and vdim (", vdim_, ") equal to embed_dim (", embed_dim_, ")");
+    layout_ = layout;
+    const double d = static_cast<double>(head_dim_);
+    switch (layout) {
+      case MhaLayout::kTorch: scale_ = static_cast<T>(1.0 / std::sqrt(d)); break;
+      case MhaLayout::kSeparateLinears:
+        scale_ = T(1) / static_cast<T>(std::sqrt(static_cast<float>(head_dim_)));
+        break;
+      case MhaLayout::kFusedQkv: scale_ = static_cast<T>(std::pow(d, -0.5)); break;
+    }
+  }
+
+  /// @brief Attention of query over key/value.
+  /// @param query (B, L, E) or unbatched (L, E)
+  /// @param key (B, S, kdim) or (S, kdim); @param value (B, S, vdim) or (S, vdim)
+  /// @param args masks (key_padding_mask (B, S); attn_mask (L, S) or (B*H, L, S)), causal,
+  /// generator, need_weights, average_attn_weights
+  /// @return output (B, L, E) and, with need_weights, the weights (B, L, S') averaged over
+  /// heads or (B, H, L, S') per head, S' = S + add_bias_kv + add_zero_attn (batch dim dropped
+  /// for unbatched input).
+  /// @throws std::invalid_argument for shapes, masks or a missing generator in training mode
+  MhaOutput<T> forward(const TensorView<const T>& query, const TensorView<const T>& key,
+                       const TensorView<const T>& value, const MhaArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::MultiHeadAttention::forward";
+    const Index e = embed_dim_, nh = num_heads_, d = head_dim_;
+    const Index nb = detail::check_sequence(where, "query", query.shape(), e);
+    detail::check_sequence(where, "key", key.shape(), kdim_);
+    detail::check_sequence(where, "value", value.shape(), vdim_);
+    detail::require(key.dim() == query.dim() && value.dim() == query.dim() &&
+                        (query.dim() == 2 || (key.size(0) == nb && value.size(0) == nb)),
+                    where, ": query ", query.shape(), ", key ", key.shape(), " and value ",
+                    value.shape(), " must all be batched with the same batch size, or all unbatched");
+    detail::require(key.size(-2) == value.size(-2), where, ": key ", key.shape(), " and value ",
+                    value.shape(), " must have the same length");
+    const Index len_q = query.size(-2), len_k = key.size(-2);
+    const Index extra = (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0);
+    detail::require(args.causal == Causal::kNone || extra == 0, where,
+                    ": causal masking with add_bias_kv / add_zero_attn is ambiguous; pass an attn_mask");
+    this->require_generator(args.generator, options_.dropout);
+
+    // Projections: one GEMM for each distinct input (fused when inputs coincide).
+    const bool self_attn = same_tensor(query, key) && same_tensor(key, value) && same_embed_dims();
+    const bool shared_kv = same_tensor(key, value) && kdim_ == vdim_;
+    RowMatrix<T> qbuf, kbuf, vbuf;
+    HeadsView<const T> qh, kh, vh;
+    if (self_attn) {
+      project(query, 0, 3 * e, e, qbuf);
+      qh = HeadsView<const T>::bnhd(qbuf.data(), nb, len_q, nh, d, 3 * e);
+      kh = HeadsView<const T>::bnhd(qbuf.data() + e, nb, len_k, nh, d, 3 * e);
+      vh = HeadsView<const T>::bnhd(qbuf.data() + 2 * e, nb, len_k, nh, d, 3 * e);
+    } else {
+      project(query, 0, e, e, qbuf);
+      qh = HeadsView<const T>::bnhd(qbuf.data(), nb, len_q, nh, d, e);
+      if (shared_kv) {
+        project(key, e, 2 * e, kdim_, kbuf);
+        kh = HeadsView<const T>::bnhd(kbuf.data(), nb, len_k, nh, d, 2 * e);
+        vh = HeadsView<const T>::bnhd(kbuf.data() + e, nb, len_k, nh, d, 2 * e);
+      } else {
+        project(key, e, e, kdim_, kbuf);
+        project(value, 2 * e, e, vdim_, vbuf);
+        kh = HeadsView<const T>::bnhd(kbuf.data(), nb, len_k, nh, d, e);
+        vh = HeadsView<const T>::bnhd(vbuf.data(), nb, len_k, nh, d, e);
+      }
+    }
+
+    // Unbatched masks: (S) -> (1, S); (H, L, S) is already (B*H, L, S) with B = 1.
+    SdpaOptions<T> opt = detail::sdpa_options<T>(args, scale_, query.dim() == 2, len_k);
+    opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
+
+    // bias_k / bias_v and the zero key are extra keys after the S real ones (PyTorch order);
+    // the masks get never-masked columns for them. Only these options copy k and v.
+    RowMatrix<T> kx, vx;
+    detail::PaddedMask<T> kpm_padded, am_padded;
+    if (extra > 0) {
+      append_extra_keys(kh, bias_k_, kx);
+      append_extra_keys(vh, bias_v_, vx);
+      kh = HeadsView<const T>::bnhd(kx.data(), nb, len_k + extra, nh, d, e);
+      vh = HeadsView<const T>::bnhd(vx.data(), nb, len_k + extra, nh, d, e);
+      kpm_padded = detail::pad_keys(opt.key_padding_mask, extra);
+      am_padded = detail::pad_keys(opt.attn_mask, extra);
+      opt.key_padding_mask = kpm_padded.mask;
+      opt.attn_mask = am_padded.mask;
+    }
+
+    MhaOutput<T> result;
+    if (args.need_weights) opt.attn_weights = &result.attn_weights;
+    RowMatrix<T> attn_out(nb * len_q, e);
+    detail::in_context(where, [&] {
+      scaled_dot_product_attention<T>(qh, kh, vh, HeadsView<T>::bnhd(attn_out.data(), nb, len_q, nh, d, e), opt);
+    });
+
+    Shape out_shape = query.shape();
+    result.output = Tensor<T>(out_shape);
+    out_proj_.apply(attn_out, result.output.matrix());
+
+    if (args.need_weights) {
+      const Index len_s = len_k + extra;
+      if (args.average_attn_weights) {
+        Tensor<T> avg({nb, len_q, len_s});
+        for (Index b = 0; b < nb; ++b) {
+          auto acc = avg.matrix().middleRows(b * len_q, len_q);
+          for (Index h = 0; h < nh; ++h)
+            acc += Eigen::Map<const RowMatrix<T>>(
+                result.attn_weights.data() + (b * nh + h) * len_q * len_s, len_q, len_s);
+          acc /= static_cast<T>(nh);
+        }
+        result.attn_weights = std::move(avg);
+      }
+      if (query.dim() == 2) {
+        Shape s = result.attn_weights.shape();
+        s.erase(s.begin());
+        result.attn_weights = std::move(result.attn_weights).reshaped(s);
+      }
+    }
+    return result;
+  }
+
+  /// Self-attention: forward(x, x, x, args).
+  MhaOutput<T> forward(const TensorView<const T>& x, const MhaArgs<T>& args = {}) const {
+    return forward(x, x, x, args);
+  }
+
+  std::vector<ParameterSlot<T>> parameters() const override {
+    auto* self = const_cast<MultiHeadAttention*>(this);
+    T* w = self->in_weight_.data();
+    T* b = self->in_bias_.data();
+    const Index e = embed_dim_;
+    const bool bias = options_.bias;
+    std::vector<ParameterSlot<T>> s;
+    switch (layout_) {
+      case MhaLayout::kTorch:
+        if (same_embed_dims()) {
+          s.push_back({"in_proj_weight", w, {3 * e, e}});
+        } else {
+          s.push_back({"q_proj_weight", w, {e, e}});
+          s.push_back({"k_proj_weight", w + e * e, {e, kdim_}});
+          s.push_back({"v_proj_weight", w + e * (e + kdim_), {e, vdim_}});
+        }
+        if (bias) s.push_back({"in_proj_bias", b, {3 * e}});
+        detail::append(s, detail::prefixed(out_proj_.parameters(), "out_proj."));
+        break;
+      case MhaLayout::kSeparateLinears: {
+        const char* names[] = {"q.", "k.", "v."};
+        const Index in[] = {e, kdim_, vdim_};
+        Index offset = 0;
+        for (int i = 0; i < 3; ++i) {
+          s.push_back({std::string(names[i]) + "weight", w + offset, {e, in[i]}});
+          if (bias) s.push_back({std::string(names[i]) + "bias", b + i * e, {e}});
+          offset += e * in[i];
+        }
+        detail::append(s, detail::prefixed(out_proj_.parameters(), "out."));
+        break;
+      }
+      case MhaLayout::kFusedQkv:
+        s.push_back({"qkv_proj.weight", w, {3 * e, e}});
+        if (bias) s.push_back({"qkv_proj.bias", b, {3 * e}});
+        detail::append(s, detail::prefixed(out_proj_.parameters(), "out_proj."));
+        break;
+    }
+    if (options_.add_bias_kv) {
+      s.push_back({"bias_k", self->bias_k_.data(), {1, 1, e}});
+      s.push_back({"bias_v", self->bias_v_.data(), {1, 1, e}});
+    }
+    return s;
+  }
+
+  /// @brief Loads nn.MultiheadAttention, seed 001 (q./k./v./out.) or seed 004
+  /// (qkv_proj./out_proj.) names; the layout follows the names present.
+  void load_state_dict(const StateDict<T>& dict, bool strict = true) override {
+    const MhaLayout before = layout_;
+    if (dict.count("in_proj_weight") || dict.count("q_proj_weight"))
+      set_layout(MhaLayout::kTorch);
+    else if (dict.count("q.weight"))
+      set_layout(MhaLayout::kSeparateLinears);
+    else if (dict.count("qkv_proj.weight"))
+      set_layout(MhaLayout::kFusedQkv);
+    try {
+      Module<T>::load_state_dict(dict, strict);
+    } catch (...) {
+      set_layout(before);
+      throw;
+    }
+  }
+
+ protected:
+  const char* type_name() const override { return "attn::MultiHeadAttention"; }
+
+ private:
+  bool same_embed_dims() const { return kdim_ == embed_dim_ && vdim_ == embed_dim_; }
+
+  static bool same_tensor(const TensorView<const T>& a, const TensorView<const T>& b) {
+    return a.data() == b.data() && a.shape() == b.shape();
+  }
+
+  /// out (rows, n) = x W[first : first + n]^T + b[first : first + n]: rows first.. of the
+  /// stacked [W_q; W_k; W_v] (each `in` wide; consecutive blocks share `in` when fused).
+  void project(const TensorView<const T>& x, Index first, Index n, Index in, RowMatrix<T>& out) const {
+    const Index offset = first == 0 ? 0 : (first == embed_dim_ ? embed_dim_ * embed_dim_
+                                                               : embed_dim_ * (embed_dim_ + kdim_));
+    out.resize(x.numel() / in, n);
+    const Eigen::Map<const RowMatrix<T>> w(in_weight_.data() + offset, n, in);
+    if (options_.bias)
+      linear(x.matrix(), w, in_bias_.segment(first, n), out);
+    else
+      linear(x.matrix(), w, out);
+  }
+
+  /// Copies the keys (or values) of every batch element into (B * (S + extra), E) rows and
+  /// appends bias_k (bias_v) and / or the zero row after them.
+  void append_extra_keys(const HeadsView<const T>& src, const Vector<T>& learned, RowMatrix<T>& dst) const {
+    const Index len = src.length, e = embed_dim_;
+    const Index len2 = len + (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0);
+    dst.setZero(src.batch * len2, e);
+    for (Index b = 0; b < src.batch; ++b) {
+      dst.middleRows(b * len2, len) =
+          StridedMap<const T>(src.data + b * src.batch_stride, len, e, Eigen::OuterStride<>(src.row_stride));
+      if (options_.add_bias_kv) dst.row(b * len2 + len) = learned.transpose();
+    }
+  }
+
+  Index embed_dim_, num_heads_, head_dim_ = 0, kdim_, vdim_;
+  MultiHeadAttentionOptions options_;
+  MhaLayout layout_ = MhaLayout::kTorch;
+  T scale_ = T(1);
+  Vector<T> in_weight_;  // [W_q (E, E); W_k (E, kdim); W_v (E, vdim)], row-major, back to back
+  Vector<T> in_bias_;    // [b_q; b_k; b_v] (3E) or empty
+  Linear<T> out_proj_;
+  Vector<T> bias_k_, bias_v_;
+};
+
+}  // namespace attn

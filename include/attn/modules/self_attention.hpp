@@ -1,0 +1,77 @@
+#pragma once
+/// @file
+/// @brief SelfAttention<T>: seed 001's single-head self-attention.
+
+#include <cmath>
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/modules/attention_args.hpp"
+#include "attn/modules/linear.hpp"
+#include "attn/modules/module.hpp"
+#include "attn/ops/heads_view.hpp"
+#include "attn/ops/scaled_dot_product_attention.hpp"
+
+namespace attn {
+
+/// @brief softmax(Q K^T / sqrt(embed_size)) V with Q, K, V = Linear(x): one head, no
+/// output projection (seed 001's SelfAttention).
+///
+/// Parameters: query.{weight,bias}, key.{weight,bias}, value.{weight,bias}, stored
+/// stacked so that the three projections are one GEMM.
+/// @note The seed divides by torch.sqrt(torch.tensor(embed_size, dtype=float32)): the square
+/// root is rounded to float even for double inputs. attn does the same, so double results
+/// match the seed to double precision.
+template <class T>
+class SelfAttention : public Module<T> {
+ public:
+  explicit SelfAttention(Index embed_size) : qkv_(std::max<Index>(embed_size, 1), 3 * std::max<Index>(embed_size, 1), true, 11) {
+    detail::require(embed_size > 0, "attn::SelfAttention: embed_size must be positive, got ", embed_size);
+    // Each of the three seed Linear(E, E) layers is U(-1/sqrt(E), 1/sqrt(E)); the stacked
+    // Linear(E, 3E) already has that bound.
+    scale_ = T(1) / static_cast<T>(std::sqrt(static_cast<float>(embed_size)));
+  }
+
+  Index embed_size() const { return qkv_.in_features(); }
+  T scale() const { return scale_; }
+
+  /// @param x (B, N, E) or (N, E) @param args optional masks (one head: attn_mask (L, S) or
+  /// (B, L, S)), causal @return (B, N, E) or (N, E)
+  Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::SelfAttention::forward";
+    const Index e = embed_size();
+    const Index nb = detail::check_sequence(where, "x", x.shape(), e);
+    const Index n = x.size(-2);
+    RowMatrix<T> qkv(x.numel() / e, 3 * e);
+    qkv_.apply(x.matrix(), qkv);
+    Tensor<T> out(x.shape());
+    const SdpaOptions<T> opt = detail::sdpa_options(args, scale_, x.dim() == 2, n);
+    using Heads = HeadsView<const T>;
+    detail::in_context(where, [&] {
+      scaled_dot_product_attention<T>(Heads::bnhd(qkv.data(), nb, n, 1, e, 3 * e),
+                                      Heads::bnhd(qkv.data() + e, nb, n, 1, e, 3 * e),
+                                      Heads::bnhd(qkv.data() + 2 * e, nb, n, 1, e, 3 * e),
+                                      HeadsView<T>::bnhd(out.data(), nb, n, 1, e, e), opt);
+    });
+    return out;
+  }
+
+  std::vector<ParameterSlot<T>> parameters() const override {
+    auto* self = const_cast<SelfAttention*>(this);
+    T* w = self->qkv_.weight().data();
+    T* b = self->qkv_.bias().data();
+    const Index e = embed_size();
+    return {{"query.weight", w, {e, e}},         {"query.bias", b, {e}},
+            {"key.weight", w + e * e, {e, e}},   {"key.bias", b + e, {e}},
+            {"value.weight", w + 2 * e * e, {e, e}}, {"value.bias", b + 2 * e, {e}}};
+  }
+
+ protected:
+  const char* type_name() const override { return "attn::SelfAttention"; }
+
+ private:
+  Linear<T> qkv_;  // rows [query; key; value]
+  T scale_;
+};
+
+}  // namespace attn

@@ -1,0 +1,100 @@
+#pragma once
+/// @file
+/// @brief TalkingHeadsAttention<T>: seed 000, timm's CaiT TalkingHeadAttn.
+
+#include <cmath>
+#include <cstdint>
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/modules/attention_args.hpp"
+#include "attn/modules/linear.hpp"
+#include "attn/modules/module.hpp"
+#include "attn/ops/dropout.hpp"
+#include "attn/ops/heads_view.hpp"
+#include "attn/ops/talking_heads_attention.hpp"
+
+namespace attn {
+
+/// @brief Talking-heads attention (Shazeer et al. 2020) as timm's CaiT TalkingHeadAttn:
+/// fused qkv, q * head_dim^-0.5, proj_l mixes heads before softmax, proj_w after it,
+/// attention dropout, output projection, projection dropout.
+///
+/// Parameters: qkv.weight (3C, C) [qkv.bias], proj_l.{weight,bias} (H, H), proj_w.*, proj.*.
+template <class T>
+class TalkingHeadsAttention : public Module<T> {
+ public:
+  TalkingHeadsAttention(Index dim, Index num_heads = 8, bool qkv_bias = false, double attn_drop = 0.0,
+                        double proj_drop = 0.0)
+      : qkv_(std::max<Index>(dim, 1), 3 * std::max<Index>(dim, 1), qkv_bias, 21),
+        proj_(std::max<Index>(dim, 1), std::max<Index>(dim, 1), true, 23),
+        proj_l_(std::max<Index>(num_heads, 1), std::max<Index>(num_heads, 1), true, 25),
+        proj_w_(std::max<Index>(num_heads, 1), std::max<Index>(num_heads, 1), true, 27),
+        num_heads_(num_heads),
+        attn_drop_(attn_drop),
+        proj_drop_(proj_drop) {
+    constexpr const char* where = "attn::TalkingHeadsAttention";
+    detail::require(dim > 0 && num_heads > 0, where, ": dim (", dim, ") and num_heads (", num_heads,
+                    ") must be positive");
+    detail::require(dim % num_heads == 0, where, ": dim (", dim, ") must be divisible by num_heads (",
+                    num_heads, ")");
+    detail::check_dropout_p(attn_drop, where);
+    detail::check_dropout_p(proj_drop, where);
+    scale_ = static_cast<T>(std::pow(static_cast<double>(dim / num_heads), -0.5));
+  }
+
+  Index dim() const { return qkv_.in_features(); }
+  Index num_heads() const { return num_heads_; }
+  T scale() const { return scale_; }
+
+  /// @param x (B, N, C) or (N, C)
+  /// @param args optional masks, applied to the logits after proj_l (attn_mask (L, S) or
+  /// (B*H, L, S) indexed by the mixed head), causal, generator (training with dropout)
+  /// @return (B, N, C) or (N, C)
+  Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::TalkingHeadsAttention::forward";
+    const Index c = dim(), nh = num_heads_, d = c / nh;
+    const Index nb = detail::check_sequence(where, "x", x.shape(), c);
+    const Index n = x.size(-2);
+    const bool training = this->is_training();
+    this->require_generator(args.generator, std::max(attn_drop_, proj_drop_));
+    RowMatrix<T> qkv(x.numel() / c, 3 * c), mixed(x.numel() / c, c);
+    qkv_.apply(x.matrix(), qkv);
+    SdpaOptions<T> opt = detail::sdpa_options(args, scale_, x.dim() == 2, n);
+    opt.dropout_p = training ? static_cast<T>(attn_drop_) : T(0);
+    const TalkingHeadsMix<T> mix{
+        {proj_l_.weight().data(), nh, nh}, {proj_l_.bias().data(), nh},
+        {proj_w_.weight().data(), nh, nh}, {proj_w_.bias().data(), nh}};
+    using Heads = HeadsView<const T>;
+    detail::in_context(where, [&] {
+      talking_heads_attention<T>(Heads::bnhd(qkv.data(), nb, n, nh, d, 3 * c),
+                                 Heads::bnhd(qkv.data() + c, nb, n, nh, d, 3 * c),
+                                 Heads::bnhd(qkv.data() + 2 * c, nb, n, nh, d, 3 * c),
+                                 HeadsView<T>::bnhd(mixed.data(), nb, n, nh, d, c), mix, opt);
+    });
+    Tensor<T> out(x.shape());
+    proj_.apply(mixed, out.matrix());
+    if (training && proj_drop_ > 0)
+      detail::dropout_span(out.data(), out.numel(), static_cast<T>(proj_drop_), args.generator->next_key(), 0);
+    return out;
+  }
+
+  std::vector<ParameterSlot<T>> parameters() const override {
+    auto s = detail::prefixed(qkv_.parameters(), "qkv.");
+    detail::append(s, detail::prefixed(proj_.parameters(), "proj."));
+    detail::append(s, detail::prefixed(proj_l_.parameters(), "proj_l."));
+    detail::append(s, detail::prefixed(proj_w_.parameters(), "proj_w."));
+    return s;
+  }
+
+ protected:
+  const char* type_name() const override { return "attn::TalkingHeadsAttention"; }
+
+ private:
+  Linear<T> qkv_, proj_, proj_l_, proj_w_;
+  Index num_heads_;
+  double attn_drop_, proj_drop_;
+  T scale_ = T(1);
+};
+
+}  // namespace attn

@@ -1,0 +1,106 @@
+#pragma once
+/// @file
+/// @brief TransformerEncoderLayer<T>: seed 004's (MobileViT) pre-norm encoder layer.
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/modules/attention_args.hpp"
+#include "attn/modules/linear.hpp"
+#include "attn/modules/module.hpp"
+#include "attn/modules/multi_head_attention.hpp"
+#include "attn/ops/activations.hpp"
+#include "attn/ops/dropout.hpp"
+
+namespace attn {
+
+/// @brief x = x + Dropout(MHA(LayerNorm(x))); x = x + Dropout(W2 Dropout(SiLU(W1 LayerNorm(x)))).
+///
+/// Parameter names are exactly MobileViT's nn.Sequential ones, so a checkpoint maps one to
+/// one: pre_norm_mha.0.{weight,bias} (LayerNorm), pre_norm_mha.1.qkv_proj.{weight,bias},
+/// pre_norm_mha.1.out_proj.{weight,bias}, pre_norm_ffn.0.{weight,bias} (LayerNorm),
+/// pre_norm_ffn.1.{weight,bias} (Linear(E, F)), pre_norm_ffn.4.{weight,bias} (Linear(F, E)).
+template <class T>
+class TransformerEncoderLayer : public Module<T> {
+ public:
+  TransformerEncoderLayer(Index embed_dim, Index ffn_latent_dim, Index num_heads = 8, double attn_dropout = 0.0,
+                          double dropout = 0.0, double ffn_dropout = 0.0)
+      : norm_mha_(embed_dim),
+        mha_(embed_dim, num_heads, mha_options(attn_dropout)),
+        norm_ffn_(embed_dim),
+        fc1_(embed_dim, std::max<Index>(ffn_latent_dim, 1), true, 31),
+        fc2_(std::max<Index>(ffn_latent_dim, 1), embed_dim, true, 33),
+        dropout_(dropout),
+        ffn_dropout_(ffn_dropout) {
+    constexpr const char* where = "attn::TransformerEncoderLayer";
+    detail::require(ffn_latent_dim > 0, where, ": ffn_latent_dim must be positive, got ", ffn_latent_dim);
+    detail::check_dropout_p(dropout, where);
+    detail::check_dropout_p(ffn_dropout, where);
+  }
+
+  Index embed_dim() const { return mha_.embed_dim(); }
+  Index ffn_latent_dim() const { return fc1_.out_features(); }
+  Index num_heads() const { return mha_.num_heads(); }
+  const MultiHeadAttention<T>& mha() const { return mha_; }
+
+  void train(bool mode = true) override {
+    Module<T>::train(mode);
+    mha_.train(mode);
+  }
+
+  /// @param x (B, N, E) or (N, E) @param args optional masks, generator @return same shape
+  Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::TransformerEncoderLayer::forward";
+    const Index e = embed_dim();
+    detail::check_sequence(where, "x", x.shape(), e);
+    const bool training = this->is_training();
+    this->require_generator(args.generator, std::max({mha_.options().dropout, dropout_, ffn_dropout_}));
+    auto drop = [&](auto&& m, double p) {
+      if (training && p > 0)
+        detail::dropout_span(m.data(), m.size(), static_cast<T>(p), args.generator->next_key(), 0);
+    };
+    Tensor<T> h(x.shape());
+    norm_mha_.apply(x.matrix(), h.matrix());
+    MhaArgs<T> mha_args;
+    static_cast<AttentionArgs<T>&>(mha_args) = args;
+    Tensor<T> y = mha_.forward(h, h, h, mha_args).output;
+    drop(y.matrix(), dropout_);
+    y.matrix() += x.matrix();  // y = x + attention branch
+    norm_ffn_.apply(y.matrix(), h.matrix());
+    RowMatrix<T> hidden(h.matrix().rows(), ffn_latent_dim());
+    fc1_.apply(h.matrix(), hidden);
+    silu_inplace(hidden);
+    drop(hidden, ffn_dropout_);
+    fc2_.apply(hidden, h.matrix());
+    drop(h.matrix(), dropout_);
+    y.matrix() += h.matrix();
+    return y;
+  }
+
+  std::vector<ParameterSlot<T>> parameters() const override {
+    auto s = detail::prefixed(norm_mha_.parameters(), "pre_norm_mha.0.");
+    detail::append(s, detail::prefixed(mha_.parameters(), "pre_norm_mha.1."));
+    detail::append(s, detail::prefixed(norm_ffn_.parameters(), "pre_norm_ffn.0."));
+    detail::append(s, detail::prefixed(fc1_.parameters(), "pre_norm_ffn.1."));
+    detail::append(s, detail::prefixed(fc2_.parameters(), "pre_norm_ffn.4."));
+    return s;
+  }
+
+ protected:
+  const char* type_name() const override { return "attn::TransformerEncoderLayer"; }
+
+ private:
+  static MultiHeadAttentionOptions mha_options(double attn_dropout) {
+    MultiHeadAttentionOptions o;
+    o.dropout = attn_dropout;
+    o.layout = MhaLayout::kFusedQkv;
+    return o;
+  }
+
+  LayerNorm<T> norm_mha_;
+  MultiHeadAttention<T> mha_;
+  LayerNorm<T> norm_ffn_;
+  Linear<T> fc1_, fc2_;
+  double dropout_, ffn_dropout_;
+};
+
+}  // namespace attn

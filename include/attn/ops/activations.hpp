@@ -1,0 +1,56 @@
+#pragma once
+/// @file
+/// @brief Element-wise activations: SiLU and GELU (exact and tanh approximation).
+
+#include <cmath>
+
+#include <Eigen/Core>
+
+#include "attn/core/tensor.hpp"
+
+namespace attn {
+
+/// @brief SiLU (swish), in place: x * sigmoid(x) (torch.nn.SiLU).
+template <class Derived>
+void silu_inplace(const Eigen::MatrixBase<Derived>& m_) {
+  using T = typename Derived::Scalar;
+  auto& m = const_cast<Eigen::MatrixBase<Derived>&>(m_);
+  m = m.unaryExpr([](T v) { return v / (T(1) + std::exp(-v)); });
+}
+
+/// GELU variant: torch.nn.GELU(approximate='none') or approximate='tanh'.
+enum class GeluApproximation { kNone, kTanh };
+
+/// @brief GELU, in place. kNone: 0.5 x (1 + erf(x / sqrt 2)); kTanh:
+/// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+template <class Derived>
+void gelu_inplace(const Eigen::MatrixBase<Derived>& m_,
+                  GeluApproximation approximate = GeluApproximation::kNone) {
+  using T = typename Derived::Scalar;
+  auto& m = const_cast<Eigen::MatrixBase<Derived>&>(m_);
+  if (approximate == GeluApproximation::kNone) {
+    m = m.unaryExpr([](T v) { return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440))); });
+  } else {
+    const T k = T(0.79788456080286535588);  // sqrt(2 / pi)
+    m = m.unaryExpr(
+        [k](T v) { return T(0.5) * v * (T(1) + std::tanh(k * (v + T(0.044715) * v * v * v))); });
+  }
+}
+
+/// @brief SiLU of a tensor.
+template <class T>
+Tensor<T> silu(const TensorView<const T>& x) {
+  Tensor<T> y(x);
+  silu_inplace(y.flat());
+  return y;
+}
+
+/// @brief GELU of a tensor.
+template <class T>
+Tensor<T> gelu(const TensorView<const T>& x, GeluApproximation approximate = GeluApproximation::kNone) {
+  Tensor<T> y(x);
+  gelu_inplace(y.flat(), approximate);
+  return y;
+}
+
+}  // namespace attn

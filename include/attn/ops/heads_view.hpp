@@ -1,0 +1,47 @@
+#pragma once
+/// @file
+/// @brief HeadsView: a (batch, heads, length, head_dim) view with arbitrary strides.
+///
+/// It lets attention run directly on a projection's output: for a fused qkv buffer of
+/// shape (B*N, 3C), head h of q is the column block [h*d, (h+1)*d) of each row, i.e. a
+/// view with row stride 3C. No permute, no copy.
+
+#include <type_traits>
+
+#include "attn/core/tensor.hpp"
+
+namespace attn {
+
+/// @brief Strided 4-D view (B, H, N, D) with unit stride along D. `T` may be const.
+template <class T>
+struct HeadsView {
+  T* data = nullptr;
+  Index batch = 0, heads = 0, length = 0, dim = 0;
+  Index batch_stride = 0, head_stride = 0, row_stride = 0;
+
+  /// Contiguous (B, H, N, D): PyTorch's layout for F.scaled_dot_product_attention.
+  static HeadsView bhnd(T* data, Index b, Index h, Index n, Index d) {
+    return {data, b, h, n, d, h * n * d, n * d, d};
+  }
+  /// Heads as column blocks of (B*N) rows: row r = (b, n) starts at data + r * row_stride
+  /// and head h occupies columns [h*D, (h+1)*D). row_stride is H*D for a (B, N, H*D)
+  /// tensor, 3*H*D for one third of a fused qkv buffer.
+  static HeadsView bnhd(T* data, Index b, Index n, Index h, Index d, Index row_stride) {
+    return {data, b, h, n, d, n * row_stride, d, row_stride};
+  }
+
+  /// Head h of batch b as a (length, dim) row-major map with row stride row_stride.
+  StridedMap<T> head(Index b, Index h) const {
+    return StridedMap<T>(data + b * batch_stride + h * head_stride, length, dim,
+                         Eigen::OuterStride<>(row_stride));
+  }
+
+  /// A view of mutable data converts to a view of const data.
+  template <class U = T, class = std::enable_if_t<!std::is_const<U>::value>>
+  operator HeadsView<const U>() const {  // NOLINT(google-explicit-constructor)
+    return {data, batch, heads, length, dim, batch_stride, head_stride, row_stride};
+  }
+  Shape shape() const { return {batch, heads, length, dim}; }
+};
+
+}  // namespace attn

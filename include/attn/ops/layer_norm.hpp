@@ -1,0 +1,55 @@
+#pragma once
+/// @file
+/// @brief Layer normalisation over the last dimension (torch.nn.functional.layer_norm).
+
+#include <cmath>
+
+#include <Eigen/Core>
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+
+namespace attn {
+
+/// @brief y = (x - mean) / sqrt(var + eps) * weight + bias, row by row.
+///
+/// The variance is the biased one (divided by C), as in PyTorch. Mean and variance are
+/// computed in two passes over the row for accuracy.
+/// @param x (rows, C); @param weight (C) or empty for no affine scale; @param bias (C) or empty
+/// @param out (rows, C), may alias x
+template <class X, class Out>
+void layer_norm(const Eigen::MatrixBase<X>& x, const Eigen::Ref<const Vector<typename X::Scalar>>& weight,
+                const Eigen::Ref<const Vector<typename X::Scalar>>& bias, typename X::Scalar eps,
+                const Eigen::MatrixBase<Out>& out_) {
+  using T = typename X::Scalar;
+  const Index c = x.cols();
+  detail::require(weight.size() == 0 || weight.size() == c, "attn::layer_norm: weight has ",
+                  weight.size(), " elements but the input rows have ", c);
+  detail::require(bias.size() == 0 || bias.size() == c, "attn::layer_norm: bias has ", bias.size(),
+                  " elements but the input rows have ", c);
+  detail::require(out_.rows() == x.rows() && out_.cols() == c,
+                  "attn::layer_norm: output shape does not match the input");
+  auto& out = const_cast<Eigen::MatrixBase<Out>&>(out_);
+  for (Index i = 0; i < x.rows(); ++i) {
+    const T mean = x.row(i).mean();
+    const T var = (x.row(i).array() - mean).square().mean();
+    const T rstd = T(1) / std::sqrt(var + eps);
+    out.row(i) = ((x.row(i).array() - mean) * rstd).matrix();
+    if (weight.size() > 0) out.row(i).array() *= weight.transpose().array();
+    if (bias.size() > 0) out.row(i) += bias.transpose();
+  }
+}
+
+/// @brief LayerNorm over the last dimension of a tensor of any rank >= 1.
+/// @param weight (C) or an empty view; @param bias (C) or an empty view
+template <class T>
+Tensor<T> layer_norm(const TensorView<const T>& x, const TensorView<const T>& weight,
+                     const TensorView<const T>& bias, T eps = T(1e-5)) {
+  detail::require(x.dim() >= 1, "attn::layer_norm: input must have at least one dimension");
+  Tensor<T> y(x.shape());
+  layer_norm(x.matrix(), Eigen::Map<const Vector<T>>(weight.data(), weight.numel()),
+             Eigen::Map<const Vector<T>>(bias.data(), bias.numel()), eps, y.matrix());
+  return y;
+}
+
+}  // namespace attn

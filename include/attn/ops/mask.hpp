@@ -1,0 +1,112 @@
+#pragma once
+/// @file
+/// @brief Attention masks whose polarity is part of how they are made.
+///
+/// PyTorch uses two opposite meanings for a boolean mask: nn.MultiheadAttention's
+/// True = "masked out", F.scaled_dot_product_attention's True = "may attend". attn never
+/// guesses: a boolean mask is made with Mask<T>::block_where_true (MHA's meaning) or
+/// Mask<T>::keep_where_true (SDPA's meaning); a float mask with Mask<T>::additive is added
+/// to the logits (-inf blocks). A mask is a view: the caller keeps the data alive.
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+
+namespace attn {
+
+/// Causal masking. kTopLeft: query i sees keys j <= i (PyTorch's is_causal). kBottomRight:
+/// query i sees keys j <= i + S - L, the diagonal aligned to the last key (PyTorch's
+/// causal_lower_right; the same as kTopLeft when L == S). A query row that sees no key
+/// (bottom-right with L > S) gets zero weights.
+enum class Causal { kNone, kTopLeft, kBottomRight };
+
+/// @brief A boolean or additive attention mask (a non-owning view).
+template <class T>
+class Mask {
+ public:
+  enum class Kind { kNone, kBlockWhereTrue, kKeepWhereTrue, kAdditive };
+
+  /// No mask.
+  Mask() = default;
+  /// Boolean mask, true = this position is masked out (nn.MultiheadAttention's meaning).
+  static Mask block_where_true(const TensorView<const bool>& m) { return Mask(Kind::kBlockWhereTrue, m, {}); }
+  /// Boolean mask, true = this position may be attended (F.scaled_dot_product_attention's meaning).
+  static Mask keep_where_true(const TensorView<const bool>& m) { return Mask(Kind::kKeepWhereTrue, m, {}); }
+  /// Float mask added to the logits; -inf masks a position out.
+  static Mask additive(const TensorView<const T>& m) { return Mask(Kind::kAdditive, {}, m); }
+
+  Kind kind() const { return kind_; }
+  bool empty() const { return kind_ == Kind::kNone; }
+  const Shape& shape() const { return kind_ == Kind::kAdditive ? additive_.shape() : bool_.shape(); }
+  const bool* bool_data() const { return bool_.data(); }
+  const T* additive_data() const { return additive_.data(); }
+
+  /// The same data seen with another shape of the same element count (e.g. (S) as (1, S)).
+  Mask reshaped(Shape shape) const {
+    if (kind_ == Kind::kNone) return *this;
+    if (kind_ == Kind::kAdditive) return Mask(kind_, {}, TensorView<const T>(additive_.data(), std::move(shape)));
+    return Mask(kind_, TensorView<const bool>(bool_.data(), std::move(shape)), {});
+  }
+
+  /// What the mask adds to the logit at flat index i: 0, -inf, or the additive value.
+  T bias(Index i) const {
+    constexpr T kBlocked = -std::numeric_limits<T>::infinity();
+    switch (kind_) {
+      case Kind::kBlockWhereTrue: return bool_.data()[i] ? kBlocked : T(0);
+      case Kind::kKeepWhereTrue: return bool_.data()[i] ? T(0) : kBlocked;
+      case Kind::kAdditive: return additive_.data()[i];
+      case Kind::kNone: break;
+    }
+    return T(0);
+  }
+
+ private:
+  Mask(Kind kind, TensorView<const bool> b, TensorView<const T> a)
+      : kind_(kind), bool_(std::move(b)), additive_(std::move(a)) {}
+
+  Kind kind_ = Kind::kNone;
+  TensorView<const bool> bool_;
+  TensorView<const T> additive_;
+};
+
+namespace detail {
+
+/// A mask with extra never-masked key columns, and the storage it views.
+template <class T>
+struct PaddedMask {
+  Tensor<bool> bools;
+  Tensor<T> values;
+  Mask<T> mask;
+};
+
+/// Appends `extra` key columns that mask nothing (false for block_where_true, true for
+/// keep_where_true, 0 for additive), as PyTorch pads masks for bias_k and the zero key.
+template <class T>
+PaddedMask<T> pad_keys(const Mask<T>& m, Index extra) {
+  using Kind = typename Mask<T>::Kind;
+  PaddedMask<T> r;
+  if (m.empty()) return r;
+  Shape shape = m.shape();
+  const Index len = shape.back(), rows = len == 0 ? 0 : checked_numel(shape, "mask") / len;
+  shape.back() += extra;
+  auto copy_rows = [&](const auto* src, auto* dst) {
+    for (Index i = 0; i < rows; ++i) std::copy(src + i * len, src + (i + 1) * len, dst + i * (len + extra));
+  };
+  if (m.kind() == Kind::kAdditive) {
+    r.values = Tensor<T>(shape, T(0));
+    copy_rows(m.additive_data(), r.values.data());
+    r.mask = Mask<T>::additive(r.values);
+  } else {
+    const bool keep = m.kind() == Kind::kKeepWhereTrue;
+    r.bools = Tensor<bool>(shape, keep);
+    copy_rows(m.bool_data(), r.bools.data());
+    r.mask = keep ? Mask<T>::keep_where_true(r.bools) : Mask<T>::block_where_true(r.bools);
+  }
+  return r;
+}
+
+}  // namespace detail
+}  // namespace attn
