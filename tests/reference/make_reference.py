@@ -1,0 +1,748 @@
+#!/usr/bin/python3
+"""Generate the PyTorch reference values the C++ tests of `attn` compare against.
+
+Run with Debian's PyTorch (1.13):
+
+    /usr/bin/python3 tests/reference/make_reference.py            # (re)write every case, then check
+    /usr/bin/python3 tests/reference/make_reference.py mha_seed_f32 ops_f64   # only these cases
+    /usr/bin/python3 tests/reference/make_reference.py --check    # only read back and verify the files
+
+Each case is written to tests/reference/data/<case>.safetensors (format, tensor
+names and metadata keys: see README.md next to this file).  Every case uses its
+own fixed seed (CRC-32 of its name) and runs single-threaded, so the output is
+reproducible and independent of which cases are generated together.
+
+The seed modules are imported (not copied) from <repo>/../shared/seeds/seed_modules.py,
+or from the directory given with --seeds.
+"""
+import argparse
+import copy
+import json
+import math
+import struct
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+DATA_DIR = HERE / "data"
+DEFAULT_SEEDS = HERE.parents[1].parent / "shared" / "seeds"
+
+DTYPES = {"f32": torch.float32, "f64": torch.float64}
+DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+ST_DTYPES = {torch.float32: ("F32", "<f4"), torch.float64: ("F64", "<f8"), torch.bool: ("BOOL", "|u1")}
+ST_NUMPY = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BOOL": np.dtype("u1")}
+
+seeds = None  # the seed_modules module, imported in main()
+
+
+# ----------------------------------------------------------------------------
+# safetensors, written and read by hand
+# ----------------------------------------------------------------------------
+
+def write_safetensors(path: Path, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
+    """8-byte LE header length N (multiple of 8), N bytes of JSON, then the packed data.
+
+    Tensors are stored in the given order except that 8-byte and 4-byte types come
+    before BOOL ones, so every float tensor starts on an aligned offset."""
+    order = sorted(tensors, key=lambda k: -tensors[k].element_size())  # stable sort
+    header = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
+    blobs, offset = [], 0
+    for name in order:
+        t = tensors[name].detach().contiguous()
+        st_dtype, np_dtype = ST_DTYPES[t.dtype]
+        blob = t.numpy().astype(np_dtype, copy=False).tobytes()
+        header[name] = {"dtype": st_dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for blob in blobs:
+            f.write(blob)
+
+
+def read_safetensors(path: Path):
+    """Parse a file and verify its structure; returns (metadata, {name: numpy array})."""
+    raw = path.read_bytes()
+    assert len(raw) >= 8, "file too short"
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert n % 8 == 0, f"header length {n} is not a multiple of 8"
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    data = raw[8 + n:]
+    metadata = header.pop("__metadata__")
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()), "metadata must be str->str"
+    arrays, expected_begin = {}, 0
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        begin, end = info["data_offsets"]
+        assert begin == expected_begin, f"{name}: gap or overlap at offset {begin}"
+        dt = ST_NUMPY[info["dtype"]]
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        assert end - begin == count * dt.itemsize, f"{name}: {end - begin} bytes for shape {info['shape']}"
+        arrays[name] = np.frombuffer(data, dtype=dt, count=count, offset=begin).reshape(info["shape"])
+        expected_begin = end
+    assert expected_begin == len(data), f"{len(data) - expected_begin} trailing bytes"
+    return metadata, arrays
+
+
+# ----------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------
+
+def s(value) -> str:
+    """Metadata value as a string (bools as true/false)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def reinit(module: nn.Module) -> nn.Module:
+    """Random non-trivial parameters, so that zero-initialised biases are exercised.
+
+    Matrices: randn / sqrt(fan_in) (keeps logits O(1) so softmax is not one-hot);
+    LayerNorm weights: 1 + 0.3 randn; everything else (biases, bias_k/bias_v): 0.3 randn."""
+    with torch.no_grad():
+        for mod in module.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                r = torch.randn(p.shape, dtype=p.dtype)
+                if isinstance(mod, nn.LayerNorm) and name == "weight":
+                    p.copy_(1.0 + 0.3 * r)
+                elif p.dim() == 2:
+                    p.copy_(r / math.sqrt(p.shape[1]))
+                else:
+                    p.copy_(0.3 * r)
+    return module.eval()
+
+
+def params(module: nn.Module) -> Dict[str, torch.Tensor]:
+    return {f"param.{k}": v for k, v in module.state_dict().items()}
+
+
+def make_bool_mask(shape, p=0.3) -> torch.Tensor:
+    return torch.rand(shape) < p
+
+
+def make_float_mask(shape, dtype, lo, hi, p_inf) -> torch.Tensor:
+    m = (torch.rand(shape, dtype=dtype) * (hi - lo) + lo)
+    return m.masked_fill(torch.rand(shape) < p_inf, float("-inf"))
+
+
+def make_kpm(kind, B, S, dtype) -> Optional[torch.Tensor]:
+    """key_padding_mask (B, S): None, "bool" (~30% True) or "float" (in [-2, 2], ~10% -inf)."""
+    if kind is None:
+        return None
+    return make_bool_mask((B, S)) if kind == "bool" else make_float_mask((B, S), dtype, -2, 2, 0.1)
+
+
+def make_attn_mask(kind, B, H, L, S, dtype, p_inf=0.15) -> Optional[torch.Tensor]:
+    """attn_mask: None or "bool2d" / "bool3d" (~30% True) / "float2d" / "float3d" (in [-3, 3],
+    a fraction p_inf of -inf); 2d = (L, S), 3d = (B*H, L, S)."""
+    if kind is None:
+        return None
+    shape = (L, S) if kind.endswith("2d") else (B * H, L, S)
+    return make_bool_mask(shape) if kind.startswith("bool") else make_float_mask(shape, dtype, -3, 3, p_inf)
+
+
+def blocked(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Where a (bool or float) mask forbids attention."""
+    if mask is None:
+        return None
+    return mask if mask.dtype == torch.bool else torch.isneginf(mask)
+
+
+def additive_bias(kpm, attn_mask, B, H, L, S, dtype) -> torch.Tensor:
+    """(B, H, L, S) additive logit bias from a key_padding_mask (B, S) and an attn_mask
+    (L, S) or (B*H, L, S); bool entries True -> -inf, float entries are added."""
+    bias = torch.zeros(B, H, L, S, dtype=dtype)
+    am_view = (1, 1, L, S) if attn_mask is not None and attn_mask.dim() == 2 else (B, H, L, S)
+    for m, view in ((kpm, (B, 1, 1, S)), (attn_mask, am_view)):
+        if m is None:
+            continue
+        m = m.reshape(view)
+        bias = bias.masked_fill(m, float("-inf")) if m.dtype == torch.bool else bias + m
+    return bias
+
+
+def fully_masked_rows(kpm, attn_mask, B, H, L, S) -> torch.Tensor:
+    """(B, H, L) bool: rows whose every key is blocked."""
+    return torch.isneginf(additive_bias(blocked(kpm), blocked(attn_mask), B, H, L, S, torch.float64)).all(-1)
+
+
+def draw_masks(draw: Callable[[], tuple], B, H, L, S, expect_rows=None, need_inf=True, tries=1000) -> tuple:
+    """Call draw() -> (key_padding_mask, attn_mask) until the fully masked (batch, head, row)
+    are exactly expect_rows (default: none) and, if need_inf, every float mask has some -inf.
+    Deterministic: the RNG just advances."""
+    expect = torch.zeros(B, H, L, dtype=torch.bool) if expect_rows is None else expect_rows
+    for _ in range(tries):
+        masks = draw()
+        if torch.equal(fully_masked_rows(*masks, B, H, L, S), expect) and not (need_inf and any(
+                m is not None and m.is_floating_point() and not torch.isneginf(m).any() for m in masks)):
+            return masks
+    raise RuntimeError("could not draw acceptable masks")
+
+
+def max_abs_diff(a, b) -> float:
+    if a is None or b is None:
+        return 0.0
+    a, b = a.double(), b.double()
+    both_nan = a.isnan() & b.isnan()
+    assert torch.equal(a.isnan(), b.isnan()), "NaN pattern differs"
+    return (a - b).masked_fill(both_nan, 0).abs().max().item()
+
+
+# ----------------------------------------------------------------------------
+# Case table
+# ----------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    name: str
+    builder: Callable
+    description: str
+    kw: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self):
+        return DTYPES[self.name.rsplit("_", 1)[1]]
+
+
+CASES = []
+
+
+def case(name, builder, description, **kw):
+    CASES.append(Case(name, builder, description, kw))
+
+
+# ----------------------------------------------------------------------------
+# Builders: each returns (tensors, metadata) for one case, run under a fixed seed
+# and torch.no_grad().
+# ----------------------------------------------------------------------------
+
+def build_self_attention(c: Case, shape):
+    B, L, E = shape
+    m = reinit(seeds.SelfAttention(E).to(c.dtype))
+    x = torch.randn(shape, dtype=c.dtype)
+    y = m(x)
+    return {**params(m), "input.x": x, "output.output": y}, {"embed_dim": E}
+
+
+# --- nn.MultiheadAttention ----------------------------------------------------
+
+def torch_mha_functional(m: nn.MultiheadAttention, q, k, v, *, batched, **kw):
+    """The slow (non-fast-path) computation of nn.MultiheadAttention, called directly."""
+    if batched:
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+    sep = not m._qkv_same_embed_dim
+    o, w = F.multi_head_attention_forward(
+        q, k, v, m.embed_dim, m.num_heads, m.in_proj_weight, m.in_proj_bias, m.bias_k, m.bias_v,
+        m.add_zero_attn, 0.0, m.out_proj.weight, m.out_proj.bias, training=False,
+        use_separate_proj_weight=sep, q_proj_weight=m.q_proj_weight, k_proj_weight=m.k_proj_weight,
+        v_proj_weight=m.v_proj_weight, **kw)
+    return (o.transpose(0, 1) if batched else o), w
+
+
+def run_torch_mha(name, m, q, k, v, **kw):
+    """Reference = the module's own forward; cross-checked against the functional slow
+    path.  Where PyTorch 1.13's module forward fails (bias=False on the fast path),
+    the functional slow path is the reference."""
+    batched = q.dim() == 3
+    o_f, w_f = torch_mha_functional(m, q, k, v, batched=batched, **kw)
+    try:
+        o, w = m(q, k, v, **kw)
+    except (RuntimeError, TypeError) as e:
+        if m.in_proj_bias is not None:
+            raise
+        print(f"  {name}: nn.MultiheadAttention.forward failed ({str(e).splitlines()[0]}); "
+              f"using F.multi_head_attention_forward")
+        return o_f, w_f
+    tol = 1e-5 if q.dtype == torch.float32 else 1e-12
+    d = max(max_abs_diff(o, o_f), max_abs_diff(w, w_f))
+    scale = max(1.0, o_f.nan_to_num().abs().max().item())
+    assert d <= tol * scale, f"{name}: module forward and functional path differ by {d}"
+    if d:
+        print(f"  {name}: module forward vs functional path: max |diff| = {d:.3g}")
+    return o, w
+
+
+def max_scaled_logit(m: nn.MultiheadAttention, q, k) -> float:
+    """max |q/sqrt(head_dim) @ k^T| over batch and heads, computed in float64."""
+    E, H = m.embed_dim, m.num_heads
+    W = m.in_proj_weight.double()
+    b = m.in_proj_bias.double() if m.in_proj_bias is not None else torch.zeros(3 * E, dtype=torch.float64)
+    qp = (q.double() @ W[:E].T + b[:E]).unflatten(-1, (H, E // H)).transpose(-3, -2)
+    kp = (k.double() @ W[E:2 * E].T + b[E:2 * E]).unflatten(-1, (H, E // H)).transpose(-3, -2)
+    return (qp / math.sqrt(E // H) @ kp.transpose(-1, -2)).abs().max().item()
+
+
+def build_mha_torch(c: Case, B, L, E, H, S=None, kdim=None, vdim=None, inputs="self",
+                    need_weights=True, average=True, kpm=None, mask=None, causal="none",
+                    bias=True, add_bias_kv=False, add_zero_attn=False, large_logits=None,
+                    unbatched=False, fully_masked=False):
+    """nn.MultiheadAttention(batch_first=True).
+
+    inputs: "self" (query is key is value), "kv" (key is value), "cross" (all distinct).
+    kpm: None | "bool" | "float";  mask: None | "bool2d" | "bool3d" | "float2d" | "float3d".
+    causal: the reference uses an explicit bool mask, which is NOT stored.
+    large_logits: target max |scaled logit|, reached by scaling the q and k in-projection.
+    fully_masked: key_padding_mask batch 1 all True and attn_mask row 2 all True."""
+    dt = c.dtype
+    S = L if S is None else S
+    kdim, vdim = kdim or E, vdim or E
+    m = nn.MultiheadAttention(E, H, dropout=0.0, bias=bias, add_bias_kv=add_bias_kv,
+                              add_zero_attn=add_zero_attn, kdim=kdim, vdim=vdim, batch_first=True)
+    m = reinit(m.to(dt))
+    lead = () if unbatched else (B,)
+    query = torch.randn(*lead, L, E, dtype=dt)
+    if inputs == "self":
+        key = value = query
+    elif inputs == "kv":
+        key = value = torch.randn(*lead, S, kdim, dtype=dt)
+    else:
+        key, value = torch.randn(*lead, S, kdim, dtype=dt), torch.randn(*lead, S, vdim, dtype=dt)
+
+    def draw():
+        kp, am = make_kpm(kpm, B, S, dt), make_attn_mask(mask, B, H, L, S, dt)
+        if fully_masked:
+            kp[1, :] = True
+            am[2, :] = True
+        return kp, am
+
+    expect = None
+    if fully_masked:
+        expect = torch.zeros(B, H, L, dtype=torch.bool)
+        expect[1], expect[:, :, 2] = True, True
+    key_padding_mask, attn_mask = draw_masks(draw, B, H, L, S, expect) if (kpm or mask) else (None, None)
+
+    meta = {}
+    if large_logits:
+        a = math.sqrt(large_logits / max_scaled_logit(m, query, key))
+        m.in_proj_weight[:2 * E] *= a
+        if m.in_proj_bias is not None:
+            m.in_proj_bias[:2 * E] *= a
+        meta["max_abs_logit"] = f"{max_scaled_logit(m, query, key):.6g}"
+
+    torch_mask = attn_mask
+    if causal != "none":
+        assert attn_mask is None
+        torch_mask = torch.ones(L, S).tril(0 if causal == "top_left" else S - L) == 0
+    kw = dict(key_padding_mask=key_padding_mask, attn_mask=torch_mask,
+              need_weights=need_weights, average_attn_weights=average)
+    out, weights = run_torch_mha(c.name, m, query, key, value, **kw)
+
+    if kpm == "float" and mask is None:
+        # PyTorch 1.13 accepts a float key_padding_mask (slow path: added to the logits).
+        # Cross-check against the equivalent float attn_mask (B*H, L, S).
+        eq = key_padding_mask[:, None, None, :].expand(B, H, L, S).reshape(B * H, L, S)
+        o2, w2 = run_torch_mha(c.name + "[as attn_mask]", m, query, key, value,
+                               **{**kw, "key_padding_mask": None, "attn_mask": eq})
+        assert max(max_abs_diff(out, o2), max_abs_diff(weights, w2)) <= 1e-12, c.name
+
+    if large_logits and dt == torch.float32:
+        m64 = copy.deepcopy(m).double()
+        o64, w64 = run_torch_mha(c.name + "[f64]", m64, *(t.double() for t in (query, key, value)), **kw)
+        print(f"  {c.name}: float32 vs float64 PyTorch: max |diff| output {max_abs_diff(out, o64):.3g}"
+              f" (max |output| {o64.abs().max().item():.3g}), weights {max_abs_diff(weights, w64):.3g}")
+
+    if fully_masked:
+        out, weights = apply_fully_masked_policy(m, out, weights, key_padding_mask, attn_mask, B, H, L, S, average)
+    assert not out.isnan().any() and (weights is None or not weights.isnan().any()), c.name
+
+    tensors = {**params(m), "input.query": query, "input.key": key, "input.value": value}
+    if key_padding_mask is not None:
+        tensors["input.key_padding_mask"] = key_padding_mask
+    if attn_mask is not None:
+        tensors["input.attn_mask"] = attn_mask
+    tensors["output.output"] = out
+    if need_weights:
+        tensors["output.attn_weights"] = weights
+    meta.update(mha_meta(E, H, kdim, vdim, bias, add_bias_kv, add_zero_attn, "torch", need_weights, average, causal))
+    return tensors, meta
+
+
+def apply_fully_masked_policy(m, out, weights, kpm, attn_mask, B, H, L, S, average):
+    """PyTorch 1.13 gives NaN for a row whose keys are all masked.  Library policy (as
+    PyTorch >= 2.5 SDPA and ONNX): such a row has weights 0, so its attention output is 0
+    and the MHA output row is exactly out_proj.bias.  Check that the NaNs are exactly
+    there, then replace them."""
+    assert not average, "per-head weights needed to locate fully masked (batch, head, row)"
+    rows = fully_masked_rows(kpm, attn_mask, B, H, L, S)            # (B, H, L)
+    out_rows = rows.all(1)                                          # (B, L): every head masked
+    assert torch.equal(rows.any(1), out_rows), "a row masked for some heads only"
+    assert torch.equal(weights.isnan(), rows[..., None].expand_as(weights)), "NaN weights not where expected"
+    assert torch.equal(out.isnan(), out_rows[..., None].expand_as(out)), "NaN outputs not where expected"
+    weights = weights.masked_fill(rows[..., None], 0.0)
+    out = torch.where(out_rows[..., None], m.out_proj.bias.expand_as(out), out)
+    return out, weights
+
+
+def mha_meta(E, H, kdim, vdim, bias, add_bias_kv, add_zero_attn, layout, need_weights, average, causal):
+    return {"embed_dim": E, "num_heads": H, "kdim": kdim, "vdim": vdim, "bias": s(bias),
+            "add_bias_kv": s(add_bias_kv), "add_zero_attn": s(add_zero_attn), "layout": layout,
+            "need_weights": s(need_weights), "average_attn_weights": s(average), "causal": causal}
+
+
+# --- seed MHA variants (layouts "separate" and "fused") ------------------------
+
+def build_mha_separate(c: Case, B, L, E, H, S=None):
+    """Seed 001 MultiHeadAttention(query, key, value); cross when S is given (key is value)."""
+    m = reinit(seeds.MultiHeadAttention(E, H).to(c.dtype))
+    query = torch.randn(B, L, E, dtype=c.dtype)
+    key = value = query if S is None else torch.randn(B, S, E, dtype=c.dtype)
+    out = m(query, key, value)
+    tensors = {**params(m), "input.query": query, "input.key": key, "input.value": value, "output.output": out}
+    return tensors, mha_meta(E, H, E, E, True, False, False, "separate", False, True, "none")
+
+
+def build_mha_fused(c: Case, B, L, E, H):
+    """Seed 004 MobileViTAttention (self-attention only)."""
+    m = reinit(seeds.MobileViTAttention(E, H, bias=True).to(c.dtype))
+    x = torch.randn(B, L, E, dtype=c.dtype)
+    out = m(x)
+    tensors = {**params(m), "input.query": x, "input.key": x, "input.value": x, "output.output": out}
+    return tensors, mha_meta(E, H, E, E, True, False, False, "fused", False, True, "none")
+
+
+# --- talking heads -----------------------------------------------------------
+
+def make_masked_th():
+    class _Masked(seeds.TalkingHeadAttn):
+        """seeds.TalkingHeadAttn plus masks (not in the seed): the combined mask is applied
+        to the logits after proj_l and before softmax (bool True -> -inf, float added);
+        a fully masked row gets softmax 0 (nan_to_num right after softmax), then proj_w
+        mixes as usual, so its bias shows up.  Mask head index = head after proj_l."""
+
+        def forward(self, x, key_padding_mask=None, attn_mask=None):
+            B, N, C = x.shape
+            H = self.num_heads
+            qkv = self.qkv(x).reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+            attn = q @ k.transpose(-2, -1)
+            attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            if key_padding_mask is not None or attn_mask is not None:
+                attn = attn + additive_bias(key_padding_mask, attn_mask, B, H, N, N, attn.dtype)
+            attn = attn.softmax(dim=-1)
+            attn = torch.nan_to_num(attn, nan=0.0)
+            attn = self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            attn = self.attn_drop(attn)
+            x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+            return self.proj_drop(self.proj(x))
+    return _Masked
+
+
+def build_talking_heads(c: Case, shape, H, qkv_bias=False, kpm=None, mask=None, masked_row=None):
+    B, L, E = shape
+    masked = kpm is not None or mask is not None
+    cls = make_masked_th() if masked else seeds.TalkingHeadAttn
+    m = reinit(cls(E, num_heads=H, qkv_bias=qkv_bias).to(c.dtype))
+    x = torch.randn(shape, dtype=c.dtype)
+    tensors = {**params(m), "input.x": x}
+    if not masked:
+        tensors["output.output"] = m(x)
+        return tensors, {"embed_dim": E, "num_heads": H, "qkv_bias": s(qkv_bias)}
+
+    def draw():
+        kp, am = make_kpm(kpm, B, L, c.dtype), make_attn_mask(mask, B, H, L, L, c.dtype, p_inf=0.0)
+        if masked_row is not None:
+            am[masked_row, :] = True
+        return kp, am
+
+    expect = torch.zeros(B, H, L, dtype=torch.bool)
+    if masked_row is not None:
+        expect[:, :, masked_row] = True
+    key_padding_mask, attn_mask = draw_masks(draw, B, H, L, L, expect, need_inf=False)
+    # Without masks the subclass is the seed module, bit for bit.
+    plain = seeds.TalkingHeadAttn(E, num_heads=H, qkv_bias=qkv_bias).to(c.dtype).eval()
+    plain.load_state_dict(m.state_dict())
+    assert torch.equal(plain(x), m(x))
+    out = m(x, key_padding_mask, attn_mask)
+    assert not out.isnan().any()
+    if key_padding_mask is not None:
+        tensors["input.key_padding_mask"] = key_padding_mask
+    tensors["input.attn_mask"] = attn_mask
+    tensors["output.output"] = out
+    return tensors, {"embed_dim": E, "num_heads": H, "qkv_bias": s(qkv_bias)}
+
+
+# --- attention block, encoder -------------------------------------------------
+
+def build_attention_block(c: Case, shape, H):
+    N, C, L = shape
+    m = reinit(seeds.AttentionBlock(C, H).to(c.dtype))
+    x = torch.randn(shape, dtype=c.dtype)
+    return {**params(m), "input.x": x, "output.output": m(x)}, {"embed_dim": C, "num_heads": H}
+
+
+def build_encoder(c: Case, shape, ffn, H):
+    E = shape[-1]
+    m = reinit(seeds.TransformerEncoder(E, ffn, H).to(c.dtype))
+    x = torch.randn(shape, dtype=c.dtype)
+    return ({**params(m), "input.x": x, "output.output": m(x)},
+            {"embed_dim": E, "num_heads": H, "ffn_dim": ffn})
+
+
+# --- stateless ops -------------------------------------------------------------
+
+def build_ops(c: Case):
+    dt, eps = c.dtype, 1e-5
+    x = torch.randn(5, 7, dtype=dt) * 2
+    weight, bias = torch.randn(6, 7, dtype=dt) / math.sqrt(7), 0.3 * torch.randn(6, dtype=dt)
+    ln_weight, ln_bias = 1 + 0.3 * torch.randn(7, dtype=dt), 0.3 * torch.randn(7, dtype=dt)
+    tensors = {
+        "param.weight": weight, "param.bias": bias, "param.ln_weight": ln_weight, "param.ln_bias": ln_bias,
+        "input.x": x,
+        "output.linear": F.linear(x, weight, bias),
+        "output.linear_nobias": F.linear(x, weight),
+        "output.softmax": torch.softmax(x, -1),
+        "output.layer_norm": F.layer_norm(x, (7,), ln_weight, ln_bias, eps),
+        "output.silu": F.silu(x),
+        "output.gelu": F.gelu(x),
+        "output.gelu_tanh": F.gelu(x, approximate="tanh"),
+    }
+    return tensors, {"eps": "1e-05"}
+
+
+def build_sdpa(c: Case, scale, kpm=None, mask=None):
+    dt = c.dtype
+    B, H, L, S, d, dv = 2, 3, 5, 7, 4, 6
+    q, k, v = torch.randn(B, H, L, d, dtype=dt), torch.randn(B, H, S, d, dtype=dt), torch.randn(B, H, S, dv, dtype=dt)
+
+    key_padding_mask, attn_mask = draw_masks(
+        lambda: (make_kpm(kpm, B, S, dt), make_attn_mask(mask, B, H, L, S, dt)), B, H, L, S)
+    bias = additive_bias(key_padding_mask, attn_mask, B, H, L, S, dt)
+    weights = torch.softmax(q @ k.transpose(-1, -2) * float(scale) + bias, -1)
+    tensors = {"input.query": q, "input.key": k, "input.value": v}
+    if key_padding_mask is not None:
+        tensors["input.key_padding_mask"] = key_padding_mask
+    tensors["input.attn_mask"] = attn_mask
+    tensors.update({"output.output": weights @ v, "output.attn_weights": weights})
+    return tensors, {"scale": scale}
+
+
+# ----------------------------------------------------------------------------
+# The cases (names are fixed: the C++ tests refer to them)
+# ----------------------------------------------------------------------------
+
+SA, MHA, SEP, FUSED = build_self_attention, build_mha_torch, build_mha_separate, build_mha_fused
+TH, AB, ENC = build_talking_heads, build_attention_block, build_encoder
+
+# self_attention (seed 001 SelfAttention)
+case("sa_seed_f32", SA, "Seed SelfAttention demo: x (2,3,4), embed_dim 4.", shape=(2, 3, 4))
+case("sa_seed_f64", SA, "Seed SelfAttention demo in float64: x (2,3,4), embed_dim 4.", shape=(2, 3, 4))
+case("sa_e6_f64", SA, "Seed SelfAttention x (3,5,6) in float64; scores are divided by the float32 sqrt(6) "
+     "(seed quirk: torch.sqrt of a float32 tensor).", shape=(3, 5, 6))
+case("sa_len1_f32", SA, "Seed SelfAttention with sequence length 1: x (2,1,8).", shape=(2, 1, 8))
+
+# multi_head_attention, layout torch (nn.MultiheadAttention, batch_first=True)
+case("mha_seed_f32", MHA, "Self-attention (4,10,128), 8 heads, head-averaged weights (PyTorch fast path).",
+     B=4, L=10, E=128, H=8)
+case("mha_cross_f32", MHA, "Cross-attention query (2,7,32), key (2,11,20), value (2,11,12), kdim 20, vdim 12, "
+     "4 heads, per-head weights.", B=2, L=7, S=11, E=32, H=4, kdim=20, vdim=12, inputs="cross", average=False)
+case("mha_cross_f64", MHA, "Cross-attention with distinct query (2,5,24), key (2,9,24), value (2,9,24), 3 heads, "
+     "averaged weights.", B=2, L=5, S=9, E=24, H=3, inputs="cross")
+case("mha_one_head_f64", MHA, "Self-attention (2,6,10) with a single head, averaged weights.", B=2, L=6, E=10, H=1)
+case("mha_len1_f32", MHA, "Self-attention with sequence length 1: (3,1,16), 2 heads, averaged weights.",
+     B=3, L=1, E=16, H=2)
+case("mha_odd_dims_f32", MHA, "Self-attention (3,13,30), 5 heads (head_dim 6), per-head weights.",
+     B=3, L=13, E=30, H=5, average=False)
+case("mha_kpm_bool_f32", MHA, "Self-attention (3,8,16), 4 heads, bool key_padding_mask (True = ignore key, ~30%), "
+     "averaged weights.", B=3, L=8, E=16, H=4, kpm="bool")
+case("mha_kpm_float_f64", MHA, "Self-attention (2,7,12), 3 heads, float additive key_padding_mask (B,S) in [-2,2] "
+     "with some -inf, averaged weights (PyTorch 1.13 adds a float key_padding_mask to the logits).",
+     B=2, L=7, E=12, H=3, kpm="float")
+case("mha_mask_bool2d_f32", MHA, "Self-attention (2,9,16), 2 heads, bool attn_mask (L,S) (True = masked, ~30%), "
+     "averaged weights.", B=2, L=9, E=16, H=2, mask="bool2d")
+case("mha_mask_bool3d_f64", MHA, "Self-attention (2,6,12), 3 heads, bool attn_mask (B*H,L,S), per-head weights.",
+     B=2, L=6, E=12, H=3, mask="bool3d", average=False)
+case("mha_mask_float2d_f32", MHA, "Cross-attention L=6, S=8, E=16 (distinct query, key, value), 4 heads, float "
+     "attn_mask (L,S) in [-3,3] with some -inf, per-head weights.",
+     B=2, L=6, S=8, E=16, H=4, inputs="cross", mask="float2d", average=False)
+case("mha_mask_float3d_f64", MHA, "Self-attention (2,5,8), 2 heads, float attn_mask (B*H,L,S) in [-3,3] with "
+     "some -inf, averaged weights.", B=2, L=5, E=8, H=2, mask="float3d")
+case("mha_kpm_and_mask_f32", MHA, "Self-attention (2,7,16), 4 heads, bool key_padding_mask plus float attn_mask "
+     "(L,S), averaged weights.", B=2, L=7, E=16, H=4, kpm="bool", mask="float2d")
+case("mha_causal_top_left_f32", MHA, "Self-attention (2,9,16), 2 heads, causal top_left (computed with the bool mask "
+     "ones(L,S).tril(0)==0, which is not stored), averaged weights.", B=2, L=9, E=16, H=2, causal="top_left")
+case("mha_causal_top_left_cross_f64", MHA, "Cross-attention query (2,5,12), key=value (2,9,12), 3 heads, causal "
+     "top_left (mask ones(L,S).tril(0)==0, not stored), per-head weights.",
+     B=2, L=5, S=9, E=12, H=3, inputs="kv", causal="top_left", average=False)
+case("mha_causal_bottom_right_f64", MHA, "Cross-attention query (2,5,12), key=value (2,9,12), 3 heads, causal "
+     "bottom_right (mask ones(L,S).tril(S-L)==0, not stored), per-head weights.",
+     B=2, L=5, S=9, E=12, H=3, inputs="kv", causal="bottom_right", average=False)
+case("mha_fully_masked_f32", MHA, "Self-attention (2,6,16), 4 heads, bool key_padding_mask with every key of batch 1 "
+     "masked and bool attn_mask (L,S) with row 2 all masked; PyTorch 1.13's NaNs replaced by the library policy: "
+     "a fully masked row has weights 0 and output exactly out_proj.bias.",
+     B=2, L=6, E=16, H=4, kpm="bool", mask="bool2d", fully_masked=True, average=False)
+case("mha_bias_kv_f32", MHA, "Self-attention (2,5,16), 4 heads, add_bias_kv, bool key_padding_mask, averaged "
+     "weights (S+1 columns; the bias_k column is never masked).", B=2, L=5, E=16, H=4, add_bias_kv=True, kpm="bool")
+case("mha_zero_attn_f64", MHA, "Self-attention (2,5,12), 3 heads, add_zero_attn, bool attn_mask (L,S), per-head "
+     "weights (S+1 columns; the zero column is never masked).",
+     B=2, L=5, E=12, H=3, add_zero_attn=True, mask="bool2d", average=False)
+case("mha_bias_kv_zero_attn_f32", MHA, "Self-attention (2,5,16), 2 heads, add_bias_kv and add_zero_attn, per-head "
+     "weights (S+2 columns: keys, bias_k, zero).", B=2, L=5, E=16, H=2, add_bias_kv=True, add_zero_attn=True,
+     average=False)
+case("mha_no_bias_f32", MHA, "Self-attention (2,6,16), 4 heads, bias=False (no in_proj_bias, no out_proj.bias), "
+     "averaged weights (computed by F.multi_head_attention_forward: 1.13's fast path rejects bias=False).",
+     B=2, L=6, E=16, H=4, bias=False)
+case("mha_large_logits_f32", MHA, "Self-attention (2,8,32), 4 heads, q/k in-projection scaled so that the max "
+     "|scaled logit| is about 1e4 (see max_abs_logit), averaged weights.", B=2, L=8, E=32, H=4, large_logits=1e4)
+case("mha_large_logits_f64", MHA, "Self-attention (2,8,32) in float64, 4 heads, q/k in-projection scaled so that "
+     "the max |scaled logit| is about 1e4 (see max_abs_logit), averaged weights.", B=2, L=8, E=32, H=4,
+     large_logits=1e4)
+case("mha_unbatched_f32", MHA, "Unbatched self-attention: query=key=value (6,16), 4 heads, averaged weights; "
+     "output (6,16), weights (6,6).", B=1, L=6, E=16, H=4, unbatched=True)
+
+# multi_head_attention, layouts separate (seed 001) and fused (seed 004)
+case("mha_seed001_f32", SEP, "Seed 001 MultiHeadAttention (q/k/v/out Linear), self-attention (4,10,128), 8 heads.",
+     B=4, L=10, E=128, H=8)
+case("mha_seed001_f64", SEP, "Seed 001 MultiHeadAttention in float64, cross query (2,5,48), key=value (2,7,48), "
+     "8 heads (head_dim 6: scores divided by the float32 sqrt(6)).", B=2, L=5, S=7, E=48, H=8)
+case("mha_seed004_f32", FUSED, "Seed 004 MobileViTAttention (fused qkv_proj, out_proj), (2,14,64), 8 heads.",
+     B=2, L=14, E=64, H=8)
+case("mha_seed004_f64", FUSED, "Seed 004 MobileViTAttention in float64, (2,14,64), 8 heads.", B=2, L=14, E=64, H=8)
+
+# talking_heads (seed 000 TalkingHeadAttn)
+case("th_seed_f32", TH, "Seed TalkingHeadAttn demo with batch 2: x (2,784,128), 8 heads, qkv_bias false.",
+     shape=(2, 784, 128), H=8)
+case("th_small_f64", TH, "TalkingHeadAttn x (2,17,48), 6 heads, qkv_bias true.", shape=(2, 17, 48), H=6,
+     qkv_bias=True)
+case("th_one_head_f64", TH, "TalkingHeadAttn x (2,5,8) with one head (proj_l/proj_w are 1x1), qkv_bias true.",
+     shape=(2, 5, 8), H=1, qkv_bias=True)
+case("th_len1_f32", TH, "TalkingHeadAttn with sequence length 1: x (2,1,16), 4 heads.", shape=(2, 1, 16), H=4)
+case("th_mask_f32", TH, "TalkingHeadAttn x (2,9,24), 4 heads, bool key_padding_mask + bool attn_mask (L,S) with "
+     "row 3 fully masked, applied after proj_l (masked_fill -inf) before softmax; a fully masked row has softmax 0 "
+     "(nan_to_num), then proj_w mixes as usual so its bias shows up.",
+     shape=(2, 9, 24), H=4, kpm="bool", mask="bool2d", masked_row=3)
+case("th_mask3d_f64", TH, "TalkingHeadAttn x (2,6,12), 3 heads, bool attn_mask (B*H,L,S) applied after proj_l "
+     "(mask head index = head after proj_l mixing), no fully masked row.", shape=(2, 6, 12), H=3, mask="bool3d")
+case("th_float_mask_f64", TH, "TalkingHeadAttn x (2,7,12), 2 heads, float attn_mask (L,S) in [-3,3] added to the "
+     "logits after proj_l.", shape=(2, 7, 12), H=2, mask="float2d")
+
+# attention_block (seed 002), transformer_encoder (seed 004)
+case("ab_seed_f32", AB, "Seed AttentionBlock demo with batch 2: x (2,64,1024) (N,C,L), 8 heads.",
+     shape=(2, 64, 1024), H=8)
+case("ab_small_f64", AB, "AttentionBlock x (2,12,7) (N,C,L), 3 heads.", shape=(2, 12, 7), H=3)
+case("enc_seed_f32", ENC, "Seed pre-norm TransformerEncoder demo: x (2,14,64), ffn 128, 8 heads.",
+     shape=(2, 14, 64), ffn=128, H=8)
+case("enc_seed_f64", ENC, "Seed pre-norm TransformerEncoder demo in float64: x (2,14,64), ffn 128, 8 heads.",
+     shape=(2, 14, 64), ffn=128, H=8)
+case("enc_odd_f64", ENC, "TransformerEncoder x (3,5,36), ffn 20, 4 heads.", shape=(3, 5, 36), ffn=20, H=4)
+case("enc_len1_f32", ENC, "TransformerEncoder with sequence length 1: x (2,1,16), ffn 8, 2 heads.",
+     shape=(2, 1, 16), ffn=8, H=2)
+
+# ops and sdpa
+for _p in ("f32", "f64"):
+    case(f"ops_{_p}", build_ops, "Stateless ops on x (5,7): linear with and without bias, softmax, layer_norm, "
+         "silu, gelu (erf) and gelu (tanh).")
+case("sdpa_f32", build_sdpa, "softmax(q @ k^T * 0.3 + bias) @ v with q (2,3,5,4), k (2,3,7,4), v (2,3,7,6), bool "
+     "key_padding_mask (B,S) and bool attn_mask (L,S), True = masked.", scale="0.3", kpm="bool", mask="bool2d")
+case("sdpa_f64", build_sdpa, "softmax(q @ k^T * 0.7 + attn_mask) @ v with q (2,3,5,4), k (2,3,7,4), v (2,3,7,6) "
+     "and a float additive attn_mask (B*H,L,S) with some -inf.", scale="0.7", mask="float3d")
+
+MODULES = {SA: "self_attention", MHA: "multi_head_attention", SEP: "multi_head_attention",
+           FUSED: "multi_head_attention", TH: "talking_heads", AB: "attention_block", ENC: "transformer_encoder",
+           build_ops: "ops", build_sdpa: "sdpa"}
+
+REQUIRED_META = {
+    "self_attention": ["embed_dim"],
+    "multi_head_attention": ["embed_dim", "num_heads", "kdim", "vdim", "bias", "add_bias_kv", "add_zero_attn",
+                             "layout", "need_weights", "average_attn_weights", "causal"],
+    "talking_heads": ["embed_dim", "num_heads", "qkv_bias"],
+    "attention_block": ["embed_dim", "num_heads"],
+    "transformer_encoder": ["embed_dim", "num_heads", "ffn_dim"],
+    "ops": ["eps"],
+    "sdpa": ["scale"],
+}
+
+
+# ----------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------
+
+def case_seed(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8"))
+
+
+def generate(c: Case) -> Path:
+    torch.manual_seed(case_seed(c.name))
+    with torch.no_grad():
+        tensors, meta = c.builder(c, **c.kw)
+    metadata = {"module": MODULES[c.builder], "dtype": DTYPE_NAMES[c.dtype], "description": c.description}
+    metadata.update({k: s(v) for k, v in meta.items()})
+    for name, t in tensors.items():
+        assert t.dtype in (torch.bool, c.dtype), f"{c.name}: {name} has dtype {t.dtype}"
+    path = DATA_DIR / f"{c.name}.safetensors"
+    write_safetensors(path, tensors, metadata)
+    return path
+
+
+def check(c: Case) -> int:
+    path = DATA_DIR / f"{c.name}.safetensors"
+    meta, arrays = read_safetensors(path)
+    module = MODULES[c.builder]
+    assert meta["module"] == module and meta["dtype"] == DTYPE_NAMES[c.dtype], path
+    missing = [k for k in ["module", "dtype", "description"] + REQUIRED_META[module] if k not in meta]
+    assert not missing, f"{path}: missing metadata {missing}"
+    want = "F32" if c.dtype == torch.float32 else "F64"
+    for name, a in arrays.items():
+        assert name.split(".", 1)[0] in ("param", "input", "output"), f"{path}: bad tensor name {name}"
+        if a.dtype == np.uint8:
+            assert name.startswith("input.") and name.endswith("mask") and a.max(initial=0) <= 1, f"{path}: {name}"
+        else:
+            assert a.dtype == ST_NUMPY[want], f"{path}: {name} is {a.dtype}, case is {want}"
+            assert not np.isnan(a).any(), f"{path}: NaN in {name}"
+            finite = np.isfinite(a) | (np.isneginf(a) if name.endswith("mask") else False)
+            assert finite.all(), f"{path}: inf in {name}"
+    assert any(n.startswith("output.") for n in arrays), path
+    return path.stat().st_size
+
+
+def main() -> int:
+    global seeds
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cases", nargs="*", help="only these cases (default: all)")
+    ap.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS,
+                    help=f"directory holding seed_modules.py (default: {DEFAULT_SEEDS})")
+    ap.add_argument("--check", action="store_true", help="only read back and verify the existing files")
+    args = ap.parse_args()
+
+    by_name = {c.name: c for c in CASES}
+    unknown = [n for n in args.cases if n not in by_name]
+    if unknown:
+        ap.error(f"unknown case(s): {', '.join(unknown)}")
+    selected = [by_name[n] for n in args.cases] if args.cases else CASES
+
+    if not args.check:
+        seed_file = args.seeds / "seed_modules.py"
+        if not seed_file.is_file():
+            ap.error(f"{seed_file} not found (use --seeds DIR)")
+        sys.path.insert(0, str(args.seeds.resolve()))
+        import seed_modules
+        seeds = seed_modules
+        torch.set_num_threads(1)
+        print(f"PyTorch {torch.__version__}, seeds from {seed_file}")
+        for c in selected:
+            generate(c)
+
+    total = 0
+    for c in selected:
+        size = check(c)
+        total += size
+        print(f"{size:>10}  {c.name}.safetensors")
+    print(f"{total:>10}  total ({len(selected)} files, all checked)")
+    if not args.cases:
+        stray = sorted(p.name for p in DATA_DIR.glob("*.safetensors") if p.stem not in by_name)
+        if stray:
+            print(f"warning: files of no case in {DATA_DIR}: {', '.join(stray)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
