@@ -63,11 +63,13 @@ class TensorView {
   Index numel() const { return numel_; }
   bool empty() const { return numel_ == 0; }
 
-  /// The tensor as a (numel / last, last) row-major matrix map.
+  /// The tensor as a (product of the leading dims, last dim) row-major matrix map; a
+  /// (B, L, 0) tensor is a (B*L, 0) matrix.
   Eigen::Map<std::conditional_t<std::is_const<T>::value, const RowMatrix<Scalar>, RowMatrix<Scalar>>>
   matrix() const {
-    const Index cols = shape_.empty() ? 1 : shape_.back();
-    return {data_, cols == 0 ? 0 : numel_ / cols, cols};
+    Index rows = 1;
+    for (std::size_t i = 0; i + 1 < shape_.size(); ++i) rows *= shape_[i];
+    return {data_, rows, shape_.empty() ? 1 : shape_.back()};
   }
 
  private:
@@ -130,7 +132,7 @@ class Tensor {
   operator TensorView<const T>() const { return view(); }  // NOLINT(google-explicit-constructor)
   operator TensorView<T>() { return view(); }              // NOLINT(google-explicit-constructor)
 
-  /// The tensor as a (numel / last, last) row-major matrix map.
+  /// The tensor as a (product of the leading dims, last dim) row-major matrix map.
   Eigen::Map<RowMatrix<T>> matrix() { return view().matrix(); }
   Eigen::Map<const RowMatrix<T>> matrix() const { return view().matrix(); }
   /// The flat data as an Eigen vector map.
