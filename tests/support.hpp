@@ -1,0 +1,132 @@
+#pragma once
+// Test support: PyTorch reference cases (tests/reference/data/*.safetensors, made by
+// tests/reference/make_reference.py) and a comparison that prints where it fails.
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <type_traits>
+
+#include <gtest/gtest.h>
+
+#include <attn/attn.hpp>
+#include <attn/io/safetensors.hpp>
+
+namespace attn_test {
+
+using attn::Index;
+using attn::Tensor;
+
+/// The scalar types every typed suite runs over.
+using Scalars = ::testing::Types<float, double>;
+
+/// Relative tolerance (of the largest reference magnitude) for results computed in T from a
+/// reference made in float64 (ref_double) or float32. Measured worst cases over all fixtures:
+/// double/double 4.5e-16, float/float 3.3e-7, double vs a float32 reference 1.05e-6 (the
+/// reference's own rounding); the bounds leave a margin of 5 to 200 times.
+template <class T>
+double tolerance(bool ref_double) {
+  const bool computed_double = std::is_same<T, double>::value;
+  if (computed_double && ref_double) return 1e-13;
+  return computed_double == ref_double ? 2e-6 : 5e-6;
+}
+
+/// Checks shape, then max |actual - expected| <= tol * max |expected| (absolute when the
+/// reference is all zeros). On failure prints the worst element, both values and the error.
+template <class T, class U>
+::testing::AssertionResult AllClose(const Tensor<T>& actual, const Tensor<U>& expected, double tol) {
+  if (actual.shape() != expected.shape())
+    return ::testing::AssertionFailure() << "shape " << attn::to_string(actual.shape()) << " != expected "
+                                         << attn::to_string(expected.shape());
+  double scale = 0, worst = -1;
+  Index at = 0;
+  for (Index i = 0; i < expected.numel(); ++i) scale = std::max(scale, std::abs(double(expected[i])));
+  for (Index i = 0; i < expected.numel(); ++i) {
+    const double a = double(actual[i]), e = double(expected[i]);
+    const double err = std::isnan(a) != std::isnan(e) ? INFINITY : (std::isnan(a) ? 0 : std::abs(a - e));
+    if (err > worst) worst = err, at = i;
+  }
+  const double rel = scale > 0 ? worst / scale : worst;
+  if (expected.numel() == 0 || rel <= tol)
+    return ::testing::AssertionSuccess() << "max error " << rel << " of max |ref| " << scale;
+  return ::testing::AssertionFailure() << "max error " << worst << " (relative to max |ref| " << scale
+                                       << ": " << rel << " > " << tol << ") at flat index " << at
+                                       << ": actual " << double(actual[at]) << ", expected "
+                                       << double(expected[at]);
+}
+
+/// One reference case file.
+class Case {
+ public:
+  explicit Case(const std::string& name) : name_(name), file_(std::string(ATTN_REFERENCE_DIR) + "/" + name + ".safetensors") {}
+
+  const std::string& name() const { return name_; }
+  const attn::io::SafetensorsFile& file() const { return file_; }
+  bool has(const std::string& tensor) const { return file_.contains(tensor); }
+  std::string meta(const std::string& key) const {
+    auto it = file_.metadata().find(key);
+    if (it == file_.metadata().end()) throw std::runtime_error(name_ + ": no metadata key " + key);
+    return it->second;
+  }
+  Index meta_int(const std::string& key) const { return std::stol(meta(key)); }
+  bool meta_bool(const std::string& key) const { return meta(key) == "true"; }
+  bool is_double() const { return meta("dtype") == "float64"; }
+
+  template <class T>
+  Tensor<T> get(const std::string& tensor) const { return file_.get<T>(tensor); }
+  template <class T>
+  attn::StateDict<T> params() const { return file_.state_dict<T>("param."); }
+
+  /// A stored mask as attn sees it: BOOL = PyTorch MHA's meaning (true = masked), float = additive.
+  /// The returned Mask views `storage`, which must outlive it.
+  template <class T>
+  attn::Mask<T> mask(const std::string& tensor, Tensor<bool>& bools, Tensor<T>& values) const {
+    if (!has(tensor)) return {};
+    if (file_.info(tensor).dtype == attn::io::DType::kBool) {
+      bools = file_.get_bool(tensor);
+      return attn::Mask<T>::block_where_true(bools);
+    }
+    values = get<T>(tensor);
+    return attn::Mask<T>::additive(values);
+  }
+
+  attn::Causal causal() const {
+    const std::string c = meta("causal");
+    return c == "top_left" ? attn::Causal::kTopLeft : c == "bottom_right" ? attn::Causal::kBottomRight : attn::Causal::kNone;
+  }
+
+ private:
+  std::string name_;
+  attn::io::SafetensorsFile file_;
+};
+
+/// Forward arguments whose dropout randomness comes from `gen`.
+template <class T>
+attn::AttentionArgs<T> with_generator(attn::Generator& gen) {
+  attn::AttentionArgs<T> args;
+  args.generator = &gen;
+  return args;
+}
+
+/// Deterministic pseudo-random tensor in [-1, 1) (not a reference: for property tests).
+template <class T>
+Tensor<T> random_tensor(attn::Shape shape, std::uint64_t seed, double scale = 1.0) {
+  Tensor<T> t(std::move(shape));
+  const std::uint64_t key = attn::Generator(seed).next_key();
+  for (Index i = 0; i < t.numel(); ++i) t[i] = T((2 * attn::detail::uniform(key, std::uint64_t(i)) - 1) * scale);
+  return t;
+}
+
+/// Expects `f` to throw std::invalid_argument whose message contains every one of `parts`.
+template <class F>
+void ExpectInvalid(F&& f, std::initializer_list<const char*> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    for (const char* p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message: " << e.what() << "\nlacks: " << p;
+  }
+}
+
+}  // namespace attn_test

@@ -1,0 +1,124 @@
+// Dropout: identity in eval mode, inverted scaling, a deterministic seeded mask.
+#include "support.hpp"
+
+namespace {
+
+using namespace attn_test;
+
+template <class T>
+class DropoutTyped : public ::testing::Test {};
+TYPED_TEST_SUITE(DropoutTyped, Scalars);
+
+TYPED_TEST(DropoutTyped, EvalIsIdentity) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({7, 9}, 1);
+  attn::Generator gen(5);
+  EXPECT_TRUE(AllClose(attn::dropout<T>(x, T(0.5), false, gen), x, 0.0));
+  EXPECT_TRUE(AllClose(attn::dropout<T>(x, T(0), true, gen), x, 0.0));
+}
+
+// n = 200000 Bernoulli(p) drops: the count's standard deviation is sqrt(n p (1-p)) ~ 205
+// for p = 0.3. The masks are a fixed function of the seed, so the check is deterministic;
+// the 8-sigma bound is there so a correct generator passes for any seed.
+TYPED_TEST(DropoutTyped, DropsAboutPAndScalesTheRest) {
+  using T = TypeParam;
+  const Index n = 200000;
+  const Tensor<T> x({n}, T(1));
+  for (double p : {0.1, 0.3, 0.9}) {
+    for (std::uint64_t seed : {0u, 1u, 12345u}) {
+      attn::Generator gen(seed);
+      const Tensor<T> y = attn::dropout<T>(x, T(p), true, gen);
+      Index zeros = 0;
+      for (Index i = 0; i < n; ++i) {
+        if (y[i] == T(0))
+          ++zeros;
+        else
+          ASSERT_EQ(y[i], T(1) / (T(1) - T(p)));
+      }
+      const double sigma = std::sqrt(n * p * (1 - p));
+      EXPECT_NEAR(double(zeros), n * p, 8 * sigma) << "p=" << p << " seed=" << seed;
+    }
+  }
+}
+
+TYPED_TEST(DropoutTyped, SameSeedSameMaskOtherSeedOtherMask) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({1000}, 2);
+  attn::Generator a(42), b(42), c(43);
+  const Tensor<T> ya = attn::dropout<T>(x, T(0.5), true, a), yb = attn::dropout<T>(x, T(0.5), true, b),
+                  yc = attn::dropout<T>(x, T(0.5), true, c);
+  EXPECT_TRUE(AllClose(ya, yb, 0.0));
+  EXPECT_FALSE(AllClose(ya, yc, 0.0));
+  // the generator advances: the next application draws another mask
+  EXPECT_FALSE(AllClose(attn::dropout<T>(x, T(0.5), true, a), ya, 0.0));
+}
+
+TEST(DropoutErrors, ProbabilityOutsideZeroOne) {
+  attn::Generator gen(0);
+  const Tensor<float> x({3});
+  ExpectInvalid([&] { attn::dropout<float>(x, 1.0f, true, gen); }, {"dropout", "[0, 1)", "1"});
+  ExpectInvalid([&] { attn::dropout<float>(x, -0.5f, true, gen); }, {"dropout", "-0.5"});
+}
+
+// Attention dropout acts on the weights: every returned weight is 0 or the eval-mode weight
+// scaled by 1/(1-p), and the output is exactly those weights times v.
+TYPED_TEST(DropoutTyped, MhaAttentionDropoutZeroesOrScalesWeights) {
+  using T = TypeParam;
+  attn::MultiHeadAttentionOptions o;
+  o.dropout = 0.25;
+  attn::MultiHeadAttention<T> mha(16, 4, o);
+  const Tensor<T> x = random_tensor<T>({2, 6, 16}, 3);
+  attn::MhaArgs<T> args;
+  args.need_weights = true;
+  args.average_attn_weights = false;
+  const Tensor<T> w_eval = mha.forward(x, args).attn_weights;
+  mha.train();
+  attn::Generator gen(7);
+  args.generator = &gen;
+  const auto r1 = mha.forward(x, args);
+  Index zeros = 0;
+  for (Index i = 0; i < w_eval.numel(); ++i) {
+    if (r1.attn_weights[i] == T(0)) {
+      ++zeros;
+    } else {
+      EXPECT_NEAR(double(r1.attn_weights[i]), double(w_eval[i]) / 0.75, 1e-6);
+    }
+  }
+  EXPECT_GT(zeros, 0);
+  EXPECT_LT(zeros, w_eval.numel());
+  attn::Generator same(7), other(8);
+  args.generator = &same;
+  EXPECT_TRUE(AllClose(mha.forward(x, args).output, r1.output, 0.0));
+  args.generator = &other;
+  EXPECT_FALSE(AllClose(mha.forward(x, args).output, r1.output, 0.0));
+  mha.eval();
+  EXPECT_TRUE(AllClose(mha.forward(x, args).attn_weights, w_eval, 0.0));
+}
+
+TYPED_TEST(DropoutTyped, ModulesAreDeterministicPerSeedAndIdentityInEval) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({2, 5, 12}, 4);
+  attn::TransformerEncoderLayer<T> enc(12, 8, 3, 0.1, 0.2, 0.3);
+  attn::TalkingHeadsAttention<T> th(12, 3, true, 0.2, 0.1);
+  const Tensor<T> enc_eval = enc.forward(x), th_eval = th.forward(x);
+  enc.train();
+  th.train();
+  attn::Generator g1(1), g2(1), g3(2);
+  const Tensor<T> e1 = enc.forward(x, with_generator<T>(g1)), e2 = enc.forward(x, with_generator<T>(g2)),
+                  e3 = enc.forward(x, with_generator<T>(g3));
+  EXPECT_TRUE(AllClose(e1, e2, 0.0));
+  EXPECT_FALSE(AllClose(e1, e3, 1e-3));
+  EXPECT_FALSE(AllClose(e1, enc_eval, 1e-3));
+  attn::Generator h1(5), h2(5), h3(6);
+  const Tensor<T> t1 = th.forward(x, with_generator<T>(h1)), t2 = th.forward(x, with_generator<T>(h2)),
+                  t3 = th.forward(x, with_generator<T>(h3));
+  EXPECT_TRUE(AllClose(t1, t2, 0.0));
+  EXPECT_FALSE(AllClose(t1, t3, 1e-3));
+  EXPECT_FALSE(AllClose(t1, th_eval, 1e-3));
+  enc.eval();
+  th.eval();
+  EXPECT_TRUE(AllClose(enc.forward(x, with_generator<T>(g3)), enc_eval, 0.0));
+  EXPECT_TRUE(AllClose(th.forward(x, with_generator<T>(h3)), th_eval, 0.0));
+}
+
+}  // namespace

@@ -1,0 +1,133 @@
+// SelfAttention, TalkingHeadsAttention, AttentionBlock and TransformerEncoderLayer against
+// the seed modules run by PyTorch.
+#include "support.hpp"
+
+namespace {
+
+using namespace attn_test;
+
+template <class T>
+struct Masks {
+  Tensor<bool> kpm_b, am_b;
+  Tensor<T> kpm_f, am_f;
+  attn::AttentionArgs<T> args;
+  explicit Masks(const Case& c) {
+    args.key_padding_mask = c.mask<T>("input.key_padding_mask", kpm_b, kpm_f);
+    args.attn_mask = c.mask<T>("input.attn_mask", am_b, am_f);
+  }
+};
+
+template <class T, class M>
+void check(const Case& c, M& module) {
+  module.load_state_dict(c.params<T>());
+  Masks<T> masks(c);
+  const Tensor<T> y = module.forward(c.get<T>("input.x"), masks.args);
+  EXPECT_TRUE(AllClose(y, c.get<T>("output.output"), tolerance<T>(c.is_double())));
+}
+
+template <class T>
+void check_case(const std::string& name) {
+  SCOPED_TRACE(name);
+  const Case c(name);
+  const std::string m = c.meta("module");
+  if (m == "self_attention") {
+    attn::SelfAttention<T> sa(c.meta_int("embed_dim"));
+    check<T>(c, sa);
+  } else if (m == "talking_heads") {
+    attn::TalkingHeadsAttention<T> th(c.meta_int("embed_dim"), c.meta_int("num_heads"), c.meta_bool("qkv_bias"));
+    check<T>(c, th);
+  } else if (m == "attention_block") {
+    attn::AttentionBlock<T> ab(c.meta_int("embed_dim"), c.meta_int("num_heads"));
+    check<T>(c, ab);
+  } else if (m == "transformer_encoder") {
+    attn::TransformerEncoderLayer<T> enc(c.meta_int("embed_dim"), c.meta_int("ffn_dim"), c.meta_int("num_heads"));
+    check<T>(c, enc);
+  } else {
+    FAIL() << "unexpected module " << m;
+  }
+}
+
+class ModuleReference : public ::testing::TestWithParam<std::string> {};
+TEST_P(ModuleReference, Float) { check_case<float>(GetParam()); }
+TEST_P(ModuleReference, Double) { check_case<double>(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(PyTorch, ModuleReference,
+                         ::testing::Values("sa_seed_f32", "sa_seed_f64", "sa_e6_f64", "sa_len1_f32",
+                                           "th_seed_f32", "th_small_f64", "th_one_head_f64", "th_len1_f32",
+                                           "th_mask_f32", "th_mask3d_f64", "th_float_mask_f64", "ab_seed_f32",
+                                           "ab_small_f64", "enc_seed_f32", "enc_seed_f64", "enc_odd_f64",
+                                           "enc_len1_f32"));
+
+template <class T>
+class ModulesTyped : public ::testing::Test {};
+TYPED_TEST_SUITE(ModulesTyped, Scalars);
+
+// The encoder's MHA is seed 004's layer: a checkpoint maps one to one by name.
+TYPED_TEST(ModulesTyped, EncoderNamesAreMobileVitNames) {
+  attn::TransformerEncoderLayer<TypeParam> enc(16, 8, 4);
+  std::vector<std::string> names;
+  for (const auto& kv : enc.state_dict()) names.push_back(kv.first);
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "pre_norm_ffn.0.bias", "pre_norm_ffn.0.weight", "pre_norm_ffn.1.bias", "pre_norm_ffn.1.weight",
+                       "pre_norm_ffn.4.bias", "pre_norm_ffn.4.weight", "pre_norm_mha.0.bias", "pre_norm_mha.0.weight",
+                       "pre_norm_mha.1.out_proj.bias", "pre_norm_mha.1.out_proj.weight",
+                       "pre_norm_mha.1.qkv_proj.bias", "pre_norm_mha.1.qkv_proj.weight"}));
+  EXPECT_EQ(enc.num_parameters(), 4 * 16 + (16 * 8 + 8) + (8 * 16 + 16) + (3 * 16 * 16 + 3 * 16) + (16 * 16 + 16));
+}
+
+TYPED_TEST(ModulesTyped, UnbatchedInputWorksEverywhere) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({5, 12}, 7);
+  const Tensor<T> xb = Tensor<T>(x).reshaped({1, 5, 12});
+  attn::SelfAttention<T> sa(12);
+  attn::TalkingHeadsAttention<T> th(12, 3);
+  attn::TransformerEncoderLayer<T> enc(12, 6, 3);
+  EXPECT_TRUE(AllClose(sa.forward(x).reshaped({1, 5, 12}), sa.forward(xb), 0.0));
+  EXPECT_TRUE(AllClose(th.forward(x).reshaped({1, 5, 12}), th.forward(xb), 0.0));
+  EXPECT_TRUE(AllClose(enc.forward(x).reshaped({1, 5, 12}), enc.forward(xb), 0.0));
+}
+
+// SelfAttention's output row i depends on position j only through key j and value j, so
+// once key j is masked, changing x at j must leave every other row unchanged.
+TYPED_TEST(ModulesTyped, MaskedKeyHasNoInfluence) {
+  using T = TypeParam;
+  attn::SelfAttention<T> sa(6);
+  Tensor<T> x = random_tensor<T>({1, 4, 6}, 9);
+  Tensor<bool> kpm({1, 4}, false);
+  kpm(0, 3) = true;
+  attn::AttentionArgs<T> args;
+  args.key_padding_mask = attn::Mask<T>::block_where_true(kpm);
+  const Tensor<T> before = sa.forward(x, args);
+  for (Index c = 0; c < 6; ++c) x(0, 3, c) += T(5);
+  const Tensor<T> after = sa.forward(x, args);
+  for (Index i = 0; i < 3; ++i)
+    for (Index c = 0; c < 6; ++c) EXPECT_NEAR(double(before(0, i, c)), double(after(0, i, c)), 1e-6) << i;
+}
+
+TEST(ModuleErrors, Constructors) {
+  ExpectInvalid([] { attn::TalkingHeadsAttention<float>(10, 4); }, {"dim (10)", "num_heads (4)", "divisible"});
+  ExpectInvalid([] { attn::TalkingHeadsAttention<float>(8, 2, false, 1.5); }, {"dropout", "1.5"});
+  ExpectInvalid([] { attn::AttentionBlock<float>(10, 3); }, {"embed_dim (10)", "num_heads (3)"});
+  ExpectInvalid([] { attn::TransformerEncoderLayer<float>(10, 8, 4); }, {"embed_dim (10)", "num_heads (4)"});
+  ExpectInvalid([] { attn::TransformerEncoderLayer<float>(8, 8, 2, 0.0, 1.0); }, {"dropout", "[0, 1)"});
+  ExpectInvalid([] { attn::TransformerEncoderLayer<float>(8, 0, 2); }, {"ffn_latent_dim", "0"});
+  ExpectInvalid([] { attn::SelfAttention<float>(0); }, {"embed_size", "0"});
+}
+
+TEST(ModuleErrors, InputShapes) {
+  attn::SelfAttention<float> sa(4);
+  ExpectInvalid([&] { sa.forward(Tensor<float>({2, 3, 5})); }, {"SelfAttention", "x", "(2, 3, 5)", "4 features"});
+  ExpectInvalid([&] { sa.forward(Tensor<float>({4})); }, {"SelfAttention", "(4,)"});
+  attn::TalkingHeadsAttention<float> th(8, 2);
+  ExpectInvalid([&] { th.forward(Tensor<float>({2, 3, 6})); }, {"TalkingHeadsAttention", "(2, 3, 6)"});
+  attn::AttentionBlock<float> ab(8, 2);
+  ExpectInvalid([&] { ab.forward(Tensor<float>({2, 6, 8})); }, {"AttentionBlock", "(2, 6, 8)", "(N, C, L)", "C = 8"});
+  attn::TransformerEncoderLayer<float> enc(8, 4, 2);
+  ExpectInvalid([&] { enc.forward(Tensor<float>({1, 2, 3, 8})); }, {"TransformerEncoderLayer", "(1, 2, 3, 8)"});
+  Tensor<bool> kpm({2, 4});
+  attn::AttentionArgs<float> args;
+  args.key_padding_mask = attn::Mask<float>::block_where_true(kpm);
+  ExpectInvalid([&] { th.forward(Tensor<float>({2, 3, 8}), args); }, {"TalkingHeadsAttention", "key_padding_mask", "(2, 4)"});
+}
+
+}  // namespace

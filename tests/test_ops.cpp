@@ -1,0 +1,73 @@
+// Stateless ops (linear, softmax, layer_norm, activations, head mixing) against PyTorch.
+#include "support.hpp"
+
+namespace {
+
+using namespace attn_test;
+
+template <class T>
+class OpsTyped : public ::testing::Test {};
+TYPED_TEST_SUITE(OpsTyped, Scalars);
+
+TYPED_TEST(OpsTyped, MatchPyTorch) {
+  using T = TypeParam;
+  for (const char* name : {"ops_f32", "ops_f64"}) {
+    SCOPED_TRACE(name);
+    const Case c(name);
+    const double tol = tolerance<T>(c.is_double());
+    const Tensor<T> x = c.get<T>("input.x"), w = c.get<T>("param.weight"), b = c.get<T>("param.bias");
+    EXPECT_TRUE(AllClose(attn::linear<T>(x, w, b), c.get<T>("output.linear"), tol));
+    EXPECT_TRUE(AllClose(attn::linear<T>(x, w), c.get<T>("output.linear_nobias"), tol));
+    EXPECT_TRUE(AllClose(attn::softmax<T>(x), c.get<T>("output.softmax"), tol));
+    const T eps = static_cast<T>(std::stod(c.meta("eps")));
+    EXPECT_TRUE(AllClose(attn::layer_norm<T>(x, c.get<T>("param.ln_weight"), c.get<T>("param.ln_bias"), eps),
+                         c.get<T>("output.layer_norm"), tol));
+    EXPECT_TRUE(AllClose(attn::silu<T>(x), c.get<T>("output.silu"), tol));
+    EXPECT_TRUE(AllClose(attn::gelu<T>(x), c.get<T>("output.gelu"), tol));
+    EXPECT_TRUE(AllClose(attn::gelu<T>(x, attn::GeluApproximation::kTanh), c.get<T>("output.gelu_tanh"), tol));
+  }
+}
+
+TYPED_TEST(OpsTyped, SoftmaxEdgeRows) {
+  using T = TypeParam;
+  const T inf = std::numeric_limits<T>::infinity();
+  const Tensor<T> x({4, 3}, {T(1e4), T(-1e4), T(1e4 - 1),  // large logits: finite, max subtracted
+                             -inf, -inf, -inf,             // fully masked: zeros, not NaN
+                             T(0), -inf, T(0),             // masked entry: exactly 0
+                             std::numeric_limits<T>::quiet_NaN(), T(0), T(1)});
+  const Tensor<T> y = attn::softmax<T>(x);
+  const T e = std::exp(T(-1));
+  EXPECT_NEAR(double(y(0, 0)), double(1 / (1 + e)), 1e-6);
+  EXPECT_EQ(y(0, 1), T(0));
+  EXPECT_NEAR(double(y(0, 2)), double(e / (1 + e)), 1e-6);
+  for (Index j = 0; j < 3; ++j) EXPECT_EQ(y(1, j), T(0));
+  EXPECT_EQ(y(2, 1), T(0));
+  EXPECT_EQ(y(2, 0), T(0.5));
+  for (Index j = 0; j < 3; ++j) EXPECT_TRUE(std::isnan(y(3, j)));  // NaN propagates to its row
+}
+
+// Head mixing is proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2): check it element-wise.
+TYPED_TEST(OpsTyped, MixHeadsIsLinearOverHeads) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({2, 3, 4, 5}, 11), w = random_tensor<T>({3, 3}, 12), b = random_tensor<T>({3}, 13);
+  const Tensor<T> y = attn::mix_heads<T>(x, w, b);
+  for (Index n = 0; n < 2; ++n)
+    for (Index g = 0; g < 3; ++g)
+      for (Index i = 0; i < 4; ++i)
+        for (Index j = 0; j < 5; ++j) {
+          T expect = b[g];
+          for (Index h = 0; h < 3; ++h) expect += w(g, h) * x(n, h, i, j);
+          EXPECT_NEAR(double(y(n, g, i, j)), double(expect), 1e-6);
+        }
+}
+
+TEST(OpsErrors, ShapesAreNamed) {
+  const Tensor<float> x({2, 5}), w({3, 4}), b({2});
+  ExpectInvalid([&] { attn::linear<float>(x, w); }, {"linear", "(2, 5)", "(3, 4)"});
+  ExpectInvalid([&] { attn::linear<float>(Tensor<float>({2, 4}), w, b); }, {"linear", "bias", "(2,)", "(3, 4)"});
+  ExpectInvalid([&] { attn::layer_norm<float>(x, Tensor<float>({4}), Tensor<float>({5})); }, {"layer_norm", "weight", "4"});
+  ExpectInvalid([&] { attn::mix_heads<float>(Tensor<float>({1, 2, 3, 3}), Tensor<float>({3, 3}), Tensor<float>({3})); },
+                {"mix_heads", "(3, 3)", "(1, 2, 3, 3)"});
+}
+
+}  // namespace

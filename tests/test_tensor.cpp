@@ -1,0 +1,60 @@
+// Tensor, TensorView and shape errors.
+#include "support.hpp"
+
+namespace {
+
+using namespace attn_test;
+
+TEST(Tensor, RowMajorLikePyTorch) {
+  Tensor<float> t({2, 3}, {0, 1, 2, 3, 4, 5});
+  EXPECT_EQ(t(1, 0), 3.0f);
+  EXPECT_EQ(t.matrix()(1, 2), 5.0f);
+  EXPECT_EQ(t.size(-1), 3);
+  const attn::TensorView<const float> v = t;
+  EXPECT_EQ(v.data(), t.data());
+  EXPECT_EQ(v.numel(), 6);
+  const Tensor<float> r = Tensor<float>(t).reshaped({3, 2});
+  EXPECT_EQ(r(2, 1), 5.0f);
+}
+
+TEST(Tensor, EigenMatrixAsView) {
+  attn::RowMatrix<double> m(2, 4);
+  m.setRandom();
+  const auto v = attn::as_view(m);
+  EXPECT_EQ(v.shape(), (attn::Shape{2, 4}));
+  EXPECT_EQ(v.data(), m.data());
+}
+
+TEST(Tensor, BadShapesAreErrors) {
+  ExpectInvalid([] { Tensor<float>({2, -1}); }, {"negative dimension", "(2, -1)"});
+  ExpectInvalid([] { Tensor<float>({1 << 30, 1 << 30, 1 << 30}); }, {"overflows"});
+  ExpectInvalid([] { Tensor<float>({2, 2}, {1, 2, 3}); }, {"(2, 2)", "4 elements", "3 values"});
+  ExpectInvalid([] { Tensor<float>({6}).reshaped({4}); }, {"reshaped", "(6,)", "(4,)"});
+  ExpectInvalid([] { attn::TensorView<const float>(nullptr, {2}); }, {"null data", "(2,)"});
+}
+
+TEST(Tensor, EmptyBatchGivesEmptyOutput) {
+  attn::MultiHeadAttention<float> mha(8, 2);
+  const auto r = mha.forward(Tensor<float>({0, 3, 8}));
+  EXPECT_EQ(r.output.shape(), (attn::Shape{0, 3, 8}));
+  attn::SelfAttention<float> sa(4);
+  EXPECT_EQ(sa.forward(Tensor<float>({2, 0, 4})).shape(), (attn::Shape{2, 0, 4}));
+}
+
+// No keys at all: every query row is fully masked, so its attention output is 0 and the
+// MHA output is out_proj.bias; the weights are (B, L, 0) as in PyTorch.
+TEST(Tensor, ZeroKeysGiveBiasRowsAndEmptyWeights) {
+  attn::MultiHeadAttention<double> mha(12, 3);
+  const Tensor<double> q = random_tensor<double>({1, 3, 12}, 1), k({1, 0, 12});
+  attn::MhaArgs<double> args;
+  args.need_weights = true;
+  const auto r = mha.forward(q, k, k, args);
+  EXPECT_EQ(r.attn_weights.shape(), (attn::Shape{1, 3, 0}));
+  const auto bias = mha.state_dict().at("out_proj.bias");
+  for (Index i = 0; i < 3; ++i)
+    for (Index c = 0; c < 12; ++c) EXPECT_EQ(r.output(0, i, c), bias[c]);
+  args.average_attn_weights = false;
+  EXPECT_EQ(mha.forward(q, k, k, args).attn_weights.shape(), (attn::Shape{1, 3, 3, 0}));
+}
+
+}  // namespace
