@@ -53,6 +53,30 @@ TYPED_TEST(DropoutTyped, SameSeedSameMaskOtherSeedOtherMask) {
   EXPECT_FALSE(AllClose(attn::dropout<T>(x, T(0.5), true, a), ya, 0.0));
 }
 
+// The mask of element (b, h, i, j) of the (B, H, L, S) weights is element
+// ((b*H + h)*L + i)*S + j of the call's stream, whatever the query blocking (L = 100 spans
+// two 64-row blocks): this is what makes masks independent of how work is split.
+TYPED_TEST(DropoutTyped, SdpaMaskDependsOnlyOnSeedCallAndElement) {
+  using T = TypeParam;
+  const Index nb = 2, nh = 2, len_q = 100, len_k = 7;
+  const Tensor<T> q = random_tensor<T>({nb, nh, len_q, 4}, 1), k = random_tensor<T>({nb, nh, len_k, 4}, 2),
+                  v = random_tensor<T>({nb, nh, len_k, 3}, 3);
+  Tensor<T> w_eval, w_drop;
+  attn::SdpaOptions<T> opt;
+  opt.attn_weights = &w_eval;
+  attn::scaled_dot_product_attention<T>(q, k, v, opt);
+  attn::Generator gen(99);
+  opt.dropout_p = T(0.4);
+  opt.generator = &gen;
+  opt.attn_weights = &w_drop;
+  attn::scaled_dot_product_attention<T>(q, k, v, opt);
+  const std::uint64_t key = attn::Generator(99).next_key();  // the call's stream
+  for (Index e = 0; e < w_eval.numel(); ++e) {
+    const bool dropped = attn::detail::uniform(key, std::uint64_t(e)) < 0.4;
+    ASSERT_EQ(w_drop[e], dropped ? T(0) : w_eval[e] * (T(1) / (T(1) - T(0.4)))) << "element " << e;
+  }
+}
+
 TEST(DropoutErrors, ProbabilityOutsideZeroOne) {
   attn::Generator gen(0);
   const Tensor<float> x({3});
