@@ -4,6 +4,7 @@
 /// public header except io/ (which needs nlohmann-json: include <attn/io/safetensors.hpp>).
 
 #include "attn/core/error.hpp"
+#include "attn/core/generator.hpp"
 #include "attn/core/state_dict.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/modules/attention_args.hpp"
@@ -15,6 +16,7 @@
 #include "attn/modules/talking_heads_attention.hpp"
 #include "attn/modules/transformer_encoder_layer.hpp"
 #include "attn/ops/activations.hpp"
+#include "attn/ops/attention_options.hpp"
 #include "attn/ops/dropout.hpp"
 #include "attn/ops/head_mixing.hpp"
 #include "attn/ops/heads_view.hpp"

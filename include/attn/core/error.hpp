@@ -32,9 +32,9 @@ inline std::string to_string(const Shape& shape) {
 
 namespace detail {
 
-inline void append(std::ostringstream& os, const Shape& shape) { os << to_string(shape); }
+inline void write_part(std::ostringstream& os, const Shape& shape) { os << to_string(shape); }
 template <class A>
-void append(std::ostringstream& os, const A& a) {
+void write_part(std::ostringstream& os, const A& a) {
   os << a;
 }
 
@@ -42,7 +42,7 @@ void append(std::ostringstream& os, const A& a) {
 template <class... Parts>
 std::string message(const Parts&... parts) {
   std::ostringstream os;
-  (append(os, parts), ...);
+  (write_part(os, parts), ...);
   return os.str();
 }
 

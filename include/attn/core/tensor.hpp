@@ -41,6 +41,7 @@ class TensorView {
  public:
   using Scalar = std::remove_const_t<T>;
 
+  /// An empty view: shape (0), no data (also what "no tensor", e.g. no bias, looks like).
   TensorView() = default;
   /// @param data pointer to numel(shape) elements in row-major order (may be null if empty)
   /// @param shape the dimensions, outermost first
@@ -74,7 +75,7 @@ class TensorView {
 
  private:
   T* data_ = nullptr;
-  Shape shape_;
+  Shape shape_{0};
   Index numel_ = 0;
 };
 
@@ -163,7 +164,18 @@ class Tensor {
   Eigen::Matrix<T, Eigen::Dynamic, 1> storage_;
 };
 
-/// @brief A rank-2 view of a row-major Eigen matrix (or Map), e.g. one (N, C) sequence.
+namespace detail {
+
+/// Output arguments are forwarding references, so lvalue matrices and temporary Maps or
+/// Blocks are both accepted; a const one fails to compile instead of being written through.
+template <class Out>
+constexpr void require_writable() {
+  static_assert(!std::is_const<std::remove_reference_t<Out>>::value, "attn: the output argument must be writable");
+}
+
+}  // namespace detail
+
+/// @brief A rank-2 view of a row-major Eigen matrix, e.g. one (N, C) sequence.
 template <class Derived>
 auto as_view(const Eigen::PlainObjectBase<Derived>& m) {
   using S = typename Derived::Scalar;
@@ -171,5 +183,8 @@ auto as_view(const Eigen::PlainObjectBase<Derived>& m) {
                 "attn::as_view needs row-major storage (attn::RowMatrix<T>)");
   return TensorView<const S>(m.data(), Shape{m.rows(), m.cols()});
 }
+/// A view of a temporary would dangle.
+template <class Derived>
+void as_view(Eigen::PlainObjectBase<Derived>&&) = delete;
 
 }  // namespace attn

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -116,6 +117,8 @@ class SafetensorsFile {
 
   /// @throws std::runtime_error naming the file (and tensor) if it cannot be read or is malformed
   explicit SafetensorsFile(std::string path) : path_(std::move(path)) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path_, ec)) fail("not a regular file");
     std::ifstream in(path_, std::ios::binary | std::ios::ate);
     if (!in) fail("cannot open file");
     const std::streamoff size = in.tellg();
@@ -142,6 +145,8 @@ class SafetensorsFile {
   Tensor<T> get(const std::string& name) const {
     static_assert(std::is_floating_point<T>::value, "use get_bool for masks");
     const TensorInfo& ti = info(name);
+    if (ti.dtype != DType::kF32 && ti.dtype != DType::kF64 && ti.dtype != DType::kF16 && ti.dtype != DType::kBF16)
+      fail("tensor '" + name + "' has dtype " + dtype_name(ti.dtype) + ", not a floating-point type");
     Tensor<T> t(ti.shape);
     const unsigned char* p = data_start() + ti.begin;
     for (Index i = 0; i < t.numel(); ++i) {
@@ -150,7 +155,7 @@ class SafetensorsFile {
         case DType::kF64: t[i] = static_cast<T>(detail::load_le<double>(p + 8 * i)); break;
         case DType::kF16: t[i] = static_cast<T>(detail::half_to_float(detail::load_le<std::uint16_t>(p + 2 * i))); break;
         case DType::kBF16: t[i] = static_cast<T>(detail::bf16_to_float(detail::load_le<std::uint16_t>(p + 2 * i))); break;
-        default: fail("tensor '" + name + "' has dtype " + dtype_name(ti.dtype) + ", not a floating-point type");
+        default: break;  // excluded above
       }
     }
     return t;
@@ -194,9 +199,9 @@ class SafetensorsFile {
            std::to_string(bytes_.size()) + "-byte file");
     header_size_ = static_cast<std::size_t>(n);
     const std::size_t data_size = bytes_.size() - 8 - header_size_;
-    nlohmann::json header;
+    nlohmann::ordered_json header;  // keeps the file's order for names()
     try {
-      header = nlohmann::json::parse(bytes_.begin() + 8, bytes_.begin() + 8 + static_cast<std::ptrdiff_t>(n));
+      header = nlohmann::ordered_json::parse(bytes_.begin() + 8, bytes_.begin() + 8 + static_cast<std::ptrdiff_t>(n));
     } catch (const nlohmann::json::exception& e) {
       fail(std::string("header is not valid JSON: ") + e.what());
     }
@@ -221,7 +226,7 @@ class SafetensorsFile {
       if (ranges[i].first < ranges[i - 1].second) fail("tensors overlap in the data area");
   }
 
-  TensorInfo parse_entry(const std::string& name, const nlohmann::json& e, std::size_t data_size) const {
+  TensorInfo parse_entry(const std::string& name, const nlohmann::ordered_json& e, std::size_t data_size) const {
     const std::string where = "tensor '" + name + "': ";
     if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
       fail(where + "entry needs dtype, shape and data_offsets");
@@ -287,7 +292,7 @@ class SafetensorsWriter {
 
   /// @throws std::runtime_error if the file cannot be written
   void write(const std::string& path) const {
-    nlohmann::json header = nlohmann::json::object();
+    nlohmann::ordered_json header = nlohmann::ordered_json::object();  // tensors in the order added
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     std::size_t offset = 0;
     for (const auto& e : entries_) {

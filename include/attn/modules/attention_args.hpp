@@ -6,8 +6,8 @@
 #include <string>
 
 #include "attn/core/tensor.hpp"
-#include "attn/ops/detail/attention_common.hpp"
-#include "attn/ops/dropout.hpp"
+#include "attn/core/generator.hpp"
+#include "attn/ops/attention_options.hpp"
 #include "attn/ops/mask.hpp"
 
 namespace attn {
@@ -48,12 +48,16 @@ namespace detail {
 /// The kernel options of one module call: scale, masks, causal, generator. An unbatched
 /// call's (S) key padding mask is seen as (1, S), as PyTorch does.
 template <class T>
-SdpaOptions<T> sdpa_options(const AttentionArgs<T>& args, T scale, bool unbatched, Index len_k) {
+SdpaOptions<T> sdpa_options(const char* where, const AttentionArgs<T>& args, T scale, bool unbatched,
+                            Index len_k) {
   SdpaOptions<T> opt;
   opt.scale = scale;
-  opt.key_padding_mask = unbatched && args.key_padding_mask.shape().size() == 1
-                             ? args.key_padding_mask.reshaped({1, len_k})
-                             : args.key_padding_mask;
+  opt.key_padding_mask = args.key_padding_mask;
+  if (unbatched && !opt.key_padding_mask.empty() && opt.key_padding_mask.shape().size() == 1) {
+    require(opt.key_padding_mask.shape() == Shape{len_k}, where, ": key_padding_mask has shape ",
+            opt.key_padding_mask.shape(), ", expected (keys) = ", Shape{len_k}, " for unbatched input");
+    opt.key_padding_mask = opt.key_padding_mask.reshaped({1, len_k});
+  }
   opt.attn_mask = args.attn_mask;
   opt.causal = args.causal;
   opt.generator = args.generator;

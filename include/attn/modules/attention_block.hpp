@@ -57,9 +57,10 @@ class AttentionBlock : public Module<T> {
     return out;
   }
 
-  std::vector<ParameterSlot<T>> parameters() const override {
-    auto s = detail::prefixed(mha_.parameters(), "mha.");
-    detail::append(s, detail::prefixed(norm_.parameters(), "norm."));
+  std::vector<ParameterSlot<T>> parameters() override {
+    std::vector<ParameterSlot<T>> s;
+    detail::append_prefixed(s, mha_.parameters(), "mha.");
+    detail::append_prefixed(s, norm_.parameters(), "norm.");
     return s;
   }
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include <Eigen/Core>
 
@@ -21,10 +22,12 @@ namespace attn {
 template <class T>
 class Linear : public Module<T> {
  public:
-  Linear(Index in_features, Index out_features, bool bias = true, std::uint64_t seed = 0)
-      : weight_(out_features, in_features), bias_(bias ? out_features : 0) {
+  Linear(Index in_features, Index out_features, bool bias = true, std::uint64_t seed = 0) {
     detail::require(in_features > 0 && out_features > 0, "attn::Linear: in_features (",
                     in_features, ") and out_features (", out_features, ") must be positive");
+    detail::checked_numel({out_features, in_features}, "attn::Linear");
+    weight_.resize(out_features, in_features);
+    bias_.resize(bias ? out_features : 0);
     const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
     detail::init_uniform(weight_.data(), weight_.size(), bound, seed);
     detail::init_uniform(bias_.data(), bias_.size(), bound, seed + 1);
@@ -38,13 +41,13 @@ class Linear : public Module<T> {
   Vector<T>& bias() { return bias_; }
   const Vector<T>& bias() const { return bias_; }
 
-  /// out = x W^T + b on matrices: x (rows, in), out (rows, out).
+  /// out = x W^T + b on matrices: x (rows, in), out (rows, out); out must not alias x.
   template <class X, class Out>
-  void apply(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<Out>& out) const {
+  void apply(const Eigen::MatrixBase<X>& x, Out&& out) const {
     if (has_bias())
-      linear(x, weight_, bias_, out);
+      linear(x, weight_, bias_, std::forward<Out>(out));
     else
-      linear(x, weight_, out);
+      linear(x, weight_, std::forward<Out>(out));
   }
 
   /// @param x (..., in_features) @return (..., out_features)
@@ -54,10 +57,9 @@ class Linear : public Module<T> {
                                 : TensorView<const T>());
   }
 
-  std::vector<ParameterSlot<T>> parameters() const override {
-    auto* self = const_cast<Linear*>(this);
-    std::vector<ParameterSlot<T>> s{{"weight", self->weight_.data(), {out_features(), in_features()}}};
-    if (has_bias()) s.push_back({"bias", self->bias_.data(), {out_features()}});
+  std::vector<ParameterSlot<T>> parameters() override {
+    std::vector<ParameterSlot<T>> s{{"weight", weight_.data(), {out_features(), in_features()}}};
+    if (has_bias()) s.push_back({"bias", bias_.data(), {out_features()}});
     return s;
   }
 
@@ -75,13 +77,12 @@ template <class T>
 class LayerNorm : public Module<T> {
  public:
   explicit LayerNorm(Index normalized_shape, double eps = 1e-5, bool elementwise_affine = true)
-      : weight_(Vector<T>::Ones(elementwise_affine ? normalized_shape : 0)),
-        bias_(Vector<T>::Zero(elementwise_affine ? normalized_shape : 0)),
-        features_(normalized_shape),
-        eps_(static_cast<T>(eps)) {
+      : features_(normalized_shape), eps_(static_cast<T>(eps)) {
     detail::require(normalized_shape > 0, "attn::LayerNorm: normalized_shape must be positive, got ",
                     normalized_shape);
     detail::require(eps >= 0, "attn::LayerNorm: eps must be >= 0, got ", eps);
+    weight_ = Vector<T>::Ones(elementwise_affine ? normalized_shape : 0);
+    bias_ = Vector<T>::Zero(elementwise_affine ? normalized_shape : 0);
   }
 
   Index features() const { return features_; }
@@ -89,8 +90,8 @@ class LayerNorm : public Module<T> {
 
   /// Normalises the rows of x (rows, C) into out; out may be x itself.
   template <class X, class Out>
-  void apply(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<Out>& out) const {
-    layer_norm(x, weight_, bias_, eps_, out);
+  void apply(const Eigen::MatrixBase<X>& x, Out&& out) const {
+    layer_norm(x, weight_, bias_, eps_, std::forward<Out>(out));
   }
 
   /// @param x (..., C) @return (..., C)
@@ -102,10 +103,9 @@ class LayerNorm : public Module<T> {
     return y;
   }
 
-  std::vector<ParameterSlot<T>> parameters() const override {
+  std::vector<ParameterSlot<T>> parameters() override {
     if (weight_.size() == 0) return {};
-    auto* self = const_cast<LayerNorm*>(this);
-    return {{"weight", self->weight_.data(), {features_}}, {"bias", self->bias_.data(), {features_}}};
+    return {{"weight", weight_.data(), {features_}}, {"bias", bias_.data(), {features_}}};
   }
 
  protected:

@@ -9,7 +9,7 @@
 #include "attn/core/error.hpp"
 #include "attn/core/state_dict.hpp"
 #include "attn/core/tensor.hpp"
-#include "attn/ops/dropout.hpp"
+#include "attn/core/generator.hpp"
 
 namespace attn {
 
@@ -30,10 +30,10 @@ class Module {
   bool is_training() const { return training_; }
 
   /// Every parameter with its PyTorch name, a pointer into this module, and its shape.
-  virtual std::vector<ParameterSlot<T>> parameters() const = 0;
+  virtual std::vector<ParameterSlot<T>> parameters() = 0;
 
   /// Copy of every parameter, by PyTorch name (torch.nn.Module.state_dict()).
-  StateDict<T> state_dict() const { return detail::to_state_dict(parameters()); }
+  StateDict<T> state_dict() const { return detail::to_state_dict(slots_for_reading()); }
 
   /// @brief Loads parameters by name (torch.nn.Module.load_state_dict).
   /// @param strict missing or unexpected names are errors (shape mismatches always are)
@@ -46,7 +46,7 @@ class Module {
   /// Total number of parameter elements.
   Index num_parameters() const {
     Index n = 0;
-    for (const auto& s : parameters()) n += detail::checked_numel(s.shape, type_name());
+    for (const auto& s : slots_for_reading()) n += detail::checked_numel(s.shape, type_name());
     return n;
   }
 
@@ -54,6 +54,9 @@ class Module {
   Module() = default;
   Module(const Module&) = default;
   Module& operator=(const Module&) = default;
+  /// The slots of a const module; only ever read through (so the const_cast is sound).
+  std::vector<ParameterSlot<T>> slots_for_reading() const { return const_cast<Module*>(this)->parameters(); }
+
   /// "attn::ClassName", used in error messages.
   virtual const char* type_name() const = 0;
 
@@ -70,17 +73,11 @@ class Module {
 
 namespace detail {
 
-/// Prefixes every slot name ("out_proj." + "weight").
+/// Appends a submodule's slots to `slots`, names prefixed ("out_proj." + "weight").
 template <class T>
-std::vector<ParameterSlot<T>> prefixed(std::vector<ParameterSlot<T>> slots, const std::string& prefix) {
-  for (auto& s : slots) s.name = prefix + s.name;
-  return slots;
-}
-
-/// Appends b to a.
-template <class T>
-void append(std::vector<ParameterSlot<T>>& a, const std::vector<ParameterSlot<T>>& b) {
-  a.insert(a.end(), b.begin(), b.end());
+void append_prefixed(std::vector<ParameterSlot<T>>& slots, std::vector<ParameterSlot<T>> child,
+                     const std::string& prefix) {
+  for (auto& s : child) slots.push_back({prefix + s.name, s.data, std::move(s.shape)});
 }
 
 /// Fills data with U(-bound, bound) from a fixed-seed stream (modules' default init).

@@ -2,7 +2,9 @@
 /// @file
 /// @brief MultiHeadAttention<T>: torch.nn.MultiheadAttention (batch_first), self and cross.
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -53,33 +55,24 @@ template <class T>
 class MultiHeadAttention : public Module<T> {
  public:
   MultiHeadAttention(Index embed_dim, Index num_heads, const MultiHeadAttentionOptions& options = {})
-      : embed_dim_(embed_dim),
+      : embed_dim_(validated(embed_dim, num_heads, options)),  // first member: checks run first
         num_heads_(num_heads),
+        head_dim_(embed_dim / num_heads),
         kdim_(options.kdim == 0 ? embed_dim : options.kdim),
         vdim_(options.vdim == 0 ? embed_dim : options.vdim),
         options_(options),
-        out_proj_(std::max<Index>(embed_dim, 1), std::max<Index>(embed_dim, 1), options.bias, 7) {
-    constexpr const char* where = "attn::MultiHeadAttention";
-    detail::require(embed_dim > 0 && num_heads > 0, where, ": embed_dim (", embed_dim,
-                    ") and num_heads (", num_heads, ") must be positive");
-    detail::require(embed_dim % num_heads == 0, where, ": embed_dim (", embed_dim,
-                    ") must be divisible by num_heads (", num_heads, ")");
-    detail::require(options.kdim >= 0 && options.vdim >= 0, where, ": kdim (", options.kdim,
-                    ") and vdim (", options.vdim, ") must be >= 0 (0 means embed_dim)");
-    detail::check_dropout_p(options.dropout, where);
-    head_dim_ = embed_dim / num_heads;
+        out_proj_(embed_dim, embed_dim, options.bias, 7) {
     set_layout(options.layout);
     const Index e = embed_dim;
     // xavier_uniform_ per projection, as PyTorch's _reset_parameters; biases start at 0.
-    in_weight_.resize(e * (e + kdim_ + vdim_));
-    const double bound_fused = std::sqrt(6.0 / static_cast<double>(e + 3 * e));
+    in_weight_.resize(weight_offset(3));
     if (same_embed_dims()) {
-      detail::init_uniform(in_weight_.data(), in_weight_.size(), bound_fused, 3);
+      detail::init_uniform(in_weight_.data(), in_weight_.size(), std::sqrt(6.0 / double(4 * e)), 3);
     } else {
-      detail::init_uniform(in_weight_.data(), e * e, std::sqrt(6.0 / double(2 * e)), 3);
-      detail::init_uniform(in_weight_.data() + e * e, e * kdim_, std::sqrt(6.0 / double(e + kdim_)), 4);
-      detail::init_uniform(in_weight_.data() + e * (e + kdim_), e * vdim_,
-                           std::sqrt(6.0 / double(e + vdim_)), 5);
+      const Index in[] = {e, kdim_, vdim_};
+      for (int i = 0; i < 3; ++i)
+        detail::init_uniform(in_weight_.data() + weight_offset(i), e * in[i], std::sqrt(6.0 / double(e + in[i])),
+                             3 + static_cast<std::uint64_t>(i));
     }
     in_bias_ = Vector<T>::Zero(options.bias ? 3 * e : 0);
     if (options.bias) out_proj_.bias().setZero();
@@ -107,6 +100,7 @@ class MultiHeadAttention : public Module<T> {
                     "attn::MultiHeadAttention: the fused qkv_proj layout needs kdim (", kdim_,
                     ") and vdim (", vdim_, ") equal to embed_dim (", embed_dim_, ")");
     layout_ = layout;
+    options_.layout = layout;
     const double d = static_cast<double>(head_dim_);
     switch (layout) {
       case MhaLayout::kTorch: scale_ = static_cast<T>(1.0 / std::sqrt(d)); break;
@@ -171,22 +165,23 @@ class MultiHeadAttention : public Module<T> {
     }
 
     // Unbatched masks: (S) -> (1, S); (H, L, S) is already (B*H, L, S) with B = 1.
-    SdpaOptions<T> opt = detail::sdpa_options<T>(args, scale_, query.dim() == 2, len_k);
+    SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, query.dim() == 2, len_k);
     opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
 
     // bias_k / bias_v and the zero key are extra keys after the S real ones (PyTorch order);
-    // the masks get never-masked columns for them. Only these options copy k and v.
+    // the masks, checked against the real S first, get never-masked columns for them. Only
+    // these options copy k and v.
     RowMatrix<T> kx, vx;
-    detail::PaddedMask<T> kpm_padded, am_padded;
+    Tensor<bool> kpm_bools, am_bools;
+    Tensor<T> kpm_values, am_values;
     if (extra > 0) {
+      detail::check_masks(where, opt, nb, nh, len_q, len_k);
       append_extra_keys(kh, bias_k_, kx);
       append_extra_keys(vh, bias_v_, vx);
       kh = HeadsView<const T>::bnhd(kx.data(), nb, len_k + extra, nh, d, e);
       vh = HeadsView<const T>::bnhd(vx.data(), nb, len_k + extra, nh, d, e);
-      kpm_padded = detail::pad_keys(opt.key_padding_mask, extra);
-      am_padded = detail::pad_keys(opt.attn_mask, extra);
-      opt.key_padding_mask = kpm_padded.mask;
-      opt.attn_mask = am_padded.mask;
+      opt.key_padding_mask = pad_keys(opt.key_padding_mask, extra, kpm_bools, kpm_values);
+      opt.attn_mask = pad_keys(opt.attn_mask, extra, am_bools, am_values);
     }
 
     MhaOutput<T> result;
@@ -196,8 +191,7 @@ class MultiHeadAttention : public Module<T> {
       scaled_dot_product_attention<T>(qh, kh, vh, HeadsView<T>::bnhd(attn_out.data(), nb, len_q, nh, d, e), opt);
     });
 
-    Shape out_shape = query.shape();
-    result.output = Tensor<T>(out_shape);
+    result.output = Tensor<T>(query.shape());
     out_proj_.apply(attn_out, result.output.matrix());
 
     if (args.need_weights) {
@@ -227,10 +221,9 @@ class MultiHeadAttention : public Module<T> {
     return forward(x, x, x, args);
   }
 
-  std::vector<ParameterSlot<T>> parameters() const override {
-    auto* self = const_cast<MultiHeadAttention*>(this);
-    T* w = self->in_weight_.data();
-    T* b = self->in_bias_.data();
+  std::vector<ParameterSlot<T>> parameters() override {
+    T* w = in_weight_.data();
+    T* b = in_bias_.data();
     const Index e = embed_dim_;
     const bool bias = options_.bias;
     std::vector<ParameterSlot<T>> s;
@@ -240,33 +233,31 @@ class MultiHeadAttention : public Module<T> {
           s.push_back({"in_proj_weight", w, {3 * e, e}});
         } else {
           s.push_back({"q_proj_weight", w, {e, e}});
-          s.push_back({"k_proj_weight", w + e * e, {e, kdim_}});
-          s.push_back({"v_proj_weight", w + e * (e + kdim_), {e, vdim_}});
+          s.push_back({"k_proj_weight", w + weight_offset(1), {e, kdim_}});
+          s.push_back({"v_proj_weight", w + weight_offset(2), {e, vdim_}});
         }
         if (bias) s.push_back({"in_proj_bias", b, {3 * e}});
-        detail::append(s, detail::prefixed(out_proj_.parameters(), "out_proj."));
+        detail::append_prefixed(s, out_proj_.parameters(), "out_proj.");
         break;
       case MhaLayout::kSeparateLinears: {
         const char* names[] = {"q.", "k.", "v."};
         const Index in[] = {e, kdim_, vdim_};
-        Index offset = 0;
         for (int i = 0; i < 3; ++i) {
-          s.push_back({std::string(names[i]) + "weight", w + offset, {e, in[i]}});
+          s.push_back({std::string(names[i]) + "weight", w + weight_offset(i), {e, in[i]}});
           if (bias) s.push_back({std::string(names[i]) + "bias", b + i * e, {e}});
-          offset += e * in[i];
         }
-        detail::append(s, detail::prefixed(out_proj_.parameters(), "out."));
+        detail::append_prefixed(s, out_proj_.parameters(), "out.");
         break;
       }
       case MhaLayout::kFusedQkv:
         s.push_back({"qkv_proj.weight", w, {3 * e, e}});
         if (bias) s.push_back({"qkv_proj.bias", b, {3 * e}});
-        detail::append(s, detail::prefixed(out_proj_.parameters(), "out_proj."));
+        detail::append_prefixed(s, out_proj_.parameters(), "out_proj.");
         break;
     }
     if (options_.add_bias_kv) {
-      s.push_back({"bias_k", self->bias_k_.data(), {1, 1, e}});
-      s.push_back({"bias_v", self->bias_v_.data(), {1, 1, e}});
+      s.push_back({"bias_k", bias_k_.data(), {1, 1, e}});
+      s.push_back({"bias_v", bias_v_.data(), {1, 1, e}});
     }
     return s;
   }
@@ -293,19 +284,62 @@ class MultiHeadAttention : public Module<T> {
   const char* type_name() const override { return "attn::MultiHeadAttention"; }
 
  private:
+  /// Checks the constructor arguments (before anything is allocated); returns embed_dim.
+  static Index validated(Index embed_dim, Index num_heads, const MultiHeadAttentionOptions& o) {
+    constexpr const char* where = "attn::MultiHeadAttention";
+    detail::require(embed_dim > 0 && num_heads > 0, where, ": embed_dim (", embed_dim, ") and num_heads (",
+                    num_heads, ") must be positive");
+    detail::require(embed_dim % num_heads == 0, where, ": embed_dim (", embed_dim,
+                    ") must be divisible by num_heads (", num_heads, ")");
+    detail::require(o.kdim >= 0 && o.vdim >= 0, where, ": kdim (", o.kdim, ") and vdim (", o.vdim,
+                    ") must be >= 0 (0 means embed_dim)");
+    detail::checked_numel({3, embed_dim, std::max({embed_dim, o.kdim, o.vdim})}, where);  // in_proj size
+    detail::check_dropout_p(o.dropout, where);
+    return embed_dim;
+  }
+
+  /// Appends `extra` key columns that mask nothing (false for block_where_true, true for
+  /// keep_where_true, 0 for additive), as PyTorch pads masks for bias_k and the zero key.
+  /// The padded mask views `bools` or `values`.
+  static Mask<T> pad_keys(const Mask<T>& m, Index extra, Tensor<bool>& bools, Tensor<T>& values) {
+    using Kind = typename Mask<T>::Kind;
+    if (m.empty()) return m;
+    Shape shape = m.shape();
+    const Index len = shape.back(), rows = detail::checked_numel(shape, "mask") / std::max<Index>(len, 1);
+    shape.back() += extra;
+    auto copy_rows = [&](const auto* src, auto* dst) {
+      for (Index i = 0; i < rows; ++i) std::copy(src + i * len, src + (i + 1) * len, dst + i * (len + extra));
+    };
+    if (m.kind() == Kind::kAdditive) {
+      values = Tensor<T>(shape, T(0));
+      copy_rows(m.additive_data(), values.data());
+      return Mask<T>::additive(values.view());
+    }
+    const bool keep = m.kind() == Kind::kKeepWhereTrue;
+    bools = Tensor<bool>(shape, keep);
+    copy_rows(m.bool_data(), bools.data());
+    return keep ? Mask<T>::keep_where_true(bools.view()) : Mask<T>::block_where_true(bools.view());
+  }
+
   bool same_embed_dims() const { return kdim_ == embed_dim_ && vdim_ == embed_dim_; }
 
   static bool same_tensor(const TensorView<const T>& a, const TensorView<const T>& b) {
     return a.data() == b.data() && a.shape() == b.shape();
   }
 
+  /// Where W_q (i = 0), W_k (1), W_v (2) start in in_weight_; i = 3 gives the total size.
+  Index weight_offset(int i) const {
+    const Index widths[] = {embed_dim_, kdim_, vdim_};
+    Index offset = 0;
+    for (int j = 0; j < i; ++j) offset += embed_dim_ * widths[j];
+    return offset;
+  }
+
   /// out (rows, n) = x W[first : first + n]^T + b[first : first + n]: rows first.. of the
   /// stacked [W_q; W_k; W_v] (each `in` wide; consecutive blocks share `in` when fused).
   void project(const TensorView<const T>& x, Index first, Index n, Index in, RowMatrix<T>& out) const {
-    const Index offset = first == 0 ? 0 : (first == embed_dim_ ? embed_dim_ * embed_dim_
-                                                               : embed_dim_ * (embed_dim_ + kdim_));
     out.resize(x.numel() / in, n);
-    const Eigen::Map<const RowMatrix<T>> w(in_weight_.data() + offset, n, in);
+    const Eigen::Map<const RowMatrix<T>> w(in_weight_.data() + weight_offset(static_cast<int>(first / embed_dim_)), n, in);
     if (options_.bias)
       linear(x.matrix(), w, in_bias_.segment(first, n), out);
     else
@@ -325,7 +359,7 @@ class MultiHeadAttention : public Module<T> {
     }
   }
 
-  Index embed_dim_, num_heads_, head_dim_ = 0, kdim_, vdim_;
+  Index embed_dim_, num_heads_, head_dim_, kdim_, vdim_;
   MultiHeadAttentionOptions options_;
   MhaLayout layout_ = MhaLayout::kTorch;
   T scale_ = T(1);

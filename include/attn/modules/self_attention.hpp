@@ -25,12 +25,8 @@ namespace attn {
 template <class T>
 class SelfAttention : public Module<T> {
  public:
-  explicit SelfAttention(Index embed_size) : qkv_(std::max<Index>(embed_size, 1), 3 * std::max<Index>(embed_size, 1), true, 11) {
-    detail::require(embed_size > 0, "attn::SelfAttention: embed_size must be positive, got ", embed_size);
-    // Each of the three seed Linear(E, E) layers is U(-1/sqrt(E), 1/sqrt(E)); the stacked
-    // Linear(E, 3E) already has that bound.
-    scale_ = T(1) / static_cast<T>(std::sqrt(static_cast<float>(embed_size)));
-  }
+  explicit SelfAttention(Index embed_size)
+      : qkv_(make_qkv(embed_size)), scale_(T(1) / static_cast<T>(std::sqrt(static_cast<float>(embed_size)))) {}
 
   Index embed_size() const { return qkv_.in_features(); }
   T scale() const { return scale_; }
@@ -45,7 +41,7 @@ class SelfAttention : public Module<T> {
     RowMatrix<T> qkv(x.numel() / e, 3 * e);
     qkv_.apply(x.matrix(), qkv);
     Tensor<T> out(x.shape());
-    const SdpaOptions<T> opt = detail::sdpa_options(args, scale_, x.dim() == 2, n);
+    const SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
     using Heads = HeadsView<const T>;
     detail::in_context(where, [&] {
       scaled_dot_product_attention<T>(Heads::bnhd(qkv.data(), nb, n, 1, e, 3 * e),
@@ -56,10 +52,9 @@ class SelfAttention : public Module<T> {
     return out;
   }
 
-  std::vector<ParameterSlot<T>> parameters() const override {
-    auto* self = const_cast<SelfAttention*>(this);
-    T* w = self->qkv_.weight().data();
-    T* b = self->qkv_.bias().data();
+  std::vector<ParameterSlot<T>> parameters() override {
+    T* w = qkv_.weight().data();
+    T* b = qkv_.bias().data();
     const Index e = embed_size();
     return {{"query.weight", w, {e, e}},         {"query.bias", b, {e}},
             {"key.weight", w + e * e, {e, e}},   {"key.bias", b + e, {e}},
@@ -70,7 +65,15 @@ class SelfAttention : public Module<T> {
   const char* type_name() const override { return "attn::SelfAttention"; }
 
  private:
-  Linear<T> qkv_;  // rows [query; key; value]
+  /// Linear(E, 3E), rows [query; key; value]: each seed Linear(E, E) is U(-1/sqrt(E),
+  /// 1/sqrt(E)) and the stacked layer has the same bound. Checks E before allocating.
+  static Linear<T> make_qkv(Index e) {
+    detail::require(e > 0, "attn::SelfAttention: embed_size must be positive, got ", e);
+    detail::checked_numel({3, e, e}, "attn::SelfAttention");
+    return Linear<T>(e, 3 * e, true, 11);
+  }
+
+  Linear<T> qkv_;
   T scale_;
 };
 

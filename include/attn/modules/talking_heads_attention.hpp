@@ -26,22 +26,14 @@ class TalkingHeadsAttention : public Module<T> {
  public:
   TalkingHeadsAttention(Index dim, Index num_heads = 8, bool qkv_bias = false, double attn_drop = 0.0,
                         double proj_drop = 0.0)
-      : qkv_(std::max<Index>(dim, 1), 3 * std::max<Index>(dim, 1), qkv_bias, 21),
-        proj_(std::max<Index>(dim, 1), std::max<Index>(dim, 1), true, 23),
-        proj_l_(std::max<Index>(num_heads, 1), std::max<Index>(num_heads, 1), true, 25),
-        proj_w_(std::max<Index>(num_heads, 1), std::max<Index>(num_heads, 1), true, 27),
-        num_heads_(num_heads),
+      : num_heads_(validated(dim, num_heads, attn_drop, proj_drop)),  // first member: checks run first
+        qkv_(dim, 3 * dim, qkv_bias, 21),
+        proj_(dim, dim, true, 23),
+        proj_l_(num_heads, num_heads, true, 25),
+        proj_w_(num_heads, num_heads, true, 27),
         attn_drop_(attn_drop),
-        proj_drop_(proj_drop) {
-    constexpr const char* where = "attn::TalkingHeadsAttention";
-    detail::require(dim > 0 && num_heads > 0, where, ": dim (", dim, ") and num_heads (", num_heads,
-                    ") must be positive");
-    detail::require(dim % num_heads == 0, where, ": dim (", dim, ") must be divisible by num_heads (",
-                    num_heads, ")");
-    detail::check_dropout_p(attn_drop, where);
-    detail::check_dropout_p(proj_drop, where);
-    scale_ = static_cast<T>(std::pow(static_cast<double>(dim / num_heads), -0.5));
-  }
+        proj_drop_(proj_drop),
+        scale_(static_cast<T>(std::pow(static_cast<double>(dim / num_heads), -0.5))) {}
 
   Index dim() const { return qkv_.in_features(); }
   Index num_heads() const { return num_heads_; }
@@ -60,7 +52,7 @@ class TalkingHeadsAttention : public Module<T> {
     this->require_generator(args.generator, std::max(attn_drop_, proj_drop_));
     RowMatrix<T> qkv(x.numel() / c, 3 * c), mixed(x.numel() / c, c);
     qkv_.apply(x.matrix(), qkv);
-    SdpaOptions<T> opt = detail::sdpa_options(args, scale_, x.dim() == 2, n);
+    SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
     opt.dropout_p = training ? static_cast<T>(attn_drop_) : T(0);
     const TalkingHeadsMix<T> mix{
         {proj_l_.weight().data(), nh, nh}, {proj_l_.bias().data(), nh},
@@ -74,16 +66,16 @@ class TalkingHeadsAttention : public Module<T> {
     });
     Tensor<T> out(x.shape());
     proj_.apply(mixed, out.matrix());
-    if (training && proj_drop_ > 0)
-      detail::dropout_span(out.data(), out.numel(), static_cast<T>(proj_drop_), args.generator->next_key(), 0);
+    if (training) dropout_inplace(out.data(), out.numel(), static_cast<T>(proj_drop_), *args.generator);
     return out;
   }
 
-  std::vector<ParameterSlot<T>> parameters() const override {
-    auto s = detail::prefixed(qkv_.parameters(), "qkv.");
-    detail::append(s, detail::prefixed(proj_.parameters(), "proj."));
-    detail::append(s, detail::prefixed(proj_l_.parameters(), "proj_l."));
-    detail::append(s, detail::prefixed(proj_w_.parameters(), "proj_w."));
+  std::vector<ParameterSlot<T>> parameters() override {
+    std::vector<ParameterSlot<T>> s;
+    detail::append_prefixed(s, qkv_.parameters(), "qkv.");
+    detail::append_prefixed(s, proj_.parameters(), "proj.");
+    detail::append_prefixed(s, proj_l_.parameters(), "proj_l.");
+    detail::append_prefixed(s, proj_w_.parameters(), "proj_w.");
     return s;
   }
 
@@ -91,10 +83,23 @@ class TalkingHeadsAttention : public Module<T> {
   const char* type_name() const override { return "attn::TalkingHeadsAttention"; }
 
  private:
-  Linear<T> qkv_, proj_, proj_l_, proj_w_;
+  /// Checks the constructor arguments before anything is allocated; returns num_heads.
+  static Index validated(Index dim, Index num_heads, double attn_drop, double proj_drop) {
+    constexpr const char* where = "attn::TalkingHeadsAttention";
+    detail::require(dim > 0 && num_heads > 0, where, ": dim (", dim, ") and num_heads (", num_heads,
+                    ") must be positive");
+    detail::require(dim % num_heads == 0, where, ": dim (", dim, ") must be divisible by num_heads (",
+                    num_heads, ")");
+    detail::checked_numel({3, dim, dim}, where);
+    detail::check_dropout_p(attn_drop, where);
+    detail::check_dropout_p(proj_drop, where);
+    return num_heads;
+  }
+
   Index num_heads_;
+  Linear<T> qkv_, proj_, proj_l_, proj_w_;
   double attn_drop_, proj_drop_;
-  T scale_ = T(1);
+  T scale_;
 };
 
 }  // namespace attn

@@ -24,18 +24,13 @@ class TransformerEncoderLayer : public Module<T> {
  public:
   TransformerEncoderLayer(Index embed_dim, Index ffn_latent_dim, Index num_heads = 8, double attn_dropout = 0.0,
                           double dropout = 0.0, double ffn_dropout = 0.0)
-      : norm_mha_(embed_dim),
+      : dropout_(validated(embed_dim, ffn_latent_dim, num_heads, dropout, ffn_dropout)),  // checks run first
+        ffn_dropout_(ffn_dropout),
+        norm_mha_(embed_dim),
         mha_(embed_dim, num_heads, mha_options(attn_dropout)),
         norm_ffn_(embed_dim),
-        fc1_(embed_dim, std::max<Index>(ffn_latent_dim, 1), true, 31),
-        fc2_(std::max<Index>(ffn_latent_dim, 1), embed_dim, true, 33),
-        dropout_(dropout),
-        ffn_dropout_(ffn_dropout) {
-    constexpr const char* where = "attn::TransformerEncoderLayer";
-    detail::require(ffn_latent_dim > 0, where, ": ffn_latent_dim must be positive, got ", ffn_latent_dim);
-    detail::check_dropout_p(dropout, where);
-    detail::check_dropout_p(ffn_dropout, where);
-  }
+        fc1_(embed_dim, ffn_latent_dim, true, 31),
+        fc2_(ffn_latent_dim, embed_dim, true, 33) {}
 
   Index embed_dim() const { return mha_.embed_dim(); }
   Index ffn_latent_dim() const { return fc1_.out_features(); }
@@ -55,8 +50,7 @@ class TransformerEncoderLayer : public Module<T> {
     const bool training = this->is_training();
     this->require_generator(args.generator, std::max({mha_.options().dropout, dropout_, ffn_dropout_}));
     auto drop = [&](auto&& m, double p) {
-      if (training && p > 0)
-        detail::dropout_span(m.data(), m.size(), static_cast<T>(p), args.generator->next_key(), 0);
+      if (training) dropout_inplace(m.data(), m.size(), static_cast<T>(p), *args.generator);
     };
     Tensor<T> h(x.shape());
     norm_mha_.apply(x.matrix(), h.matrix());
@@ -76,12 +70,13 @@ class TransformerEncoderLayer : public Module<T> {
     return y;
   }
 
-  std::vector<ParameterSlot<T>> parameters() const override {
-    auto s = detail::prefixed(norm_mha_.parameters(), "pre_norm_mha.0.");
-    detail::append(s, detail::prefixed(mha_.parameters(), "pre_norm_mha.1."));
-    detail::append(s, detail::prefixed(norm_ffn_.parameters(), "pre_norm_ffn.0."));
-    detail::append(s, detail::prefixed(fc1_.parameters(), "pre_norm_ffn.1."));
-    detail::append(s, detail::prefixed(fc2_.parameters(), "pre_norm_ffn.4."));
+  std::vector<ParameterSlot<T>> parameters() override {
+    std::vector<ParameterSlot<T>> s;
+    detail::append_prefixed(s, norm_mha_.parameters(), "pre_norm_mha.0.");
+    detail::append_prefixed(s, mha_.parameters(), "pre_norm_mha.1.");
+    detail::append_prefixed(s, norm_ffn_.parameters(), "pre_norm_ffn.0.");
+    detail::append_prefixed(s, fc1_.parameters(), "pre_norm_ffn.1.");
+    detail::append_prefixed(s, fc2_.parameters(), "pre_norm_ffn.4.");
     return s;
   }
 
@@ -96,11 +91,23 @@ class TransformerEncoderLayer : public Module<T> {
     return o;
   }
 
+  /// Checks the constructor arguments before anything is allocated; returns dropout.
+  static double validated(Index embed_dim, Index ffn_latent_dim, Index num_heads, double dropout, double ffn_dropout) {
+    constexpr const char* where = "attn::TransformerEncoderLayer";
+    detail::require(embed_dim > 0 && ffn_latent_dim > 0 && num_heads > 0, where, ": embed_dim (", embed_dim,
+                    "), ffn_latent_dim (", ffn_latent_dim, ") and num_heads (", num_heads, ") must be positive");
+    detail::require(embed_dim % num_heads == 0, where, ": embed_dim (", embed_dim,
+                    ") must be divisible by num_heads (", num_heads, ")");
+    detail::check_dropout_p(dropout, where);
+    detail::check_dropout_p(ffn_dropout, where);
+    return dropout;
+  }
+
+  double dropout_, ffn_dropout_;
   LayerNorm<T> norm_mha_;
   MultiHeadAttention<T> mha_;
   LayerNorm<T> norm_ffn_;
   Linear<T> fc1_, fc2_;
-  double dropout_, ffn_dropout_;
 };
 
 }  // namespace attn

@@ -3,6 +3,7 @@
 /// @brief Element-wise activations: SiLU and GELU (exact and tanh approximation).
 
 #include <cmath>
+#include <type_traits>
 
 #include <Eigen/Core>
 
@@ -11,10 +12,10 @@
 namespace attn {
 
 /// @brief SiLU (swish), in place: x * sigmoid(x) (torch.nn.SiLU).
-template <class Derived>
-void silu_inplace(const Eigen::MatrixBase<Derived>& m_) {
-  using T = typename Derived::Scalar;
-  auto& m = const_cast<Eigen::MatrixBase<Derived>&>(m_);
+template <class M>
+void silu_inplace(M&& m) {
+  detail::require_writable<M>();
+  using T = typename std::decay_t<M>::Scalar;
   m = m.unaryExpr([](T v) { return v / (T(1) + std::exp(-v)); });
 }
 
@@ -23,11 +24,10 @@ enum class GeluApproximation { kNone, kTanh };
 
 /// @brief GELU, in place. kNone: 0.5 x (1 + erf(x / sqrt 2)); kTanh:
 /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-template <class Derived>
-void gelu_inplace(const Eigen::MatrixBase<Derived>& m_,
-                  GeluApproximation approximate = GeluApproximation::kNone) {
-  using T = typename Derived::Scalar;
-  auto& m = const_cast<Eigen::MatrixBase<Derived>&>(m_);
+template <class M>
+void gelu_inplace(M&& m, GeluApproximation approximate = GeluApproximation::kNone) {
+  detail::require_writable<M>();
+  using T = typename std::decay_t<M>::Scalar;
   if (approximate == GeluApproximation::kNone) {
     m = m.unaryExpr([](T v) { return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440))); });
   } else {

@@ -18,13 +18,13 @@ namespace attn {
 /// @param in (H, X), one row per head; @param out (H, X), must not alias in
 template <class W, class B, class In, class Out>
 void mix_heads(const Eigen::MatrixBase<W>& weight, const Eigen::MatrixBase<B>& bias,
-               const Eigen::MatrixBase<In>& in, const Eigen::MatrixBase<Out>& out_) {
+               const Eigen::MatrixBase<In>& in, Out&& out) {
+  detail::require_writable<Out>();
   const Index h = in.rows();
   detail::require(weight.rows() == h && weight.cols() == h && bias.size() == h &&
-                      out_.rows() == h && out_.cols() == in.cols(),
+                      out.rows() == h && out.cols() == in.cols(),
                   "attn::mix_heads: weight (", weight.rows(), ", ", weight.cols(), ") and bias (",
                   bias.size(), ") must be (H, H) and (H) for ", h, " heads");
-  auto& out = const_cast<Eigen::MatrixBase<Out>&>(out_);
   out.noalias() = weight * in;
   out.colwise() += bias;
 }

@@ -19,17 +19,17 @@ namespace attn {
 /// @param out (rows, C), may alias x
 template <class X, class Out>
 void layer_norm(const Eigen::MatrixBase<X>& x, const Eigen::Ref<const Vector<typename X::Scalar>>& weight,
-                const Eigen::Ref<const Vector<typename X::Scalar>>& bias, typename X::Scalar eps,
-                const Eigen::MatrixBase<Out>& out_) {
+                const Eigen::Ref<const Vector<typename X::Scalar>>& bias, typename X::Scalar eps, Out&& out) {
+  detail::require_writable<Out>();
   using T = typename X::Scalar;
   const Index c = x.cols();
   detail::require(weight.size() == 0 || weight.size() == c, "attn::layer_norm: weight has ",
                   weight.size(), " elements but the input rows have ", c);
   detail::require(bias.size() == 0 || bias.size() == c, "attn::layer_norm: bias has ", bias.size(),
                   " elements but the input rows have ", c);
-  detail::require(out_.rows() == x.rows() && out_.cols() == c,
+  detail::require(out.rows() == x.rows() && out.cols() == c,
                   "attn::layer_norm: output shape does not match the input");
-  auto& out = const_cast<Eigen::MatrixBase<Out>&>(out_);
+  detail::require(eps >= T(0), "attn::layer_norm: eps must be >= 0, got ", eps);
   for (Index i = 0; i < x.rows(); ++i) {
     const T mean = x.row(i).mean();
     const T var = (x.row(i).array() - mean).square().mean();
@@ -41,11 +41,15 @@ void layer_norm(const Eigen::MatrixBase<X>& x, const Eigen::Ref<const Vector<typ
 }
 
 /// @brief LayerNorm over the last dimension of a tensor of any rank >= 1.
-/// @param weight (C) or an empty view; @param bias (C) or an empty view
+/// @param weight (C), or the default (empty) view for no scale; @param bias likewise
 template <class T>
 Tensor<T> layer_norm(const TensorView<const T>& x, const TensorView<const T>& weight,
                      const TensorView<const T>& bias, T eps = T(1e-5)) {
   detail::require(x.dim() >= 1, "attn::layer_norm: input must have at least one dimension");
+  for (const auto* p : {&weight, &bias})
+    detail::require(p->data() == nullptr || p->shape() == Shape{x.size(-1)}, "attn::layer_norm: ",
+                    p == &weight ? "weight" : "bias", " has shape ", p->shape(), " but the input ", x.shape(),
+                    " needs (", x.size(-1), ")");
   Tensor<T> y(x.shape());
   layer_norm(x.matrix(), Eigen::Map<const Vector<T>>(weight.data(), weight.numel()),
              Eigen::Map<const Vector<T>>(bias.data(), bias.numel()), eps, y.matrix());

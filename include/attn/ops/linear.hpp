@@ -12,34 +12,33 @@ namespace attn {
 /// @brief out = x W^T, as torch.nn.functional.linear without bias.
 /// @param x (rows, in_features)
 /// @param weight (out_features, in_features)
-/// @param out (rows, out_features), written in place (any Eigen writable expression)
+/// @param out (rows, out_features), written in place (any writable Eigen expression); must
+/// not alias x
 template <class X, class W, class Out>
-void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight,
-            const Eigen::MatrixBase<Out>& out) {
+void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight, Out&& out) {
+  detail::require_writable<Out>();
   detail::require(x.cols() == weight.cols() && out.rows() == x.rows() && out.cols() == weight.rows(),
                   "attn::linear: input (", x.rows(), ", ", x.cols(), "), weight (", weight.rows(),
                   ", ", weight.cols(), ") and output (", out.rows(), ", ", out.cols(),
                   ") do not fit y = x W^T");
-  auto& y = const_cast<Eigen::MatrixBase<Out>&>(out);  // Eigen's idiom for writable temporaries
-  y.noalias() = x * weight.transpose();
+  out.noalias() = x * weight.transpose();
 }
 
 /// @brief out = x W^T + b, as torch.nn.functional.linear.
 /// @param bias (out_features) column vector
 template <class X, class W, class B, class Out>
 void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight,
-            const Eigen::MatrixBase<B>& bias, const Eigen::MatrixBase<Out>& out) {
+            const Eigen::MatrixBase<B>& bias, Out&& out) {
   detail::require(bias.size() == weight.rows(), "attn::linear: bias has ", bias.size(),
                   " elements but weight has ", weight.rows(), " rows");
   linear(x, weight, out);
-  auto& y = const_cast<Eigen::MatrixBase<Out>&>(out);
-  y.rowwise() += bias.transpose();
+  out.rowwise() += bias.transpose();
 }
 
 /// @brief y = x W^T + b on the last dimension of a tensor of any rank >= 1.
 /// @param x (..., in_features)
 /// @param weight (out_features, in_features)
-/// @param bias (out_features), or an empty view for no bias
+/// @param bias (out_features), or the default (empty, data-less) view for no bias
 /// @return (..., out_features)
 template <class T>
 Tensor<T> linear(const TensorView<const T>& x, const TensorView<const T>& weight,
@@ -48,13 +47,14 @@ Tensor<T> linear(const TensorView<const T>& x, const TensorView<const T>& weight
                   "attn::linear: input of shape ", x.shape(), " does not fit weight of shape ",
                   weight.shape(), " (expected input (..., ", weight.dim() == 2 ? weight.size(1) : -1,
                   "))");
-  detail::require(bias.dim() == 0 || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
+  const bool has_bias = bias.data() != nullptr;
+  detail::require(!has_bias || bias.shape() == Shape{weight.size(0)},
                   "attn::linear: bias of shape ", bias.shape(), " does not fit weight of shape ",
                   weight.shape());
   Shape shape = x.shape();
   shape.back() = weight.size(0);
   Tensor<T> y(shape);
-  if (bias.dim() == 0)
+  if (!has_bias)
     linear(x.matrix(), weight.matrix(), y.matrix());
   else
     linear(x.matrix(), weight.matrix(), Eigen::Map<const Vector<T>>(bias.data(), bias.numel()),

@@ -37,6 +37,10 @@ class Mask {
   static Mask keep_where_true(const TensorView<const bool>& m) { return Mask(Kind::kKeepWhereTrue, m, {}); }
   /// Float mask added to the logits; -inf masks a position out.
   static Mask additive(const TensorView<const T>& m) { return Mask(Kind::kAdditive, {}, m); }
+  // A mask is a view: making one from a temporary tensor would leave it dangling.
+  static Mask block_where_true(Tensor<bool>&&) = delete;
+  static Mask keep_where_true(Tensor<bool>&&) = delete;
+  static Mask additive(Tensor<T>&&) = delete;
 
   Kind kind() const { return kind_; }
   bool empty() const { return kind_ == Kind::kNone; }
@@ -47,6 +51,8 @@ class Mask {
   /// The same data seen with another shape of the same element count (e.g. (S) as (1, S)).
   Mask reshaped(Shape shape) const {
     if (kind_ == Kind::kNone) return *this;
+    detail::require(detail::checked_numel(shape, "attn::Mask::reshaped") == detail::checked_numel(this->shape(), "attn::Mask"),
+                    "attn::Mask::reshaped: a mask of shape ", this->shape(), " cannot be seen as ", shape);
     if (kind_ == Kind::kAdditive) return Mask(kind_, {}, TensorView<const T>(additive_.data(), std::move(shape)));
     return Mask(kind_, TensorView<const bool>(bool_.data(), std::move(shape)), {});
   }
@@ -71,42 +77,4 @@ class Mask {
   TensorView<const bool> bool_;
   TensorView<const T> additive_;
 };
-
-namespace detail {
-
-/// A mask with extra never-masked key columns, and the storage it views.
-template <class T>
-struct PaddedMask {
-  Tensor<bool> bools;
-  Tensor<T> values;
-  Mask<T> mask;
-};
-
-/// Appends `extra` key columns that mask nothing (false for block_where_true, true for
-/// keep_where_true, 0 for additive), as PyTorch pads masks for bias_k and the zero key.
-template <class T>
-PaddedMask<T> pad_keys(const Mask<T>& m, Index extra) {
-  using Kind = typename Mask<T>::Kind;
-  PaddedMask<T> r;
-  if (m.empty()) return r;
-  Shape shape = m.shape();
-  const Index len = shape.back(), rows = len == 0 ? 0 : checked_numel(shape, "mask") / len;
-  shape.back() += extra;
-  auto copy_rows = [&](const auto* src, auto* dst) {
-    for (Index i = 0; i < rows; ++i) std::copy(src + i * len, src + (i + 1) * len, dst + i * (len + extra));
-  };
-  if (m.kind() == Kind::kAdditive) {
-    r.values = Tensor<T>(shape, T(0));
-    copy_rows(m.additive_data(), r.values.data());
-    r.mask = Mask<T>::additive(r.values);
-  } else {
-    const bool keep = m.kind() == Kind::kKeepWhereTrue;
-    r.bools = Tensor<bool>(shape, keep);
-    copy_rows(m.bool_data(), r.bools.data());
-    r.mask = keep ? Mask<T>::keep_where_true(r.bools) : Mask<T>::block_where_true(r.bools);
-  }
-  return r;
-}
-
-}  // namespace detail
 }  // namespace attn

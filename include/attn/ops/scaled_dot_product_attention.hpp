@@ -65,6 +65,8 @@ void scaled_dot_product_attention(const HeadsView<const T>& q, const HeadsView<c
 /// @brief Tensor form, like torch.nn.functional.scaled_dot_product_attention.
 /// @param q (B, H, L, D) or (B, L, D); @param k (B, H, S, D) or (B, S, D);
 /// @param v (B, H, S, Dv) or (B, S, Dv)
+/// @param opt masks as in the strided form: key_padding_mask (B, S), attn_mask (L, S) or
+/// (B*H, L, S). PyTorch's other broadcastable mask shapes are rejected with an error.
 /// @return (B, H, L, Dv) or (B, L, Dv)
 template <class T>
 Tensor<T> scaled_dot_product_attention(const TensorView<const T>& q, const TensorView<const T>& k,

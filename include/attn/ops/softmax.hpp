@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include <Eigen/Core>
 
@@ -19,13 +20,13 @@ namespace attn {
 /// return 0, which is what a caller can use. NaN in a row propagates to that row;
 /// +inf gives NaN (inf - inf), as in PyTorch.
 /// @param m any writable row-major or column-major matrix expression; rows are normalised
-template <class Derived>
-void softmax_rows_inplace(const Eigen::MatrixBase<Derived>& m_) {
-  using T = typename Derived::Scalar;
-  auto& m = const_cast<Eigen::MatrixBase<Derived>&>(m_);
+template <class M>
+void softmax_rows_inplace(M&& m) {
+  detail::require_writable<M>();
+  using T = typename std::decay_t<M>::Scalar;
   for (Index i = 0; i < m.rows(); ++i) {
     auto row = m.row(i);
-    const T mx = row.cols() > 0 ? row.maxCoeff() : -std::numeric_limits<T>::infinity();
+    const T mx = row.cols() > 0 ? row.template maxCoeff<Eigen::PropagateNaN>() : -std::numeric_limits<T>::infinity();
     if (mx == -std::numeric_limits<T>::infinity()) {
       row.setZero();
       continue;

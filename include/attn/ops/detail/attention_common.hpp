@@ -7,48 +7,65 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <optional>
+#include <functional>
 #include <string>
+#include <utility>
 
 #include <Eigen/Core>
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/ops/attention_options.hpp"
 #include "attn/ops/dropout.hpp"
 #include "attn/ops/heads_view.hpp"
 #include "attn/ops/mask.hpp"
 
 namespace attn {
 
-/// @brief Everything about one attention call besides q, k, v.
-template <class T>
-struct SdpaOptions {
-  /// Multiplies q k^T; default 1/sqrt(head_dim).
-  std::optional<T> scale;
-  /// (B, S): one entry per key of each batch element.
-  Mask<T> key_padding_mask;
-  /// (L, S), shared by every batch element and head, or (B*H, L, S).
-  Mask<T> attn_mask;
-  Causal causal = Causal::kNone;
-  /// Dropout on the attention weights, applied when > 0 (callers pass 0 in eval mode).
-  T dropout_p = T(0);
-  /// Source of the dropout mask; required when dropout_p > 0.
-  Generator* generator = nullptr;
-  /// If set, receives the attention weights (B, H, L, S), after dropout (what multiplies v,
-  /// and what nn.MultiheadAttention returns). Materialising them costs B*H*L*S elements.
-  Tensor<T>* attn_weights = nullptr;
-};
-
 namespace detail {
 
 /// Query rows per block: the score block (rows x S) stays small whatever L is.
 constexpr Index kQueryBlock = 64;
+
+/// Checks the masks' shapes for batch b, h heads, l queries and s keys.
+template <class T>
+void check_masks(const char* where, const SdpaOptions<T>& opt, Index b, Index h, Index l, Index s) {
+  if (!opt.key_padding_mask.empty())
+    require(opt.key_padding_mask.shape() == Shape{b, s}, where, ": key_padding_mask has shape ",
+            opt.key_padding_mask.shape(), ", expected (batch, keys) = ", Shape{b, s});
+  if (!opt.attn_mask.empty())
+    require(opt.attn_mask.shape() == Shape{l, s} || opt.attn_mask.shape() == Shape{b * h, l, s},
+            where, ": attn_mask has shape ", opt.attn_mask.shape(), ", expected ", Shape{l, s}, " or ", Shape{b * h, l, s});
+}
+
+/// Checks that a view is well formed: sizes >= 0, rows at least `dim` apart, data when
+/// non-empty. Returns the address range [first, last) it spans.
+template <class T>
+std::pair<const void*, const void*> check_view(const char* where, const char* name, const HeadsView<T>& v) {
+  require(v.batch >= 0 && v.heads >= 0 && v.length >= 0 && v.dim >= 0, where, ": ", name, " has negative size ",
+          v.shape());
+  require(v.row_stride >= v.dim && v.head_stride >= 0 && v.batch_stride >= 0, where, ": ", name,
+          " has strides (batch ", v.batch_stride, ", head ", v.head_stride, ", row ", v.row_stride,
+          ") smaller than its rows (", v.dim, ")");
+  if (v.batch == 0 || v.heads == 0 || v.length == 0 || v.dim == 0) return {nullptr, nullptr};
+  require(v.data != nullptr, where, ": ", name, " of shape ", v.shape(), " has no data");
+  const Index last = (v.batch - 1) * v.batch_stride + (v.heads - 1) * v.head_stride + (v.length - 1) * v.row_stride + v.dim;
+  return {v.data, v.data + last};
+}
 
 /// Checks q/k/v/out shapes, masks and dropout settings of an attention call.
 template <class T>
 void check_attention_args(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
                           const HeadsView<const T>& v, const HeadsView<T>& out,
                           const SdpaOptions<T>& opt) {
+  const auto out_range = check_view(where, "output", out);
+  for (const auto& in : {std::make_pair("q", &q), std::make_pair("k", &k), std::make_pair("v", &v)}) {
+    const auto r = check_view(where, in.first, *in.second);
+    std::less<const void*> before;  // a total order on pointers
+    require(r.first == nullptr || out_range.first == nullptr || !before(r.first, out_range.second) ||
+                !before(out_range.first, r.second),
+            where, ": the output overlaps ", in.first, " in memory");
+  }
   require(k.batch == q.batch && v.batch == q.batch && k.heads == q.heads && v.heads == q.heads,
           where, ": q ", q.shape(), ", k ", k.shape(), " and v ", v.shape(),
           " must agree in batch and heads");
@@ -58,14 +75,7 @@ void check_attention_args(const char* where, const HeadsView<const T>& q, const 
           " must have the same length (keys and values pair up)");
   require(out.batch == q.batch && out.heads == q.heads && out.length == q.length && out.dim == v.dim,
           where, ": output ", out.shape(), " does not match q ", q.shape(), " and v ", v.shape());
-  const Index b = q.batch, h = q.heads, l = q.length, s = k.length;
-  if (!opt.key_padding_mask.empty())
-    require(opt.key_padding_mask.shape() == Shape{b, s}, where, ": key_padding_mask has shape ",
-            opt.key_padding_mask.shape(), ", expected (batch, keys) = ", Shape{b, s});
-  if (!opt.attn_mask.empty())
-    require(opt.attn_mask.shape() == Shape{l, s} || opt.attn_mask.shape() == Shape{b * h, l, s}, where,
-            ": attn_mask has shape ", opt.attn_mask.shape(), ", expected ", Shape{l, s}, " or ",
-            Shape{b * h, l, s});
+  check_masks(where, opt, q.batch, q.heads, q.length, k.length);
   check_dropout_p(opt.dropout_p, where);
   require(opt.dropout_p == T(0) || opt.generator != nullptr, where,
           ": dropout_p = ", opt.dropout_p, " needs a Generator (SdpaOptions::generator)");

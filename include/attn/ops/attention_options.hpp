@@ -1,0 +1,32 @@
+#pragma once
+/// @file
+/// @brief SdpaOptions: everything about one attention kernel call besides q, k and v.
+
+#include <optional>
+
+#include "attn/core/generator.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/ops/mask.hpp"
+
+namespace attn {
+
+/// @brief Everything about one attention call besides q, k, v.
+template <class T>
+struct SdpaOptions {
+  /// Multiplies q k^T; default 1/sqrt(head_dim).
+  std::optional<T> scale;
+  /// (B, S): one entry per key of each batch element.
+  Mask<T> key_padding_mask;
+  /// (L, S), shared by every batch element and head, or (B*H, L, S).
+  Mask<T> attn_mask;
+  Causal causal = Causal::kNone;
+  /// Dropout on the attention weights, applied when > 0 (callers pass 0 in eval mode).
+  T dropout_p = T(0);
+  /// Source of the dropout mask; required when dropout_p > 0.
+  Generator* generator = nullptr;
+  /// If set, receives the attention weights (B, H, L, S), after dropout (what multiplies v,
+  /// and what nn.MultiheadAttention returns). Materialising them costs B*H*L*S elements.
+  Tensor<T>* attn_weights = nullptr;
+};
+
+}  // namespace attn
