@@ -114,6 +114,20 @@ TEST(ModuleErrors, Constructors) {
   ExpectInvalid([] { attn::SelfAttention<float>(0); }, {"embed_size", "0"});
 }
 
+// Sizes are checked before anything is allocated: no bad_alloc, no overflowed size.
+TEST(ModuleErrors, NegativeOrHugeSizesBeforeAllocation) {
+  const Index huge = Index(1) << 62;
+  ExpectInvalid([] { attn::Linear<float>(-1, 3); }, {"Linear", "in_features (-1)"});
+  ExpectInvalid([&] { attn::Linear<float>(huge, 4); }, {"Linear", "overflows"});
+  ExpectInvalid([] { attn::LayerNorm<float>(-1); }, {"LayerNorm", "-1"});
+  ExpectInvalid([&] { attn::SelfAttention<float>{huge}; }, {"SelfAttention", "overflows"});
+  ExpectInvalid([&] { attn::TalkingHeadsAttention<float>(huge, 1); }, {"TalkingHeadsAttention", "overflows"});
+  ExpectInvalid([] { attn::TransformerEncoderLayer<float>(-8, 16, 2); }, {"TransformerEncoderLayer", "embed_dim (-8)"});
+  attn::MultiHeadAttentionOptions o;
+  o.kdim = huge;
+  ExpectInvalid([&] { attn::MultiHeadAttention<float>(4, 2, o); }, {"MultiHeadAttention", "overflows"});
+}
+
 TEST(ModuleErrors, InputShapes) {
   attn::SelfAttention<float> sa(4);
   ExpectInvalid([&] { sa.forward(Tensor<float>({2, 3, 5})); }, {"SelfAttention", "x", "(2, 3, 5)", "4 features"});

@@ -145,6 +145,7 @@ TYPED_TEST(MhaTyped, StateDictRoundTripsInEveryLayout) {
     attn::MultiHeadAttention<T> b(8, 2, o);
     b.load_state_dict(dict);
     EXPECT_EQ(b.layout(), layout);
+    EXPECT_EQ(b.options().layout, layout);
     const auto back = b.state_dict();
     ASSERT_EQ(back.size(), dict.size());
     for (const auto& kv : dict) EXPECT_TRUE(AllClose(back.at(kv.first), kv.second, 0.0)) << kv.first;
@@ -202,6 +203,28 @@ TEST(MhaErrors, MaskShapes) {
   ExpectInvalid([&] { mha.forward(x, a); }, {"attn_mask", "(3, 4)", "(3, 3)", "(4, 3, 3)"});
   a.attn_mask = attn::Mask<float>::block_where_true(am3);
   ExpectInvalid([&] { mha.forward(x, a); }, {"attn_mask", "(2, 3, 3)", "(4, 3, 3)"});
+}
+
+TEST(MhaErrors, UnbatchedKeyPaddingMaskMustMatchTheKeys) {
+  attn::MultiHeadAttention<float> mha(8, 2);
+  const Tensor<float> x({5, 8});
+  for (Index len : {4, 7}) {
+    Tensor<bool> kpm({len}, false);
+    attn::MhaArgs<float> args;
+    args.key_padding_mask = attn::Mask<float>::block_where_true(kpm);
+    ExpectInvalid([&] { mha.forward(x, args); }, {"key_padding_mask", attn::to_string({len}).c_str(), "(5,)"});
+  }
+}
+
+// With add_bias_kv the masks get an extra column, but errors talk about what the caller passed.
+TEST(MhaErrors, MasksAreCheckedBeforePaddingForExtraKeys) {
+  attn::MultiHeadAttentionOptions o;
+  o.add_bias_kv = true;
+  attn::MultiHeadAttention<float> mha(8, 2, o);
+  Tensor<bool> am({5, 3});
+  attn::MhaArgs<float> args;
+  args.attn_mask = attn::Mask<float>::block_where_true(am);
+  ExpectInvalid([&] { mha.forward(Tensor<float>({2, 5, 8}), args); }, {"attn_mask has shape (5, 3)", "expected (5, 5)"});
 }
 
 TEST(MhaErrors, TrainingWithDropoutNeedsGenerator) {

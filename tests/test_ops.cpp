@@ -44,6 +44,13 @@ TYPED_TEST(OpsTyped, SoftmaxEdgeRows) {
   EXPECT_EQ(y(2, 1), T(0));
   EXPECT_EQ(y(2, 0), T(0.5));
   for (Index j = 0; j < 3; ++j) EXPECT_TRUE(std::isnan(y(3, j)));  // NaN propagates to its row
+  // wherever it stands, even when every other entry is masked
+  for (Index at = 0; at < 3; ++at) {
+    Tensor<T> r({1, 3}, -inf);
+    r(0, at) = std::numeric_limits<T>::quiet_NaN();
+    const Tensor<T> z = attn::softmax<T>(r);
+    for (Index j = 0; j < 3; ++j) EXPECT_TRUE(std::isnan(z(0, j))) << "NaN at " << at;
+  }
 }
 
 // Head mixing is proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2): check it element-wise.
@@ -65,7 +72,11 @@ TEST(OpsErrors, ShapesAreNamed) {
   const Tensor<float> x({2, 5}), w({3, 4}), b({2});
   ExpectInvalid([&] { attn::linear<float>(x, w); }, {"linear", "(2, 5)", "(3, 4)"});
   ExpectInvalid([&] { attn::linear<float>(Tensor<float>({2, 4}), w, b); }, {"linear", "bias", "(2,)", "(3, 4)"});
-  ExpectInvalid([&] { attn::layer_norm<float>(x, Tensor<float>({4}), Tensor<float>({5})); }, {"layer_norm", "weight", "4"});
+  ExpectInvalid([&] { attn::layer_norm<float>(x, Tensor<float>({4}), Tensor<float>({5})); }, {"layer_norm", "weight", "(4,)", "(5)"});
+  ExpectInvalid([&] { attn::layer_norm<float>(Tensor<float>({2, 4}), Tensor<float>({2, 2}), {}); }, {"weight", "(2, 2)"});
+  ExpectInvalid([&] { attn::layer_norm<float>(x, {}, {}, -1.0f); }, {"eps", "-1"});
+  float scalar = 100;  // a 0-d bias is a tensor, not "no bias"
+  ExpectInvalid([&] { attn::linear<float>(Tensor<float>({2, 4}), w, attn::TensorView<const float>(&scalar, {})); }, {"bias", "()"});
   ExpectInvalid([&] { attn::mix_heads<float>(Tensor<float>({1, 2, 3, 3}), Tensor<float>({3, 3}), Tensor<float>({3})); },
                 {"mix_heads", "(3, 3)", "(1, 2, 3, 3)"});
 }

@@ -39,7 +39,14 @@ TEST(Safetensors, RoundTripsFloatDoubleBoolAndMetadata) {
   w.set_metadata("format", "pt");
   w.write(path);
   const attn::io::SafetensorsFile r(path);
+  EXPECT_EQ(r.names(), (std::vector<std::string>{"f", "d", "mask"}));  // file order, not sorted
   EXPECT_EQ(r.metadata().at("format"), "pt");
+  try {
+    r.get<float>("mask");
+    ADD_FAILURE() << "a BOOL tensor read as float";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("'mask' has dtype BOOL"), std::string::npos) << e.what();
+  }
   EXPECT_TRUE(AllClose(r.get<float>("f"), f, 0.0));
   EXPECT_TRUE(AllClose(r.get<double>("d"), d, 0.0));
   EXPECT_TRUE(AllClose(r.get<double>("f"), f, 0.0));  // converted to the requested type
@@ -79,6 +86,7 @@ TEST(Safetensors, HalfAndBfloat16Convert) {
 TEST(Safetensors, MalformedFilesAreRejectedWithTheirReason) {
   const std::string path = temp_path("bad");
   const std::string ok = R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  expect_rejected(::testing::TempDir(), "not a regular file");
   { std::ofstream(path, std::ios::binary) << "abc"; }
   expect_rejected(path, "shorter than the 8-byte header size");
   write_bytes(path, ok, std::string(4, '\0'));

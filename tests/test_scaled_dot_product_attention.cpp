@@ -109,6 +109,18 @@ TYPED_TEST(SdpaTyped, StridedViewsEqualPackedTensors) {
         for (Index j = 0; j < d; ++j) EXPECT_EQ(out(b, i, h * d + j), expect(b, h, i, j));
 }
 
+TEST(SdpaErrors, MalformedViews) {
+  using HV = attn::HeadsView<const float>;
+  Tensor<float> buf({64}), out({64});
+  const HV ok = HV::bhnd(buf.data(), 1, 1, 4, 4);
+  const auto out_view = attn::HeadsView<float>::bhnd(out.data(), 1, 1, 4, 4);
+  auto run = [&](const HV& q, const attn::HeadsView<float>& o) { attn::scaled_dot_product_attention<float>(q, ok, ok, o); };
+  ExpectInvalid([&] { run(HV{nullptr, 1, 1, 4, 4, 16, 16, 4}, out_view); }, {"q", "(1, 1, 4, 4)", "no data"});
+  ExpectInvalid([&] { run(HV{buf.data(), 1, 1, -4, 4, 16, 16, 4}, out_view); }, {"q", "negative size"});
+  ExpectInvalid([&] { run(HV{buf.data(), 1, 1, 4, 4, 16, 16, 2}, out_view); }, {"q", "row 2", "rows (4)"});
+  ExpectInvalid([&] { run(ok, attn::HeadsView<float>::bhnd(buf.data() + 8, 1, 1, 4, 4)); }, {"output overlaps q"});
+}
+
 TEST(SdpaErrors, ShapesMasksAndDropout) {
   const Tensor<float> q({2, 3, 4, 8}), k({2, 3, 6, 8}), v({2, 3, 6, 5});
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, Tensor<float>({2, 3, 6, 7}), v); }, {"head dimension", "(2, 3, 6, 7)"});

@@ -5,6 +5,18 @@ namespace {
 
 using namespace attn_test;
 
+// Masks and views are views: making one from a temporary must not compile.
+template <class A, class = void>
+struct can_block : std::false_type {};
+template <class A>
+struct can_block<A, std::void_t<decltype(attn::Mask<float>::block_where_true(std::declval<A>()))>> : std::true_type {};
+template <class A, class = void>
+struct can_view : std::false_type {};
+template <class A>
+struct can_view<A, std::void_t<decltype(attn::as_view(std::declval<A>()))>> : std::true_type {};
+static_assert(can_block<Tensor<bool>&>::value && !can_block<Tensor<bool>&&>::value, "mask of a temporary");
+static_assert(can_view<attn::RowMatrix<float>&>::value && !can_view<attn::RowMatrix<float>&&>::value, "view of a temporary");
+
 TEST(Tensor, RowMajorLikePyTorch) {
   Tensor<float> t({2, 3}, {0, 1, 2, 3, 4, 5});
   EXPECT_EQ(t(1, 0), 3.0f);
