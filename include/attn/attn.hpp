@@ -5,6 +5,7 @@
 
 #include "attn/core/error.hpp"
 #include "attn/core/generator.hpp"
+#include "attn/core/parallel.hpp"
 #include "attn/core/state_dict.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/modules/attention_args.hpp"
