@@ -32,11 +32,11 @@ inline std::string join(const std::vector<std::string>& names) {
   return s;
 }
 
-/// Copies every slot into a fresh state dict.
+/// Copies every slot into a fresh state dict, names prefixed.
 template <class T>
-StateDict<T> to_state_dict(const std::vector<ParameterSlot<T>>& slots) {
+StateDict<T> to_state_dict(const std::vector<ParameterSlot<T>>& slots, const std::string& prefix = "") {
   StateDict<T> dict;
-  for (const auto& s : slots) dict.emplace(s.name, Tensor<T>::from_data(s.shape, s.data));
+  for (const auto& s : slots) dict.emplace(prefix + s.name, Tensor<T>::from_data(s.shape, s.data));
   return dict;
 }
 

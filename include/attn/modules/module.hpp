@@ -32,16 +32,29 @@ class Module {
   /// Every parameter with its PyTorch name, a pointer into this module, and its shape.
   virtual std::vector<ParameterSlot<T>> parameters() = 0;
 
-  /// Copy of every parameter, by PyTorch name (torch.nn.Module.state_dict()).
-  StateDict<T> state_dict() const { return detail::to_state_dict(slots_for_reading()); }
+  /// @brief Copy of every parameter, by PyTorch name (torch.nn.Module.state_dict()).
+  /// @param prefix put before every name, e.g. "blocks.0.attn." to build a bigger checkpoint
+  StateDict<T> state_dict(const std::string& prefix = "") const {
+    return detail::to_state_dict(slots_for_reading(), prefix);
+  }
 
   /// @brief Loads parameters by name (torch.nn.Module.load_state_dict).
+  ///
+  /// With a prefix, only the keys that start with it are considered, with the prefix
+  /// removed: "blocks.0.attn." loads this module from a whole timm CaiT checkpoint,
+  /// "transformer.0." from a MobileViT one. Keys outside the prefix are ignored.
   /// @param strict missing or unexpected names are errors (shape mismatches always are)
-  /// @throws std::invalid_argument listing every missing, unexpected or misshaped name;
-  /// nothing is changed then.
-  virtual void load_state_dict(const StateDict<T>& dict, bool strict = true) {
-    detail::load_slots(parameters(), dict, type_name(), strict);
+  /// @throws std::invalid_argument listing every missing, unexpected or misshaped name
+  /// (with the prefix); nothing is changed then.
+  void load_state_dict(const StateDict<T>& dict, const std::string& prefix, bool strict = true) {
+    load_parameters(dict, prefix, strict);
   }
+  /// Same, with a string literal prefix (without this overload, "x." would convert to bool).
+  void load_state_dict(const StateDict<T>& dict, const char* prefix, bool strict = true) {
+    load_parameters(dict, prefix, strict);
+  }
+  /// Same, with no prefix.
+  void load_state_dict(const StateDict<T>& dict, bool strict = true) { load_parameters(dict, "", strict); }
 
   /// Total number of parameter elements.
   Index num_parameters() const {
@@ -57,6 +70,12 @@ class Module {
   /// The slots of a const module; only ever read through (so the const_cast is sound).
   std::vector<ParameterSlot<T>> slots_for_reading() const { return const_cast<Module*>(this)->parameters(); }
 
+  /// Loads `dict` (keys under `prefix`) into parameters(); modules that choose their
+  /// parameter names from the dict (MultiHeadAttention) override it.
+  virtual void load_parameters(const StateDict<T>& dict, const std::string& prefix, bool strict) {
+    detail::load_slots(parameters(), dict, type_name(), strict, prefix);
+  }
+
   /// "attn::ClassName", used in error messages.
   virtual const char* type_name() const = 0;
 
@@ -70,6 +89,13 @@ class Module {
  private:
   bool training_ = false;
 };
+
+/// @brief Free-function form: load_state_dict(module, dict, prefix, strict), as the member.
+template <class T>
+void load_state_dict(Module<T>& module, const StateDict<T>& dict, const std::string& prefix = "",
+                     bool strict = true) {
+  module.load_state_dict(dict, prefix, strict);
+}
 
 namespace detail {
 

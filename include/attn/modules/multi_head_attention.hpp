@@ -262,26 +262,27 @@ class MultiHeadAttention : public Module<T> {
     return s;
   }
 
-  /// @brief Loads nn.MultiheadAttention, seed 001 (q./k./v./out.) or seed 004
-  /// (qkv_proj./out_proj.) names; the layout follows the names present.
-  void load_state_dict(const StateDict<T>& dict, bool strict = true) override {
+ protected:
+  const char* type_name() const override { return "attn::MultiHeadAttention"; }
+
+  /// Loads nn.MultiheadAttention, seed 001 (q./k./v./out.) or seed 004 (qkv_proj./out_proj.)
+  /// names; the layout follows the names present under the prefix.
+  void load_parameters(const StateDict<T>& dict, const std::string& prefix, bool strict) override {
     const MhaLayout before = layout_;
-    if (dict.count("in_proj_weight") || dict.count("q_proj_weight"))
+    const auto has = [&](const char* name) { return dict.count(prefix + name) != 0; };
+    if (has("in_proj_weight") || has("q_proj_weight"))
       set_layout(MhaLayout::kTorch);
-    else if (dict.count("q.weight"))
+    else if (has("q.weight"))
       set_layout(MhaLayout::kSeparateLinears);
-    else if (dict.count("qkv_proj.weight"))
+    else if (has("qkv_proj.weight"))
       set_layout(MhaLayout::kFusedQkv);
     try {
-      Module<T>::load_state_dict(dict, strict);
+      Module<T>::load_parameters(dict, prefix, strict);
     } catch (...) {
       set_layout(before);
       throw;
     }
   }
-
- protected:
-  const char* type_name() const override { return "attn::MultiHeadAttention"; }
 
  private:
   /// Checks the constructor arguments (before anything is allocated); returns embed_dim.
