@@ -37,8 +37,11 @@ DEFAULT_SEEDS = HERE.parents[1].parent / "shared" / "seeds"
 
 DTYPES = {"f32": torch.float32, "f64": torch.float64}
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
-ST_DTYPES = {torch.float32: ("F32", "<f4"), torch.float64: ("F64", "<f8"), torch.bool: ("BOOL", "|u1")}
-ST_NUMPY = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BOOL": np.dtype("u1")}
+ST_DTYPES = {torch.float32: ("F32", "<f4"), torch.float64: ("F64", "<f8"), torch.bool: ("BOOL", "|u1"),
+             torch.float16: ("F16", "<f2"), torch.bfloat16: ("BF16", "<u2"), torch.uint8: ("U8", "|u1"),
+             torch.int32: ("I32", "<i4"), torch.int64: ("I64", "<i8")}
+ST_NUMPY = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BOOL": np.dtype("u1"), "F16": np.dtype("<f2"),
+            "BF16": np.dtype("<u2"), "U8": np.dtype("u1"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8")}
 
 seeds = None  # the seed_modules module, imported in main()
 
@@ -58,6 +61,8 @@ def write_safetensors(path: Path, tensors: Dict[str, torch.Tensor], metadata: Di
     for name in order:
         t = tensors[name].detach().contiguous()
         st_dtype, np_dtype = ST_DTYPES[t.dtype]
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: store the raw bits
+            t = t.view(torch.int16)
         blob = t.numpy().astype(np_dtype, copy=False).tobytes()
         header[name] = {"dtype": st_dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
@@ -509,6 +514,25 @@ def build_ops(c: Case):
     return tensors, {"eps": "1e-05"}
 
 
+def build_dtypes(c: Case):
+    """Values in every safetensors dtype, converted by PyTorch, for the io round-trip tests."""
+    special = [0.0, -0.0, 1.0, -2.5, 65504.0, 65520.0, 1e5, 6.1e-5, 5.96e-8, 2.98e-8, 3e-8, 1e-9, -7.0e-6,
+               1.0009765625, 1.00048828125, 1.00146484375, 3.0e38, 1.00390625, 1.005859375, 1e-40]
+    source = torch.cat([torch.tensor(special, dtype=torch.float32),
+                        torch.randn(44, dtype=torch.float32) * torch.logspace(-8, 8, 44)]).reshape(4, 16)
+    ints = torch.tensor([0, 1, -1, 7, 2**31 - 1, -2**31, 2**40, 0], dtype=torch.int64)
+    tensors = {
+        "input.source": source,
+        "output.f16": source.half(), "output.f16_as_f32": source.half().float(),
+        "output.bf16": source.bfloat16(), "output.bf16_as_f32": source.bfloat16().float(),
+        "output.f64": source.double(),
+        "input.i64": ints, "output.i32": ints[ints.abs() < 2**31].int(),
+        "output.u8": torch.tensor([0, 1, 2, 255], dtype=torch.uint8),
+        "output.bool": torch.tensor([True, False, True]),
+    }
+    return tensors, {}
+
+
 def build_sdpa(c: Case, scale, kpm=None, mask=None):
     dt = c.dtype
     B, H, L, S, d, dv = 2, 3, 5, 7, 4, 6
@@ -637,6 +661,10 @@ case("enc_odd_f64", ENC, "TransformerEncoder x (3,5,36), ffn 20, 4 heads.", shap
 case("enc_len1_f32", ENC, "TransformerEncoder with sequence length 1: x (2,1,16), ffn 8, 2 heads.",
      shape=(2, 1, 16), ffn=8, H=2)
 
+# io: every dtype
+case("dtypes_f32", build_dtypes, "float32 values incl. rounding ties, subnormals and overflow converted by PyTorch "
+     "to F16, BF16 and F64 (and back to F32), plus I64, I32, U8 and BOOL tensors.")
+
 # ops and sdpa
 for _p in ("f32", "f64"):
     case(f"ops_{_p}", build_ops, "Stateless ops on x (5,7): linear with and without bias, softmax, layer_norm, "
@@ -648,7 +676,7 @@ case("sdpa_f64", build_sdpa, "softmax(q @ k^T * 0.7 + attn_mask) @ v with q (2,3
 
 MODULES = {SA: "self_attention", MHA: "multi_head_attention", SEP: "multi_head_attention",
            FUSED: "multi_head_attention", TH: "talking_heads", AB: "attention_block", ENC: "transformer_encoder",
-           build_ops: "ops", build_sdpa: "sdpa"}
+           build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes"}
 
 REQUIRED_META = {
     "self_attention": ["embed_dim"],
@@ -659,6 +687,7 @@ REQUIRED_META = {
     "transformer_encoder": ["embed_dim", "num_heads", "ffn_dim"],
     "ops": ["eps"],
     "sdpa": ["scale"],
+    "dtypes": [],
 }
 
 
@@ -677,7 +706,7 @@ def generate(c: Case) -> Path:
     metadata = {"module": MODULES[c.builder], "dtype": DTYPE_NAMES[c.dtype], "description": c.description}
     metadata.update({k: s(v) for k, v in meta.items()})
     for name, t in tensors.items():
-        assert t.dtype in (torch.bool, c.dtype), f"{c.name}: {name} has dtype {t.dtype}"
+        assert t.dtype in (torch.bool, c.dtype) or c.builder is build_dtypes, f"{c.name}: {name} has dtype {t.dtype}"
     path = DATA_DIR / f"{c.name}.safetensors"
     write_safetensors(path, tensors, metadata)
     return path
@@ -692,6 +721,8 @@ def check(c: Case) -> int:
     assert not missing, f"{path}: missing metadata {missing}"
     want = "F32" if c.dtype == torch.float32 else "F64"
     for name, a in arrays.items():
+        if module == "dtypes":
+            continue
         assert name.split(".", 1)[0] in ("param", "input", "output"), f"{path}: bad tensor name {name}"
         if a.dtype == np.uint8:
             assert name.startswith("input.") and name.endswith("mask") and a.max(initial=0) <= 1, f"{path}: {name}"

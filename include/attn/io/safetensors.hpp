@@ -6,7 +6,8 @@
 /// ({name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}), then the
 /// raw little-endian tensor data; offsets are relative to the start of the data area.
 /// Files are untrusted input: sizes, offsets and dtypes are checked before any data is used,
-/// and every failure is a std::runtime_error naming the file and the tensor.
+/// and every failure is a std::runtime_error naming the file and the tensor. The file is
+/// memory-mapped (POSIX) or read once; tensors are converted straight from it.
 
 #include <algorithm>
 #include <cstdint>
@@ -15,11 +16,20 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define ATTN_IO_HAVE_MMAP 1
+#endif
 
 #include <nlohmann/json.hpp>
 
@@ -100,6 +110,36 @@ inline float half_to_float(std::uint16_t h) {
   return sign ? -magnitude : magnitude;
 }
 
+/// float -> IEEE half, rounding to nearest even (as PyTorch's .half()); NaN stays NaN.
+inline std::uint16_t float_to_half(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
+  x &= 0x7fffffffu;
+  if (x > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u);  // NaN
+  if (x >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // >= 65520: inf
+  if (x >= 0x38800000u) {  // normal half: drop 13 mantissa bits, ties to even
+    x += 0xfffu + ((x >> 13) & 1u);
+    return static_cast<std::uint16_t>(sign | ((x - (112u << 23)) >> 13));
+  }
+  if (x <= 0x33000000u) return sign;  // <= 2^-25 (ties to even): zero
+  const std::uint32_t mant = (x & 0x7fffffu) | 0x800000u;  // subnormal half, units of 2^-24
+  const std::uint32_t shift = 126u - (x >> 23);
+  std::uint32_t r = mant >> shift;
+  const std::uint32_t rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  if (rem > half || (rem == half && (r & 1u))) ++r;
+  return static_cast<std::uint16_t>(sign | r);
+}
+
+/// float -> bfloat16, rounding to nearest even (as PyTorch's .bfloat16()); NaN stays NaN.
+inline std::uint16_t float_to_bf16(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<std::uint16_t>(x >> 16);
+}
+
 inline float bf16_to_float(std::uint16_t h) {
   const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
   float f;
@@ -107,9 +147,76 @@ inline float bf16_to_float(std::uint16_t h) {
   return f;
 }
 
+/// The bytes of a file: memory-mapped read-only where POSIX mmap exists, else read once.
+class FileBytes {
+ public:
+  FileBytes() = default;
+  FileBytes(const FileBytes&) = delete;
+  FileBytes& operator=(const FileBytes&) = delete;
+  ~FileBytes() {
+#if defined(ATTN_IO_HAVE_MMAP)
+    if (map_) ::munmap(map_, size_);
+#endif
+  }
+
+  /// Opens `path`; returns an empty string on success, else what went wrong.
+  std::string open(const std::string& path) {
+#if defined(ATTN_IO_HAVE_MMAP)
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) return "cannot open file";
+    struct stat st;
+    std::string error;
+    if (::fstat(fd, &st) != 0) {
+      error = "cannot stat file";
+    } else if (!S_ISREG(st.st_mode)) {
+      error = "not a regular file";
+    } else {
+      size_ = static_cast<std::size_t>(st.st_size);
+      if (size_ > 0) {
+        void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+          error = "cannot map file";
+          size_ = 0;
+        } else {
+          map_ = p;
+          data_ = static_cast<const unsigned char*>(p);
+        }
+      }
+    }
+    ::close(fd);
+    return error;
+#else
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) return "not a regular file";
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) return "cannot open file";
+    const std::streamoff size = in.tellg();
+    if (size < 0) return "cannot read file size";
+    buffer_.resize(static_cast<std::size_t>(size));
+    in.seekg(0);
+    if (size > 0 && !in.read(reinterpret_cast<char*>(buffer_.data()), size)) return "read error";
+    data_ = buffer_.data();
+    size_ = buffer_.size();
+    return "";
+#endif
+  }
+
+  const unsigned char* data() const { return data_; }
+  std::size_t size() const { return size_; }
+
+ private:
+  const unsigned char* data_ = nullptr;
+  std::size_t size_ = 0;
+#if defined(ATTN_IO_HAVE_MMAP)
+  void* map_ = nullptr;
+#else
+  std::vector<unsigned char> buffer_;
+#endif
+};
+
 }  // namespace detail
 
-/// @brief A safetensors file read into memory once, with its header validated.
+/// @brief A safetensors file, mapped (or read) once, with its header validated.
 class SafetensorsFile {
  public:
   /// Maximum accepted JSON header size (100 MB).
@@ -117,17 +224,14 @@ class SafetensorsFile {
 
   /// @throws std::runtime_error naming the file (and tensor) if it cannot be read or is malformed
   explicit SafetensorsFile(std::string path) : path_(std::move(path)) {
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(path_, ec)) fail("not a regular file");
-    std::ifstream in(path_, std::ios::binary | std::ios::ate);
-    if (!in) fail("cannot open file");
-    const std::streamoff size = in.tellg();
-    if (size < 8) fail("file is " + std::to_string(size) + " bytes, shorter than the 8-byte header size");
-    bytes_.resize(static_cast<std::size_t>(size));
-    in.seekg(0);
-    if (!in.read(reinterpret_cast<char*>(bytes_.data()), size)) fail("read error");
+    const std::string error = bytes_.open(path_);
+    if (!error.empty()) fail(error);
+    if (bytes_.size() < 8)
+      fail("file is " + std::to_string(bytes_.size()) + " bytes, shorter than the 8-byte header size");
     parse();
   }
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
   const std::string& path() const { return path_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
@@ -161,15 +265,35 @@ class SafetensorsFile {
     return t;
   }
 
-  /// @brief A BOOL or U8 tensor (nonzero = true), e.g. a mask.
+  /// @brief A BOOL, U8, I32 or I64 tensor as booleans (nonzero = true), e.g. a mask.
   Tensor<bool> get_bool(const std::string& name) const {
     const TensorInfo& ti = info(name);
-    if (ti.dtype != DType::kBool && ti.dtype != DType::kU8)
-      fail("tensor '" + name + "' has dtype " + dtype_name(ti.dtype) + ", expected BOOL or U8");
+    if (ti.dtype != DType::kBool && ti.dtype != DType::kU8 && ti.dtype != DType::kI32 && ti.dtype != DType::kI64)
+      fail("tensor '" + name + "' has dtype " + dtype_name(ti.dtype) + ", expected BOOL, U8, I32 or I64");
     Tensor<bool> t(ti.shape);
     const unsigned char* p = data_start() + ti.begin;
-    for (Index i = 0; i < t.numel(); ++i) t[i] = p[i] != 0;
+    const std::size_t size = dtype_size(ti.dtype);
+    for (Index i = 0; i < t.numel(); ++i) {
+      const unsigned char* e = p + static_cast<std::size_t>(i) * size;
+      t[i] = std::any_of(e, e + size, [](unsigned char c) { return c != 0; });
+    }
     return t;
+  }
+
+  /// @brief An integer tensor (I64, I32, U8 or BOOL) widened to int64.
+  std::vector<std::int64_t> get_int64(const std::string& name) const {
+    const TensorInfo& ti = info(name);
+    std::vector<std::int64_t> out(static_cast<std::size_t>(attn::detail::checked_numel(ti.shape, "get_int64")));
+    const unsigned char* p = data_start() + ti.begin;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      switch (ti.dtype) {
+        case DType::kI64: out[i] = detail::load_le<std::int64_t>(p + 8 * i); break;
+        case DType::kI32: out[i] = detail::load_le<std::int32_t>(p + 4 * i); break;
+        case DType::kU8: case DType::kBool: out[i] = p[i]; break;
+        default: fail("tensor '" + name + "' has dtype " + dtype_name(ti.dtype) + ", expected I64, I32, U8 or BOOL");
+      }
+    }
+    return out;
   }
 
   /// @brief Every floating-point tensor whose name starts with prefix, with the prefix
@@ -200,11 +324,23 @@ class SafetensorsFile {
     header_size_ = static_cast<std::size_t>(n);
     const std::size_t data_size = bytes_.size() - 8 - header_size_;
     nlohmann::ordered_json header;  // keeps the file's order for names()
+    std::string duplicate;          // JSON allows repeated keys; a later one would hide the first
+    std::set<std::string> top_keys;
+    const auto find_duplicates = [&](int depth, nlohmann::ordered_json::parse_event_t event,
+                                     nlohmann::ordered_json& parsed) {
+      if (depth == 1 && event == nlohmann::ordered_json::parse_event_t::key && duplicate.empty()) {
+        const std::string& key = parsed.get_ref<const std::string&>();
+        if (!top_keys.insert(key).second) duplicate = key;
+      }
+      return true;
+    };
     try {
-      header = nlohmann::ordered_json::parse(bytes_.begin() + 8, bytes_.begin() + 8 + static_cast<std::ptrdiff_t>(n));
+      const auto* text = reinterpret_cast<const char*>(bytes_.data()) + 8;
+      header = nlohmann::ordered_json::parse(text, text + n, find_duplicates);
     } catch (const nlohmann::json::exception& e) {
       fail(std::string("header is not valid JSON: ") + e.what());
     }
+    if (!duplicate.empty()) fail("tensor '" + duplicate + "': duplicate name in the header");
     if (!header.is_object()) fail("header is not a JSON object");
     std::vector<std::pair<std::size_t, std::size_t>> ranges;
     for (auto it = header.begin(); it != header.end(); ++it) {
@@ -266,7 +402,7 @@ class SafetensorsFile {
   }
 
   std::string path_;
-  std::vector<unsigned char> bytes_;
+  detail::FileBytes bytes_;
   std::size_t header_size_ = 0;
   std::map<std::string, TensorInfo> infos_;
   std::vector<std::string> names_;
@@ -276,12 +412,63 @@ class SafetensorsFile {
 /// @brief Collects tensors and writes them as one safetensors file.
 class SafetensorsWriter {
  public:
-  void add(const std::string& name, const Tensor<float>& t) { add_raw(name, DType::kF32, t.shape(), t.data()); }
-  void add(const std::string& name, const Tensor<double>& t) { add_raw(name, DType::kF64, t.shape(), t.data()); }
-  void add(const std::string& name, const Tensor<bool>& t) {
-    std::vector<unsigned char> b(static_cast<std::size_t>(t.numel()));
-    for (Index i = 0; i < t.numel(); ++i) b[static_cast<std::size_t>(i)] = t[i] ? 1 : 0;
-    add_raw(name, DType::kBool, t.shape(), b.data());
+  /// Adds a tensor stored as F32 / F64 (its own type) or, converted, as any floating dtype:
+  /// F16 and BF16 round to nearest even as PyTorch does (a double goes through float first).
+  template <class T, std::enable_if_t<std::is_floating_point<T>::value, int> = 0>
+  void add(const std::string& name, const Tensor<T>& t, DType as = std::is_same<T, float>::value ? DType::kF32 : DType::kF64) {
+    std::vector<unsigned char> bytes(static_cast<std::size_t>(t.numel()) * dtype_size(as));
+    for (Index i = 0; i < t.numel(); ++i) {
+      unsigned char* dst = bytes.data() + static_cast<std::size_t>(i) * dtype_size(as);
+      switch (as) {
+        case DType::kF32: store(dst, static_cast<float>(t[i])); break;
+        case DType::kF64: store(dst, static_cast<double>(t[i])); break;
+        case DType::kF16: store(dst, detail::float_to_half(static_cast<float>(t[i]))); break;
+        case DType::kBF16: store(dst, detail::float_to_bf16(static_cast<float>(t[i]))); break;
+        default:
+          throw std::invalid_argument("attn::io::SafetensorsWriter::add: tensor '" + name +
+                                      "' is floating-point, cannot store it as " + dtype_name(as));
+      }
+    }
+    add_bytes(name, as, t.shape(), std::move(bytes));
+  }
+  /// Adds a mask stored as BOOL (default), U8, I32 or I64 (true = 1).
+  void add(const std::string& name, const Tensor<bool>& t, DType as = DType::kBool) {
+    std::vector<unsigned char> bytes(static_cast<std::size_t>(t.numel()) * dtype_size(as));
+    for (Index i = 0; i < t.numel(); ++i) {
+      unsigned char* dst = bytes.data() + static_cast<std::size_t>(i) * dtype_size(as);
+      switch (as) {
+        case DType::kBool: case DType::kU8: *dst = t[i] ? 1 : 0; break;
+        case DType::kI32: store(dst, static_cast<std::int32_t>(t[i])); break;
+        case DType::kI64: store(dst, static_cast<std::int64_t>(t[i])); break;
+        default:
+          throw std::invalid_argument("attn::io::SafetensorsWriter::add: mask '" + name + "' cannot be stored as " +
+                                      dtype_name(as));
+      }
+    }
+    add_bytes(name, as, t.shape(), std::move(bytes));
+  }
+  /// Adds integers stored as I64, I32 or U8 (each value must fit).
+  void add(const std::string& name, const Shape& shape, const std::vector<std::int64_t>& values, DType as = DType::kI64) {
+    const auto count = static_cast<std::size_t>(attn::detail::checked_numel(shape, "SafetensorsWriter"));
+    if (values.size() != count)
+      throw std::invalid_argument("attn::io::SafetensorsWriter::add: tensor '" + name + "' has " +
+                                  std::to_string(values.size()) + " values for shape " + to_string(shape));
+    std::vector<unsigned char> bytes(count * dtype_size(as));
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::int64_t v = values[i];
+      unsigned char* dst = bytes.data() + i * dtype_size(as);
+      if (as == DType::kI64) {
+        store(dst, v);
+      } else if (as == DType::kI32 && v >= std::numeric_limits<std::int32_t>::min() && v <= std::numeric_limits<std::int32_t>::max()) {
+        store(dst, static_cast<std::int32_t>(v));
+      } else if (as == DType::kU8 && v >= 0 && v <= 255) {
+        *dst = static_cast<unsigned char>(v);
+      } else {
+        throw std::invalid_argument("attn::io::SafetensorsWriter::add: tensor '" + name + "': value " +
+                                    std::to_string(v) + " cannot be stored as " + dtype_name(as));
+      }
+    }
+    add_bytes(name, as, shape, std::move(bytes));
   }
   /// Adds every tensor of a state dict under prefix + name.
   template <class T>
@@ -319,22 +506,21 @@ class SafetensorsWriter {
     std::vector<unsigned char> bytes;
   };
 
-  void add_raw(const std::string& name, DType dtype, const Shape& shape, const void* data) {
-    if (name == "__metadata__" || std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.name == name; }))
+  /// Stores v little-endian whatever the host is.
+  template <class U>
+  static void store(unsigned char* dst, U v) {
+    std::memcpy(dst, &v, sizeof(U));
+    if (!detail::little_endian()) std::reverse(dst, dst + sizeof(U));
+  }
+
+  void add_bytes(const std::string& name, DType dtype, const Shape& shape, std::vector<unsigned char> bytes) {
+    if (name == "__metadata__" || !names_.insert(name).second)
       throw std::invalid_argument("attn::io::SafetensorsWriter::add: duplicate or reserved name '" + name + "'");
-    Entry e{name, dtype, shape, {}};
-    const std::size_t elem = dtype_size(dtype);
-    const std::size_t count = static_cast<std::size_t>(attn::detail::checked_numel(shape, "SafetensorsWriter"));
-    e.bytes.resize(count * elem);
-    const auto* src = static_cast<const unsigned char*>(data);
-    for (std::size_t i = 0; i < count; ++i) {  // store little-endian whatever the host is
-      std::memcpy(e.bytes.data() + i * elem, src + i * elem, elem);
-      if (!detail::little_endian()) std::reverse(e.bytes.begin() + static_cast<std::ptrdiff_t>(i * elem), e.bytes.begin() + static_cast<std::ptrdiff_t>((i + 1) * elem));
-    }
-    entries_.push_back(std::move(e));
+    entries_.push_back({name, dtype, shape, std::move(bytes)});
   }
 
   std::vector<Entry> entries_;
+  std::set<std::string> names_;
   std::map<std::string, std::string> metadata_;
 };
 
