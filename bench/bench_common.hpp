@@ -1,0 +1,159 @@
+#pragma once
+// Shared pieces of attn's benchmarks: FLOP counts (defined in bench/README.md), the
+// machine's FMA peak (measured at startup by fma_peak.hpp), the GFLOP/s and peak_frac
+// counters, the thread setting and the main() every bench binary uses.
+//
+// Thread count: --threads=N on the command line, else the ATTN_NUM_THREADS environment
+// variable, else attn's default (all cores). Peak: measured at startup for that many
+// threads, unless ATTN_PEAK_GFLOPS=<GFLOP/s> gives it (to compare runs against one value).
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include <attn/attn.hpp>
+
+#include "fma_peak.hpp"
+
+namespace attn_bench {
+
+using attn::Index;
+
+// ---------------------------------------------------------------------------------------
+// FLOP counts per forward call. Only multiply-adds of GEMMs count (2 flops each); softmax,
+// masks, LayerNorm, activations, bias adds and copies are not counted. See bench/README.md.
+// ---------------------------------------------------------------------------------------
+
+/// Attention core: q k^T (L x D by D x S) and weights v (L x S by S x Dv) per batch and head.
+inline double core_flops(double b, double h, double l, double s, double d, double dv) {
+  return 2.0 * b * h * l * s * (d + dv);
+}
+/// One Linear(in, out) applied to `tokens` rows.
+inline double linear_flops(double tokens, double in, double out) { return 2.0 * tokens * in * out; }
+
+/// Seed 001 SelfAttention(E): q, k, v Linear(E, E), one head of dim E, no output projection.
+inline double self_attention_flops(double b, double n, double e) {
+  return 3.0 * linear_flops(b * n, e, e) + core_flops(b, 1, n, n, e, e);
+}
+/// Multi-head self-attention (any MhaLayout): q, k, v and output Linear(E, E), H heads of E/H.
+inline double mha_flops(double b, double n, double e, double h) {
+  return 4.0 * linear_flops(b * n, e, e) + core_flops(b, h, n, n, e / h, e / h);
+}
+/// Talking-heads (timm CaiT): qkv Linear(C, 3C), proj Linear(C, C), core, and the two head
+/// mixes proj_l / proj_w (an H x H matrix applied at each of the B*N*N (query, key) pairs).
+inline double talking_heads_flops(double b, double n, double c, double h) {
+  return linear_flops(b * n, c, 3 * c) + linear_flops(b * n, c, c) + core_flops(b, h, n, n, c / h, c / h) +
+         2.0 * (2.0 * b * n * n * h * h);
+}
+/// Seed 004 pre-norm encoder layer: multi-head self-attention plus the FFN C -> F -> C.
+inline double encoder_flops(double b, double n, double c, double f, double h) {
+  return mha_flops(b, n, c, h) + linear_flops(b * n, c, f) + linear_flops(b * n, f, c);
+}
+
+// ---------------------------------------------------------------------------------------
+// Setup: threads and peak.
+// ---------------------------------------------------------------------------------------
+
+struct Setup {
+  int threads = 1;           // attn::get_num_threads() after applying the setting
+  double peak_gflops = 0.0;  // FMA peak for `threads` threads
+};
+
+inline Setup& setup() {
+  static Setup s;
+  return s;
+}
+
+/// Parses and removes --threads=N from argv and applies it (or ATTN_NUM_THREADS) with
+/// attn::set_num_threads.
+inline void init_threads(int* argc, char** argv) {
+  auto parse = [](const char* text, const char* what) {
+    char* end = nullptr;
+    const long n = std::strtol(text, &end, 10);
+    if (end == text || *end != '\0' || n < 0 || n > 4096) {
+      std::fprintf(stderr, "attn bench: %s must be a thread count >= 0 (0 = all cores), got '%s'\n", what, text);
+      std::exit(2);
+    }
+    return static_cast<int>(n);
+  };
+  int requested = -1;
+  if (const char* env = std::getenv("ATTN_NUM_THREADS"); env && *env) requested = parse(env, "ATTN_NUM_THREADS");
+  int out = 1;
+  for (int i = 1; i < *argc; ++i) {
+    if (std::strncmp(argv[i], "--threads=", 10) == 0) {
+      requested = parse(argv[i] + 10, "--threads");
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  *argc = out;
+  argv[out] = nullptr;
+  if (requested >= 0) attn::set_num_threads(requested);
+  setup().threads = attn::get_num_threads();
+}
+
+/// Measures the FMA peak for setup().threads threads (or reads ATTN_PEAK_GFLOPS) and records
+/// threads and peak in the benchmark context (console header and JSON "context").
+inline void init_peak() {
+  Setup& s = setup();
+  double peak = 0.0;
+  if (const char* env = std::getenv("ATTN_PEAK_GFLOPS"); env && *env) peak = std::atof(env);
+  if (peak <= 0.0) peak = fma_peak::measure_gflops(s.threads, 0.05, 3);
+  s.peak_gflops = peak;
+
+  benchmark::AddCustomContext("attn_threads", std::to_string(s.threads));
+  benchmark::AddCustomContext("peak_gflops", std::to_string(s.peak_gflops));
+  benchmark::AddCustomContext("peak_isa", fma_peak::isa());
+  benchmark::AddCustomContext("flops", "GEMM multiply-adds x2, see bench/README.md");
+}
+
+// ---------------------------------------------------------------------------------------
+// Timing and counters.
+// ---------------------------------------------------------------------------------------
+
+/// Runs f once per iteration, timed by wall clock (attn threads with OpenMP, so the main
+/// thread's CPU time would be wrong; register with ->UseManualTime()). Sets the counters
+/// GFLOP/s (flops per call / wall time) and peak_frac (GFLOP/s / measured peak).
+template <class F>
+void run(benchmark::State& state, double flops, F&& f) {
+  using clock = std::chrono::steady_clock;
+  double total = 0.0;
+  for (auto _ : state) {
+    const auto t0 = clock::now();
+    f();
+    const double secs = std::chrono::duration<double>(clock::now() - t0).count();
+    state.SetIterationTime(secs);
+    total += secs;
+  }
+  const double gflops = total > 0.0 ? flops * double(state.iterations()) / total * 1e-9 : 0.0;
+  state.counters["GFLOP/s"] = gflops;
+  state.counters["peak_frac"] = setup().peak_gflops > 0.0 ? gflops / setup().peak_gflops : 0.0;
+  state.counters["threads"] = setup().threads;
+}
+
+/// Deterministic inputs in [0, 1).
+inline attn::Tensor<float> input(attn::Shape shape, std::uint64_t seed = 0) {
+  attn::Tensor<float> t(std::move(shape));
+  const std::uint64_t key = attn::Generator(seed).next_key();
+  for (Index i = 0; i < t.numel(); ++i) t[i] = static_cast<float>(attn::detail::uniform(key, std::uint64_t(i)));
+  return t;
+}
+
+}  // namespace attn_bench
+
+/// The main() of every attn benchmark binary: Google Benchmark's flags plus --threads=N.
+#define ATTN_BENCHMARK_MAIN()                                               \
+  int main(int argc, char** argv) {                                         \
+    attn_bench::init_threads(&argc, argv);                                  \
+    benchmark::Initialize(&argc, argv);                                     \
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;       \
+    attn_bench::init_peak();                                                \
+    benchmark::RunSpecifiedBenchmarks();                                    \
+    benchmark::Shutdown();                                                  \
+    return 0;                                                               \
+  }
