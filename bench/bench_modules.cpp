@@ -1,59 +1,98 @@
-// Google Benchmark suite: every module at its seed demo shape (float, single call per
-// iteration). Issue "Fast attention on the CPU" extends this with sweeps and the PyTorch
-// comparison; these are the baselines.
-#include <benchmark/benchmark.h>
-
-#include <attn/attn.hpp>
+// Every module at its seed demo shape (seed_modules.py's __main__) and the workloads of the
+// speed targets, float32, one forward call per iteration, wall-clock time.
+// Counters: GFLOP/s (FLOPs as defined in bench/README.md), peak_frac (of the FMA peak
+// measured at startup for the same thread count), threads.
+//
+//   bench_modules [--threads=N] [Google Benchmark flags, e.g. --benchmark_format=json]
+#include "bench_common.hpp"
 
 namespace {
 
-attn::Tensor<float> input(attn::Shape shape) {
-  attn::Tensor<float> t(std::move(shape));
-  const std::uint64_t key = attn::Generator(0).next_key();
-  for (attn::Index i = 0; i < t.numel(); ++i) t[i] = static_cast<float>(attn::detail::uniform(key, std::uint64_t(i)));
-  return t;
-}
+using attn::Index;
+using attn_bench::input;
+using attn_bench::run;
 
-void BM_SelfAttention_2x3x4(benchmark::State& state) {
-  attn::SelfAttention<float> m(4);
-  const auto x = input({2, 3, 4});
-  for (auto _ : state) benchmark::DoNotOptimize(m.forward(x));
-}
-BENCHMARK(BM_SelfAttention_2x3x4);
+// ---- seed demo shapes -----------------------------------------------------------------
 
-void BM_MultiHeadAttention_64x10x128_h8(benchmark::State& state) {
-  attn::MultiHeadAttention<float> m(128, 8);
-  const auto x = input({64, 10, 128});
-  for (auto _ : state) benchmark::DoNotOptimize(m.forward(x, x, x));
+// Seed 001 SelfAttention(4) on (2, 3, 4).
+void BM_SelfAttention_seed001(benchmark::State& state) {
+  const Index b = state.range(0), n = state.range(1), e = state.range(2);
+  attn::SelfAttention<float> m(e);
+  const auto x = input({b, n, e});
+  run(state, attn_bench::self_attention_flops(b, n, e), [&] { benchmark::DoNotOptimize(m.forward(x)); });
 }
-BENCHMARK(BM_MultiHeadAttention_64x10x128_h8)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_SelfAttention_seed001)->ArgNames({"B", "N", "E"})->Args({2, 3, 4})->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
-void BM_MultiHeadAttention_1x2048x512_h8(benchmark::State& state) {
-  attn::MultiHeadAttention<float> m(512, 8);
-  const auto x = input({1, 2048, 512});
-  for (auto _ : state) benchmark::DoNotOptimize(m.forward(x, x, x));
+// Seed 001 MultiHeadAttention(128, 8) (separate q, k, v, out Linears) on (64, 10, 128).
+void BM_MultiHeadAttention_seed001(benchmark::State& state) {
+  const Index b = state.range(0), n = state.range(1), e = state.range(2), h = state.range(3);
+  attn::MultiHeadAttentionOptions opt;
+  opt.layout = attn::MhaLayout::kSeparateLinears;
+  attn::MultiHeadAttention<float> m(e, h, opt);
+  const auto x = input({b, n, e});
+  run(state, attn_bench::mha_flops(b, n, e, h), [&] { benchmark::DoNotOptimize(m.forward(x, x, x)); });
 }
-BENCHMARK(BM_MultiHeadAttention_1x2048x512_h8)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MultiHeadAttention_seed001)->ArgNames({"B", "N", "E", "H"})->Args({64, 10, 128, 8})->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
-void BM_TalkingHeads_32x784x128_h8(benchmark::State& state) {
-  attn::TalkingHeadsAttention<float> m(128, 8);
-  const auto x = input({32, 784, 128});
-  for (auto _ : state) benchmark::DoNotOptimize(m.forward(x));
+// Seed 000 TalkingHeadAttn(dim=128) (8 heads) on (32, 784, 128).
+void BM_TalkingHeads_seed000(benchmark::State& state) {
+  const Index b = state.range(0), n = state.range(1), c = state.range(2), h = state.range(3);
+  attn::TalkingHeadsAttention<float> m(c, h);
+  const auto x = input({b, n, c});
+  run(state, attn_bench::talking_heads_flops(b, n, c, h), [&] { benchmark::DoNotOptimize(m.forward(x)); });
 }
-BENCHMARK(BM_TalkingHeads_32x784x128_h8)->Unit(benchmark::kMillisecond)->Iterations(2);
+BENCHMARK(BM_TalkingHeads_seed000)->ArgNames({"B", "N", "C", "H"})->Args({32, 784, 128, 8})->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
-void BM_AttentionBlock_32x64x1024_h8(benchmark::State& state) {
-  attn::AttentionBlock<float> m(64, 8);
-  const auto x = input({32, 64, 1024});
-  for (auto _ : state) benchmark::DoNotOptimize(m.forward(x));
+// Seed 002 AttentionBlock(64, 8) on (N, C, L) = (32, 64, 1024): multi-head attention over
+// (32, 1024, 64), residual, LayerNorm.
+void BM_AttentionBlock_seed002(benchmark::State& state) {
+  const Index b = state.range(0), c = state.range(1), l = state.range(2), h = state.range(3);
+  attn::AttentionBlock<float> m(c, h);
+  const auto x = input({b, c, l});
+  run(state, attn_bench::mha_flops(b, l, c, h), [&] { benchmark::DoNotOptimize(m.forward(x)); });
 }
-BENCHMARK(BM_AttentionBlock_32x64x1024_h8)->Unit(benchmark::kMillisecond)->Iterations(2);
+BENCHMARK(BM_AttentionBlock_seed002)->ArgNames({"B", "C", "L", "H"})->Args({32, 64, 1024, 8})->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
-void BM_TransformerEncoderLayer_2x14x64(benchmark::State& state) {
-  attn::TransformerEncoderLayer<float> m(64, 128, 8);
-  const auto x = input({2, 14, 64});
-  for (auto _ : state) benchmark::DoNotOptimize(m.forward(x));
+// Seed 004 MultiHeadAttention (MobileViT, fused qkv_proj) and TransformerEncoder(64, 128)
+// (8 heads) on (2, 14, 64).
+void BM_MultiHeadAttention_seed004(benchmark::State& state) {
+  const Index b = state.range(0), n = state.range(1), e = state.range(2), h = state.range(3);
+  attn::MultiHeadAttentionOptions opt;
+  opt.layout = attn::MhaLayout::kFusedQkv;
+  attn::MultiHeadAttention<float> m(e, h, opt);
+  const auto x = input({b, n, e});
+  run(state, attn_bench::mha_flops(b, n, e, h), [&] { benchmark::DoNotOptimize(m.forward(x, x, x)); });
 }
-BENCHMARK(BM_TransformerEncoderLayer_2x14x64)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_MultiHeadAttention_seed004)->ArgNames({"B", "N", "E", "H"})->Args({2, 14, 64, 8})->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_TransformerEncoder_seed004(benchmark::State& state) {
+  const Index b = state.range(0), n = state.range(1), c = state.range(2), f = state.range(3), h = state.range(4);
+  attn::TransformerEncoderLayer<float> m(c, f, h);
+  const auto x = input({b, n, c});
+  run(state, attn_bench::encoder_flops(b, n, c, f, h), [&] { benchmark::DoNotOptimize(m.forward(x)); });
+}
+BENCHMARK(BM_TransformerEncoder_seed004)->ArgNames({"B", "N", "C", "F", "H"})->Args({2, 14, 64, 128, 8})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- speed-target workloads: nn.MultiheadAttention(E, H, batch_first=True), self ---------
+
+// (32, 1024, 64) h8 (head_dim 8); (1, 2048, 512) h8 (head_dim 64); the seed shape
+// (64, 10, 128) h8. Self-attention at N = 16384 is in bench_sweep (BM_Mha_N).
+void BM_Mha(benchmark::State& state) {
+  const Index b = state.range(0), n = state.range(1), e = state.range(2), h = state.range(3);
+  attn::MultiHeadAttention<float> m(e, h);
+  const auto x = input({b, n, e});
+  run(state, attn_bench::mha_flops(b, n, e, h), [&] { benchmark::DoNotOptimize(m.forward(x, x, x)); });
+}
+BENCHMARK(BM_Mha)->ArgNames({"B", "N", "E", "H"})
+    ->Args({32, 1024, 64, 8})->Args({1, 2048, 512, 8})->Args({64, 10, 128, 8})
+    ->UseManualTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
+
+ATTN_BENCHMARK_MAIN()
