@@ -13,7 +13,7 @@ base=(cmake g++ make libeigen3-dev)
 case "$purpose" in
   tests)    extra=(libgtest-dev libgmock-dev nlohmann-json3-dev libbenchmark-dev) ;;
   examples) extra=(nlohmann-json3-dev) ;;
-  bench)    extra=(libbenchmark-dev) ;;
+  bench)    extra=(libbenchmark-dev python3-torch python3-numpy python3-matplotlib libopenblas0-pthread) ;;
   all)      extra=(libgtest-dev libgmock-dev nlohmann-json3-dev libbenchmark-dev) ;;
   -h|--help)
     sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
