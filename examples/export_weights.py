@@ -1,0 +1,441 @@
+#!/usr/bin/python3
+"""Export a PyTorch attention module for attn_run, and check attn_run's output against PyTorch.
+
+Step 1 (needs PyTorch: /usr/bin/python3 with python3-torch and python3-numpy):
+
+    /usr/bin/python3 examples/export_weights.py --module multi_head_attention \\
+        --embed-dim 64 --num-heads 8 --out-dir check
+
+builds the module as PyTorch defines it, gives it random weights (or loads yours with
+--state-dict), runs it on a random input and writes, in safetensors format:
+
+    check/weights.safetensors    the state_dict (PyTorch's names; under --prefix if given)
+    check/inputs.safetensors     x, or query/key/value [key_padding_mask] [attn_mask]
+    check/expected.safetensors   PyTorch's output [and attn_weights]
+
+and prints the second command, which runs attn_run on those files and compares:
+
+    build/examples/attn_run/attn_run --module multi_head_attention ... \\
+        --output check/output.safetensors && /usr/bin/python3 examples/export_weights.py --compare check
+
+--compare DIR reads DIR/expected.safetensors and DIR/output.safetensors, prints the largest
+error and exits 1 if it is above the tolerance: max |attn - torch| <= tol * max |torch|,
+tol = 1e-5 for float32 and 1e-12 for float64. --run ATTN_RUN does steps 1 and 2 at once.
+
+Modules (the constructor flags are attn_run's, see attn_run --help):
+    self_attention        seed 001 SelfAttention(E)
+    multi_head_attention  --layout torch:   nn.MultiheadAttention(E, H, bias, add_bias_kv,
+                                            add_zero_attn, kdim, vdim, batch_first=True)
+                          --layout seed001: seed 001 MultiHeadAttention(E, H)  (q.weight, ...)
+                          --layout seed004: seed 004 MultiHeadAttention(E, H, bias) (qkv_proj.weight, ...)
+    talking_heads         timm TalkingHeadAttn(E, H=8, qkv_bias)      (seed 000)
+    attention_block       AttentionBlock(E, H), input (B, E, L)     (seed 002)
+    transformer_encoder   MobileViT TransformerEncoder(E, F, H=8)   (seed 004)
+The seed modules come from ../shared/seeds/seed_modules.py next to the repository, or --seeds DIR.
+
+Your own model: --state-dict FILE.pt (a state_dict or a whole module saved with torch.save)
+and, when the module is part of a bigger model, --prefix (e.g. blocks.0.attn.). The
+checkpoint's floating-point tensors are written as they are (F16/BF16 as F32) and attn_run
+picks the module out with the same --prefix.
+
+The forward pass runs with autograd on (parameters require grad), so nn.MultiheadAttention
+takes its reference (non-fast) path. Masks (--key-padding-mask, --attn-mask; torch layout
+only) are drawn so that no query row has every key masked: PyTorch 1.13 gives NaN there,
+attn gives 0.
+"""
+import argparse
+import json
+import os
+import shlex
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_SEEDS = REPO.parent / "shared" / "seeds"
+DEFAULT_ATTN_RUN = REPO / "build" / "examples" / "attn_run" / "attn_run"
+
+MODULES = ("self_attention", "multi_head_attention", "talking_heads", "attention_block", "transformer_encoder")
+# Constructor flags each module takes (argparse dest names), as in attn_run.
+MODULE_FLAGS = {
+    "self_attention": set(),
+    "multi_head_attention": {"num_heads", "kdim", "vdim", "no_bias", "add_bias_kv", "add_zero_attn", "layout",
+                             "source_length", "key_padding_mask", "attn_mask", "need_weights", "per_head_weights"},
+    "talking_heads": {"num_heads", "qkv_bias"},
+    "attention_block": {"num_heads"},
+    "transformer_encoder": {"num_heads", "ffn_dim"},
+}
+REQUIRED = {"multi_head_attention": {"num_heads"}, "attention_block": {"num_heads"},
+            "transformer_encoder": {"ffn_dim"}}
+TOLERANCE = {"F32": 1e-5, "F64": 1e-12}
+
+
+# ----------------------------------------------------------------------------
+# safetensors, read and written with struct + json + numpy (no safetensors package)
+# ----------------------------------------------------------------------------
+
+def write_safetensors(path, tensors, metadata=None):
+    """tensors: {name: numpy array} (float32, float64 or bool), written in the given order."""
+    import numpy as np
+    kinds = {np.dtype("float32"): ("F32", "<f4"), np.dtype("float64"): ("F64", "<f8"), np.dtype("bool"): ("BOOL", "u1")}
+    header = {"__metadata__": dict(metadata)} if metadata else {}
+    blobs, offset = [], 0
+    for name, a in tensors.items():
+        st_dtype, np_dtype = kinds[a.dtype]
+        blob = np.ascontiguousarray(a).astype(np_dtype, copy=False).tobytes()
+        header[name] = {"dtype": st_dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for blob in blobs:
+            f.write(blob)
+
+
+def read_safetensors(path):
+    """{name: numpy array} for F32, F64, BOOL and U8 tensors."""
+    import numpy as np
+    raw = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    kinds = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BOOL": np.dtype("bool"), "U8": np.dtype("u1")}
+    out = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + begin:8 + n + end], dtype=kinds[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+# ----------------------------------------------------------------------------
+# --compare
+# ----------------------------------------------------------------------------
+
+def compare(out_dir, output=None):
+    """Prints the error of every expected tensor; returns 0 if all are within tolerance."""
+    import numpy as np
+    out_dir = Path(out_dir)
+    expected_path, output_path = out_dir / "expected.safetensors", Path(output or out_dir / "output.safetensors")
+    with open(expected_path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        dtypes = {k: v["dtype"] for k, v in json.loads(f.read(n)).items() if k != "__metadata__"}
+    expected = read_safetensors(expected_path)
+    try:
+        got = read_safetensors(output_path)
+    except OSError as e:
+        print(f"compare: cannot read attn_run's output: {e}", file=sys.stderr)
+        return 1
+    status = 0
+    for name, ref in expected.items():
+        tol = TOLERANCE[dtypes[name]]
+        if name not in got:
+            print(f"{name}: missing from {output_path}: FAIL")
+            status = 1
+            continue
+        a = got[name]
+        if a.shape != ref.shape or a.dtype != ref.dtype:
+            print(f"{name}: attn_run gives {a.dtype}{list(a.shape)}, PyTorch {ref.dtype}{list(ref.shape)}: FAIL")
+            status = 1
+            continue
+        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        err = float(np.abs(a.astype(np.float64) - ref.astype(np.float64)).max()) if ref.size else 0.0
+        ok = np.isfinite(a).all() and err <= tol * max(scale, np.finfo(np.float64).tiny)
+        rel = err / scale if scale > 0 else err
+        print(f"{name} {list(ref.shape)} {dtypes[name]}: max |attn - torch| = {err:.3g}, max |torch| = {scale:.3g}, "
+              f"relative {rel:.3g} (tolerance {tol:g}): {'OK' if ok else 'FAIL'}")
+        status |= 0 if ok else 1
+    for name in got:
+        if name not in expected:
+            print(f"{name}: in {output_path} but not expected: FAIL")
+            status = 1
+    return status
+
+
+# ----------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------
+
+def reinit(module, torch):
+    """Random parameters with non-trivial biases: matrices randn / sqrt(fan_in), LayerNorm
+    weights 1 + 0.3 randn, everything else (biases, bias_k, bias_v) 0.3 randn."""
+    with torch.no_grad():
+        for mod in module.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                r = torch.randn(p.shape, dtype=p.dtype)
+                if isinstance(mod, torch.nn.LayerNorm) and name == "weight":
+                    p.copy_(1.0 + 0.3 * r)
+                elif p.dim() == 2:
+                    p.copy_(r / p.shape[1] ** 0.5)
+                else:
+                    p.copy_(0.3 * r)
+
+
+def build_module(a, seeds, torch):
+    E, H = a.embed_dim, a.num_heads
+    if a.module == "self_attention":
+        return seeds.SelfAttention(E)
+    if a.module == "talking_heads":
+        return seeds.TalkingHeadAttn(E, H, qkv_bias=a.qkv_bias)
+    if a.module == "attention_block":
+        return seeds.AttentionBlock(E, H)
+    if a.module == "transformer_encoder":
+        return seeds.TransformerEncoder(E, a.ffn_dim, H)
+    if a.layout == "seed001":
+        return seeds.MultiHeadAttention(E, H)
+    if a.layout == "seed004":
+        return seeds.MobileViTAttention(E, H, bias=not a.no_bias)
+    return torch.nn.MultiheadAttention(E, H, bias=not a.no_bias, add_bias_kv=a.add_bias_kv,
+                                       add_zero_attn=a.add_zero_attn, kdim=a.kdim, vdim=a.vdim, batch_first=True)
+
+
+def draw_masks(a, torch, B, H, L, S, dtype):
+    """key_padding_mask (B, S) and attn_mask (L, S) or (B*H, L, S) as asked, bool (~30% True)
+    or float (uniform, ~10% -inf); then keys are unmasked until no row is fully masked."""
+    def draw(kind, shape, lo, hi):
+        if kind == "bool":
+            return torch.rand(shape) < 0.3
+        m = torch.rand(shape, dtype=dtype) * (hi - lo) + lo
+        return m.masked_fill(torch.rand(shape) < 0.1, float("-inf"))
+
+    kpm = draw(a.key_padding_mask, (B, S), -2, 2) if a.key_padding_mask else None
+    am = None
+    if a.attn_mask:
+        kind, dims = a.attn_mask[:-2], a.attn_mask[-2:]
+        am = draw(kind, (L, S) if dims == "2d" else (B * H, L, S), -3, 3)
+
+    def blocked(m):
+        return m if m.dtype == torch.bool else torch.isneginf(m)
+
+    while True:
+        bl = torch.zeros(B, H, L, S, dtype=torch.bool)
+        if kpm is not None:
+            bl |= blocked(kpm)[:, None, None, :]
+        if am is not None:
+            bl |= blocked(am).reshape(1, 1, L, S) if am.dim() == 2 else blocked(am).reshape(B, H, L, S)
+        full = bl.all(-1).nonzero().tolist()
+        if not full:
+            return kpm, am
+        b, h, l = full[0]
+        c = (b + h + l) % S
+        free = False if kpm is None or kpm.dtype == torch.bool else 0.0
+        if kpm is not None:
+            kpm[b, c] = free
+        if am is not None:
+            free = False if am.dtype == torch.bool else 0.0
+            if am.dim() == 2:
+                am[l, c] = free
+            else:
+                am[b * H + h, l, c] = free
+
+
+def check_args(a, p):
+    given = {k for k, v in vars(a).items() if v not in (None, False)}
+    for flag in ("num_heads", "kdim", "vdim", "ffn_dim", "qkv_bias", "no_bias", "add_bias_kv", "add_zero_attn",
+                 "layout", "source_length", "key_padding_mask", "attn_mask", "need_weights", "per_head_weights"):
+        if flag in given and flag not in MODULE_FLAGS[a.module]:
+            p.error(f"--{flag.replace('_', '-')} does not apply to --module {a.module}")
+    for flag in REQUIRED.get(a.module, ()):
+        if flag not in given:
+            p.error(f"--module {a.module} needs --{flag.replace('_', '-')}")
+    if a.num_heads is None:
+        a.num_heads = 8 if a.module in ("talking_heads", "transformer_encoder") else 1
+    if a.embed_dim % a.num_heads:
+        p.error(f"--num-heads {a.num_heads} does not divide --embed-dim {a.embed_dim}")
+    a.need_weights = a.need_weights or a.per_head_weights
+    if a.module == "multi_head_attention":
+        a.layout = a.layout or "torch"
+        if a.layout != "torch":
+            for flag in ("kdim", "vdim", "add_bias_kv", "add_zero_attn", "key_padding_mask", "attn_mask", "need_weights"):
+                if flag in given or (flag == "need_weights" and a.need_weights):
+                    p.error(f"--{flag.replace('_', '-')} needs --layout torch (the seed layers do not have it)")
+            if a.layout == "seed001" and a.no_bias:
+                p.error("--no-bias: seed 001's MultiHeadAttention always has biases")
+            if a.layout == "seed004" and a.source_length is not None:
+                p.error("--source-length: seed 004's MultiHeadAttention is self-attention only")
+        if a.key_padding_mask == "float" and a.attn_mask:
+            p.error("a float --key-padding-mask with an --attn-mask: PyTorch 1.13 ORs them (any nonzero "
+                    "float masks), PyTorch >= 2.0 and attn add them; give one of them only")
+
+
+def export(a, torch, seeds):
+    import numpy as np
+    dtype = {"float32": torch.float32, "float64": torch.float64}[a.dtype]
+    torch.manual_seed(a.seed)
+    module = build_module(a, seeds, torch)
+
+    checkpoint = None
+    if a.state_dict:
+        loaded = torch.load(a.state_dict, map_location="cpu")
+        checkpoint = loaded.state_dict() if isinstance(loaded, torch.nn.Module) else loaded
+        if not isinstance(checkpoint, dict):
+            sys.exit(f"export_weights: {a.state_dict} holds a {type(checkpoint).__name__}, not a state_dict")
+        prefix = a.prefix or ""
+        mine = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix) and torch.is_tensor(v)}
+        module.load_state_dict(mine, strict=True)
+    else:
+        reinit(module, torch)
+    module = module.to(dtype).eval()
+
+    B, L, E = a.batch, a.length, a.embed_dim
+    inputs, call = {}, None
+    if a.module == "multi_head_attention":
+        cross = a.source_length is not None or a.kdim is not None or a.vdim is not None
+        S = a.source_length if a.source_length is not None else L
+        query = torch.randn(B, L, E, dtype=dtype)
+        if cross:
+            key = torch.randn(B, S, a.kdim or E, dtype=dtype)
+            value = key if a.vdim == a.kdim else torch.randn(B, S, a.vdim or E, dtype=dtype)
+        else:
+            key = value = query
+        inputs = {"query": query, "key": key, "value": value}
+        if a.layout == "torch":
+            kpm, am = draw_masks(a, torch, B, a.num_heads, L, S, dtype)
+            if kpm is not None:
+                inputs["key_padding_mask"] = kpm
+            if am is not None:
+                inputs["attn_mask"] = am
+            kw = dict(key_padding_mask=kpm, attn_mask=am, need_weights=a.need_weights,
+                      average_attn_weights=not a.per_head_weights)
+            call = lambda: module(query, key, value, **kw)  # noqa: E731
+        elif a.layout == "seed001":
+            call = lambda: (module(query, key, value), None)  # noqa: E731
+        else:
+            call = lambda: (module(query), None)  # noqa: E731
+    else:
+        x = torch.randn((B, E, L) if a.module == "attention_block" else (B, L, E), dtype=dtype)
+        inputs = {"x": x}
+        call = lambda: (module(x), None)  # noqa: E731
+
+    output, weights = call()  # autograd on: nn.MultiheadAttention's reference path
+    expected = {"output": output}
+    if a.need_weights:
+        expected["attn_weights"] = weights
+    for name, t in expected.items():
+        if not torch.isfinite(t).all():
+            sys.exit(f"export_weights: PyTorch's {name} is not finite")
+
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def arrays(d):
+        return {k: v.detach().cpu().numpy() for k, v in d.items()}
+
+    if checkpoint is not None:
+        weights_np = {}
+        for k, v in checkpoint.items():
+            if torch.is_tensor(v) and v.is_floating_point():
+                v = v.detach().cpu()
+                weights_np[k] = (v if v.dtype in (torch.float32, torch.float64) else v.float()).numpy()
+    else:
+        prefix = a.prefix or ""
+        weights_np = {prefix + k: v for k, v in arrays(module.state_dict()).items()}
+        if prefix:  # a bigger checkpoint: another module's tensors that attn_run must skip
+            for k, v in arrays(module.state_dict()).items():
+                weights_np.setdefault("unrelated." + k, np.asarray(v) + 1)
+    write_safetensors(out / "weights.safetensors", weights_np)
+    write_safetensors(out / "inputs.safetensors", arrays(inputs))
+    write_safetensors(out / "expected.safetensors", arrays(expected))
+    return attn_run_command(a, out)
+
+
+def shown(path):
+    """path relative to the current directory when it is below it."""
+    path = os.path.abspath(path)
+    rel = os.path.relpath(path)
+    if rel.startswith(".."):
+        return path
+    return rel if os.sep in rel else os.path.join(".", rel)  # ./attn_run, not a PATH lookup
+
+
+def attn_run_command(a, out):
+    cmd = [shown(a.attn_run), "--module", a.module, "--embed-dim", str(a.embed_dim)]
+    if "num_heads" in MODULE_FLAGS[a.module]:
+        cmd += ["--num-heads", str(a.num_heads)]
+    for flag in ("kdim", "vdim", "ffn_dim"):
+        if getattr(a, flag) is not None:
+            cmd += ["--" + flag.replace("_", "-"), str(getattr(a, flag))]
+    for flag in ("qkv_bias", "no_bias", "add_bias_kv", "add_zero_attn"):
+        if getattr(a, flag):
+            cmd.append("--" + flag.replace("_", "-"))
+    cmd += ["--weights", str(out / "weights.safetensors")]
+    if a.prefix:
+        cmd += ["--prefix", a.prefix]
+    cmd += ["--inputs", str(out / "inputs.safetensors"), "--output", str(out / "output.safetensors")]
+    if a.per_head_weights:
+        cmd.append("--per-head-weights")
+    elif a.need_weights:
+        cmd.append("--need-weights")
+    return cmd
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compare", metavar="DIR", help="compare DIR/output.safetensors with DIR/expected.safetensors")
+    p.add_argument("--module", choices=MODULES)
+    p.add_argument("--embed-dim", type=int)
+    p.add_argument("--num-heads", type=int, help="default 8 for talking_heads and transformer_encoder")
+    p.add_argument("--kdim", type=int)
+    p.add_argument("--vdim", type=int)
+    p.add_argument("--ffn-dim", type=int)
+    p.add_argument("--qkv-bias", action="store_true")
+    p.add_argument("--no-bias", action="store_true")
+    p.add_argument("--add-bias-kv", action="store_true")
+    p.add_argument("--add-zero-attn", action="store_true")
+    p.add_argument("--layout", choices=("torch", "seed001", "seed004"), help="multi_head_attention's PyTorch class")
+    p.add_argument("--batch", type=int, default=2, help="B (default 2)")
+    p.add_argument("--length", type=int, default=7, help="L: sequence (query) length (default 7)")
+    p.add_argument("--source-length", type=int, help="S: key/value length of multi_head_attention (default L)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--key-padding-mask", choices=("bool", "float"))
+    p.add_argument("--attn-mask", choices=("bool2d", "bool3d", "float2d", "float3d"))
+    p.add_argument("--need-weights", action="store_true")
+    p.add_argument("--per-head-weights", action="store_true")
+    p.add_argument("--state-dict", metavar="FILE", help="load these weights (torch.save file) instead of random ones")
+    p.add_argument("--prefix", help="the module's name prefix in the weights, e.g. blocks.0.attn.")
+    p.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default 0)")
+    p.add_argument("--seeds", default=str(DEFAULT_SEEDS), help=f"directory of seed_modules.py (default {DEFAULT_SEEDS})")
+    p.add_argument("--out-dir", help="where the three files go")
+    p.add_argument("--attn-run", default=str(DEFAULT_ATTN_RUN), help="attn_run in the printed command (default %(default)s)")
+    p.add_argument("--run", action="store_true", help="also run that command and compare (exit 1 if they differ)")
+    a = p.parse_args(argv)
+
+    if a.compare:
+        return compare(a.compare)
+    if a.module is None or a.embed_dim is None or a.out_dir is None:
+        p.error("--module, --embed-dim and --out-dir are required (or --compare DIR)")
+    for flag in ("embed_dim", "num_heads", "kdim", "vdim", "ffn_dim", "batch", "length", "source_length"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be positive")
+    check_args(a, p)
+
+    try:
+        import numpy  # noqa: F401
+        import torch
+    except ImportError as e:
+        sys.exit(f"export_weights: needs PyTorch and NumPy ({e}); on Debian: apt-get install python3-torch python3-numpy")
+    sys.path.insert(0, a.seeds)
+    try:
+        import seed_modules as seeds
+    except ImportError as e:
+        sys.exit(f"export_weights: cannot import seed_modules.py from {a.seeds} ({e}); use --seeds DIR")
+
+    cmd = export(a, torch, seeds)
+    line = shlex.join(cmd) + " && " + shlex.join([sys.executable, shown(__file__), "--compare", a.out_dir])
+    print(f"wrote {a.out_dir}/weights.safetensors, inputs.safetensors, expected.safetensors; check attn with:")
+    print(line)
+    if not a.run:
+        return 0
+    sys.stdout.flush()
+    r = subprocess.run(cmd)
+    if r.returncode != 0:
+        print(f"attn_run failed (exit status {r.returncode})")
+        return 1
+    return compare(a.out_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
