@@ -11,7 +11,7 @@ purpose="${1:-all}"
 
 base=(cmake g++ make libeigen3-dev)
 case "$purpose" in
-  tests)    extra=(libgtest-dev libgmock-dev nlohmann-json3-dev libbenchmark-dev) ;;
+  tests)    extra=(libgtest-dev libgmock-dev nlohmann-json3-dev libbenchmark-dev python3-torch python3-numpy) ;;
   examples) extra=(nlohmann-json3-dev) ;;
   bench)    extra=(libbenchmark-dev python3-torch python3-numpy python3-matplotlib libopenblas0-pthread) ;;
   all)      extra=(libgtest-dev libgmock-dev nlohmann-json3-dev libbenchmark-dev) ;;

@@ -1,0 +1,178 @@
+"""ctest driver for attn_run (registered in examples/attn_run/CMakeLists.txt).
+
+    e2e_test.py case ATTN_RUN WORKDIR EXPORT_ARGS...
+        examples/export_weights.py EXPORT_ARGS --out-dir WORKDIR --run: PyTorch exports a
+        module, attn_run runs it, the outputs are compared. Exit 77 (ctest: skipped) with
+        the reason printed when this Python has no PyTorch or NumPy.
+    e2e_test.py errors ATTN_RUN WORKDIR
+        attn_run's failures: exit status, a one-line message on stderr, no output file.
+        Needs neither PyTorch nor NumPy (the files are written with struct).
+"""
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+EXPORT = Path(__file__).resolve().parents[1] / "export_weights.py"
+SKIP = 77
+
+
+def run_case(attn_run, workdir, export_args):
+    try:
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        print(f"SKIPPED: {sys.executable} cannot import PyTorch/NumPy ({e}); "
+              "install python3-torch python3-numpy to run the end-to-end check")
+        return SKIP
+    shutil.rmtree(workdir, ignore_errors=True)
+    args = [*export_args, "--out-dir", str(workdir), "--attn-run", attn_run, "--run"]
+    print("+ export_weights.py", " ".join(args), flush=True)
+    sys.path.insert(0, str(EXPORT.parent))
+    import export_weights  # in this process: PyTorch is imported once
+    return export_weights.main(args)
+
+
+# ----------------------------------------------------------------------------
+# errors
+# ----------------------------------------------------------------------------
+
+def write_st(path, tensors):
+    """tensors: {name: (dtype, shape, flat list)}; dtype F32, F16 or BOOL."""
+    fmt = {"F32": "f", "F16": "e", "BOOL": "?"}
+    header, blobs, offset = {}, [], 0
+    for name, (dtype, shape, values) in tensors.items():
+        blob = struct.pack(f"<{len(values)}{fmt[dtype]}", *values)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    Path(path).write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def read_header(path):
+    raw = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n])
+
+
+def values(n, seed):
+    return [((i * 7 + seed * 13) % 11 - 5) / 10.0 for i in range(n)]
+
+
+def run_errors(attn_run, workdir):
+    w = Path(workdir)
+    shutil.rmtree(w, ignore_errors=True)
+    w.mkdir(parents=True)
+    E = 4
+    weights = {f"{p}.{k}": ("F32", [E, E] if k == "weight" else [E], values(E * E if k == "weight" else E, i))
+               for i, p in enumerate(("query", "key", "value")) for k in ("weight", "bias")}
+    write_st(w / "weights.safetensors", weights)
+    write_st(w / "missing.safetensors", {k: v for k, v in weights.items() if k != "key.bias"})
+    write_st(w / "misshaped.safetensors", {**weights, "query.weight": ("F32", [E, E - 1], values(E * (E - 1), 9))})
+    (w / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    x = ("F32", [2, 3, E], values(2 * 3 * E, 5))
+    write_st(w / "inputs.safetensors", {"x": x})
+    write_st(w / "narrow.safetensors", {"x": ("F32", [2, 3, E + 1], values(2 * 3 * (E + 1), 5))})
+    write_st(w / "badmask.safetensors", {"x": x, "attn_mask": ("BOOL", [3, 2], [False] * 6)})
+    write_st(w / "extra.safetensors", {"x": x, "query": x})
+    write_st(w / "half.safetensors", {"x": ("F16", [2, 3, E], values(2 * 3 * E, 5))})
+    out = w / "output.safetensors"
+    base = ["--module", "self_attention", "--embed-dim", str(E), "--weights", str(w / "weights.safetensors"),
+            "--inputs", str(w / "inputs.safetensors"), "--output", str(out)]
+
+    def args(**changes):
+        a = list(base)
+        for k, v in changes.items():
+            flag = "--" + k.replace("_", "-")
+            a[a.index(flag) + 1] = str(v)
+        return a
+
+    failures = []
+
+    def check(name, argv, status, stderr_has=None):
+        for f in w.glob("output.safetensors*"):
+            f.unlink()
+        r = subprocess.run([attn_run, *argv], capture_output=True, text=True)
+        lines = r.stderr.splitlines()
+        problems = []
+        if r.returncode != status:
+            problems.append(f"exit status {r.returncode}, expected {status}")
+        if status != 0:
+            if len(lines) != 1 or not lines[0].startswith("attn_run: "):
+                problems.append(f"stderr is not one 'attn_run: ...' line: {r.stderr!r}")
+            elif stderr_has and stderr_has not in lines[0]:
+                problems.append(f"stderr does not mention {stderr_has!r}: {lines[0]!r}")
+            left = sorted(f.name for f in w.glob("output.safetensors*"))
+            if left:
+                problems.append(f"left files behind: {left}")
+        print(f"{'ok  ' if not problems else 'FAIL'} {name}: exit {r.returncode}: {(lines or [''])[0]}")
+        for p in problems:
+            print(f"     {p}")
+        if problems:
+            failures.append(name)
+        return r
+
+    # The good case first, so the failures below are failures of one thing only.
+    r = check("valid run with --repeat 3 --threads 1", base + ["--repeat", "3", "--threads", "1"], 0)
+    if not re.fullmatch(r"forward median: [0-9]+\.[0-9]+ ms \(3 runs\)\n", r.stdout):
+        print(f"FAIL     --repeat printed {r.stdout!r}")
+        failures.append("repeat line")
+    if not out.exists() or read_header(out).get("output", {}).get("shape") != [2, 3, E]:
+        print("FAIL     no output (2, 3, 4) written")
+        failures.append("output written")
+
+    check("missing weight", args(weights=w / "missing.safetensors"), 1, "key.bias")
+    check("misshaped weight", args(weights=w / "misshaped.safetensors"), 1, "query.weight")
+    check("weights not safetensors", args(weights=w / "garbage.safetensors"), 1, "garbage.safetensors")
+    check("weights file missing", args(weights=w / "nonexistent.safetensors"), 1, "nonexistent.safetensors")
+    check("prefix matches nothing", base + ["--prefix", "blocks.0."], 1, "blocks.0.")
+    check("x does not fit embed_dim", args(inputs=w / "narrow.safetensors"), 1, "x")
+    check("attn_mask shape", args(inputs=w / "badmask.safetensors"), 1, "attn_mask")
+    check("unexpected input tensor", args(inputs=w / "extra.safetensors"), 1, "query")
+    check("float16 input", args(inputs=w / "half.safetensors"), 1, "F16")
+    check("output directory missing", args(output=w / "no_such_dir" / "y.safetensors"), 1, "no_such_dir")
+    (w / "outdir").mkdir()
+    check("output is a directory (rename fails)", args(output=w / "outdir"), 1, "outdir")
+    if sorted(f.name for f in w.glob("outdir*")) != ["outdir"]:
+        print(f"FAIL     temporary file left: {sorted(f.name for f in w.glob('outdir*'))}")
+        failures.append("temporary file removed")
+    check("heads do not divide embed_dim",
+          args(module="multi_head_attention") + ["--num-heads", "3"], 2, "--num-heads 3")
+    check("unknown flag", base + ["--bogus"], 2, "--bogus")
+    check("missing value", base + ["--repeat"], 2, "--repeat")
+    check("non-numeric number", args(embed_dim="4x"), 2, "--embed-dim")
+    check("flag the module does not take", base + ["--need-weights"], 2, "--need-weights")
+    check("missing --weights", base[:4] + base[6:], 2, "--weights")
+    check("unknown module", args(module="lstm"), 2, "lstm")
+
+    # An existing output file is left as it was when attn_run fails.
+    out.write_bytes(b"previous")
+    r = subprocess.run([attn_run, *args(weights=w / "missing.safetensors")], capture_output=True)
+    leftovers = [f.name for f in w.glob("output.safetensors.*")]
+    if r.returncode != 1 or out.read_bytes() != b"previous" or leftovers:
+        print(f"FAIL existing output: exit {r.returncode}, content {out.read_bytes()[:16]!r}, leftovers {leftovers}")
+        failures.append("existing output")
+    else:
+        print("ok   existing output left untouched on failure")
+
+    print(f"{len(failures)} failure(s)" + (": " + ", ".join(failures) if failures else ""))
+    return 1 if failures else 0
+
+
+def main(argv):
+    if len(argv) < 3 or argv[0] not in ("case", "errors"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    mode, attn_run, workdir = argv[:3]
+    if mode == "case":
+        return run_case(attn_run, workdir, argv[3:])
+    return run_errors(attn_run, workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
