@@ -283,6 +283,8 @@ class SafetensorsFile {
   /// @brief An integer tensor (I64, I32, U8 or BOOL) widened to int64.
   std::vector<std::int64_t> get_int64(const std::string& name) const {
     const TensorInfo& ti = info(name);
+    if (ti.dtype != DType::kI64 && ti.dtype != DType::kI32 && ti.dtype != DType::kU8 && ti.dtype != DType::kBool)
+      fail("tensor '" + name + "' has dtype " + dtype_name(ti.dtype) + ", expected I64, I32, U8 or BOOL");
     std::vector<std::int64_t> out(static_cast<std::size_t>(attn::detail::checked_numel(ti.shape, "get_int64")));
     const unsigned char* p = data_start() + ti.begin;
     for (std::size_t i = 0; i < out.size(); ++i) {
@@ -290,7 +292,7 @@ class SafetensorsFile {
         case DType::kI64: out[i] = detail::load_le<std::int64_t>(p + 8 * i); break;
         case DType::kI32: out[i] = detail::load_le<std::int32_t>(p + 4 * i); break;
         case DType::kU8: case DType::kBool: out[i] = p[i]; break;
-        default: fail("tensor '" + name + "' has dtype " + dtype_name(ti.dtype) + ", expected I64, I32, U8 or BOOL");
+        default: break;  // excluded above
       }
     }
     return out;
@@ -378,9 +380,10 @@ class SafetensorsFile {
     for (const auto& d : e["shape"]) {
       if (!d.is_number_unsigned()) fail(where + "shape has an entry that is not a non-negative integer");
       const std::uint64_t v = d.get<std::uint64_t>();
-      if (v > static_cast<std::uint64_t>(std::numeric_limits<Index>::max()) ||
-          (v != 0 && count > std::numeric_limits<std::uint64_t>::max() / v))
-        fail(where + "element count overflows");
+      // The running product must fit Index even if a later dimension is 0, as for
+      // attn::Tensor (detail::checked_numel), which get<T> builds from this shape.
+      const auto index_max = static_cast<std::uint64_t>(std::numeric_limits<Index>::max());
+      if (v > index_max || (v != 0 && count > index_max / v)) fail(where + "element count overflows");
       count *= v;
       ti.shape.push_back(static_cast<Index>(v));
     }
