@@ -1,0 +1,206 @@
+// One module instance called from 8 threads at once gives the same bits as serial calls:
+// forward is const and re-entrant, and dropout takes its Generator per call, so there is
+// no hidden shared state. Every module, in eval mode and in training mode with dropout
+// (one Generator per call, same seed -> same result). Run under ThreadSanitizer too (see
+// tests/run.sh and the README): libgomp is not TSan-instrumented, so that tree is built
+// with -DATTN_OPENMP=OFF.
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "support.hpp"
+
+namespace {
+
+using attn::Index;
+using attn::Shape;
+using attn::Tensor;
+using attn_test::random_tensor;
+
+constexpr int kThreads = 8;
+constexpr int kCallsPerThread = 6;
+constexpr int kInputs = 12;
+
+template <class M>
+void randomize(M& m, std::uint64_t seed) {
+  using T = typename std::decay_t<decltype(m.state_dict().begin()->second)>::Scalar;
+  attn::StateDict<T> dict = m.state_dict();
+  for (auto& kv : dict) kv.second = random_tensor<T>(kv.second.shape(), seed++, 0.5);
+  m.load_state_dict(dict);
+}
+
+bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(float) * a.numel()) == 0;
+}
+
+/// One call: input i, with generator seed (if training). Returns every output tensor.
+using Call = std::function<std::vector<Tensor<float>>(int input, std::uint64_t seed)>;
+
+/// Runs `call` serially for every input, then from kThreads threads at once, each thread
+/// going through the inputs in its own order; every threaded result must equal the serial
+/// one bit for bit. Returns the number of mismatches.
+int check_concurrent(const Call& call) {
+  std::vector<std::vector<Tensor<float>>> serial;
+  for (int i = 0; i < kInputs; ++i) serial.push_back(call(i, 1000 + i));
+  std::atomic<int> mismatches{0}, calls{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      while (!go.load()) std::this_thread::yield();  // start together
+      for (int c = 0; c < kCallsPerThread; ++c) {
+        const int i = (t * 5 + c * 7) % kInputs;
+        const std::vector<Tensor<float>> r = call(i, 1000 + i);
+        bool ok = r.size() == serial[i].size();
+        for (std::size_t k = 0; ok && k < r.size(); ++k) ok = same_bits(r[k], serial[i][k]);
+        if (!ok) ++mismatches;
+        ++calls;
+      }
+    });
+  }
+  go = true;
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(calls.load(), kThreads * kCallsPerThread);
+  return mismatches.load();
+}
+
+/// Inputs: x_i (B, N_i, C) with N_i varying (several query blocks for some), and a key
+/// padding mask per input.
+struct Inputs {
+  std::vector<Tensor<float>> x;
+  std::vector<Tensor<bool>> padding;
+  Inputs(Index c, bool channels_first = false) {
+    for (int i = 0; i < kInputs; ++i) {
+      const Index n = 3 + 11 * i % 70;
+      x.push_back(random_tensor<float>(channels_first ? Shape{2, c, n} : Shape{2, n, c}, 50 + i));
+      Tensor<bool> p({2, n}, false);
+      for (Index j = n - 1 - i % 3; j < n; ++j) p(1, j) = true;
+      padding.push_back(std::move(p));
+    }
+  }
+};
+
+template <class M>
+attn::AttentionArgs<float> args_for(const Inputs& in, int i, attn::Generator* gen) {
+  attn::AttentionArgs<float> a;
+  a.key_padding_mask = attn::Mask<float>::block_where_true(in.padding[i]);
+  if (i % 2) a.causal = attn::Causal::kTopLeft;
+  a.generator = gen;
+  return a;
+}
+
+/// Single-output modules (forward(x, args)).
+template <class M>
+void check_module(M& m, Index c, bool channels_first = false) {
+  const Inputs in(c, channels_first);
+  for (bool training : {false, true}) {
+    m.train(training);
+    const M& shared = m;
+    const int bad = check_concurrent([&](int i, std::uint64_t seed) {
+      attn::Generator gen(seed);
+      return std::vector<Tensor<float>>{shared.forward(in.x[i], args_for<M>(in, i, &gen))};
+    });
+    EXPECT_EQ(bad, 0) << (training ? "training" : "eval") << " mode";
+  }
+  m.eval();
+}
+
+TEST(Concurrency, SelfAttention) {
+  attn::SelfAttention<float> m(16);
+  randomize(m, 1);
+  check_module(m, 16);
+}
+
+TEST(Concurrency, TalkingHeadsAttention) {
+  attn::TalkingHeadsAttention<float> m(16, 4, true, 0.2, 0.1);
+  randomize(m, 2);
+  check_module(m, 16);
+}
+
+TEST(Concurrency, AttentionBlock) {
+  attn::AttentionBlock<float> m(16, 4);
+  randomize(m, 3);
+  check_module(m, 16, true);
+}
+
+TEST(Concurrency, TransformerEncoderLayer) {
+  attn::TransformerEncoderLayer<float> m(16, 32, 4, 0.1, 0.2, 0.3);
+  randomize(m, 4);
+  check_module(m, 16);
+}
+
+TEST(Concurrency, MultiHeadAttentionSelfAndCrossWithMasksAndWeights) {
+  attn::MultiHeadAttentionOptions o;
+  o.dropout = 0.25;
+  o.kdim = 12;
+  o.vdim = 20;
+  attn::MultiHeadAttention<float> cross(16, 4, o);
+  randomize(cross, 5);
+  attn::MultiHeadAttentionOptions so;
+  so.dropout = 0.25;
+  so.add_bias_kv = true;
+  attn::MultiHeadAttention<float> self(16, 4, so);
+  randomize(self, 6);
+  const Inputs in(16);
+  std::vector<Tensor<float>> keys, values;
+  std::vector<Tensor<float>> masks;  // (B*H, L, S) additive
+  for (int i = 0; i < kInputs; ++i) {
+    const Index s = 1 + 5 * i % 17, l = in.x[i].size(1);
+    keys.push_back(random_tensor<float>({2, s, 12}, 80 + i));
+    values.push_back(random_tensor<float>({2, s, 20}, 90 + i));
+    Tensor<float> m = random_tensor<float>({2 * 4, l, s}, 100 + i);
+    m[0] = -INFINITY;
+    masks.push_back(std::move(m));
+  }
+  for (bool training : {false, true}) {
+    cross.train(training);
+    self.train(training);
+    const attn::MultiHeadAttention<float>& c = cross;
+    const attn::MultiHeadAttention<float>& s = self;
+    const int bad = check_concurrent([&](int i, std::uint64_t seed) {
+      attn::Generator gen(seed);
+      attn::MhaArgs<float> a;
+      a.generator = &gen;
+      a.need_weights = true;
+      a.average_attn_weights = i % 2 == 0;
+      a.attn_mask = attn::Mask<float>::additive(masks[i]);
+      a.causal = i % 3 ? attn::Causal::kNone : attn::Causal::kBottomRight;
+      attn::MhaOutput<float> rc = c.forward(in.x[i], keys[i], values[i], a);
+      attn::MhaArgs<float> b;
+      b.generator = &gen;
+      b.need_weights = true;
+      b.key_padding_mask = attn::Mask<float>::block_where_true(in.padding[i]);  // (causal: not with bias_k)
+      attn::MhaOutput<float> rs = s.forward(in.x[i], b);
+      return std::vector<Tensor<float>>{std::move(rc.output), std::move(rc.attn_weights), std::move(rs.output),
+                                        std::move(rs.attn_weights)};
+    });
+    EXPECT_EQ(bad, 0) << (training ? "training" : "eval") << " mode";
+  }
+}
+
+TEST(Concurrency, ReadingStateDictsWhileForwarding) {
+  // state_dict() and num_parameters() of a const module only read: safe alongside forward.
+  attn::MultiHeadAttention<float> m(16, 4);
+  randomize(m, 7);
+  const attn::MultiHeadAttention<float>& shared = m;
+  const Inputs in(16);
+  const int bad = check_concurrent([&](int i, std::uint64_t) {
+    std::vector<Tensor<float>> r{shared.forward(in.x[i]).output};
+    if (i % 2) {
+      const attn::StateDict<float> d = shared.state_dict();
+      for (const auto& kv : d) r.push_back(kv.second);
+    }
+    return r;
+  });
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(shared.num_parameters(), 4 * 16 * 16 + 4 * 16);
+}
+
+}  // namespace
