@@ -22,6 +22,10 @@ case "$purpose" in
     echo "install-deps: unknown purpose '$purpose' (expected tests, examples, bench or all)" >&2
     exit 2 ;;
 esac
+# tests/run.sh's fuzzing stage: clang with its libFuzzer and sanitizer runtimes.
+case "$purpose" in
+  tests|all) extra+=(clang libclang-rt-14-dev) ;;
+esac
 packages=("${base[@]}" "${extra[@]}")
 
 if ! command -v dpkg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then

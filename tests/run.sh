@@ -1,25 +1,112 @@
 #!/usr/bin/env bash
-# Build everything (tests, examples, benchmarks; warnings are errors) and run
-# the test suite. Exit status is ctest's.
-# Usage: bash tests/run.sh     (from any directory; builds into <repo>/build)
-# Extra arguments are passed to ctest, e.g. bash tests/run.sh -R header
+# Build and test attn four ways (this is the README's test command and CI's):
+#   1. build/        everything (tests, examples, benchmarks, install; warnings are errors),
+#                    Release, then the whole ctest suite;
+#   2. build-asan/   tests and examples (attn_run) under AddressSanitizer +
+#                    UndefinedBehaviorSanitizer (-fno-sanitize-recover=all, leaks checked),
+#                    then their ctest suite (no packaging tests, no benchmarks);
+#   3. build-tsan/   test_concurrency under ThreadSanitizer (without OpenMP);
+#   4. build-fuzz/   when clang++ is installed: the libFuzzer target of the safetensors
+#                    reader, fuzzed for ATTN_FUZZ_SECONDS (60) seconds from its seed corpus.
+# Every stage runs even if an earlier one failed; the exit status is 0 only if all passed.
+# Usage: bash tests/run.sh     (from any directory; builds into <repo>/build*)
+# Extra arguments are passed to both ctest runs, e.g. bash tests/run.sh -R header
+# Environment: ATTN_SANITIZERS=0 skips stages 2 and 3, ATTN_FUZZ_SECONDS=0 skips stage 4.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$root/build"
 jobs="$(nproc 2>/dev/null || echo 2)"
+fuzz_seconds="${ATTN_FUZZ_SECONDS:-60}"
 
 bash "$root/cmake/install-deps.sh" tests
 
-cmake -S "$root" -B "$build" \
-  -DCMAKE_BUILD_TYPE=Release \
-  -DATTN_BUILD_TESTS=ON \
-  -DATTN_BUILD_EXAMPLES=ON \
-  -DATTN_BUILD_BENCHMARKS=ON \
-  -DATTN_INSTALL=ON \
-  -DATTN_WERROR=ON
-cmake --build "$build" -j"$jobs"
-
 status=0
-ctest --test-dir "$build" --output-on-failure -j"$jobs" "$@" || status=$?
+# stage NAME COMMAND...: runs a stage, records a failure, prints its time. (Inside `cmd ||`
+# errexit is off, so the stage functions chain their steps with &&.)
+stage() {
+  local name="$1" start=$SECONDS rc=0
+  shift
+  echo "=== tests/run.sh: $name"
+  "$@" || rc=$?
+  echo "=== tests/run.sh: $name: $([ "$rc" -eq 0 ] && echo passed || echo "FAILED ($rc)") in $((SECONDS - start)) s"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+# --- 1. Everything, warnings as errors -------------------------------------------------
+plain() {
+  cmake -S "$root" -B "$root/build" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DATTN_BUILD_TESTS=ON \
+    -DATTN_BUILD_EXAMPLES=ON \
+    -DATTN_BUILD_BENCHMARKS=ON \
+    -DATTN_INSTALL=ON \
+    -DATTN_WERROR=ON &&
+  cmake --build "$root/build" -j"$jobs" &&
+  ctest --test-dir "$root/build" --output-on-failure -j"$jobs" "$@"
+}
+stage "build/ (Release, -Werror)" plain "$@"
+
+# --- 2. AddressSanitizer + UndefinedBehaviorSanitizer -----------------------------------
+# Any report ends the process with a non-zero status (halt_on_error, -fno-sanitize-recover).
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1:strict_string_checks=1:check_initialization_order=1:detect_stack_use_after_return=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+sanitized() {
+  cmake -S "$root" -B "$root/build-asan" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DATTN_SANITIZE=address,undefined \
+    -DATTN_BUILD_TESTS=ON \
+    -DATTN_BUILD_EXAMPLES=ON \
+    -DATTN_BUILD_BENCHMARKS=OFF \
+    -DATTN_INSTALL=OFF \
+    -DATTN_NATIVE=OFF &&
+  cmake --build "$root/build-asan" -j"$jobs" &&
+  ctest --test-dir "$root/build-asan" --output-on-failure -j"$jobs" "$@"
+}
+if [ "${ATTN_SANITIZERS:-1}" != 0 ]; then
+  stage "build-asan/ (-fsanitize=address,undefined)" sanitized "$@"
+fi
+
+# --- 3. ThreadSanitizer on the concurrency tests ----------------------------------------
+# libgomp is not TSan-instrumented (TSan would report OpenMP's own synchronisation), so
+# this tree is built without OpenMP; the threads are test_concurrency's own.
+threads() {
+  cmake -S "$root" -B "$root/build-tsan" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DATTN_SANITIZE=thread \
+    -DATTN_OPENMP=OFF \
+    -DATTN_BUILD_TESTS=ON \
+    -DATTN_BUILD_EXAMPLES=OFF \
+    -DATTN_BUILD_BENCHMARKS=OFF \
+    -DATTN_INSTALL=OFF &&
+  cmake --build "$root/build-tsan" --target test_concurrency -j"$jobs" &&
+  TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}" \
+    ctest --test-dir "$root/build-tsan" --output-on-failure -j"$jobs" -R '^Concurrency\.'
+}
+if [ "${ATTN_SANITIZERS:-1}" != 0 ]; then
+  stage "build-tsan/ (-fsanitize=thread, test_concurrency)" threads
+fi
+
+# --- 4. Bounded fuzzing (clang's libFuzzer) ----------------------------------------------
+fuzz() {
+  cmake -S "$root" -B "$root/build-fuzz" \
+    -DCMAKE_CXX_COMPILER=clang++ \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DATTN_BUILD_FUZZERS=ON \
+    -DATTN_FUZZ_SECONDS="$fuzz_seconds" \
+    -DATTN_OPENMP=OFF \
+    -DATTN_BUILD_TESTS=ON \
+    -DATTN_BUILD_EXAMPLES=OFF \
+    -DATTN_BUILD_BENCHMARKS=OFF \
+    -DATTN_INSTALL=OFF &&
+  cmake --build "$root/build-fuzz" --target fuzz_safetensors -j"$jobs" &&
+  ctest --test-dir "$root/build-fuzz" --output-on-failure -L '^fuzz$'
+}
+if [ "$fuzz_seconds" != 0 ]; then
+  if command -v clang++ >/dev/null 2>&1; then
+    stage "build-fuzz/ (libFuzzer, ${fuzz_seconds} s)" fuzz
+  else
+    echo "=== tests/run.sh: clang++ not found: fuzzing skipped (cmake/install-deps.sh tests installs it)"
+  fi
+fi
+
 exit "$status"
