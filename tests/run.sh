@@ -4,7 +4,10 @@
 #                    Release, then the whole ctest suite;
 #   2. build-asan/   tests and examples (attn_run) under AddressSanitizer +
 #                    UndefinedBehaviorSanitizer (-fno-sanitize-recover=all, leaks checked),
-#                    then their ctest suite (no packaging tests, no benchmarks);
+#                    then their ctest suite (no packaging tests, no benchmarks; the
+#                    example programs are built but not run: at their seed sizes they
+#                    take minutes each under the sanitizers and repeat forward passes that
+#                    the unit tests' seed-shape references already run there);
 #   3. build-tsan/   test_concurrency under ThreadSanitizer (without OpenMP);
 #   4. build-fuzz/   when clang++ is installed: the libFuzzer target of the safetensors
 #                    reader, fuzzed for ATTN_FUZZ_SECONDS (60) seconds from its seed corpus.
@@ -60,7 +63,7 @@ sanitized() {
     -DATTN_INSTALL=OFF \
     -DATTN_NATIVE=OFF &&
   cmake --build "$root/build-asan" -j"$jobs" &&
-  ctest --test-dir "$root/build-asan" --output-on-failure -j"$jobs" "$@"
+  ctest --test-dir "$root/build-asan" --output-on-failure -j"$jobs" -LE '^example$' "$@"
 }
 if [ "${ATTN_SANITIZERS:-1}" != 0 ]; then
   stage "build-asan/ (-fsanitize=address,undefined)" sanitized "$@"
