@@ -1,0 +1,373 @@
+#pragma once
+/// @file
+/// @brief The tiled attention kernel (FlashAttention-2 style online softmax): no (L, S)
+/// buffer, a (query block x key block) tile of scores at a time. Not part of the public API.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include <Eigen/Core>
+
+#include "attn/core/parallel.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/ops/detail/attention_common.hpp"
+#include "attn/ops/heads_view.hpp"
+
+namespace attn {
+namespace detail {
+
+/// Query rows and keys of one tile of sdpa_tiled_gemm (scores tile: 128 x 256).
+constexpr Index kGemmTileQueries = 128;
+constexpr Index kGemmTileKeys = 256;
+
+/// @brief out = softmax(scale q k^T + masks) v per (batch, head), one tile at a time, with
+/// Eigen GEMMs: the portable form of sdpa_tiled (used with Eigen < 3.4).
+///
+/// Per (batch, head, block of query rows): for each block of keys, the scores tile is one
+/// GEMM on the strided head views, the masks are added, and the online softmax keeps a
+/// running row max m and sum l: when a row's max grows, the accumulator row and l are
+/// rescaled by exp(m_old - m_new); the tile becomes p = exp(s - m) (masked entries exactly
+/// 0), l += sum(p), dropout scales the kept p by 1/(1-p_drop), and acc += p v is a second
+/// GEMM. The output is acc / l, computed once at the end; a row that sees no key gets 0.
+/// Dropout acts on the probabilities, so l is the sum before dropout and the result is
+/// what the reference kernel gives. Causal masking skips key blocks that are fully in the
+/// future of the whole query block; the others are computed on the same tile grid as with
+/// an explicit mask, so the two give identical results.
+///
+/// Arguments must have been checked (check_attention_args). Threaded over (batch, head,
+/// query block) items with parallel_for; bit-identical for every thread count.
+/// @param scale multiplies q before the product
+/// @param key dropout stream key (used when opt.dropout_p > 0)
+template <class T>
+void sdpa_tiled_gemm(const HeadsView<const T>& q, const HeadsView<const T>& k, const HeadsView<const T>& v,
+                const HeadsView<T>& out, const SdpaOptions<T>& opt, T scale, std::uint64_t key) {
+  const Index nh = q.heads, len_q = q.length, len_k = k.length, dim = q.dim, dim_v = v.dim;
+  if (q.batch == 0 || nh == 0 || len_q == 0 || dim_v == 0) return;
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  const Index bq = std::min(kGemmTileQueries, len_q), bk = std::max<Index>(std::min(kGemmTileKeys, len_k), 1);
+  const Index qblocks = (len_q + bq - 1) / bq;
+  const WorkSplit split =
+      WorkSplit::of(q.batch * nh * qblocks, static_cast<double>(bq) * len_k * (dim + dim_v + 8));
+  const bool masked = !opt.key_padding_mask.empty() || !opt.attn_mask.empty();
+
+  parallel_for(split.items(), [&](Index item) {
+    RowMatrix<T> qs(bq, dim), s(bq, bk), acc(bq, dim_v);
+    Eigen::Array<T, Eigen::Dynamic, 1> row_max(bq), row_sum(bq);
+    for (Index u = split.begin(item); u < split.end(item); ++u) {
+      const Index bh = u / qblocks, b = bh / nh, h = bh % nh;
+      const Index i0 = (u % qblocks) * bq, rows = std::min(bq, len_q - i0);
+      const auto kh = k.head(b, h);
+      const auto vh = v.head(b, h);
+      auto a = acc.topRows(rows);
+      a.setZero();
+      row_max.head(rows).setConstant(kNegInf);
+      row_sum.head(rows).setZero();
+      // Keys after the last one the block's last row may see are masked for every row.
+      const Index key_end = opt.causal == Causal::kNone ? len_k
+                                                        : causal_last_key(opt, i0 + rows - 1, len_q, len_k) + 1;
+      if (key_end > 0) {
+        auto qb = qs.topRows(rows);
+        qb = q.head(b, h).middleRows(i0, rows) * scale;
+        for (Index j0 = 0; j0 < key_end; j0 += bk) {
+          const Index cols = std::min(bk, len_k - j0);
+          auto st = s.topLeftCorner(rows, cols);
+          st.noalias() = qb * kh.middleRows(j0, cols).transpose();
+          // Causal masking only touches tiles that reach past the first row's last key.
+          if (masked || (opt.causal != Causal::kNone && j0 + cols - 1 > causal_last_key(opt, i0, len_q, len_k)))
+            add_mask_tile(st, opt, b, h, nh, i0, j0, len_q, len_k);
+          for (Index r = 0; r < rows; ++r) {
+            T* srow = st.row(r).data();
+            const T tile_max = st.row(r).template maxCoeff<Eigen::PropagateNaN>();
+            const T old_max = row_max[r];
+            // NaN (in the tile or already in the row) propagates to the row.
+            const T new_max = (std::isnan(old_max) || tile_max <= old_max) ? old_max : tile_max;
+            if (new_max == kNegInf) {  // every key so far is masked
+              st.row(r).setZero();
+              continue;
+            }
+            if (!(new_max == old_max)) {
+              if (old_max != kNegInf) {
+                const T alpha = std::exp(old_max - new_max);
+                a.row(r) *= alpha;
+                row_sum[r] *= alpha;
+              }
+              row_max[r] = new_max;
+            }
+            row_sum[r] += exp_shifted_inplace(srow, cols, new_max);
+            if (opt.dropout_p > T(0))
+              dropout_span(srow, cols, opt.dropout_p, key,
+                           static_cast<std::uint64_t>((bh * len_q + i0 + r) * len_k + j0));
+          }
+          a.noalias() += st * vh.middleRows(j0, cols);
+        }
+      }
+      auto o = out.head(b, h).middleRows(i0, rows);
+      for (Index r = 0; r < rows; ++r) {
+        if (row_max[r] == kNegInf)
+          o.row(r).setZero();
+        else
+          o.row(r) = a.row(r) / row_sum[r];
+      }
+    }
+  });
+}
+
+
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0)
+// Eigen's packet types (__m512 ...) carry attributes that GCC warns about when they are
+// template arguments, as Eigen's packet functions take them.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+
+/// @brief The tile kernel of sdpa_tiled, on Eigen's SIMD packets of T.
+///
+/// A tile holds the scores transposed, one row per key and one column per query, so every
+/// step is vectorised across queries: scores are kRows x kCols register blocks of
+/// broadcast k times q^T, the softmax statistics (max, sum) of a query are one lane of a
+/// packet (no horizontal reductions), and the output accumulator is (Dv, queries), updated
+/// with broadcast v times p^T. k and v are read in place from their strided rows: nothing
+/// is packed but the (D, queries) transpose of the query block, once per block.
+template <class T>
+struct PacketTile {
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  static constexpr int kP = Eigen::internal::packet_traits<T>::size;
+  static constexpr int kVecs = 4;                 ///< packets per tile row
+  static constexpr Index kQueries = kP * kVecs;   ///< queries per block (64 floats with AVX-512)
+  static constexpr Index kKeys = 128;             ///< keys per tile
+  static constexpr int kRegRows = 4;              ///< keys (or Dv rows) per register block
+
+  /// Per-thread buffers: q^T, the score tile, the accumulator, row max and sum.
+  struct Scratch {
+    Vector<T> qt, s, acc, row_max, row_sum, alpha, mask_row;
+    Scratch(Index dim, Index dim_v)
+        : qt(dim * kQueries), s(kKeys * kQueries), acc(dim_v * kQueries), row_max(kQueries), row_sum(kQueries),
+          alpha(kQueries), mask_row(kKeys) {}
+  };
+
+  /// s[r][.] = sum_d k[r][d] * qt[d][.] for R keys (rows of s, kQueries apart).
+  template <int R>
+  static void scores(const T* qt, Index dim, const T* k, Index k_stride, T* s) {
+    namespace ei = Eigen::internal;
+    Packet acc[R][kVecs];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kVecs; ++c) acc[r][c] = ei::pset1<Packet>(T(0));
+    for (Index d = 0; d < dim; ++d) {
+      Packet qv[kVecs];
+      for (int c = 0; c < kVecs; ++c) qv[c] = ei::pload<Packet>(qt + d * kQueries + c * kP);
+      for (int r = 0; r < R; ++r) {
+        const Packet kb = ei::pset1<Packet>(k[r * k_stride + d]);
+        for (int c = 0; c < kVecs; ++c) acc[r][c] = ei::pmadd(kb, qv[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kVecs; ++c) ei::pstore(s + r * kQueries + c * kP, acc[r][c]);
+  }
+
+  /// acc[r][.] += sum_j v[j][r] * p[j][.] for R rows of the (Dv, queries) accumulator.
+  template <int R>
+  static void accumulate(const T* p, Index keys, const T* v, Index v_stride, T* acc) {
+    namespace ei = Eigen::internal;
+    Packet a[R][kVecs];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kVecs; ++c) a[r][c] = ei::pload<Packet>(acc + r * kQueries + c * kP);
+    for (Index j = 0; j < keys; ++j) {
+      Packet pv[kVecs];
+      for (int c = 0; c < kVecs; ++c) pv[c] = ei::pload<Packet>(p + j * kQueries + c * kP);
+      for (int r = 0; r < R; ++r) {
+        const Packet vb = ei::pset1<Packet>(v[j * v_stride + r]);
+        for (int c = 0; c < kVecs; ++c) a[r][c] = ei::pmadd(vb, pv[c], a[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kVecs; ++c) ei::pstore(acc + r * kQueries + c * kP, a[r][c]);
+  }
+
+  /// Adds the masks to the transposed tile: keys j0 .. j0+keys-1 (rows), queries i0.. (columns).
+  static void add_masks(T* s, Index keys, const SdpaOptions<T>& opt, Index b, Index h, Index heads, Index i0,
+                        Index rows, Index j0, Index len_q, Index len_k, T* mask_row) {
+    constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+    // Same order as add_mask_bias: key padding, attention mask, then causal.
+    if (!opt.key_padding_mask.empty()) {
+      std::fill(mask_row, mask_row + keys, T(0));
+      add_mask_span(opt.key_padding_mask, b * len_k + j0, mask_row, keys);
+      for (Index j = 0; j < keys; ++j)
+        if (mask_row[j] != T(0))
+          for (Index c = 0; c < kQueries; ++c) s[j * kQueries + c] += mask_row[j];
+    }
+    const auto& am = opt.attn_mask;
+    if (!am.empty()) {
+      for (Index c = 0; c < rows; ++c) {
+        const Index i = i0 + c;
+        std::fill(mask_row, mask_row + keys, T(0));
+        add_mask_span(am, (am.shape().size() == 2 ? i : (b * heads + h) * len_q + i) * len_k + j0, mask_row, keys);
+        for (Index j = 0; j < keys; ++j) s[j * kQueries + c] += mask_row[j];
+      }
+    }
+    if (opt.causal != Causal::kNone) {
+      // key j is in the future of query i when j > causal_last_key(i), i.e. for queries
+      // before the first one that sees it
+      const Index shift = opt.causal == Causal::kBottomRight ? len_k - len_q : 0;
+      for (Index j = 0; j < keys; ++j) {
+        const Index first_query = j0 + j - shift - i0;
+        for (Index c = 0; c < std::min<Index>(first_query, kQueries); ++c) s[j * kQueries + c] = kNegInf;
+      }
+    }
+  }
+
+  /// One (batch b, head h, query rows i0 .. i0+rows-1) block: the whole online softmax.
+  static void block(const HeadsView<const T>& q, const HeadsView<const T>& k, const HeadsView<const T>& v,
+                    const HeadsView<T>& out, const SdpaOptions<T>& opt, T scale, std::uint64_t key, Index b, Index h,
+                    Index i0, Index rows, Scratch& w) {
+    namespace ei = Eigen::internal;
+    constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+    const Index nh = q.heads, len_q = q.length, len_k = k.length, dim = q.dim, dim_v = v.dim;
+    const Index bh = b * nh + h;
+    T* const qt = w.qt.data();
+    T* const s = w.s.data();
+    T* const acc = w.acc.data();
+    T* const row_max = w.row_max.data();
+    T* const row_sum = w.row_sum.data();
+    T* const alpha = w.alpha.data();
+
+    // q^T, scaled; queries past the block's end are zero columns whose results are unused.
+    const T* qrow = q.data + b * q.batch_stride + h * q.head_stride + i0 * q.row_stride;
+    for (Index c = 0; c < kQueries; ++c)
+      for (Index d = 0; d < dim; ++d) qt[d * kQueries + c] = c < rows ? qrow[c * q.row_stride + d] * scale : T(0);
+    w.acc.setZero();
+    w.row_max.setConstant(kNegInf);
+    w.row_sum.setZero();
+
+    const T* const kh = k.data + b * k.batch_stride + h * k.head_stride;
+    const T* const vh = v.data + b * v.batch_stride + h * v.head_stride;
+    const bool masked = !opt.key_padding_mask.empty() || !opt.attn_mask.empty();
+    // Keys after the last one the block's last row may see are masked for every row.
+    const Index key_end =
+        opt.causal == Causal::kNone ? len_k : causal_last_key(opt, i0 + rows - 1, len_q, len_k) + 1;
+    const Index first_row_last_key = causal_last_key(opt, i0, len_q, len_k);
+    const Packet neg_inf = ei::pset1<Packet>(kNegInf), zero = ei::pset1<Packet>(T(0)), one = ei::pset1<Packet>(T(1));
+
+    for (Index j0 = 0; j0 < key_end; j0 += kKeys) {
+      const Index keys = std::min(kKeys, len_k - j0);
+      // Scores s = k q^T for this tile.
+      Index j = 0;
+      for (; j + kRegRows <= keys; j += kRegRows)
+        scores<kRegRows>(qt, dim, kh + (j0 + j) * k.row_stride, k.row_stride, s + j * kQueries);
+      for (; j < keys; ++j) scores<1>(qt, dim, kh + (j0 + j) * k.row_stride, k.row_stride, s + j * kQueries);
+      if (masked || (opt.causal != Causal::kNone && j0 + keys - 1 > first_row_last_key))
+        add_masks(s, keys, opt, b, h, nh, i0, rows, j0, len_q, len_k, w.mask_row.data());
+
+      // Online softmax: new max, rescale factors, p = exp(s - max) (exact 0 where masked).
+      bool rescale = false;
+      for (int c = 0; c < kVecs; ++c) {
+        Packet tile_max = neg_inf;
+        for (Index jj = 0; jj < keys; ++jj)
+          tile_max = ei::pmax<Eigen::PropagateNaN>(tile_max, ei::pload<Packet>(s + jj * kQueries + c * kP));
+        const Packet old_max = ei::pload<Packet>(row_max + c * kP);
+        const Packet new_max = ei::pmax<Eigen::PropagateNaN>(old_max, tile_max);
+        // A row whose max was -inf has nothing accumulated yet: alpha 0.
+        const Packet a = ei::pselect(ei::pcmp_eq(old_max, neg_inf), zero, ei::pexp(ei::psub(old_max, new_max)));
+        ei::pstore(alpha + c * kP, a);
+        ei::pstore(row_max + c * kP, new_max);
+        ei::pstore(row_sum + c * kP, ei::pmul(ei::pload<Packet>(row_sum + c * kP), a));
+        for (int t = 0; t < kP; ++t) rescale = rescale || !(alpha[c * kP + t] == T(1));
+        Packet sum = zero;
+        for (Index jj = 0; jj < keys; ++jj) {
+          T* at = s + jj * kQueries + c * kP;
+          const Packet x = ei::pload<Packet>(at);
+          const Packet e = ei::pselect(ei::pcmp_eq(x, neg_inf), zero, ei::pexp(ei::psub(x, new_max)));
+          ei::pstore(at, e);
+          sum = ei::padd(sum, e);
+        }
+        ei::pstore(row_sum + c * kP, ei::padd(ei::pload<Packet>(row_sum + c * kP), sum));
+      }
+      // The accumulator is rescaled only where a row's max changed (alpha != 1).
+      if (rescale)
+        for (Index dv = 0; dv < dim_v; ++dv)
+          for (int c = 0; c < kVecs; ++c) {
+            T* at = acc + dv * kQueries + c * kP;
+            ei::pstore(at, ei::pmul(ei::pload<Packet>(at), ei::pload<Packet>(alpha + c * kP)));
+          }
+      (void)one;
+      if (opt.dropout_p > T(0)) {
+        const T keep_scale = T(1) / (T(1) - opt.dropout_p);
+        const double p_drop = static_cast<double>(opt.dropout_p);
+        for (Index c = 0; c < rows; ++c) {
+          const std::uint64_t first = static_cast<std::uint64_t>((bh * len_q + i0 + c) * len_k + j0);
+          for (Index jj = 0; jj < keys; ++jj) {
+            T& e = s[jj * kQueries + c];
+            e = uniform(key, first + static_cast<std::uint64_t>(jj)) < p_drop ? T(0) : e * keep_scale;
+          }
+        }
+      }
+      // acc += v^T p for this tile.
+      const T* vt = vh + j0 * v.row_stride;
+      Index r = 0;
+      for (; r + kRegRows <= dim_v; r += kRegRows)
+        accumulate<kRegRows>(s, keys, vt + r, v.row_stride, acc + r * kQueries);
+      for (; r < dim_v; ++r) accumulate<1>(s, keys, vt + r, v.row_stride, acc + r * kQueries);
+    }
+
+    // out = acc / sum; a row that saw no key gives 0, a NaN (or +inf) max a NaN row.
+    T* orow = out.data + b * out.batch_stride + h * out.head_stride + i0 * out.row_stride;
+    for (Index c = 0; c < rows; ++c, orow += out.row_stride) {
+      const T m = row_max[c], l = row_sum[c];
+      if (m == kNegInf)
+        std::fill(orow, orow + dim_v, T(0));
+      else if (!(m < std::numeric_limits<T>::infinity()))
+        std::fill(orow, orow + dim_v, std::numeric_limits<T>::quiet_NaN());
+      else
+        for (Index dv = 0; dv < dim_v; ++dv) orow[dv] = acc[dv * kQueries + c] / l;
+    }
+  }
+};
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif  // EIGEN_VERSION_AT_LEAST(3, 4, 0)
+
+/// @brief out = softmax(scale q k^T + masks) v per (batch, head), one tile at a time:
+/// FlashAttention-2's online softmax on Eigen's SIMD packets (PacketTile).
+///
+/// Per (batch, head, block of queries), for each block of keys: the tile of scores,
+/// the masks, the online softmax (a running max m and sum l per query: when m grows, the
+/// accumulator and l are rescaled by exp(m_old - m_new); the tile becomes p = exp(s - m),
+/// exactly 0 where masked; l += sum(p)), dropout on p (kept entries scaled by 1/(1-p_drop);
+/// l is the sum before dropout, so the result is dropout applied to the probabilities),
+/// and acc += v^T p. The output is acc / l, computed once at the end; a query that sees
+/// no key gets 0, one whose logits hold NaN (or +inf) gets NaN. Causal masking skips the
+/// key blocks that are in the future of the whole query block; the others are computed on
+/// the same tile grid as with an explicit mask, so the two give identical results.
+///
+/// Arguments must have been checked (check_attention_args). Threaded over (batch, head,
+/// query block) with parallel_for; bit-identical for every thread count.
+/// @param scale multiplies q before the product
+/// @param key dropout stream key (used when opt.dropout_p > 0)
+template <class T>
+void sdpa_tiled(const HeadsView<const T>& q, const HeadsView<const T>& k, const HeadsView<const T>& v,
+                const HeadsView<T>& out, const SdpaOptions<T>& opt, T scale, std::uint64_t key) {
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0)
+  using Tile = PacketTile<T>;
+  const Index nh = q.heads, len_q = q.length;
+  if (q.batch == 0 || nh == 0 || len_q == 0 || v.dim == 0) return;
+  const Index qblocks = (len_q + Tile::kQueries - 1) / Tile::kQueries;
+  const WorkSplit split = WorkSplit::of(q.batch * nh * qblocks,
+                                        static_cast<double>(Tile::kQueries) * k.length * (q.dim + v.dim + 8));
+  parallel_for(split.items(), [&](Index item) {
+    typename Tile::Scratch scratch(q.dim, v.dim);
+    for (Index u = split.begin(item); u < split.end(item); ++u) {
+      const Index bh = u / qblocks, i0 = (u % qblocks) * Tile::kQueries;
+      Tile::block(q, k, v, out, opt, scale, key, bh / nh, bh % nh, i0, std::min(Tile::kQueries, len_q - i0), scratch);
+    }
+  });
+#else
+  sdpa_tiled_gemm(q, k, v, out, opt, scale, key);
+#endif
+}
+
+}  // namespace detail
+}  // namespace attn
