@@ -10,6 +10,7 @@
 #include <limits>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include <Eigen/Core>
@@ -151,32 +152,74 @@ void add_mask_bias(Block& s, const SdpaOptions<T>& opt, Index b, Index h, Index 
   add_mask_tile(s, opt, b, h, heads, i0, 0, len_q, s.cols());
 }
 
-/// @brief x[j] = exp(x[j] - shift) for j < n, in place, with -inf giving exactly 0; returns
-/// the sum of the results.
+// Eigen's packet types (__m512 ...) carry attributes that GCC warns about when they are
+// template arguments, as Eigen's packet functions take them.
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0)
+
+/// @brief exp(x) on a packet of the softmax's arguments x <= 0 (or -inf, or NaN), with
+/// exp(-inf) exactly 0.
 ///
-/// Vectorised with Eigen's packet exp (pexp: range reduction to [-ln2/2, ln2/2] and a
-/// Cephes polynomial), a packet at a time; the last partial packet is padded, so every
-/// element goes through the same code. Accuracy against the correctly rounded exp, wherever
-/// the result is a normal number (checked in tests/test_kernels.cpp): float within 1 ulp
-/// with SSE/AVX2, within 4 ulp with AVX-512 (Eigen's AVX-512 exp reduces the argument with
-/// one FMA, so the error grows with |x|: 1 ulp near 0, 4 ulp near -87); double within 2 ulp.
-/// Below that range the result is less than the smallest normal number (0 with AVX-512);
-/// -inf gives exactly 0, 0 gives exactly 1, NaN gives NaN.
+/// float: Cody-Waite reduction x = n ln2 + r (|r| <= ln2/2, two FMAs), Cephes' degree-7
+/// polynomial for exp(r), and 2^n built in the exponent bits, with n >= -127: results for
+/// x < -87.68 (below 2^-126.5) are 0, which also makes exp(-inf) exactly 0 without a compare.
+/// double (and non-vectorised builds): Eigen's pexp, with -inf selected to 0 (pexp clamps
+/// its argument, so exp(-inf) would be ~1e-308).
+template <class Packet>
+Packet pexp_nonpositive(const Packet& x) {
+  namespace ei = Eigen::internal;
+  using Scalar = typename ei::unpacket_traits<Packet>::type;
+  if constexpr (std::is_same<Scalar, float>::value && ei::packet_traits<float>::Vectorizable &&
+                ei::unpacket_traits<Packet>::size > 1) {
+    using PacketI = typename ei::unpacket_traits<Packet>::integer_packet;
+    // pmax keeps its first argument when that is NaN.
+    const Packet xc = ei::pmax(x, ei::pset1<Packet>(-88.0f));
+    const Packet shifter = ei::pset1<Packet>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+    const Packet n = ei::psub(ei::pmadd(xc, ei::pset1<Packet>(1.44269504088896341f), shifter), shifter);
+    Packet r = ei::pmadd(n, ei::pset1<Packet>(-0.693359375f), xc);
+    r = ei::pmadd(n, ei::pset1<Packet>(2.12194440e-4f), r);
+    Packet y = ei::pmadd(ei::pset1<Packet>(1.9875691500e-4f), r, ei::pset1<Packet>(1.3981999507e-3f));
+    y = ei::pmadd(y, r, ei::pset1<Packet>(8.3334519073e-3f));
+    y = ei::pmadd(y, r, ei::pset1<Packet>(4.1665795894e-2f));
+    y = ei::pmadd(y, r, ei::pset1<Packet>(1.6666665459e-1f));
+    y = ei::pmadd(y, r, ei::pset1<Packet>(5.0000001201e-1f));
+    y = ei::pmadd(y, ei::pmul(r, r), ei::padd(r, ei::pset1<Packet>(1.0f)));
+    // 2^n for n >= -127: n = -127 (x < -87.68) gives the bits of 0.0f.
+    const PacketI bits = ei::plogical_shift_left<23>(ei::padd(ei::pcast<Packet, PacketI>(n), ei::pset1<PacketI>(127)));
+    return ei::pmul(y, ei::preinterpret<Packet>(bits));
+  } else {
+    const Packet neg_inf = ei::pset1<Packet>(-std::numeric_limits<Scalar>::infinity());
+    return ei::pselect(ei::pcmp_eq(x, neg_inf), ei::pset1<Packet>(Scalar(0)), ei::pexp(x));
+  }
+}
+
+#endif  // EIGEN_VERSION_AT_LEAST(3, 4, 0)
+
+/// @brief x[j] = exp(x[j] - shift) for j < n, in place, with -inf giving exactly 0; returns
+/// the sum of the results. shift must be finite.
+///
+/// This is the softmax's vectorised exp, pexp_nonpositive, a packet at a time; the last
+/// partial packet is padded, so every element goes through the same code (scalar std::exp
+/// without Eigen 3.4's packets). Accuracy, checked in tests/test_kernels.cpp against the
+/// correctly rounded exp wherever the result is a normal number: float within 1 ulp,
+/// double within 2 ulp. Float gives 0 below -87.68 (double's pexp gives at most 1e-308
+/// there); -inf gives exactly 0, 0 gives exactly 1, NaN gives NaN.
 template <class T>
 T exp_shifted_inplace(T* x, Index n, T shift) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 #if EIGEN_VERSION_AT_LEAST(3, 4, 0)
-  using Packet = typename Eigen::internal::packet_traits<T>::type;
-  constexpr int kSize = Eigen::internal::packet_traits<T>::size;
-  if constexpr (Eigen::internal::packet_traits<T>::Vectorizable && Eigen::internal::packet_traits<T>::HasExp &&
-                Eigen::internal::packet_traits<T>::HasCmp && kSize > 1) {
-    namespace ei = Eigen::internal;
-    const Packet vshift = ei::pset1<Packet>(shift), vneg = ei::pset1<Packet>(kNegInf), zero = ei::pset1<Packet>(T(0));
-    Packet sum = zero;
+  namespace ei = Eigen::internal;
+  using Packet = typename ei::packet_traits<T>::type;
+  constexpr int kSize = ei::packet_traits<T>::size;
+  if constexpr (ei::packet_traits<T>::Vectorizable && ei::packet_traits<T>::HasExp && kSize > 1) {
+    const Packet vshift = ei::pset1<Packet>(shift);
+    Packet sum = ei::pset1<Packet>(T(0));
     auto step = [&](T* at) {
-      const Packet v = ei::ploadu<Packet>(at);
-      // pexp clamps its argument, so exp(-inf) would be ~1e-39 in float: select exact 0.
-      const Packet e = ei::pselect(ei::pcmp_eq(v, vneg), zero, ei::pexp(ei::psub(v, vshift)));
+      const Packet e = pexp_nonpositive(ei::psub(ei::ploadu<Packet>(at), vshift));
       ei::pstoreu(at, e);
       sum = ei::padd(sum, e);
     };
@@ -188,7 +231,12 @@ T exp_shifted_inplace(T* x, Index n, T shift) {
       step(tail);
       std::copy(tail, tail + (n - j), x + j);
     }
-    return ei::predux(sum);
+    // (Lane by lane rather than predux, whose AVX-512 form trips GCC 12's -Wuninitialized.)
+    T lanes[kSize];
+    ei::pstoreu(lanes, sum);
+    T total = T(0);
+    for (int t = 0; t < kSize; ++t) total += lanes[t];
+    return total;
   }
 #endif
   T sum = T(0);
@@ -198,6 +246,10 @@ T exp_shifted_inplace(T* x, Index n, T shift) {
   }
   return sum;
 }
+
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 /// @brief How an attention call is cut into work items for parallel_for: `units` units
 /// (one (batch, head, query block) each) in consecutive runs of `per_item`, chosen from the

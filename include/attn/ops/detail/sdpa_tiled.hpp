@@ -126,19 +126,29 @@ void sdpa_tiled_gemm(const HeadsView<const T>& q, const HeadsView<const T>& k, c
 /// @brief The tile kernel of sdpa_tiled, on Eigen's SIMD packets of T.
 ///
 /// A tile holds the scores transposed, one row per key and one column per query, so every
-/// step is vectorised across queries: scores are kRows x kCols register blocks of
+/// step is vectorised across queries: scores are kRegRows x kVecs register blocks of
 /// broadcast k times q^T, the softmax statistics (max, sum) of a query are one lane of a
 /// packet (no horizontal reductions), and the output accumulator is (Dv, queries), updated
-/// with broadcast v times p^T. k and v are read in place from their strided rows: nothing
-/// is packed but the (D, queries) transpose of the query block, once per block.
+/// with broadcast v times p^T. Nothing is packed per tile; the query block is transposed
+/// once per block.
 template <class T>
 struct PacketTile {
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   static constexpr int kP = Eigen::internal::packet_traits<T>::size;
-  static constexpr int kVecs = 4;                 ///< packets per tile row
-  static constexpr Index kQueries = kP * kVecs;   ///< queries per block (64 floats with AVX-512)
-  static constexpr Index kKeys = 128;             ///< keys per tile
-  static constexpr int kRegRows = 4;              ///< keys (or Dv rows) per register block
+  static constexpr int kVecs = 4;                ///< packets per tile row
+  static constexpr Index kQueries = kP * kVecs;  ///< queries per block (64 floats with AVX-512)
+  static constexpr Index kKeys = 128;            ///< keys per tile
+  static constexpr int kRegRows = 4;             ///< keys (or rows of v^T) per register block
+
+  /// Where one head's k and v are: k[j][d] at k[j * k_stride + d]; v either in rows,
+  /// v[j][c] at v[j * v_stride + c], or in panels (see pack()).
+  struct Head {
+    const T* k;
+    Index k_stride;
+    const T* v;
+    Index v_stride;
+    bool v_panels;
+  };
 
   /// Per-thread buffers: q^T, the score tile, the accumulator, row max and sum.
   struct Scratch {
@@ -148,9 +158,44 @@ struct PacketTile {
           alpha(kQueries), mask_row(kKeys) {}
   };
 
-  /// s[r][.] = sum_d k[r][d] * qt[d][.] for R keys (rows of s, kQueries apart).
+  /// Whether k and v are copied first: when their rows are strided (rows of a projection's
+  /// output, 3E apart, fall into few cache sets and thrash the caches, and the hardware
+  /// prefetcher does not follow them across pages) and several query blocks reuse them.
+  static bool packs(const HeadsView<const T>& q, const HeadsView<const T>& k, const HeadsView<const T>& v) {
+    return q.length > kQueries && (k.row_stride != k.dim || v.row_stride != v.dim);
+  }
+
+  /// Copies every head's k into contiguous (S, D) rows and its v into panels of kRegRows
+  /// columns, each (S, kRegRows) row-major (and single columns for Dv % kRegRows), the
+  /// layout accumulate() walks. Threaded over (batch, block of keys): each reads whole rows.
+  static void pack(const HeadsView<const T>& k, const HeadsView<const T>& v, Vector<T>& k_packed,
+                   Vector<T>& v_packed) {
+    const Index nb = k.batch, nh = k.heads, len_k = k.length, dim = k.dim, dim_v = v.dim;
+    k_packed.resize(nb * nh * len_k * dim);
+    v_packed.resize(nb * nh * len_k * dim_v);
+    constexpr Index kChunk = 64;
+    const Index chunks = (len_k + kChunk - 1) / kChunk;
+    const Index full = dim_v - dim_v % kRegRows;
+    parallel_for(nb * chunks, [&](Index item) {
+      const Index b = item / chunks, j_begin = (item % chunks) * kChunk, j_end = std::min(len_k, j_begin + kChunk);
+      for (Index j = j_begin; j < j_end; ++j)
+        for (Index h = 0; h < nh; ++h) {
+          const Index bh = b * nh + h;
+          const T* krow = k.data + b * k.batch_stride + h * k.head_stride + j * k.row_stride;
+          std::copy(krow, krow + dim, k_packed.data() + (bh * len_k + j) * dim);
+          const T* vrow = v.data + b * v.batch_stride + h * v.head_stride + j * v.row_stride;
+          T* vp = v_packed.data() + bh * len_k * dim_v;
+          for (Index r0 = 0; r0 < full; r0 += kRegRows)
+            for (int r = 0; r < kRegRows; ++r) vp[r0 * len_k + j * kRegRows + r] = vrow[r0 + r];
+          for (Index r0 = full; r0 < dim_v; ++r0) vp[r0 * len_k + j] = vrow[r0];
+        }
+    });
+  }
+
+  /// s[r][.] = sum_d k[r][d] * qt[d][.] for R keys (rows of s, kQueries apart); tile_max
+  /// takes the max with them.
   template <int R>
-  static void scores(const T* qt, Index dim, const T* k, Index k_stride, T* s) {
+  static void scores(const T* qt, Index dim, const T* k, Index k_stride, T* s, Packet* tile_max) {
     namespace ei = Eigen::internal;
     Packet acc[R][kVecs];
     for (int r = 0; r < R; ++r)
@@ -164,10 +209,14 @@ struct PacketTile {
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < kVecs; ++c) ei::pstore(s + r * kQueries + c * kP, acc[r][c]);
+      for (int c = 0; c < kVecs; ++c) {
+        ei::pstore(s + r * kQueries + c * kP, acc[r][c]);
+        tile_max[c] = ei::pmax(tile_max[c], acc[r][c]);
+      }
   }
 
-  /// acc[r][.] += sum_j v[j][r] * p[j][.] for R rows of the (Dv, queries) accumulator.
+  /// acc[r][.] += sum_j v[j][r] * p[j][.] for R rows of the (Dv, queries) accumulator;
+  /// v[j][r] is at v[j * v_stride + r].
   template <int R>
   static void accumulate(const T* p, Index keys, const T* v, Index v_stride, T* acc) {
     namespace ei = Eigen::internal;
@@ -190,7 +239,7 @@ struct PacketTile {
   static void add_masks(T* s, Index keys, const SdpaOptions<T>& opt, Index b, Index h, Index heads, Index i0,
                         Index rows, Index j0, Index len_q, Index len_k, T* mask_row) {
     constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-    // Same order as add_mask_bias: key padding, attention mask, then causal.
+    // Same order as add_mask_tile: key padding, attention mask, then causal.
     if (!opt.key_padding_mask.empty()) {
       std::fill(mask_row, mask_row + keys, T(0));
       add_mask_span(opt.key_padding_mask, b * len_k + j0, mask_row, keys);
@@ -208,8 +257,7 @@ struct PacketTile {
       }
     }
     if (opt.causal != Causal::kNone) {
-      // key j is in the future of query i when j > causal_last_key(i), i.e. for queries
-      // before the first one that sees it
+      // key j is in the future of the queries before the first one that sees it
       const Index shift = opt.causal == Causal::kBottomRight ? len_k - len_q : 0;
       for (Index j = 0; j < keys; ++j) {
         const Index first_query = j0 + j - shift - i0;
@@ -219,12 +267,12 @@ struct PacketTile {
   }
 
   /// One (batch b, head h, query rows i0 .. i0+rows-1) block: the whole online softmax.
-  static void block(const HeadsView<const T>& q, const HeadsView<const T>& k, const HeadsView<const T>& v,
-                    const HeadsView<T>& out, const SdpaOptions<T>& opt, T scale, std::uint64_t key, Index b, Index h,
-                    Index i0, Index rows, Scratch& w) {
+  static void block(const HeadsView<const T>& q, const Head& kv, const HeadsView<T>& out, const SdpaOptions<T>& opt,
+                    T scale, std::uint64_t key, Index b, Index h, Index i0, Index rows, Index len_k, Index dim_v,
+                    Scratch& w) {
     namespace ei = Eigen::internal;
     constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-    const Index nh = q.heads, len_q = q.length, len_k = k.length, dim = q.dim, dim_v = v.dim;
+    const Index nh = q.heads, len_q = q.length, dim = q.dim;
     const Index bh = b * nh + h;
     T* const qt = w.qt.data();
     T* const s = w.s.data();
@@ -241,58 +289,68 @@ struct PacketTile {
     w.row_max.setConstant(kNegInf);
     w.row_sum.setZero();
 
-    const T* const kh = k.data + b * k.batch_stride + h * k.head_stride;
-    const T* const vh = v.data + b * v.batch_stride + h * v.head_stride;
     const bool masked = !opt.key_padding_mask.empty() || !opt.attn_mask.empty();
     // Keys after the last one the block's last row may see are masked for every row.
     const Index key_end =
         opt.causal == Causal::kNone ? len_k : causal_last_key(opt, i0 + rows - 1, len_q, len_k) + 1;
     const Index first_row_last_key = causal_last_key(opt, i0, len_q, len_k);
-    const Packet neg_inf = ei::pset1<Packet>(kNegInf), zero = ei::pset1<Packet>(T(0)), one = ei::pset1<Packet>(T(1));
+    const Index full_v = dim_v - dim_v % kRegRows;
+    const Packet neg_inf = ei::pset1<Packet>(kNegInf), zero = ei::pset1<Packet>(T(0));
 
     for (Index j0 = 0; j0 < key_end; j0 += kKeys) {
       const Index keys = std::min(kKeys, len_k - j0);
-      // Scores s = k q^T for this tile.
+      // Scores s = k q^T for this tile, and their max per query (NaN need not propagate
+      // through the max: exp(NaN - max) is NaN and makes the query's sum NaN).
+      Packet tile_max[kVecs];
+      for (int c = 0; c < kVecs; ++c) tile_max[c] = neg_inf;
+      const T* kt = kv.k + j0 * kv.k_stride;
       Index j = 0;
       for (; j + kRegRows <= keys; j += kRegRows)
-        scores<kRegRows>(qt, dim, kh + (j0 + j) * k.row_stride, k.row_stride, s + j * kQueries);
-      for (; j < keys; ++j) scores<1>(qt, dim, kh + (j0 + j) * k.row_stride, k.row_stride, s + j * kQueries);
-      if (masked || (opt.causal != Causal::kNone && j0 + keys - 1 > first_row_last_key))
+        scores<kRegRows>(qt, dim, kt + j * kv.k_stride, kv.k_stride, s + j * kQueries, tile_max);
+      for (; j < keys; ++j) scores<1>(qt, dim, kt + j * kv.k_stride, kv.k_stride, s + j * kQueries, tile_max);
+      if (masked || (opt.causal != Causal::kNone && j0 + keys - 1 > first_row_last_key)) {
         add_masks(s, keys, opt, b, h, nh, i0, rows, j0, len_q, len_k, w.mask_row.data());
-
-      // Online softmax: new max, rescale factors, p = exp(s - max) (exact 0 where masked).
-      bool rescale = false;
-      for (int c = 0; c < kVecs; ++c) {
-        Packet tile_max = neg_inf;
+        for (int c = 0; c < kVecs; ++c) tile_max[c] = neg_inf;
         for (Index jj = 0; jj < keys; ++jj)
-          tile_max = ei::pmax<Eigen::PropagateNaN>(tile_max, ei::pload<Packet>(s + jj * kQueries + c * kP));
-        const Packet old_max = ei::pload<Packet>(row_max + c * kP);
-        const Packet new_max = ei::pmax<Eigen::PropagateNaN>(old_max, tile_max);
-        // A row whose max was -inf has nothing accumulated yet: alpha 0.
-        const Packet a = ei::pselect(ei::pcmp_eq(old_max, neg_inf), zero, ei::pexp(ei::psub(old_max, new_max)));
-        ei::pstore(alpha + c * kP, a);
-        ei::pstore(row_max + c * kP, new_max);
-        ei::pstore(row_sum + c * kP, ei::pmul(ei::pload<Packet>(row_sum + c * kP), a));
-        for (int t = 0; t < kP; ++t) rescale = rescale || !(alpha[c * kP + t] == T(1));
-        Packet sum = zero;
-        for (Index jj = 0; jj < keys; ++jj) {
-          T* at = s + jj * kQueries + c * kP;
-          const Packet x = ei::pload<Packet>(at);
-          const Packet e = ei::pselect(ei::pcmp_eq(x, neg_inf), zero, ei::pexp(ei::psub(x, new_max)));
-          ei::pstore(at, e);
-          sum = ei::padd(sum, e);
-        }
-        ei::pstore(row_sum + c * kP, ei::padd(ei::pload<Packet>(row_sum + c * kP), sum));
+          for (int c = 0; c < kVecs; ++c) tile_max[c] = ei::pmax(tile_max[c], ei::pload<Packet>(s + jj * kQueries + c * kP));
       }
-      // The accumulator is rescaled only where a row's max changed (alpha != 1).
+
+      // Online softmax: the new max, alpha = exp(old max - new max) (0 where nothing was
+      // accumulated yet), p = exp(s - max) (exactly 0 where masked), the sums.
+      Packet new_max[kVecs], safe_max[kVecs], sum[kVecs];
+      for (int c = 0; c < kVecs; ++c) {
+        const Packet old_max = ei::pload<Packet>(row_max + c * kP);
+        new_max[c] = ei::pmax(old_max, tile_max[c]);
+        const Packet a =
+            ei::pselect(ei::pcmp_eq(old_max, neg_inf), zero, pexp_nonpositive(ei::psub(old_max, new_max[c])));
+        // exp(s - max) without -inf - (-inf): a query that sees no key yet gets p = 0.
+        safe_max[c] = ei::pselect(ei::pcmp_eq(new_max[c], neg_inf), zero, new_max[c]);
+        ei::pstore(alpha + c * kP, a);
+        ei::pstore(row_max + c * kP, new_max[c]);
+        ei::pstore(row_sum + c * kP, ei::pmul(ei::pload<Packet>(row_sum + c * kP), a));
+        sum[c] = zero;
+      }
+      for (Index jj = 0; jj < keys; ++jj)
+        for (int c = 0; c < kVecs; ++c) {
+          T* at = s + jj * kQueries + c * kP;
+          const Packet e = pexp_nonpositive(ei::psub(ei::pload<Packet>(at), safe_max[c]));
+          ei::pstore(at, e);
+          sum[c] = ei::padd(sum[c], e);
+        }
+      for (int c = 0; c < kVecs; ++c)
+        ei::pstore(row_sum + c * kP, ei::padd(ei::pload<Packet>(row_sum + c * kP), sum[c]));
+      // The accumulator is rescaled only when a query's max changed (alpha != 1).
+      bool rescale = false;
+      for (Index t = 0; t < kQueries; ++t) rescale = rescale || !(alpha[t] == T(1));
       if (rescale)
         for (Index dv = 0; dv < dim_v; ++dv)
           for (int c = 0; c < kVecs; ++c) {
             T* at = acc + dv * kQueries + c * kP;
             ei::pstore(at, ei::pmul(ei::pload<Packet>(at), ei::pload<Packet>(alpha + c * kP)));
           }
-      (void)one;
       if (opt.dropout_p > T(0)) {
+        // The mask of element (b, h, i, j) is element ((b*H + h)*L + i)*S + j of the stream,
+        // as in dropout_rows; kept p are scaled by 1/(1-p), the sums stay as they are.
         const T keep_scale = T(1) / (T(1) - opt.dropout_p);
         const double p_drop = static_cast<double>(opt.dropout_p);
         for (Index c = 0; c < rows; ++c) {
@@ -304,21 +362,27 @@ struct PacketTile {
         }
       }
       // acc += v^T p for this tile.
-      const T* vt = vh + j0 * v.row_stride;
       Index r = 0;
-      for (; r + kRegRows <= dim_v; r += kRegRows)
-        accumulate<kRegRows>(s, keys, vt + r, v.row_stride, acc + r * kQueries);
-      for (; r < dim_v; ++r) accumulate<1>(s, keys, vt + r, v.row_stride, acc + r * kQueries);
+      if (kv.v_panels) {
+        for (; r < full_v; r += kRegRows)
+          accumulate<kRegRows>(s, keys, kv.v + r * len_k + j0 * kRegRows, kRegRows, acc + r * kQueries);
+        for (; r < dim_v; ++r) accumulate<1>(s, keys, kv.v + r * len_k + j0, 1, acc + r * kQueries);
+      } else {
+        const T* vt = kv.v + j0 * kv.v_stride;
+        for (; r < full_v; r += kRegRows) accumulate<kRegRows>(s, keys, vt + r, kv.v_stride, acc + r * kQueries);
+        for (; r < dim_v; ++r) accumulate<1>(s, keys, vt + r, kv.v_stride, acc + r * kQueries);
+      }
     }
 
-    // out = acc / sum; a row that saw no key gives 0, a NaN (or +inf) max a NaN row.
+    // out = acc / sum. A NaN logit made its query's sum NaN (exp(NaN - max) is NaN), and so
+    // does +inf (inf - inf): that row is NaN, as softmax gives. A query that saw no key gets 0.
     T* orow = out.data + b * out.batch_stride + h * out.head_stride + i0 * out.row_stride;
     for (Index c = 0; c < rows; ++c, orow += out.row_stride) {
       const T m = row_max[c], l = row_sum[c];
-      if (m == kNegInf)
-        std::fill(orow, orow + dim_v, T(0));
-      else if (!(m < std::numeric_limits<T>::infinity()))
+      if (std::isnan(l) || std::isnan(m))
         std::fill(orow, orow + dim_v, std::numeric_limits<T>::quiet_NaN());
+      else if (m == kNegInf)
+        std::fill(orow, orow + dim_v, T(0));
       else
         for (Index dv = 0; dv < dim_v; ++dv) orow[dv] = acc[dv * kQueries + c] / l;
     }
@@ -352,16 +416,24 @@ void sdpa_tiled(const HeadsView<const T>& q, const HeadsView<const T>& k, const 
                 const HeadsView<T>& out, const SdpaOptions<T>& opt, T scale, std::uint64_t key) {
 #if EIGEN_VERSION_AT_LEAST(3, 4, 0)
   using Tile = PacketTile<T>;
-  const Index nh = q.heads, len_q = q.length;
-  if (q.batch == 0 || nh == 0 || len_q == 0 || v.dim == 0) return;
+  const Index nh = q.heads, len_q = q.length, len_k = k.length, dim_v = v.dim;
+  if (q.batch == 0 || nh == 0 || len_q == 0 || dim_v == 0) return;
+  Vector<T> k_packed, v_packed;
+  const bool packed = Tile::packs(q, k, v);
+  if (packed) Tile::pack(k, v, k_packed, v_packed);
   const Index qblocks = (len_q + Tile::kQueries - 1) / Tile::kQueries;
-  const WorkSplit split = WorkSplit::of(q.batch * nh * qblocks,
-                                        static_cast<double>(Tile::kQueries) * k.length * (q.dim + v.dim + 8));
+  const WorkSplit split =
+      WorkSplit::of(q.batch * nh * qblocks, static_cast<double>(Tile::kQueries) * len_k * (q.dim + dim_v + 8));
   parallel_for(split.items(), [&](Index item) {
-    typename Tile::Scratch scratch(q.dim, v.dim);
+    typename Tile::Scratch scratch(q.dim, dim_v);
     for (Index u = split.begin(item); u < split.end(item); ++u) {
-      const Index bh = u / qblocks, i0 = (u % qblocks) * Tile::kQueries;
-      Tile::block(q, k, v, out, opt, scale, key, bh / nh, bh % nh, i0, std::min(Tile::kQueries, len_q - i0), scratch);
+      const Index bh = u / qblocks, b = bh / nh, h = bh % nh, i0 = (u % qblocks) * Tile::kQueries;
+      const typename Tile::Head kv =
+          packed ? typename Tile::Head{k_packed.data() + bh * len_k * k.dim, k.dim, v_packed.data() + bh * len_k * dim_v,
+                                       0, true}
+                 : typename Tile::Head{k.data + b * k.batch_stride + h * k.head_stride, k.row_stride,
+                                       v.data + b * v.batch_stride + h * v.head_stride, v.row_stride, false};
+      Tile::block(q, kv, out, opt, scale, key, b, h, i0, std::min(Tile::kQueries, len_q - i0), len_k, dim_v, scratch);
     }
   });
 #else
