@@ -129,8 +129,9 @@ void sdpa_tiled_gemm(const HeadsView<const T>& q, const HeadsView<const T>& k, c
 /// step is vectorised across queries: scores are kRegRows x kVecs register blocks of
 /// broadcast k times q^T, the softmax statistics (max, sum) of a query are one lane of a
 /// packet (no horizontal reductions), and the output accumulator is (Dv, queries), updated
-/// with broadcast v times p^T. Nothing is packed per tile; the query block is transposed
-/// once per block.
+/// with broadcast v times p^T. Nothing is packed per tile: the query block is transposed
+/// once per block, and k and v are read in place, or from one contiguous copy per call
+/// when they are strided views (pack()).
 template <class T>
 struct PacketTile {
   using Packet = typename Eigen::internal::packet_traits<T>::type;
@@ -406,6 +407,8 @@ struct PacketTile {
 /// no key gets 0, one whose logits hold NaN (or +inf) gets NaN. Causal masking skips the
 /// key blocks that are in the future of the whole query block; the others are computed on
 /// the same tile grid as with an explicit mask, so the two give identical results.
+/// Strided k and v read by several query blocks are first copied into contiguous rows
+/// (PacketTile::pack), O(B*H*S*(D+Dv)) memory.
 ///
 /// Arguments must have been checked (check_attention_args). Threaded over (batch, head,
 /// query block) with parallel_for; bit-identical for every thread count.
