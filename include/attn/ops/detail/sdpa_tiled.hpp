@@ -193,52 +193,53 @@ struct PacketTile {
     });
   }
 
-  /// s[r][.] = sum_d k[r][d] * qt[d][.] for R keys (rows of s, kQueries apart); tile_max
-  /// takes the max with them.
-  template <int R>
+  /// s[r][.] = sum_d k[r][d] * qt[d][.] for R keys (rows of s, kQueries apart) and the
+  /// first V packets of queries; tile_max takes the max with them.
+  template <int R, int V>
   static void scores(const T* qt, Index dim, const T* k, Index k_stride, T* s, Packet* tile_max) {
     namespace ei = Eigen::internal;
-    Packet acc[R][kVecs];
+    Packet acc[R][V];
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < kVecs; ++c) acc[r][c] = ei::pset1<Packet>(T(0));
+      for (int c = 0; c < V; ++c) acc[r][c] = ei::pset1<Packet>(T(0));
     for (Index d = 0; d < dim; ++d) {
-      Packet qv[kVecs];
-      for (int c = 0; c < kVecs; ++c) qv[c] = ei::pload<Packet>(qt + d * kQueries + c * kP);
+      Packet qv[V];
+      for (int c = 0; c < V; ++c) qv[c] = ei::pload<Packet>(qt + d * kQueries + c * kP);
       for (int r = 0; r < R; ++r) {
         const Packet kb = ei::pset1<Packet>(k[r * k_stride + d]);
-        for (int c = 0; c < kVecs; ++c) acc[r][c] = ei::pmadd(kb, qv[c], acc[r][c]);
+        for (int c = 0; c < V; ++c) acc[r][c] = ei::pmadd(kb, qv[c], acc[r][c]);
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < kVecs; ++c) {
+      for (int c = 0; c < V; ++c) {
         ei::pstore(s + r * kQueries + c * kP, acc[r][c]);
         tile_max[c] = ei::pmax(tile_max[c], acc[r][c]);
       }
   }
 
-  /// acc[r][.] += sum_j v[j][r] * p[j][.] for R rows of the (Dv, queries) accumulator;
-  /// v[j][r] is at v[j * v_stride + r].
-  template <int R>
+  /// acc[r][.] += sum_j v[j][r] * p[j][.] for R rows of the (Dv, queries) accumulator and
+  /// the first V packets of queries; v[j][r] is at v[j * v_stride + r].
+  template <int R, int V>
   static void accumulate(const T* p, Index keys, const T* v, Index v_stride, T* acc) {
     namespace ei = Eigen::internal;
-    Packet a[R][kVecs];
+    Packet a[R][V];
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < kVecs; ++c) a[r][c] = ei::pload<Packet>(acc + r * kQueries + c * kP);
+      for (int c = 0; c < V; ++c) a[r][c] = ei::pload<Packet>(acc + r * kQueries + c * kP);
     for (Index j = 0; j < keys; ++j) {
-      Packet pv[kVecs];
-      for (int c = 0; c < kVecs; ++c) pv[c] = ei::pload<Packet>(p + j * kQueries + c * kP);
+      Packet pv[V];
+      for (int c = 0; c < V; ++c) pv[c] = ei::pload<Packet>(p + j * kQueries + c * kP);
       for (int r = 0; r < R; ++r) {
         const Packet vb = ei::pset1<Packet>(v[j * v_stride + r]);
-        for (int c = 0; c < kVecs; ++c) a[r][c] = ei::pmadd(vb, pv[c], a[r][c]);
+        for (int c = 0; c < V; ++c) a[r][c] = ei::pmadd(vb, pv[c], a[r][c]);
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < kVecs; ++c) ei::pstore(acc + r * kQueries + c * kP, a[r][c]);
+      for (int c = 0; c < V; ++c) ei::pstore(acc + r * kQueries + c * kP, a[r][c]);
   }
 
-  /// Adds the masks to the transposed tile: keys j0 .. j0+keys-1 (rows), queries i0.. (columns).
-  static void add_masks(T* s, Index keys, const SdpaOptions<T>& opt, Index b, Index h, Index heads, Index i0,
-                        Index rows, Index j0, Index len_q, Index len_k, T* mask_row) {
+  /// Adds the masks to the transposed tile: keys j0 .. j0+keys-1 (rows), queries i0.. (the
+  /// first `cols` columns, of which the first `rows` are real queries).
+  static void add_masks(T* s, Index keys, Index cols, const SdpaOptions<T>& opt, Index b, Index h, Index heads,
+                        Index i0, Index rows, Index j0, Index len_q, Index len_k, T* mask_row) {
     constexpr T kNegInf = -std::numeric_limits<T>::infinity();
     // Same order as add_mask_tile: key padding, attention mask, then causal.
     if (!opt.key_padding_mask.empty()) {
@@ -246,7 +247,7 @@ struct PacketTile {
       add_mask_span(opt.key_padding_mask, b * len_k + j0, mask_row, keys);
       for (Index j = 0; j < keys; ++j)
         if (mask_row[j] != T(0))
-          for (Index c = 0; c < kQueries; ++c) s[j * kQueries + c] += mask_row[j];
+          for (Index c = 0; c < cols; ++c) s[j * kQueries + c] += mask_row[j];
     }
     const auto& am = opt.attn_mask;
     if (!am.empty()) {
@@ -262,15 +263,30 @@ struct PacketTile {
       const Index shift = opt.causal == Causal::kBottomRight ? len_k - len_q : 0;
       for (Index j = 0; j < keys; ++j) {
         const Index first_query = j0 + j - shift - i0;
-        for (Index c = 0; c < std::min<Index>(first_query, kQueries); ++c) s[j * kQueries + c] = kNegInf;
+        for (Index c = 0; c < std::min(first_query, cols); ++c) s[j * kQueries + c] = kNegInf;
       }
     }
   }
 
-  /// One (batch b, head h, query rows i0 .. i0+rows-1) block: the whole online softmax.
+  /// One (batch b, head h, query rows i0 .. i0+rows-1) block: the whole online softmax, on
+  /// as few packets of queries as hold the rows (1, 2 or kVecs; each query's lane computes
+  /// the same whatever the count).
   static void block(const HeadsView<const T>& q, const Head& kv, const HeadsView<T>& out, const SdpaOptions<T>& opt,
                     T scale, std::uint64_t key, Index b, Index h, Index i0, Index rows, Index len_k, Index dim_v,
                     Scratch& w) {
+    static_assert(kVecs == 4, "block() dispatches on 1, 2 or 4 packets");
+    if (rows <= kP)
+      block_packets<1>(q, kv, out, opt, scale, key, b, h, i0, rows, len_k, dim_v, w);
+    else if (rows <= 2 * kP)
+      block_packets<2>(q, kv, out, opt, scale, key, b, h, i0, rows, len_k, dim_v, w);
+    else
+      block_packets<4>(q, kv, out, opt, scale, key, b, h, i0, rows, len_k, dim_v, w);
+  }
+
+  template <int V>
+  static void block_packets(const HeadsView<const T>& q, const Head& kv, const HeadsView<T>& out,
+                            const SdpaOptions<T>& opt, T scale, std::uint64_t key, Index b, Index h, Index i0,
+                            Index rows, Index len_k, Index dim_v, Scratch& w) {
     namespace ei = Eigen::internal;
     constexpr T kNegInf = -std::numeric_limits<T>::infinity();
     const Index nh = q.heads, len_q = q.length, dim = q.dim;
@@ -283,10 +299,11 @@ struct PacketTile {
     T* const alpha = w.alpha.data();
 
     // q^T, scaled; queries past the block's end are zero columns whose results are unused.
+    constexpr Index kCols = V * kP;
     const T* qrow = q.data + b * q.batch_stride + h * q.head_stride + i0 * q.row_stride;
-    for (Index c = 0; c < kQueries; ++c)
+    for (Index c = 0; c < kCols; ++c)
       for (Index d = 0; d < dim; ++d) qt[d * kQueries + c] = c < rows ? qrow[c * q.row_stride + d] * scale : T(0);
-    w.acc.setZero();
+    for (Index dv = 0; dv < dim_v; ++dv) std::fill(acc + dv * kQueries, acc + dv * kQueries + kCols, T(0));
     w.row_max.setConstant(kNegInf);
     w.row_sum.setZero();
 
@@ -302,24 +319,24 @@ struct PacketTile {
       const Index keys = std::min(kKeys, len_k - j0);
       // Scores s = k q^T for this tile, and their max per query (NaN need not propagate
       // through the max: exp(NaN - max) is NaN and makes the query's sum NaN).
-      Packet tile_max[kVecs];
-      for (int c = 0; c < kVecs; ++c) tile_max[c] = neg_inf;
+      Packet tile_max[V];
+      for (int c = 0; c < V; ++c) tile_max[c] = neg_inf;
       const T* kt = kv.k + j0 * kv.k_stride;
       Index j = 0;
       for (; j + kRegRows <= keys; j += kRegRows)
-        scores<kRegRows>(qt, dim, kt + j * kv.k_stride, kv.k_stride, s + j * kQueries, tile_max);
-      for (; j < keys; ++j) scores<1>(qt, dim, kt + j * kv.k_stride, kv.k_stride, s + j * kQueries, tile_max);
+        scores<kRegRows, V>(qt, dim, kt + j * kv.k_stride, kv.k_stride, s + j * kQueries, tile_max);
+      for (; j < keys; ++j) scores<1, V>(qt, dim, kt + j * kv.k_stride, kv.k_stride, s + j * kQueries, tile_max);
       if (masked || (opt.causal != Causal::kNone && j0 + keys - 1 > first_row_last_key)) {
-        add_masks(s, keys, opt, b, h, nh, i0, rows, j0, len_q, len_k, w.mask_row.data());
-        for (int c = 0; c < kVecs; ++c) tile_max[c] = neg_inf;
+        add_masks(s, keys, kCols, opt, b, h, nh, i0, rows, j0, len_q, len_k, w.mask_row.data());
+        for (int c = 0; c < V; ++c) tile_max[c] = neg_inf;
         for (Index jj = 0; jj < keys; ++jj)
-          for (int c = 0; c < kVecs; ++c) tile_max[c] = ei::pmax(tile_max[c], ei::pload<Packet>(s + jj * kQueries + c * kP));
+          for (int c = 0; c < V; ++c) tile_max[c] = ei::pmax(tile_max[c], ei::pload<Packet>(s + jj * kQueries + c * kP));
       }
 
       // Online softmax: the new max, alpha = exp(old max - new max) (0 where nothing was
       // accumulated yet), p = exp(s - max) (exactly 0 where masked), the sums.
-      Packet new_max[kVecs], safe_max[kVecs], sum[kVecs];
-      for (int c = 0; c < kVecs; ++c) {
+      Packet new_max[V], safe_max[V], sum[V];
+      for (int c = 0; c < V; ++c) {
         const Packet old_max = ei::pload<Packet>(row_max + c * kP);
         new_max[c] = ei::pmax(old_max, tile_max[c]);
         const Packet a =
@@ -332,20 +349,20 @@ struct PacketTile {
         sum[c] = zero;
       }
       for (Index jj = 0; jj < keys; ++jj)
-        for (int c = 0; c < kVecs; ++c) {
+        for (int c = 0; c < V; ++c) {
           T* at = s + jj * kQueries + c * kP;
           const Packet e = pexp_nonpositive(ei::psub(ei::pload<Packet>(at), safe_max[c]));
           ei::pstore(at, e);
           sum[c] = ei::padd(sum[c], e);
         }
-      for (int c = 0; c < kVecs; ++c)
+      for (int c = 0; c < V; ++c)
         ei::pstore(row_sum + c * kP, ei::padd(ei::pload<Packet>(row_sum + c * kP), sum[c]));
       // The accumulator is rescaled only when a query's max changed (alpha != 1).
       bool rescale = false;
-      for (Index t = 0; t < kQueries; ++t) rescale = rescale || !(alpha[t] == T(1));
+      for (Index t = 0; t < kCols; ++t) rescale = rescale || !(alpha[t] == T(1));
       if (rescale)
         for (Index dv = 0; dv < dim_v; ++dv)
-          for (int c = 0; c < kVecs; ++c) {
+          for (int c = 0; c < V; ++c) {
             T* at = acc + dv * kQueries + c * kP;
             ei::pstore(at, ei::pmul(ei::pload<Packet>(at), ei::pload<Packet>(alpha + c * kP)));
           }
@@ -366,17 +383,22 @@ struct PacketTile {
       Index r = 0;
       if (kv.v_panels) {
         for (; r < full_v; r += kRegRows)
-          accumulate<kRegRows>(s, keys, kv.v + r * len_k + j0 * kRegRows, kRegRows, acc + r * kQueries);
-        for (; r < dim_v; ++r) accumulate<1>(s, keys, kv.v + r * len_k + j0, 1, acc + r * kQueries);
+          accumulate<kRegRows, V>(s, keys, kv.v + r * len_k + j0 * kRegRows, kRegRows, acc + r * kQueries);
+        for (; r < dim_v; ++r) accumulate<1, V>(s, keys, kv.v + r * len_k + j0, 1, acc + r * kQueries);
       } else {
         const T* vt = kv.v + j0 * kv.v_stride;
-        for (; r < full_v; r += kRegRows) accumulate<kRegRows>(s, keys, vt + r, kv.v_stride, acc + r * kQueries);
-        for (; r < dim_v; ++r) accumulate<1>(s, keys, vt + r, kv.v_stride, acc + r * kQueries);
+        for (; r < full_v; r += kRegRows) accumulate<kRegRows, V>(s, keys, vt + r, kv.v_stride, acc + r * kQueries);
+        for (; r < dim_v; ++r) accumulate<1, V>(s, keys, vt + r, kv.v_stride, acc + r * kQueries);
       }
     }
 
     // out = acc / sum. A NaN logit made its query's sum NaN (exp(NaN - max) is NaN), and so
     // does +inf (inf - inf): that row is NaN, as softmax gives. A query that saw no key gets 0.
+    for (Index dv = 0; dv < dim_v; ++dv)
+      for (int c = 0; c < V; ++c) {
+        T* at = acc + dv * kQueries + c * kP;
+        ei::pstore(at, ei::pdiv(ei::pload<Packet>(at), ei::pload<Packet>(row_sum + c * kP)));
+      }
     T* orow = out.data + b * out.batch_stride + h * out.head_stride + i0 * out.row_stride;
     for (Index c = 0; c < rows; ++c, orow += out.row_stride) {
       const T m = row_max[c], l = row_sum[c];
@@ -385,7 +407,7 @@ struct PacketTile {
       else if (m == kNegInf)
         std::fill(orow, orow + dim_v, T(0));
       else
-        for (Index dv = 0; dv < dim_v; ++dv) orow[dv] = acc[dv * kQueries + c] / l;
+        for (Index dv = 0; dv < dim_v; ++dv) orow[dv] = acc[dv * kQueries + c];
     }
   }
 };
