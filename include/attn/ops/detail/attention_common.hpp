@@ -200,7 +200,8 @@ Packet pexp_nonpositive(const Packet& x) {
 #endif  // EIGEN_VERSION_AT_LEAST(3, 4, 0)
 
 /// @brief x[j] = exp(x[j] - shift) for j < n, in place, with -inf giving exactly 0; returns
-/// the sum of the results. shift must be finite.
+/// the sum of the results. shift is meant to be the max of x: a NaN or +inf shift makes the
+/// sum NaN, as softmax does.
 ///
 /// This is the softmax's vectorised exp, pexp_nonpositive, a packet at a time; the last
 /// partial packet is padded, so every element goes through the same code (scalar std::exp

@@ -5,6 +5,8 @@
 /// and is the reference the tiled kernel is tested against. Not part of the public API.
 
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 
 #include <Eigen/Core>
 
@@ -12,10 +14,25 @@
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/attention_common.hpp"
 #include "attn/ops/heads_view.hpp"
-#include "attn/ops/softmax.hpp"
 
 namespace attn {
 namespace detail {
+
+/// Softmax of every row of a row-major block, as softmax_rows_inplace (a row of -inf gives
+/// 0, NaN propagates to its row) with the vectorised exp_shifted_inplace.
+template <class Block>
+void softmax_rows(Block&& s) {
+  using T = typename std::decay_t<Block>::Scalar;
+  for (Index r = 0; r < s.rows(); ++r) {
+    auto row = s.row(r);
+    const T mx = row.cols() > 0 ? row.template maxCoeff<Eigen::PropagateNaN>() : -std::numeric_limits<T>::infinity();
+    if (mx == -std::numeric_limits<T>::infinity()) {
+      row.setZero();
+      continue;
+    }
+    row /= exp_shifted_inplace(row.data(), row.cols(), mx);
+  }
+}
 
 /// @brief out = softmax(scale q k^T + masks) v per (batch, head), a block of kQueryBlock
 /// query rows at a time, each block holding its full (rows, S) score rows.
@@ -46,7 +63,7 @@ void sdpa_reference(const HeadsView<const T>& q, const HeadsView<const T>& k, co
         qb = q.head(b, h).middleRows(i0, rows) * scale;
         s.noalias() = qb * k.head(b, h).transpose();
         add_mask_bias(s, opt, b, h, nh, i0, len_q);
-        softmax_rows_inplace(s);
+        softmax_rows(s);
         if (opt.dropout_p > T(0)) dropout_rows(s, opt.dropout_p, key, b, h, nh, i0, len_q);
         out.head(b, h).middleRows(i0, rows).noalias() = s * v.head(b, h);
       };
