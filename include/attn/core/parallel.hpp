@@ -52,26 +52,37 @@ namespace detail {
 
 /// @brief Calls f(i) for every i in [0, n), on up to get_num_threads() threads.
 ///
-/// Runs serially when n < 2, when one thread is set, or when already inside a parallel
-/// region (no nested parallelism). Items are handed out dynamically; f must write only to
-/// memory that belongs to item i. An exception thrown by f is rethrown on the calling thread
-/// (the first one caught; the remaining items are skipped).
+/// Items are handed out dynamically; f must write only to memory that belongs to item i.
+/// An exception thrown by f is rethrown on the calling thread (the first one caught; the
+/// remaining items are skipped). Inside an enclosing parallel region the items run on the
+/// calling thread (no nested parallelism).
+///
+/// Eigen products called from f run serially: with OpenMP, Eigen parallelises a product
+/// made outside a parallel region by itself, with a blocking that depends on its thread
+/// count (and so do the last bits of the result). The loop therefore always runs inside a
+/// parallel region, even on one thread, and sets each of its threads' OpenMP thread count
+/// to 1 (Eigen's default, Eigen::nbThreads(), follows it). A program that sets
+/// Eigen::setNbThreads(n > 1) itself keeps Eigen's own threading on the one-thread path.
 template <class F>
 void parallel_for(Index n, F&& f) {
 #if defined(_OPENMP)
-  const int threads = static_cast<int>(std::min<Index>(get_num_threads(), n));
-  if (threads > 1 && !omp_in_parallel()) {
+  if (n > 0 && !omp_in_parallel()) {
+    const int threads = static_cast<int>(std::min<Index>(get_num_threads(), n));
     std::exception_ptr error;
     std::atomic<bool> failed{false};
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (Index i = 0; i < n; ++i) {
-      if (failed.load(std::memory_order_relaxed)) continue;
-      try {
-        f(i);
-      } catch (...) {
+#pragma omp parallel num_threads(threads)
+    {
+      omp_set_num_threads(1);  // this implicit task's ICV only; discarded at the region's end
+#pragma omp for schedule(dynamic, 1)
+      for (Index i = 0; i < n; ++i) {
+        if (failed.load(std::memory_order_relaxed)) continue;
+        try {
+          f(i);
+        } catch (...) {
 #pragma omp critical(attn_parallel_for_error)
-        if (!error) error = std::current_exception();
-        failed.store(true, std::memory_order_relaxed);
+          if (!error) error = std::current_exception();
+          failed.store(true, std::memory_order_relaxed);
+        }
       }
     }
     if (error) std::rethrow_exception(error);

@@ -4,7 +4,7 @@
 ///
 /// It lets attention run directly on a projection's output: for a fused qkv buffer of
 /// shape (B*N, 3C), head h of q is the column block [h*d, (h+1)*d) of each row, i.e. a
-/// view with row stride 3C. No permute, no copy.
+/// view with row stride 3C. The caller needs no permute and no copy.
 
 #include <type_traits>
 

@@ -3,28 +3,37 @@
 /// @brief Scaled dot-product attention: softmax(scale * q k^T + masks) v, per batch and head.
 
 #include <cmath>
+#include <cstdint>
 
 #include <Eigen/Core>
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/attention_common.hpp"
+#include "attn/ops/detail/sdpa_reference.hpp"
+#include "attn/ops/detail/sdpa_tiled.hpp"
 #include "attn/ops/heads_view.hpp"
-#include "attn/ops/softmax.hpp"
 
 namespace attn {
 
 /// @brief out = softmax(scale * q k^T + masks) v for every (batch, head), written into `out`.
 ///
 /// Works on strided views, so q, k and v can be column blocks of a projection's output.
-/// Scores are computed a block of query rows at a time: no (L, S) buffer per head is kept,
-/// and no (B, H, L, S) buffer exists unless opt.attn_weights asks for one.
+/// The default path is tiled (FlashAttention-2 style online softmax, see
+/// detail::sdpa_tiled): a (query block x key block) tile of scores at a time, no (L, S)
+/// buffer; strided k and v are copied once into contiguous rows (O(B*S*D) memory) when
+/// several query blocks read them. When opt.attn_weights asks for the weights, the straightforward kernel
+/// (detail::sdpa_reference) materialises them (B*H*L*S elements) and multiplies them by v.
+/// Threaded over (batch, head, query block) with attn::set_num_threads' thread count; the
+/// result is bit-identical for every thread count.
 /// @param q (B, H, L, D); @param k (B, H, S, D); @param v (B, H, S, Dv)
 /// @param out (B, H, L, Dv), must not overlap q, k or v
 /// @param opt scale (default 1/sqrt(D)), masks, causal, dropout, optional weights output
 /// @note The scale multiplies q before the product, as nn.MultiheadAttention and timm do.
 /// A query row whose keys are all masked gets weights 0 and output 0 (PyTorch >= 2.5 SDPA
-/// and ONNX behaviour; PyTorch 1.13 gives NaN).
+/// and ONNX behaviour; PyTorch 1.13 gives NaN). NaN in a row's logits gives a NaN row.
+/// Dropout zeroes weights after the softmax (the normaliser is the sum before dropout) with
+/// the same mask on both paths.
 /// @throws std::invalid_argument on mismatched shapes, masks, dropout p or a missing generator
 template <class T>
 void scaled_dot_product_attention(const HeadsView<const T>& q, const HeadsView<const T>& k,
@@ -32,33 +41,13 @@ void scaled_dot_product_attention(const HeadsView<const T>& q, const HeadsView<c
                                   const SdpaOptions<T>& opt = {}) {
   constexpr const char* where = "attn::scaled_dot_product_attention";
   detail::check_attention_args(where, q, k, v, out, opt);
-  const Index nb = q.batch, nh = q.heads, len_q = q.length, len_k = k.length;
   const T scale = opt.scale ? *opt.scale : T(1) / std::sqrt(static_cast<T>(q.dim));
   const std::uint64_t key = opt.dropout_p > T(0) ? opt.generator->next_key() : 0;
-  if (opt.attn_weights) *opt.attn_weights = Tensor<T>({nb, nh, len_q, len_k});
-
-  const Index block = std::min(detail::kQueryBlock, len_q);
-  RowMatrix<T> qs(block, q.dim), scores(block, len_k);
-  for (Index b = 0; b < nb; ++b) {
-    for (Index h = 0; h < nh; ++h) {
-      const auto kh = k.head(b, h);
-      const auto vh = v.head(b, h);
-      auto oh = out.head(b, h);
-      for (Index i0 = 0; i0 < len_q; i0 += block) {
-        const Index rows = std::min(block, len_q - i0);
-        auto qb = qs.topRows(rows);
-        auto s = scores.topRows(rows);
-        qb = q.head(b, h).middleRows(i0, rows) * scale;
-        s.noalias() = qb * kh.transpose();
-        detail::add_mask_bias(s, opt, b, h, nh, i0, len_q);
-        softmax_rows_inplace(s);
-        if (opt.dropout_p > T(0)) detail::dropout_rows(s, opt.dropout_p, key, b, h, nh, i0, len_q);
-        if (opt.attn_weights)
-          Eigen::Map<RowMatrix<T>>(opt.attn_weights->data() + ((b * nh + h) * len_q + i0) * len_k,
-                                   rows, len_k) = s;
-        oh.middleRows(i0, rows).noalias() = s * vh;
-      }
-    }
+  if (opt.attn_weights) {
+    *opt.attn_weights = Tensor<T>({q.batch, q.heads, q.length, k.length});
+    detail::sdpa_reference<T>(q, k, v, out, opt, scale, key, opt.attn_weights->data());
+  } else {
+    detail::sdpa_tiled<T>(q, k, v, out, opt, scale, key);
   }
 }
 

@@ -1,0 +1,309 @@
+// The fast paths: the tiled attention kernel against the straightforward one (every mask
+// kind, odd sizes, Lq != Lk, fully masked rows, dropout, NaN), bit-identical results for
+// every thread count, and the accuracy of the vectorised exp the softmax uses.
+#include <array>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "support.hpp"
+
+namespace {
+
+using namespace attn_test;
+using attn::Causal;
+using attn::Mask;
+using HV = attn::HeadsView<const float>;
+
+template <class T>
+class KernelsTyped : public ::testing::Test {};
+TYPED_TEST_SUITE(KernelsTyped, Scalars);
+
+/// Restores the default thread count when a test ends (also when it fails).
+struct ThreadGuard {
+  ~ThreadGuard() { attn::set_num_threads(0); }
+};
+
+template <class T>
+attn::HeadsView<const T> heads(const Tensor<T>& t) {
+  return attn::HeadsView<const T>::bhnd(t.data(), t.size(0), t.size(1), t.size(2), t.size(3));
+}
+template <class T>
+attn::HeadsView<T> heads(Tensor<T>& t) {
+  return attn::HeadsView<T>::bhnd(t.data(), t.size(0), t.size(1), t.size(2), t.size(3));
+}
+
+/// Runs the reference, the tiled kernel and its Eigen-GEMM form (used with Eigen < 3.4) on
+/// the same problem and dropout key.
+template <class T>
+std::array<Tensor<T>, 3> all_kernels(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                                     const attn::SdpaOptions<T>& opt) {
+  const attn::Shape shape{q.size(0), q.size(1), q.size(2), v.size(3)};
+  std::array<Tensor<T>, 3> out{Tensor<T>(shape), Tensor<T>(shape), Tensor<T>(shape)};
+  attn::detail::check_attention_args("test", heads(q), heads(k), heads(v), heads(out[0]), opt);
+  const T scale = opt.scale ? *opt.scale : T(1) / std::sqrt(T(q.size(3)));
+  const std::uint64_t key = 12345;
+  attn::detail::sdpa_reference<T>(heads(q), heads(k), heads(v), heads(out[0]), opt, scale, key, nullptr);
+  attn::detail::sdpa_tiled<T>(heads(q), heads(k), heads(v), heads(out[1]), opt, scale, key);
+  attn::detail::sdpa_tiled_gemm<T>(heads(q), heads(k), heads(v), heads(out[2]), opt, scale, key);
+  return out;
+}
+
+/// Tiled vs reference on random problems: sizes that are and are not multiples of the tile
+/// sizes (64 queries x 128 keys with AVX-512 floats; 128 x 256 for the GEMM form), Lq != Lk, Dv != D, logits large enough that row maxima
+/// move from tile to tile, and every kind of mask.
+TYPED_TEST(KernelsTyped, TiledMatchesReference) {
+  using T = TypeParam;
+  // Logits here reach ~+-60, so summing them in another order moves them by ~1e-5 x eps
+  // relative: in float the two kernels differ by up to 2.5e-6 (of max |out|), 1.9e-14 in double.
+  const double tol = std::is_same<T, float>::value ? 5e-6 : 1e-13;
+  struct Problem {
+    Index b, h, lq, lk, d, dv;
+  };
+  const Problem problems[] = {{2, 2, 64, 256, 8, 8},  {1, 3, 130, 300, 16, 12}, {2, 1, 1, 513, 64, 64},
+                              {1, 2, 77, 5, 32, 8},   {2, 2, 300, 129, 8, 4},   {1, 1, 200, 600, 64, 32}};
+  std::uint64_t seed = 100;
+  for (const Problem& p : problems) {
+    const Tensor<T> q = random_tensor<T>({p.b, p.h, p.lq, p.d}, ++seed, 4.0),
+                    k = random_tensor<T>({p.b, p.h, p.lk, p.d}, ++seed, 4.0),
+                    v = random_tensor<T>({p.b, p.h, p.lk, p.dv}, ++seed);
+    // Masks: key padding (B, S) with batch 0 fully padded; (L, S) with row 1 fully
+    // blocked; (B*H, L, S); additive with -inf and finite values.
+    Tensor<bool> kpm({p.b, p.lk}), am2({p.lq, p.lk}), am3({p.b * p.h, p.lq, p.lk});
+    Tensor<T> kpm_add({p.b, p.lk}), am_add({p.lq, p.lk});
+    const Tensor<T> noise = random_tensor<T>({p.b * p.h, p.lq, p.lk}, ++seed);
+    for (Index b = 0; b < p.b; ++b)
+      for (Index j = 0; j < p.lk; ++j) {
+        kpm(b, j) = b == 0 || j % 3 == 1;
+        kpm_add(b, j) = j % 4 == 0 ? -std::numeric_limits<T>::infinity() : T(j % 5);
+      }
+    for (Index i = 0; i < p.lq; ++i)
+      for (Index j = 0; j < p.lk; ++j) {
+        am2(i, j) = i == 1 || (i + j) % 7 == 0;
+        am_add(i, j) = (i * 3 + j) % 11 == 0 ? -std::numeric_limits<T>::infinity() : T(((i + j) % 9) - 4);
+      }
+    for (Index e = 0; e < am3.numel(); ++e) am3[e] = noise[e] > T(0.3);
+
+    std::vector<std::pair<std::string, attn::SdpaOptions<T>>> cases;
+    auto add = [&](std::string name, auto&& set) {
+      attn::SdpaOptions<T> o;
+      set(o);
+      cases.emplace_back(std::move(name), o);
+    };
+    add("none", [](auto&) {});
+    add("kpm block", [&](auto& o) { o.key_padding_mask = Mask<T>::block_where_true(kpm); });
+    add("kpm keep", [&](auto& o) { o.key_padding_mask = Mask<T>::keep_where_true(kpm); });
+    add("kpm additive", [&](auto& o) { o.key_padding_mask = Mask<T>::additive(kpm_add); });
+    add("am (L,S) block", [&](auto& o) { o.attn_mask = Mask<T>::block_where_true(am2); });
+    add("am (L,S) keep", [&](auto& o) { o.attn_mask = Mask<T>::keep_where_true(am2); });
+    add("am (L,S) additive", [&](auto& o) { o.attn_mask = Mask<T>::additive(am_add); });
+    add("am (B*H,L,S) block", [&](auto& o) { o.attn_mask = Mask<T>::block_where_true(am3); });
+    add("am (B*H,L,S) additive", [&](auto& o) { o.attn_mask = Mask<T>::additive(noise); });
+    add("causal top-left", [](auto& o) { o.causal = Causal::kTopLeft; });
+    add("causal bottom-right", [](auto& o) { o.causal = Causal::kBottomRight; });
+    add("kpm + am + causal", [&](auto& o) {
+      o.key_padding_mask = Mask<T>::additive(kpm_add);
+      o.attn_mask = Mask<T>::block_where_true(am2);
+      o.causal = Causal::kBottomRight;
+    });
+    add("scale 0.5", [](auto& o) { o.scale = T(0.5); });
+    attn::Generator gen(5);
+    add("dropout", [&](auto& o) {
+      o.dropout_p = T(0.3);
+      o.generator = &gen;
+    });
+    add("dropout + causal + kpm", [&](auto& o) {
+      o.dropout_p = T(0.5);
+      o.generator = &gen;
+      o.causal = Causal::kTopLeft;
+      o.key_padding_mask = Mask<T>::block_where_true(kpm);
+    });
+    for (const auto& c : cases) {
+      SCOPED_TRACE(::testing::Message() << c.first << ", (B, H, Lq, Lk, D, Dv) = (" << p.b << ", " << p.h << ", "
+                                        << p.lq << ", " << p.lk << ", " << p.d << ", " << p.dv << ")");
+      const auto [ref, tiled, tiled_gemm] = all_kernels(q, k, v, c.second);
+      EXPECT_TRUE(AllClose(tiled, ref, tol));
+      EXPECT_TRUE(AllClose(tiled_gemm, ref, tol)) << "Eigen-GEMM tiles";
+      // Fully masked rows are exactly 0 on every path.
+      for (Index e = 0; e < ref.numel(); ++e) {
+        if (ref[e] == T(0)) {
+          ASSERT_EQ(tiled[e], T(0)) << "element " << e;
+          ASSERT_EQ(tiled_gemm[e], T(0)) << "element " << e;
+        }
+      }
+    }
+  }
+}
+
+// The public entry point takes the tiled path without weights and the reference path with
+// them; both agree, also with dropout (same generator state, so the same mask).
+TYPED_TEST(KernelsTyped, WeightsPathAgreesWithTiledPath) {
+  using T = TypeParam;
+  const Tensor<T> q = random_tensor<T>({2, 3, 100, 16}, 1, 3.0), k = random_tensor<T>({2, 3, 270, 16}, 2, 3.0),
+                  v = random_tensor<T>({2, 3, 270, 16}, 3);
+  attn::SdpaOptions<T> opt;
+  attn::Generator g1(9), g2(9);
+  opt.dropout_p = T(0.2);
+  opt.generator = &g1;
+  opt.causal = Causal::kBottomRight;
+  const Tensor<T> fast = attn::scaled_dot_product_attention<T>(q, k, v, opt);
+  Tensor<T> weights;
+  opt.generator = &g2;
+  opt.attn_weights = &weights;
+  const Tensor<T> slow = attn::scaled_dot_product_attention<T>(q, k, v, opt);
+  EXPECT_TRUE(AllClose(fast, slow, std::is_same<T, float>::value ? 2e-6 : 1e-13));
+}
+
+// Causal masking skips whole key tiles; the result is identical to the explicit mask, which
+// computes them (as zeros), across several tiles in both directions.
+TYPED_TEST(KernelsTyped, CausalSkipEqualsExplicitMaskAcrossTiles) {
+  using T = TypeParam;
+  for (Index len_q : {300, 700}) {
+    const Index len_k = 520;
+    const Tensor<T> q = random_tensor<T>({1, 2, len_q, 8}, 1, 3.0), k = random_tensor<T>({1, 2, len_k, 8}, 2, 3.0),
+                    v = random_tensor<T>({1, 2, len_k, 8}, 3);
+    for (auto causal : {Causal::kTopLeft, Causal::kBottomRight}) {
+      const Index diag = causal == Causal::kTopLeft ? 0 : len_k - len_q;
+      Tensor<bool> keep({len_q, len_k});
+      for (Index i = 0; i < len_q; ++i)
+        for (Index j = 0; j < len_k; ++j) keep(i, j) = j <= i + diag;
+      attn::SdpaOptions<T> a, b;
+      a.causal = causal;
+      b.attn_mask = Mask<T>::keep_where_true(keep);
+      EXPECT_TRUE(AllClose(attn::scaled_dot_product_attention<T>(q, k, v, a),
+                           attn::scaled_dot_product_attention<T>(q, k, v, b), 0.0))
+          << "L=" << len_q << " causal=" << int(causal);
+    }
+  }
+}
+
+// NaN in one query row makes that row NaN (as softmax does) and leaves the others alone.
+TYPED_TEST(KernelsTyped, NanLogitsPropagateToTheirRowOnly) {
+  using T = TypeParam;
+  Tensor<T> q = random_tensor<T>({1, 1, 70, 8}, 1);
+  const Tensor<T> k = random_tensor<T>({1, 1, 300, 8}, 2), v = random_tensor<T>({1, 1, 300, 8}, 3);
+  q(0, 0, 66, 3) = std::numeric_limits<T>::quiet_NaN();
+  const Tensor<T> out = attn::scaled_dot_product_attention<T>(q, k, v);
+  for (Index i = 0; i < 70; ++i)
+    for (Index c = 0; c < 8; ++c) EXPECT_EQ(std::isnan(out(0, 0, i, c)), i == 66) << i << ", " << c;
+}
+
+/// Bytewise equality (NaN-safe, and -0 differs from 0).
+template <class T>
+bool same_bytes(const Tensor<T>& a, const Tensor<T>& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(T) * a.numel()) == 0;
+}
+
+// Every fast path gives the same bits on 1, 2 and 3 threads: SDPA (tiled and with
+// weights), MultiHeadAttention with masks and dropout, linear, the encoder layer.
+TYPED_TEST(KernelsTyped, BitIdenticalForEveryThreadCount) {
+  using T = TypeParam;
+  ThreadGuard guard;
+  const Tensor<T> q = random_tensor<T>({2, 4, 150, 32}, 1, 2.0), k = random_tensor<T>({2, 4, 333, 32}, 2, 2.0),
+                  v = random_tensor<T>({2, 4, 333, 32}, 3);
+  const Tensor<T> x = random_tensor<T>({3, 130, 64}, 4), w = random_tensor<T>({96, 64}, 5), bias = random_tensor<T>({96}, 6);
+  Tensor<bool> padding({3, 130}, false);
+  for (Index j = 100; j < 130; ++j) padding(1, j) = true;
+  attn::MultiHeadAttentionOptions mo;
+  mo.dropout = 0.1;
+  attn::MultiHeadAttention<T> mha(64, 4, mo);
+  attn::TransformerEncoderLayer<T> layer(64, 128, 4);
+
+  auto run = [&](int threads) {
+    attn::set_num_threads(threads);
+    std::vector<Tensor<T>> r;
+    attn::SdpaOptions<T> opt;
+    opt.causal = Causal::kBottomRight;
+    r.push_back(attn::scaled_dot_product_attention<T>(q, k, v, opt));
+    Tensor<T> weights;
+    opt.attn_weights = &weights;
+    r.push_back(attn::scaled_dot_product_attention<T>(q, k, v, opt));
+    r.push_back(std::move(weights));
+    r.push_back(attn::linear<T>(x, w, bias));
+    attn::MhaArgs<T> args;
+    args.key_padding_mask = Mask<T>::block_where_true(padding);
+    r.push_back(mha.forward(x, args).output);
+    args.need_weights = true;
+    auto with_weights = mha.forward(x, args);
+    r.push_back(std::move(with_weights.output));
+    r.push_back(std::move(with_weights.attn_weights));
+    attn::MultiHeadAttention<T> training = mha;
+    training.train();
+    attn::Generator gen(3);
+    args.generator = &gen;
+    args.need_weights = false;
+    r.push_back(training.forward(x, args).output);
+    r.push_back(layer.forward(x));
+    return r;
+  };
+  const auto one = run(1);
+  for (int threads : {2, 3}) {
+    const auto many = run(threads);
+    ASSERT_EQ(many.size(), one.size());
+    for (std::size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(same_bytes(one[i], many[i])) << "result " << i << ", " << threads << " threads";
+  }
+}
+
+TEST(Threads, SetAndGet) {
+  ThreadGuard guard;
+  attn::set_num_threads(3);
+#if defined(_OPENMP)
+  EXPECT_EQ(attn::get_num_threads(), 3);
+#else
+  EXPECT_EQ(attn::get_num_threads(), 1);
+#endif
+  attn::set_num_threads(0);
+  EXPECT_GE(attn::get_num_threads(), 1);
+  ExpectInvalid([] { attn::set_num_threads(-1); }, {"set_num_threads", "-1"});
+}
+
+/// Distance in units in the last place between two finite values of the same sign.
+template <class T>
+double ulps(T a, T b) {
+  using Bits = std::conditional_t<std::is_same<T, float>::value, std::int32_t, std::int64_t>;
+  Bits ia, ib;
+  std::memcpy(&ia, &a, sizeof(T));
+  std::memcpy(&ib, &b, sizeof(T));
+  return std::abs(double(ia > ib ? ia - ib : ib - ia));
+}
+
+// The softmax's vectorised exp: exp(x - shift) with -inf -> 0 exactly. Accuracy against
+// std::exp rounded from long double, over arguments from 0 down to where the result
+// underflows, is stated in attention_common.hpp (exp_shifted_inplace).
+TYPED_TEST(KernelsTyped, VectorisedExpAccuracy) {
+  using T = TypeParam;
+  const bool is_float = std::is_same<T, float>::value;
+  // Normal results: exp(x) >= the smallest normal number.
+  const double lowest_normal = std::log(double(std::numeric_limits<T>::min()));
+  const Index n = 200001;
+  std::vector<T> x(n), y(n);
+  for (Index i = 0; i < n; ++i) x[i] = static_cast<T>(lowest_normal * double(i) / double(n - 1));
+  for (T shift : {T(0), T(1.5), T(-3.25)}) {
+    y = x;
+    for (auto& e : y) e += shift;
+    const T sum = attn::detail::exp_shifted_inplace(y.data(), n, shift);
+    double worst = 0;
+    for (Index i = 0; i < n; ++i) {
+      const T arg = static_cast<T>(x[i] + shift) - shift;  // what the function exponentiates
+      const T expect = static_cast<T>(std::exp(static_cast<long double>(arg)));
+      if (expect < std::numeric_limits<T>::min()) continue;  // the shift moved x below the range
+      worst = std::max(worst, ulps(y[i], expect));
+    }
+    EXPECT_LE(worst, is_float ? 1.0 : 2.0) << "shift " << shift;
+    double returned = 0;  // the sum returned is that of the results (accumulated in T)
+    for (const T& e : y) returned += double(e);
+    EXPECT_NEAR(double(sum), returned, returned * (is_float ? 1e-4 : 1e-12));
+  }
+  // Special values: 0 -> 1, -inf -> 0, far below the range -> (almost) 0, NaN -> NaN.
+  const T inf = std::numeric_limits<T>::infinity();
+  std::vector<T> special = {T(0), -inf, T(-1e4), T(lowest_normal - 30), std::numeric_limits<T>::quiet_NaN()};
+  attn::detail::exp_shifted_inplace(special.data(), Index(special.size()), T(0));
+  EXPECT_EQ(special[0], T(1));
+  EXPECT_EQ(special[1], T(0));
+  EXPECT_LE(special[2], std::numeric_limits<T>::min());
+  EXPECT_GE(special[2], T(0));
+  EXPECT_LE(special[3], std::numeric_limits<T>::min());
+  EXPECT_TRUE(std::isnan(special[4]));
+}
+
+}  // namespace
