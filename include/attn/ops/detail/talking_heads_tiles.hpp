@@ -26,6 +26,7 @@
 #include "attn/core/tensor.hpp"
 #include "attn/ops/attention_options.hpp"
 #include "attn/ops/heads_view.hpp"
+#include "attn/ops/mask.hpp"
 
 namespace attn {
 namespace detail {
@@ -262,6 +263,22 @@ void weights_times_values(const T* p, Index nk, const T* v, Index v_stride, Inde
   outer_products<T, R, true>(v, 1, v_stride, dv, p, nk, out);
 }
 
+/// dst[j * stride] += what mask m adds to the logit at its flat element first + j, j < n
+/// (Mask::bias, with the mask kind decided once per span).
+template <class T>
+void add_mask_span(const Mask<T>& m, Index first, Index n, T* dst, Index stride) {
+  constexpr T kBlocked = -std::numeric_limits<T>::infinity();
+  using Kind = typename Mask<T>::Kind;
+  if (m.kind() == Kind::kAdditive) {
+    const T* src = m.additive_data() + first;
+    for (Index j = 0; j < n; ++j) dst[j * stride] += src[j];
+  } else if (m.kind() != Kind::kNone) {
+    const bool* src = m.bool_data() + first;
+    const bool blocked_if = m.kind() == Kind::kBlockWhereTrue;
+    for (Index j = 0; j < n; ++j) dst[j * stride] += src[j] == blocked_if ? kBlocked : T(0);
+  }
+}
+
 /// What the masks add to the mixed logits of head g, keys j0 .. j0+nk-1, rows
 /// i0 .. i0+rows-1 of batch b: mb (nk, R), in the order of detail::add_mask_bias (key
 /// padding, then attn_mask (L, S) or (B*H, L, S), then causal sets -inf). Rows past `rows`
@@ -270,17 +287,14 @@ template <class T, int R>
 void mask_tile(const SdpaOptions<T>& opt, Index b, Index g, Index heads, Index i0, Index rows, Index j0,
                Index nk, Index len_q, Index len_k, T* mb) {
   std::fill(mb, mb + nk * R, T(0));
-  const auto& kpm = opt.key_padding_mask;
   const auto& am = opt.attn_mask;
-  if (!kpm.empty())
-    for (Index j = 0; j < nk; ++j) {
-      const T bias = kpm.bias(b * len_k + j0 + j);
-      for (int r = 0; r < R; ++r) mb[j * R + r] += bias;
-    }
+  if (!opt.key_padding_mask.empty()) {  // the same for every row: row 0, then copied
+    add_mask_span(opt.key_padding_mask, b * len_k + j0, nk, mb, R);
+    for (Index j = 0; j < nk; ++j) std::fill(mb + j * R + 1, mb + (j + 1) * R, mb[j * R]);
+  }
   if (!am.empty()) {
     const Index base = am.shape().size() == 2 ? 0 : (b * heads + g) * len_q;
-    for (Index r = 0; r < rows; ++r)
-      for (Index j = 0; j < nk; ++j) mb[j * R + r] += am.bias((base + i0 + r) * len_k + j0 + j);
+    for (Index r = 0; r < rows; ++r) add_mask_span(am, (base + i0 + r) * len_k + j0, nk, mb + r, R);
   }
   if (opt.causal != Causal::kNone) {
     const Index shift = opt.causal == Causal::kBottomRight ? len_k - len_q : 0;
