@@ -187,8 +187,8 @@ void talking_heads_blocks(TalkingHeadsCall<T> c, TalkingHeadsScheme scheme) {
   constexpr Index kTileBytes = 32768;
   constexpr Index step = th::register_tile<T, R>();
   c.key_tile = std::clamp<Index>(kTileBytes / (nh * R * Index(sizeof(T))) / step * step, step, 256);
-  // Measured (S = 784 .. 8192, 8 heads): keeping the numerators is 1.3-1.4x faster up to
-  // S = 4096 (4 MiB per block) and as fast at 8 MiB; beyond, two passes bound the memory.
+  // Measured (S = 784 .. 8192, 8 heads): keeping the numerators is 1.2-1.4x faster up to
+  // S = 4096 (4 MiB per block) and no slower at 8 MiB; beyond, two passes bound the memory.
   constexpr Index kNumeratorBytes = Index(8) << 20;
   c.keep_numerators = scheme == TalkingHeadsScheme::kRowBlock ||
                       (scheme == TalkingHeadsScheme::kAuto && nh * c.k.length * R * Index(sizeof(T)) <= kNumeratorBytes);
