@@ -21,6 +21,9 @@ namespace attn {
 /// attention dropout, output projection, projection dropout.
 ///
 /// Parameters: qkv.weight (3C, C) [qkv.bias], proj_l.{weight,bias} (H, H), proj_w.*, proj.*.
+///
+/// The attention core (talking_heads_attention) works on the fused qkv projection in
+/// place and runs on attn::get_num_threads() threads; results are the same for any count.
 template <class T>
 class TalkingHeadsAttention : public Module<T> {
  public:
