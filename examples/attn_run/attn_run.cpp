@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <new>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -404,6 +405,12 @@ int main(int argc, char** argv) {
     else
       throw std::runtime_error(o.inputs + ": " + main_input + " has dtype " + attn::io::dtype_name(dtype) +
                                "; attn_run computes in F32 or F64");
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr,
+                 "attn_run: out of memory: the %s's parameters or activations for --embed-dim %lld and these "
+                 "inputs do not fit in memory\n",
+                 o.module.c_str(), static_cast<long long>(o.embed_dim));
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "attn_run: %s\n", one_line(e.what()).c_str());
     return 1;
