@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -116,6 +117,22 @@ Tensor<T> random_tensor(attn::Shape shape, std::uint64_t seed, double scale = 1.
   const std::uint64_t key = attn::Generator(seed).next_key();
   for (Index i = 0; i < t.numel(); ++i) t[i] = T((2 * attn::detail::uniform(key, std::uint64_t(i)) - 1) * scale);
   return t;
+}
+
+/// Bitwise equality of two tensors: same shape and same bytes (NaN-safe; -0 differs from 0).
+template <class T>
+bool same_bits(const Tensor<T>& a, const Tensor<T>& b) {
+  return a.shape() == b.shape() &&
+         (a.numel() == 0 || std::memcmp(a.data(), b.data(), sizeof(T) * static_cast<std::size_t>(a.numel())) == 0);
+}
+
+/// Replaces every parameter of module m by a random tensor of its shape (seeds seed, seed+1 ...).
+template <class M>
+void randomize(M& m, std::uint64_t seed) {
+  using T = typename std::decay_t<decltype(m.state_dict().begin()->second)>::Scalar;
+  attn::StateDict<T> dict = m.state_dict();
+  for (auto& kv : dict) kv.second = random_tensor<T>(kv.second.shape(), seed++, 0.5);
+  m.load_state_dict(dict);
 }
 
 /// Expects `f` to throw std::invalid_argument whose message contains every one of `parts`.

@@ -23,22 +23,12 @@ using attn::Index;
 using attn::Shape;
 using attn::Tensor;
 using attn_test::random_tensor;
+using attn_test::randomize;
+using attn_test::same_bits;
 
 constexpr int kThreads = 8;
 constexpr int kCallsPerThread = 6;
 constexpr int kInputs = 12;
-
-template <class M>
-void randomize(M& m, std::uint64_t seed) {
-  using T = typename std::decay_t<decltype(m.state_dict().begin()->second)>::Scalar;
-  attn::StateDict<T> dict = m.state_dict();
-  for (auto& kv : dict) kv.second = random_tensor<T>(kv.second.shape(), seed++, 0.5);
-  m.load_state_dict(dict);
-}
-
-bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(float) * a.numel()) == 0;
-}
 
 /// One call: input i, with generator seed (if training). Returns every output tensor.
 using Call = std::function<std::vector<Tensor<float>>(int input, std::uint64_t seed)>;

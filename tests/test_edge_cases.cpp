@@ -29,6 +29,7 @@ using attn::Index;
 using attn::Shape;
 using attn::Tensor;
 using attn_test::random_tensor;
+using attn_test::randomize;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -37,14 +38,6 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // The modules, one case each: construction with random parameters and a forward pass
 // that returns the output only. shape(b, n) is the input shape of batch b, length n.
 // ---------------------------------------------------------------------------------------
-
-template <class M>
-void randomize(M& m, std::uint64_t seed) {
-  using T = typename std::decay_t<decltype(m.state_dict().begin()->second)>::Scalar;
-  attn::StateDict<T> dict = m.state_dict();
-  for (auto& kv : dict) kv.second = random_tensor<T>(kv.second.shape(), seed++, 0.5);
-  m.load_state_dict(dict);
-}
 
 struct SelfAttentionCase {
   static constexpr const char* kName = "SelfAttention";

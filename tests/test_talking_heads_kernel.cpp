@@ -200,9 +200,9 @@ TYPED_TEST(TalkingHeadsKernel, MatchesStraightforwardOnRandomProblems) {
         // The two-pass scheme recomputes exactly what the row-block scheme keeps.
         Tensor<T> w2;
         const Tensor<T> out2 = run_kernel(pb, dropout_p, weights ? &w2 : nullptr, attn::detail::TalkingHeadsScheme::kTwoPass);
-        EXPECT_EQ(std::memcmp(out2.data(), out.data(), sizeof(T) * std::size_t(out.numel())), 0);
+        EXPECT_TRUE(same_bits(out2, out));
         if (weights) {
-          EXPECT_EQ(std::memcmp(w2.data(), w.data(), sizeof(T) * std::size_t(w.numel())), 0);
+          EXPECT_TRUE(same_bits(w2, w));
         }
       }
 }
@@ -254,8 +254,8 @@ TYPED_TEST(TalkingHeadsKernel, BitIdenticalForEveryThreadCount) {
     attn::set_num_threads(n);
     Tensor<T> w;
     const Tensor<T> out = run_kernel(pb, 0.2, &w);
-    EXPECT_EQ(std::memcmp(out.data(), out1.data(), sizeof(T) * std::size_t(out.numel())), 0) << n << " threads";
-    EXPECT_EQ(std::memcmp(w.data(), w1.data(), sizeof(T) * std::size_t(w.numel())), 0) << n << " threads";
+    EXPECT_TRUE(same_bits(out, out1)) << n << " threads";
+    EXPECT_TRUE(same_bits(w, w1)) << n << " threads";
   }
   attn::set_num_threads(0);
   // The module too (qkv and proj Linear layers around the kernel).
@@ -266,7 +266,7 @@ TYPED_TEST(TalkingHeadsKernel, BitIdenticalForEveryThreadCount) {
   attn::set_num_threads(2);
   const Tensor<T> y2 = th.forward(x);
   attn::set_num_threads(0);
-  EXPECT_EQ(std::memcmp(y1.data(), y2.data(), sizeof(T) * std::size_t(y1.numel())), 0);
+  EXPECT_TRUE(same_bits(y1, y2));
 }
 
 #if defined(_OPENMP)
@@ -281,7 +281,7 @@ TYPED_TEST(TalkingHeadsKernel, CallsFromSeveralThreadsAtOnce) {
 #pragma omp parallel for num_threads(2)
   for (int i = 0; i < 4; ++i) outs[std::size_t(i)] = run_kernel<T>(pb, 0.0, nullptr);
   for (const auto& o : outs)
-    EXPECT_EQ(std::memcmp(o.data(), expected.data(), sizeof(T) * std::size_t(o.numel())), 0);
+    EXPECT_TRUE(same_bits(o, expected));
 }
 #endif
 
