@@ -227,6 +227,31 @@ TYPED_TEST(TalkingHeadsKernel, FullyMaskedRowsGiveProjWBias) {
   }
 }
 
+// Causal masking sets future keys to -inf (as add_mask_tile does), it does not add -inf: a
+// NaN in a future key (here the last key, in a tile of its own or not) reaches only the
+// rows that see it, whatever the tiling.
+TYPED_TEST(TalkingHeadsKernel, NanInAFutureKeyReachesOnlyTheRowsThatSeeIt) {
+  using T = TypeParam;
+  for (Index len : {Index(64), Index(100), Index(257)}) {
+    SCOPED_TRACE(len);
+    std::mt19937 rng(13);
+    Problem<T> pb(1, 4, len, len, 8, 8, Problem<T>::kCausalTopLeft, rng);
+    const auto& kv = pb.k.view;
+    for (Index h = 0; h < pb.nh; ++h) kv.data[h * kv.head_stride + (len - 1) * kv.row_stride] = std::numeric_limits<T>::quiet_NaN();
+    const Tensor<T> out = run_kernel<T>(pb, 0.0, nullptr), ref = run_reference<T>(pb, 0.0, nullptr);
+    for (Index f = 0; f < pb.nh; ++f)
+      for (Index i = 0; i < len; ++i)
+        for (Index e = 0; e < pb.dv; ++e) {
+          if (i == len - 1) {
+            ASSERT_TRUE(std::isnan(double(out(0, f, i, e)))) << "head " << f;
+          } else {
+            ASSERT_FALSE(std::isnan(double(out(0, f, i, e)))) << "head " << f << ", row " << i;
+            ASSERT_NEAR(double(out(0, f, i, e)), double(ref(0, f, i, e)), 1e-5) << "head " << f << ", row " << i;
+          }
+        }
+  }
+}
+
 // Large logits (standard deviation ~1e2 and ~4e3): the per-tile maxima and the final
 // rescaling keep exp finite; exp amplifies the logits' rounding, hence the wider tolerance.
 TYPED_TEST(TalkingHeadsKernel, LargeLogits) {

@@ -160,10 +160,11 @@ struct TalkingHeadsBlock {
     const bool per_head_mask = !opt.attn_mask.empty() && opt.attn_mask.shape().size() == 3;
     for (Index g = 0; g < nh; ++g) {
       T* tile = t2 + g * kt * R;
-      if (th::has_mask(opt)) {
+      if (th::has_additive_mask(opt)) {
         if (g == 0 || per_head_mask) th::mask_tile<T, R>(opt, b, g, nh, i0, rows, j0, nk, len_q, len_k, mb);
         for (Index x = 0; x < nk * R; ++x) tile[x] += mb[x];
       }
+      if (opt.causal != Causal::kNone) th::causal_tile<T, R>(opt, i0, rows, j0, nk, len_q, len_k, tile);
       th::exp_tile<T, R>(tile, nk, out + g * out_stride, max + g * stat_stride, sum + g * stat_stride);
     }
   }

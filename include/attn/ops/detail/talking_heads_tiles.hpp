@@ -281,8 +281,8 @@ void add_mask_span(const Mask<T>& m, Index first, Index n, T* dst, Index stride)
 
 /// What the masks add to the mixed logits of head g, keys j0 .. j0+nk-1, rows
 /// i0 .. i0+rows-1 of batch b: mb (nk, R), in the order of detail::add_mask_bias (key
-/// padding, then attn_mask (L, S) or (B*H, L, S), then causal sets -inf). Rows past `rows`
-/// (padding of the last block) get only the key padding bias.
+/// padding, then attn_mask (L, S) or (B*H, L, S)); causal masking is causal_tile's, after
+/// the addition. Rows past `rows` (padding of the last block) get only the key padding bias.
 template <class T, int R>
 void mask_tile(const SdpaOptions<T>& opt, Index b, Index g, Index heads, Index i0, Index rows, Index j0,
                Index nk, Index len_q, Index len_k, T* mb) {
@@ -296,18 +296,24 @@ void mask_tile(const SdpaOptions<T>& opt, Index b, Index g, Index heads, Index i
     const Index base = am.shape().size() == 2 ? 0 : (b * heads + g) * len_q;
     for (Index r = 0; r < rows; ++r) add_mask_span(am, (base + i0 + r) * len_k + j0, nk, mb + r, R);
   }
-  if (opt.causal != Causal::kNone) {
-    const Index shift = opt.causal == Causal::kBottomRight ? len_k - len_q : 0;
-    for (Index r = 0; r < rows; ++r)  // keys j > i + shift are in the future of query i
-      for (Index j = std::max<Index>(i0 + r + shift + 1 - j0, 0); j < nk; ++j)
-        mb[j * R + r] = -std::numeric_limits<T>::infinity();
-  }
 }
 
-/// Whether any mask is set.
+/// Causal masking of a tile of mixed logits x (nk, R), keys j0.., rows i0 .. i0+rows-1:
+/// future keys are set to -inf (set, not added, as in detail::add_mask_tile, so that a NaN
+/// or +inf logit of a future key does not reach the row).
+template <class T, int R>
+void causal_tile(const SdpaOptions<T>& opt, Index i0, Index rows, Index j0, Index nk, Index len_q, Index len_k,
+                 T* x) {
+  const Index shift = opt.causal == Causal::kBottomRight ? len_k - len_q : 0;
+  for (Index r = 0; r < rows; ++r)  // keys j > i + shift are in the future of query i
+    for (Index j = std::max<Index>(i0 + r + shift + 1 - j0, 0); j < nk; ++j)
+      x[j * R + r] = -std::numeric_limits<T>::infinity();
+}
+
+/// Whether a key padding mask or an attention mask is set (causal is apart: causal_tile).
 template <class T>
-bool has_mask(const SdpaOptions<T>& opt) {
-  return !opt.key_padding_mask.empty() || !opt.attn_mask.empty() || opt.causal != Causal::kNone;
+bool has_additive_mask(const SdpaOptions<T>& opt) {
+  return !opt.key_padding_mask.empty() || !opt.attn_mask.empty();
 }
 
 /// Inverted dropout of one head's weights p (nk, R) for keys j0.. and rows i0 .. i0+rows-1:
