@@ -21,7 +21,7 @@ namespace attn {
 /// Works on strided views, so q, k and v can be column blocks of a projection's output.
 /// The default path is tiled (FlashAttention-2 style online softmax, see
 /// detail::sdpa_tiled): a (query block x key block) tile of scores at a time, no (L, S)
-/// buffer; strided k and v are copied once into contiguous rows (O(B*S*D) memory) when
+/// buffer; strided k and v are copied once into contiguous rows (O(B*H*S*(D+Dv)) memory) when
 /// several query blocks read them. When opt.attn_weights asks for the weights, the straightforward kernel
 /// (detail::sdpa_reference) materialises them (B*H*L*S elements) and multiplies them by v.
 /// Threaded over (batch, head, query block) with attn::set_num_threads' thread count; the

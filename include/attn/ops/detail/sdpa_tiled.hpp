@@ -23,7 +23,7 @@ constexpr Index kGemmTileQueries = 128;
 constexpr Index kGemmTileKeys = 256;
 
 /// @brief out = softmax(scale q k^T + masks) v per (batch, head), one tile at a time, with
-/// Eigen GEMMs: the portable form of sdpa_tiled (used with Eigen < 3.4).
+/// Eigen GEMMs: the form of sdpa_tiled without SIMD packet code (tests compare the two).
 ///
 /// Per (batch, head, block of query rows): for each block of keys, the scores tile is one
 /// GEMM on the strided head views, the masks are added, and the online softmax keeps a
@@ -203,7 +203,7 @@ struct PacketTile {
       for (int c = 0; c < V; ++c) acc[r][c] = ei::pset1<Packet>(T(0));
     for (Index d = 0; d < dim; ++d) {
       Packet qv[V];
-      for (int c = 0; c < V; ++c) qv[c] = ei::pload<Packet>(qt + d * kQueries + c * kP);
+      for (int c = 0; c < V; ++c) qv[c] = ei::ploadu<Packet>(qt + d * kQueries + c * kP);
       for (int r = 0; r < R; ++r) {
         const Packet kb = ei::pset1<Packet>(k[r * k_stride + d]);
         for (int c = 0; c < V; ++c) acc[r][c] = ei::pmadd(kb, qv[c], acc[r][c]);
@@ -211,7 +211,7 @@ struct PacketTile {
     }
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < V; ++c) {
-        ei::pstore(s + r * kQueries + c * kP, acc[r][c]);
+        ei::pstoreu(s + r * kQueries + c * kP, acc[r][c]);
         tile_max[c] = ei::pmax(tile_max[c], acc[r][c]);
       }
   }
@@ -223,17 +223,17 @@ struct PacketTile {
     namespace ei = Eigen::internal;
     Packet a[R][V];
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < V; ++c) a[r][c] = ei::pload<Packet>(acc + r * kQueries + c * kP);
+      for (int c = 0; c < V; ++c) a[r][c] = ei::ploadu<Packet>(acc + r * kQueries + c * kP);
     for (Index j = 0; j < keys; ++j) {
       Packet pv[V];
-      for (int c = 0; c < V; ++c) pv[c] = ei::pload<Packet>(p + j * kQueries + c * kP);
+      for (int c = 0; c < V; ++c) pv[c] = ei::ploadu<Packet>(p + j * kQueries + c * kP);
       for (int r = 0; r < R; ++r) {
         const Packet vb = ei::pset1<Packet>(v[j * v_stride + r]);
         for (int c = 0; c < V; ++c) a[r][c] = ei::pmadd(vb, pv[c], a[r][c]);
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < V; ++c) ei::pstore(acc + r * kQueries + c * kP, a[r][c]);
+      for (int c = 0; c < V; ++c) ei::pstoreu(acc + r * kQueries + c * kP, a[r][c]);
   }
 
   /// Adds the masks to the transposed tile: keys j0 .. j0+keys-1 (rows), queries i0.. (the
@@ -330,33 +330,33 @@ struct PacketTile {
         add_masks(s, keys, kCols, opt, b, h, nh, i0, rows, j0, len_q, len_k, w.mask_row.data());
         for (int c = 0; c < V; ++c) tile_max[c] = neg_inf;
         for (Index jj = 0; jj < keys; ++jj)
-          for (int c = 0; c < V; ++c) tile_max[c] = ei::pmax(tile_max[c], ei::pload<Packet>(s + jj * kQueries + c * kP));
+          for (int c = 0; c < V; ++c) tile_max[c] = ei::pmax(tile_max[c], ei::ploadu<Packet>(s + jj * kQueries + c * kP));
       }
 
       // Online softmax: the new max, alpha = exp(old max - new max) (0 where nothing was
       // accumulated yet), p = exp(s - max) (exactly 0 where masked), the sums.
       Packet new_max[V], safe_max[V], sum[V];
       for (int c = 0; c < V; ++c) {
-        const Packet old_max = ei::pload<Packet>(row_max + c * kP);
+        const Packet old_max = ei::ploadu<Packet>(row_max + c * kP);
         new_max[c] = ei::pmax(old_max, tile_max[c]);
         const Packet a =
             ei::pselect(ei::pcmp_eq(old_max, neg_inf), zero, pexp_nonpositive(ei::psub(old_max, new_max[c])));
         // exp(s - max) without -inf - (-inf): a query that sees no key yet gets p = 0.
         safe_max[c] = ei::pselect(ei::pcmp_eq(new_max[c], neg_inf), zero, new_max[c]);
-        ei::pstore(alpha + c * kP, a);
-        ei::pstore(row_max + c * kP, new_max[c]);
-        ei::pstore(row_sum + c * kP, ei::pmul(ei::pload<Packet>(row_sum + c * kP), a));
+        ei::pstoreu(alpha + c * kP, a);
+        ei::pstoreu(row_max + c * kP, new_max[c]);
+        ei::pstoreu(row_sum + c * kP, ei::pmul(ei::ploadu<Packet>(row_sum + c * kP), a));
         sum[c] = zero;
       }
       for (Index jj = 0; jj < keys; ++jj)
         for (int c = 0; c < V; ++c) {
           T* at = s + jj * kQueries + c * kP;
-          const Packet e = pexp_nonpositive(ei::psub(ei::pload<Packet>(at), safe_max[c]));
-          ei::pstore(at, e);
+          const Packet e = pexp_nonpositive(ei::psub(ei::ploadu<Packet>(at), safe_max[c]));
+          ei::pstoreu(at, e);
           sum[c] = ei::padd(sum[c], e);
         }
       for (int c = 0; c < V; ++c)
-        ei::pstore(row_sum + c * kP, ei::padd(ei::pload<Packet>(row_sum + c * kP), sum[c]));
+        ei::pstoreu(row_sum + c * kP, ei::padd(ei::ploadu<Packet>(row_sum + c * kP), sum[c]));
       // The accumulator is rescaled only when a query's max changed (alpha != 1).
       bool rescale = false;
       for (Index t = 0; t < kCols; ++t) rescale = rescale || !(alpha[t] == T(1));
@@ -364,7 +364,7 @@ struct PacketTile {
         for (Index dv = 0; dv < dim_v; ++dv)
           for (int c = 0; c < V; ++c) {
             T* at = acc + dv * kQueries + c * kP;
-            ei::pstore(at, ei::pmul(ei::pload<Packet>(at), ei::pload<Packet>(alpha + c * kP)));
+            ei::pstoreu(at, ei::pmul(ei::ploadu<Packet>(at), ei::ploadu<Packet>(alpha + c * kP)));
           }
       if (opt.dropout_p > T(0)) {
         // The mask of element (b, h, i, j) is element ((b*H + h)*L + i)*S + j of the stream,
@@ -397,7 +397,7 @@ struct PacketTile {
     for (Index dv = 0; dv < dim_v; ++dv)
       for (int c = 0; c < V; ++c) {
         T* at = acc + dv * kQueries + c * kP;
-        ei::pstore(at, ei::pdiv(ei::pload<Packet>(at), ei::pload<Packet>(row_sum + c * kP)));
+        ei::pstoreu(at, ei::pdiv(ei::ploadu<Packet>(at), ei::ploadu<Packet>(row_sum + c * kP)));
       }
     T* orow = out.data + b * out.batch_stride + h * out.head_stride + i0 * out.row_stride;
     for (Index c = 0; c < rows; ++c, orow += out.row_stride) {
