@@ -119,6 +119,26 @@ TEST(SdpaErrors, MalformedViews) {
   ExpectInvalid([&] { run(HV{buf.data(), 1, 1, -4, 4, 16, 16, 4}, out_view); }, {"q", "negative size"});
   ExpectInvalid([&] { run(HV{buf.data(), 1, 1, 4, 4, 16, 16, 2}, out_view); }, {"q", "row 2", "rows (4)"});
   ExpectInvalid([&] { run(ok, attn::HeadsView<float>::bhnd(buf.data() + 8, 1, 1, 4, 4)); }, {"output overlaps q"});
+  // An output whose elements share memory (threads would write them at once).
+  const HV two = HV::bhnd(buf.data(), 1, 2, 4, 4);
+  auto run2 = [&](const attn::HeadsView<float>& o) { attn::scaled_dot_product_attention<float>(two, two, two, o); };
+  ExpectInvalid([&] { run2(attn::HeadsView<float>{out.data(), 1, 2, 4, 4, 32, 0, 4}); }, {"output", "head 0", "share memory"});
+  ExpectInvalid([&] { run2(attn::HeadsView<float>{out.data(), 1, 2, 4, 4, 32, 8, 4}); }, {"output", "head 8", "share memory"});
+  EXPECT_NO_THROW(run2(attn::HeadsView<float>::bnhd(out.data(), 1, 4, 2, 4, 8)));  // heads interleaved in rows
+}
+
+// Values with no features (Dv = 0): an empty output, but the weights are still the softmax.
+TEST(Sdpa, WeightsWithEmptyValues) {
+  const Tensor<float> q = random_tensor<float>({1, 2, 4, 8}, 1), k = random_tensor<float>({1, 2, 5, 8}, 2);
+  Tensor<float> w0, w3;
+  attn::SdpaOptions<float> opt;
+  opt.attn_weights = &w0;
+  const Tensor<float> out = attn::scaled_dot_product_attention<float>(q, k, Tensor<float>({1, 2, 5, 0}), opt);
+  EXPECT_EQ(out.shape(), (attn::Shape{1, 2, 4, 0}));
+  opt.attn_weights = &w3;
+  attn::scaled_dot_product_attention<float>(q, k, random_tensor<float>({1, 2, 5, 3}, 3), opt);
+  EXPECT_TRUE(same_bits(w0, w3));
+  EXPECT_NEAR(w0(0, 1, 2, 0) + w0(0, 1, 2, 1) + w0(0, 1, 2, 2) + w0(0, 1, 2, 3) + w0(0, 1, 2, 4), 1.0, 1e-6);
 }
 
 TEST(SdpaErrors, ShapesMasksAndDropout) {

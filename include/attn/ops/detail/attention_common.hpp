@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -56,12 +57,30 @@ std::pair<const void*, const void*> check_view(const char* where, const char* na
   return {v.data, v.data + last};
 }
 
+/// Checks that no two elements of an output view share memory (threads write its heads
+/// and rows at once): its (stride, count) dimensions, sorted by stride, must each step
+/// past everything the smaller ones span.
+template <class T>
+void check_disjoint(const char* where, const char* name, const HeadsView<T>& v) {
+  if (v.batch == 0 || v.heads == 0 || v.length == 0 || v.dim == 0) return;
+  std::pair<Index, Index> dims[3] = {{v.row_stride, v.length}, {v.head_stride, v.heads}, {v.batch_stride, v.batch}};
+  std::sort(std::begin(dims), std::end(dims));
+  Index span = v.dim;  // elements one row covers
+  for (const auto& d : dims) {
+    if (d.second == 1) continue;
+    require(d.first >= span, where, ": ", name, " of shape ", v.shape(), " has strides (batch ", v.batch_stride,
+            ", head ", v.head_stride, ", row ", v.row_stride, ") under which different elements share memory");
+    span = d.first * (d.second - 1) + span;
+  }
+}
+
 /// Checks q/k/v/out shapes, masks and dropout settings of an attention call.
 template <class T>
 void check_attention_args(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
                           const HeadsView<const T>& v, const HeadsView<T>& out,
                           const SdpaOptions<T>& opt) {
   const auto out_range = check_view(where, "output", out);
+  check_disjoint(where, "output", out);
   for (const auto& in : {std::make_pair("q", &q), std::make_pair("k", &k), std::make_pair("v", &v)}) {
     const auto r = check_view(where, in.first, *in.second);
     std::less<const void*> before;  // a total order on pointers

@@ -48,7 +48,7 @@ void sdpa_reference(const HeadsView<const T>& q, const HeadsView<const T>& k, co
                     const HeadsView<T>& out, const SdpaOptions<T>& opt, T scale, std::uint64_t key,
                     T* weights) {
   const Index nh = q.heads, len_q = q.length, len_k = k.length;
-  if (q.batch == 0 || nh == 0 || len_q == 0 || out.dim == 0) return;
+  if (q.batch == 0 || nh == 0 || len_q == 0 || (out.dim == 0 && weights == nullptr)) return;
   const Index block = std::min(kQueryBlock, len_q);
   const Index qblocks = (len_q + block - 1) / block;
   const WorkSplit split =
