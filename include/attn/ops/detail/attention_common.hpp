@@ -180,20 +180,27 @@ void add_mask_bias(Block& s, const SdpaOptions<T>& opt, Index b, Index h, Index 
 
 #if EIGEN_VERSION_AT_LEAST(3, 4, 0)
 
+/// Whether Eigen has an integer packet type matching Packet (pexp_nonpositive builds 2^n in it).
+template <class Packet, class = void>
+struct has_integer_packet : std::false_type {};  // Eigen has none for some targets (ZVector, MSA)
+template <class Packet>
+struct has_integer_packet<Packet, std::void_t<typename Eigen::internal::unpacket_traits<Packet>::integer_packet>>
+    : std::true_type {};
+
 /// @brief exp(x) on a packet of the softmax's arguments x <= 0 (or -inf, or NaN), with
 /// exp(-inf) exactly 0.
 ///
 /// float: Cody-Waite reduction x = n ln2 + r (|r| <= ln2/2, two FMAs), Cephes' degree-7
 /// polynomial for exp(r), and 2^n built in the exponent bits, with n >= -127: results for
 /// x < -87.68 (below 2^-126.5) are 0, which also makes exp(-inf) exactly 0 without a compare.
-/// double (and non-vectorised builds): Eigen's pexp, with -inf selected to 0 (pexp clamps
-/// its argument, so exp(-inf) would be ~1e-308).
+/// double (and targets without integer packets): Eigen's pexp, with -inf selected to 0
+/// (pexp clamps its argument, so exp(-inf) would be ~1e-308).
 template <class Packet>
 Packet pexp_nonpositive(const Packet& x) {
   namespace ei = Eigen::internal;
   using Scalar = typename ei::unpacket_traits<Packet>::type;
   if constexpr (std::is_same<Scalar, float>::value && ei::packet_traits<float>::Vectorizable &&
-                ei::unpacket_traits<Packet>::size > 1) {
+                ei::unpacket_traits<Packet>::size > 1 && has_integer_packet<Packet>::value) {
     using PacketI = typename ei::unpacket_traits<Packet>::integer_packet;
     // pmax keeps its first argument when that is NaN.
     const Packet xc = ei::pmax(x, ei::pset1<Packet>(-88.0f));
