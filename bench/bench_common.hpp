@@ -138,10 +138,7 @@ void run(benchmark::State& state, double flops, F&& f) {
 
 /// Deterministic inputs in [0, 1).
 inline attn::Tensor<float> input(attn::Shape shape, std::uint64_t seed = 0) {
-  attn::Tensor<float> t(std::move(shape));
-  const std::uint64_t key = attn::Generator(seed).next_key();
-  for (Index i = 0; i < t.numel(); ++i) t[i] = static_cast<float>(attn::detail::uniform(key, std::uint64_t(i)));
-  return t;
+  return attn::random_uniform<float>(std::move(shape), seed);
 }
 
 }  // namespace attn_bench

@@ -12,10 +12,7 @@ namespace example {
 /// Uniform [0, 1) values from a seed, like torch.rand (not the same stream).
 template <class T>
 attn::Tensor<T> rand(attn::Shape shape, std::uint64_t seed) {
-  attn::Tensor<T> t(std::move(shape));
-  const std::uint64_t key = attn::Generator(seed).next_key();
-  for (attn::Index i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(attn::detail::uniform(key, static_cast<std::uint64_t>(i)));
-  return t;
+  return attn::random_uniform<T>(std::move(shape), seed);
 }
 
 /// Prints "name: input (..) -> output (..)  sum=..  mean|y|=..  time".

@@ -113,10 +113,7 @@ attn::AttentionArgs<T> with_generator(attn::Generator& gen) {
 /// Deterministic pseudo-random tensor in [-1, 1) (not a reference: for property tests).
 template <class T>
 Tensor<T> random_tensor(attn::Shape shape, std::uint64_t seed, double scale = 1.0) {
-  Tensor<T> t(std::move(shape));
-  const std::uint64_t key = attn::Generator(seed).next_key();
-  for (Index i = 0; i < t.numel(); ++i) t[i] = T((2 * attn::detail::uniform(key, std::uint64_t(i)) - 1) * scale);
-  return t;
+  return attn::random_uniform<T>(std::move(shape), seed, -scale, scale);
 }
 
 /// Bitwise equality of two tensors: same shape and same bytes (NaN-safe; -0 differs from 0).

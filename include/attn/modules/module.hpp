@@ -10,6 +10,7 @@
 #include "attn/core/state_dict.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/core/generator.hpp"
+#include "attn/core/random.hpp"
 
 namespace attn {
 
@@ -109,9 +110,7 @@ void append_prefixed(std::vector<ParameterSlot<T>>& slots, std::vector<Parameter
 /// Fills data with U(-bound, bound) from a fixed-seed stream (modules' default init).
 template <class T>
 void init_uniform(T* data, Index n, double bound, std::uint64_t seed) {
-  const std::uint64_t key = Generator(seed).next_key();
-  for (Index i = 0; i < n; ++i)
-    data[i] = static_cast<T>((2.0 * uniform(key, static_cast<std::uint64_t>(i)) - 1.0) * bound);
+  fill_uniform(TensorView<T>(data, {n}), seed, -bound, bound);
 }
 
 /// Checks an activation's shape: rank 2 (N, C) or 3 (B, N, C) with C == features.
