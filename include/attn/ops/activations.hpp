@@ -1,6 +1,6 @@
 #pragma once
 /// @file
-/// @brief Element-wise activations: SiLU and GELU (exact and tanh approximation).
+/// @brief Element-wise activations: ReLU, SiLU and GELU (exact and tanh approximation).
 
 #include <cmath>
 #include <type_traits>
@@ -10,6 +10,14 @@
 #include "attn/core/tensor.hpp"
 
 namespace attn {
+
+/// @brief ReLU, in place: max(x, 0) (torch.nn.ReLU); NaN stays NaN.
+template <class M>
+void relu_inplace(M&& m) {
+  detail::require_writable<M>();
+  using T = typename std::decay_t<M>::Scalar;
+  m = m.unaryExpr([](T v) { return v < T(0) ? T(0) : v; });
+}
 
 /// @brief SiLU (swish), in place: x * sigmoid(x) (torch.nn.SiLU).
 template <class M>
@@ -35,6 +43,14 @@ void gelu_inplace(M&& m, GeluApproximation approximate = GeluApproximation::kNon
     m = m.unaryExpr(
         [k](T v) { return T(0.5) * v * (T(1) + std::tanh(k * (v + T(0.044715) * v * v * v))); });
   }
+}
+
+/// @brief ReLU of a tensor.
+template <class T>
+Tensor<T> relu(const TensorView<const T>& x) {
+  Tensor<T> y(x);
+  relu_inplace(y.flat());
+  return y;
 }
 
 /// @brief SiLU of a tensor.
