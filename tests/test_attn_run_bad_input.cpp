@@ -301,14 +301,15 @@ TEST_F(AttnRunBadInput, MasksOfTheWrongShapeOrType) {
   expect_failure(sa_args(path("sa_weights"), path("kpm_shape")), 1, "key_padding_mask");
   with_mask("am_shape", [](SafetensorsWriter& w) { w.add("attn_mask", Tensor<bool>({3, 2}, false)); });
   expect_failure(sa_args(path("sa_weights"), path("am_shape")), 1, "attn_mask");
-  with_mask("am_rank", [](SafetensorsWriter& w) { w.add("attn_mask", Tensor<float>({1, 1, 3, 3})); });
+  with_mask("am_rank", [](SafetensorsWriter& w) { w.add("attn_mask", Tensor<float>({1, 1, 1, 3, 3})); });
   expect_failure(sa_args(path("sa_weights"), path("am_rank")), 1, "attn_mask");
   with_mask("am_batch", [](SafetensorsWriter& w) { w.add("attn_mask", Tensor<bool>({5, 3, 3}, false)); });
   expect_failure(sa_args(path("sa_weights"), path("am_batch")), 1, "attn_mask");
-  // MHA: (B*H, L, S) must use B*H = 4.
+  // MHA with B = 2, H = 2: a 3-D mask is (H, L, S) = (2, 3, 3) broadcast over the batch, or
+  // (B*H, L, S) = (4, 3, 3); (3, 3, 3) is neither.
   SafetensorsWriter m;
   m.add("query", Tensor<float>({2, 3, 8}));
-  m.add("attn_mask", Tensor<bool>({2, 3, 3}, false));
+  m.add("attn_mask", Tensor<bool>({3, 3, 3}, false));
   m.write(path("mha_mask"));
   expect_failure(mha_args(path("mha_weights"), path("mha_mask")), 1, "attn_mask");
 }

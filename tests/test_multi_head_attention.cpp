@@ -194,15 +194,15 @@ TEST(MhaErrors, InputShapes) {
 TEST(MhaErrors, MaskShapes) {
   attn::MultiHeadAttention<float> mha(8, 2);
   const Tensor<float> x({2, 3, 8});
-  Tensor<bool> kpm({2, 4}), am({3, 4}), am3({2, 3, 3});
+  Tensor<bool> kpm({2, 4}), am({3, 4}), am3({3, 3, 3});
   attn::MhaArgs<float> a;
   a.key_padding_mask = attn::Mask<float>::block_where_true(kpm);
   ExpectInvalid([&] { mha.forward(x, a); }, {"key_padding_mask", "(2, 4)", "(2, 3)"});
   a = {};
   a.attn_mask = attn::Mask<float>::block_where_true(am);
-  ExpectInvalid([&] { mha.forward(x, a); }, {"attn_mask", "(3, 4)", "(3, 3)", "(4, 3, 3)"});
-  a.attn_mask = attn::Mask<float>::block_where_true(am3);
-  ExpectInvalid([&] { mha.forward(x, a); }, {"attn_mask", "(2, 3, 3)", "(4, 3, 3)"});
+  ExpectInvalid([&] { mha.forward(x, a); }, {"attn_mask", "(3, 4)", "(2, 2, 3, 3)", "(4, 3, 3)"});
+  a.attn_mask = attn::Mask<float>::block_where_true(am3);  // neither H = 2 nor B*H = 4
+  ExpectInvalid([&] { mha.forward(x, a); }, {"attn_mask", "(3, 3, 3)", "(2, 2, 3, 3)", "(4, 3, 3)"});
 }
 
 TEST(MhaErrors, UnbatchedKeyPaddingMaskMustMatchTheKeys) {
@@ -224,7 +224,7 @@ TEST(MhaErrors, MasksAreCheckedBeforePaddingForExtraKeys) {
   Tensor<bool> am({5, 3});
   attn::MhaArgs<float> args;
   args.attn_mask = attn::Mask<float>::block_where_true(am);
-  ExpectInvalid([&] { mha.forward(Tensor<float>({2, 5, 8}), args); }, {"attn_mask has shape (5, 3)", "expected (5, 5)"});
+  ExpectInvalid([&] { mha.forward(Tensor<float>({2, 5, 8}), args); }, {"attn_mask of shape (5, 3)", "(2, 2, 5, 5)"});
 }
 
 TEST(MhaErrors, TrainingWithDropoutNeedsGenerator) {

@@ -150,7 +150,7 @@ TEST(SdpaErrors, ShapesMasksAndDropout) {
   Tensor<bool> m({4, 5});
   attn::SdpaOptions<float> opt;
   opt.attn_mask = attn::Mask<float>::keep_where_true(m);
-  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"attn_mask", "(4, 5)", "(4, 6)", "(6, 4, 6)"});
+  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"attn_mask", "(4, 5)", "(2, 3, 4, 6)", "(6, 4, 6)"});
   opt = {};
   opt.dropout_p = 0.2f;
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"Generator", "0.2"});

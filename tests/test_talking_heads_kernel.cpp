@@ -26,21 +26,25 @@ void reference_talking_heads(const HeadsView<const T>& q, const HeadsView<const 
                              const HeadsView<T>& out, const attn::TalkingHeadsMix<T>& mix,
                              const attn::SdpaOptions<T>& opt, std::uint64_t dropout_key) {
   const Index nb = q.batch, nh = q.heads, len_q = q.length, len_k = k.length;
-  const T scale = opt.scale ? *opt.scale : T(1) / std::sqrt(static_cast<T>(q.dim));
+  const T scale = opt.scale ? *opt.scale : T(1) / std::sqrt(static_cast<T>(q.head_dim));
   if (opt.attn_weights) *opt.attn_weights = Tensor<T>({nb, nh, len_q, len_k});
+  const attn::detail::AttentionDims dims{nb, nh, len_q, len_k};
+  const auto masks = attn::detail::tile_masks("test", opt, dims);
   std::vector<RowMatrix<T>> logits(nh), mixed(nh);
   for (Index b = 0; b < nb; ++b) {
     for (Index h = 0; h < nh; ++h) logits[h] = (q.head(b, h) * scale).lazyProduct(k.head(b, h).transpose());
     for (Index g = 0; g < nh; ++g) {
       mixed[g] = RowMatrix<T>::Constant(len_q, len_k, mix.logits_bias[g]);
       for (Index h = 0; h < nh; ++h) mixed[g] += mix.logits_weight(g, h) * logits[h];
-      attn::detail::add_mask_bias(mixed[g], opt, b, g, nh, 0, len_q);
+      masks.apply(attn::detail::Tile{dims, b, g, 0, len_q, 0, len_k}, mixed[g].data(), len_k, 1);
       attn::softmax_rows_inplace(mixed[g]);
     }
     for (Index f = 0; f < nh; ++f) {
       RowMatrix<T> p = RowMatrix<T>::Constant(len_q, len_k, mix.weights_bias[f]);
       for (Index g = 0; g < nh; ++g) p += mix.weights_weight(f, g) * mixed[g];
-      if (opt.dropout_p > T(0)) attn::detail::dropout_rows(p, opt.dropout_p, dropout_key, b, f, nh, 0, len_q);
+      if (opt.dropout_p > T(0))
+        attn::detail::dropout_tile(attn::detail::Tile{dims, b, f, 0, len_q, 0, len_k}, opt.dropout_p, dropout_key,
+                                   p.data(), len_k, 1);
       if (opt.attn_weights)
         Eigen::Map<RowMatrix<T>>(opt.attn_weights->data() + (b * nh + f) * len_q * len_k, len_q, len_k) = p;
       out.head(b, f) = p.lazyProduct(v.head(b, f));

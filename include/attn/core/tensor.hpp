@@ -105,6 +105,14 @@ class Tensor {
     storage_.resize(view.numel());
     std::copy(view.data(), view.data() + view.numel(), storage_.data());
   }
+  /// @brief A tensor of the given shape whose elements are not initialised (torch.empty),
+  /// for outputs that are written in full.
+  static Tensor uninitialized(Shape shape) {
+    Tensor t;
+    t.storage_.resize(detail::checked_numel(shape, "attn::Tensor"));
+    t.shape_ = std::move(shape);
+    return t;
+  }
   /// Copy of `numel(shape)` elements at `data`.
   static Tensor from_data(Shape shape, const T* data) {
     return Tensor(TensorView<const T>(data, std::move(shape)));

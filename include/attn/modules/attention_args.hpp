@@ -18,7 +18,8 @@ struct AttentionArgs {
   /// (B, S), one entry per key; e.g. Mask<T>::block_where_true(padding) with
   /// nn.MultiheadAttention's meaning (true = ignore this key). Unbatched input: (S).
   Mask<T> key_padding_mask;
-  /// (L, S) shared by the batch, or (B * num_heads, L, S); bool or additive.
+  /// Any shape that broadcasts to (B, num_heads, L, S) (PyTorch's rule: (L, S), (B, 1, L, S),
+  /// (B, 1, 1, S) ...), or nn.MultiheadAttention's (B * num_heads, L, S); bool or additive.
   Mask<T> attn_mask;
   /// Causal masking (top-left as PyTorch's is_causal, or bottom-right), on top of the masks.
   Causal causal = Causal::kNone;
@@ -29,6 +30,11 @@ struct AttentionArgs {
 /// @brief AttentionArgs plus nn.MultiheadAttention's need_weights / average_attn_weights.
 template <class T>
 struct MhaArgs : AttentionArgs<T> {
+  MhaArgs() = default;
+  /// The masks, causal flag and generator of `args`, without weights (what the blocks
+  /// built on MultiHeadAttention pass it).
+  explicit MhaArgs(const AttentionArgs<T>& args) : AttentionArgs<T>(args) {}
+
   /// Also return the attention weights. Off by default (PyTorch's default is on): the
   /// weights cost B*H*L*S elements, and the fast path never needs them.
   bool need_weights = false;
@@ -64,9 +70,10 @@ SdpaOptions<T> sdpa_options(const char* where, const AttentionArgs<T>& args, T s
   return opt;
 }
 
-/// Runs a kernel call, prefixing its argument errors with the module function's name.
+/// Runs f, prefixing the message of a std::invalid_argument it throws with `where` (the
+/// module function whose arguments reached the kernel).
 template <class F>
-void in_context(const char* where, F&& f) {
+void prefix_errors(const char* where, F&& f) {
   try {
     f();
   } catch (const std::invalid_argument& err) {

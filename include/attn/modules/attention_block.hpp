@@ -5,7 +5,7 @@
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/modules/attention_args.hpp"
-#include "attn/modules/linear.hpp"
+#include "attn/modules/layer_norm.hpp"
 #include "attn/modules/module.hpp"
 #include "attn/modules/multi_head_attention.hpp"
 
@@ -41,16 +41,14 @@ class AttentionBlock : public Module<T> {
     const Index nb = x.dim() == 3 ? x.size(0) : 1, len = x.size(-1);
     // (N, C, L) -> (N, L, C): the projections want one row per position.
     Shape seq_shape = x.dim() == 3 ? Shape{nb, len, c} : Shape{len, c};
-    Tensor<T> seq(seq_shape);
+    auto seq = Tensor<T>::uninitialized(seq_shape);
     for (Index b = 0; b < nb; ++b)
       Eigen::Map<RowMatrix<T>>(seq.data() + b * len * c, len, c) =
           Eigen::Map<const RowMatrix<T>>(x.data() + b * c * len, c, len).transpose();
-    MhaArgs<T> mha_args;
-    static_cast<AttentionArgs<T>&>(mha_args) = args;
-    Tensor<T> y = mha_.forward(seq, seq, seq, mha_args).output;
+    Tensor<T> y = mha_.forward(seq, seq, seq, MhaArgs<T>(args)).output;
     y.matrix() += seq.matrix();
     norm_.apply(y.matrix(), y.matrix());
-    Tensor<T> out(x.shape());
+    auto out = Tensor<T>::uninitialized(x.shape());
     for (Index b = 0; b < nb; ++b)
       Eigen::Map<RowMatrix<T>>(out.data() + b * c * len, c, len) =
           Eigen::Map<const RowMatrix<T>>(y.data() + b * len * c, len, c).transpose();

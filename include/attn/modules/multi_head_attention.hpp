@@ -114,8 +114,8 @@ class MultiHeadAttention : public Module<T> {
   /// @brief Attention of query over key/value.
   /// @param query (B, L, E) or unbatched (L, E)
   /// @param key (B, S, kdim) or (S, kdim); @param value (B, S, vdim) or (S, vdim)
-  /// @param args masks (key_padding_mask (B, S); attn_mask (L, S) or (B*H, L, S)), causal,
-  /// generator, need_weights, average_attn_weights
+  /// @param args masks (key_padding_mask (B, S); attn_mask broadcastable to (B, H, L, S) or
+  /// (B*H, L, S)), causal, generator, need_weights, average_attn_weights
   /// @return output (B, L, E) and, with need_weights, the weights (B, L, S') averaged over
   /// heads or (B, H, L, S') per head, S' = S + add_bias_kv + add_zero_attn (batch dim dropped
   /// for unbatched input).
@@ -123,96 +123,26 @@ class MultiHeadAttention : public Module<T> {
   MhaOutput<T> forward(const TensorView<const T>& query, const TensorView<const T>& key,
                        const TensorView<const T>& value, const MhaArgs<T>& args = {}) const {
     constexpr const char* where = "attn::MultiHeadAttention::forward";
-    const Index e = embed_dim_, nh = num_heads_, d = head_dim_;
-    const Index nb = detail::check_sequence(where, "query", query.shape(), e);
-    detail::check_sequence(where, "key", key.shape(), kdim_);
-    detail::check_sequence(where, "value", value.shape(), vdim_);
-    detail::require(key.dim() == query.dim() && value.dim() == query.dim() &&
-                        (query.dim() == 2 || (key.size(0) == nb && value.size(0) == nb)),
-                    where, ": query ", query.shape(), ", key ", key.shape(), " and value ",
-                    value.shape(), " must all be batched with the same batch size, or all unbatched");
-    detail::require(key.size(-2) == value.size(-2), where, ": key ", key.shape(), " and value ",
-                    value.shape(), " must have the same length");
+    const Index nb = check_inputs(where, query, key, value, args);
     const Index len_q = query.size(-2), len_k = key.size(-2);
-    const Index extra = (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0);
-    detail::require(args.causal == Causal::kNone || extra == 0, where,
-                    ": causal masking with add_bias_kv / add_zero_attn is ambiguous; pass an attn_mask");
-    this->require_generator(args.generator, options_.dropout);
-
-    // Projections: one GEMM for each distinct input (fused when inputs coincide).
-    const bool self_attn = same_tensor(query, key) && same_tensor(key, value) && same_embed_dims();
-    const bool shared_kv = same_tensor(key, value) && kdim_ == vdim_;
-    RowMatrix<T> qbuf, kbuf, vbuf;
-    HeadsView<const T> qh, kh, vh;
-    if (self_attn) {
-      project(query, 0, 3 * e, e, qbuf);
-      qh = HeadsView<const T>::bnhd(qbuf.data(), nb, len_q, nh, d, 3 * e);
-      kh = HeadsView<const T>::bnhd(qbuf.data() + e, nb, len_k, nh, d, 3 * e);
-      vh = HeadsView<const T>::bnhd(qbuf.data() + 2 * e, nb, len_k, nh, d, 3 * e);
-    } else {
-      project(query, 0, e, e, qbuf);
-      qh = HeadsView<const T>::bnhd(qbuf.data(), nb, len_q, nh, d, e);
-      if (shared_kv) {
-        project(key, e, 2 * e, kdim_, kbuf);
-        kh = HeadsView<const T>::bnhd(kbuf.data(), nb, len_k, nh, d, 2 * e);
-        vh = HeadsView<const T>::bnhd(kbuf.data() + e, nb, len_k, nh, d, 2 * e);
-      } else {
-        project(key, e, e, kdim_, kbuf);
-        project(value, 2 * e, e, vdim_, vbuf);
-        kh = HeadsView<const T>::bnhd(kbuf.data(), nb, len_k, nh, d, e);
-        vh = HeadsView<const T>::bnhd(vbuf.data(), nb, len_k, nh, d, e);
-      }
-    }
-
-    // Unbatched masks: (S) -> (1, S); (H, L, S) is already (B*H, L, S) with B = 1.
+    Projections p;
+    project(query, key, value, nb, p);
     SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, query.dim() == 2, len_k);
     opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
-
-    // bias_k / bias_v and the zero key are extra keys after the S real ones (PyTorch order);
-    // the masks, checked against the real S first, get never-masked columns for them. Only
-    // these options copy k and v.
-    RowMatrix<T> kx, vx;
-    Tensor<bool> kpm_bools, am_bools;
-    Tensor<T> kpm_values, am_values;
-    if (extra > 0) {
-      detail::check_masks(where, opt, nb, nh, len_q, len_k);
-      append_extra_keys(kh, bias_k_, kx);
-      append_extra_keys(vh, bias_v_, vx);
-      kh = HeadsView<const T>::bnhd(kx.data(), nb, len_k + extra, nh, d, e);
-      vh = HeadsView<const T>::bnhd(vx.data(), nb, len_k + extra, nh, d, e);
-      opt.key_padding_mask = pad_keys(opt.key_padding_mask, extra, kpm_bools, kpm_values);
-      opt.attn_mask = pad_keys(opt.attn_mask, extra, am_bools, am_values);
-    }
+    ExtraKeys extra;
+    if (extra_keys() > 0) append_extra_keys(where, p, opt, extra);
 
     MhaOutput<T> result;
     if (args.need_weights) opt.attn_weights = &result.attn_weights;
-    RowMatrix<T> attn_out(nb * len_q, e);
-    detail::in_context(where, [&] {
-      scaled_dot_product_attention<T>(qh, kh, vh, HeadsView<T>::bnhd(attn_out.data(), nb, len_q, nh, d, e), opt);
+    RowMatrix<T> attn_out(nb * len_q, embed_dim_);
+    detail::prefix_errors(where, [&] {
+      scaled_dot_product_attention<T>(p.q, p.k, p.v,
+                                      HeadsView<T>::bnhd(attn_out.data(), nb, len_q, num_heads_, head_dim_, embed_dim_), opt);
     });
-
-    result.output = Tensor<T>(query.shape());
+    result.output = Tensor<T>::uninitialized(query.shape());
     out_proj_.apply(attn_out, result.output.matrix());
-
-    if (args.need_weights) {
-      const Index len_s = len_k + extra;
-      if (args.average_attn_weights) {
-        Tensor<T> avg({nb, len_q, len_s});
-        for (Index b = 0; b < nb; ++b) {
-          auto acc = avg.matrix().middleRows(b * len_q, len_q);
-          for (Index h = 0; h < nh; ++h)
-            acc += Eigen::Map<const RowMatrix<T>>(
-                result.attn_weights.data() + (b * nh + h) * len_q * len_s, len_q, len_s);
-          acc /= static_cast<T>(nh);
-        }
-        result.attn_weights = std::move(avg);
-      }
-      if (query.dim() == 2) {
-        Shape s = result.attn_weights.shape();
-        s.erase(s.begin());
-        result.attn_weights = std::move(result.attn_weights).reshaped(s);
-      }
-    }
+    if (args.need_weights)
+      result.attn_weights = shape_weights(std::move(result.attn_weights), args.average_attn_weights, query.dim() == 2);
     return result;
   }
 
@@ -285,6 +215,18 @@ class MultiHeadAttention : public Module<T> {
   }
 
  private:
+  /// Per-head views of the projected query, key and value, and the buffers they view.
+  struct Projections {
+    RowMatrix<T> qbuf, kbuf, vbuf;
+    HeadsView<const T> q, k, v;
+  };
+  /// Copies of k and v with the extra keys, and the masks padded for them.
+  struct ExtraKeys {
+    RowMatrix<T> k, v;
+    Tensor<bool> kpm_bools, am_bools;
+    Tensor<T> kpm_values, am_values;
+  };
+
   /// Checks the constructor arguments (before anything is allocated); returns embed_dim.
   static Index validated(Index embed_dim, Index num_heads, const MultiHeadAttentionOptions& o) {
     constexpr const char* where = "attn::MultiHeadAttention";
@@ -299,17 +241,103 @@ class MultiHeadAttention : public Module<T> {
     return embed_dim;
   }
 
-  /// Appends `extra` key columns that mask nothing (false for block_where_true, true for
+  /// Checks forward's inputs and flags; returns the batch size (1 unbatched).
+  Index check_inputs(const char* where, const TensorView<const T>& query, const TensorView<const T>& key,
+                     const TensorView<const T>& value, const MhaArgs<T>& args) const {
+    const Index nb = detail::check_sequence(where, "query", query.shape(), embed_dim_);
+    detail::check_sequence(where, "key", key.shape(), kdim_);
+    detail::check_sequence(where, "value", value.shape(), vdim_);
+    detail::require(key.dim() == query.dim() && value.dim() == query.dim() &&
+                        (query.dim() == 2 || (key.size(0) == nb && value.size(0) == nb)),
+                    where, ": query ", query.shape(), ", key ", key.shape(), " and value ", value.shape(),
+                    " must all be batched with the same batch size, or all unbatched");
+    detail::require(key.size(-2) == value.size(-2), where, ": key ", key.shape(), " and value ", value.shape(),
+                    " must have the same length");
+    detail::require(args.causal == Causal::kNone || extra_keys() == 0, where,
+                    ": causal masking with add_bias_kv / add_zero_attn is ambiguous; pass an attn_mask");
+    this->require_generator(args.generator, options_.dropout);
+    return nb;
+  }
+
+  /// Keys appended after the S real ones: bias_k / bias_v, then the zero key.
+  Index extra_keys() const { return (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0); }
+
+  /// Projections: one GEMM for each distinct input (fused when the inputs coincide).
+  void project(const TensorView<const T>& query, const TensorView<const T>& key, const TensorView<const T>& value,
+               Index nb, Projections& p) const {
+    const Index e = embed_dim_, nh = num_heads_, d = head_dim_, len_q = query.size(-2), len_k = key.size(-2);
+    using Heads = HeadsView<const T>;
+    if (same_tensor(query, key) && same_tensor(key, value) && same_embed_dims()) {
+      project_rows(query, 0, 3 * e, e, p.qbuf);
+      p.q = Heads::bnhd(p.qbuf.data(), nb, len_q, nh, d, 3 * e);
+      p.k = Heads::bnhd(p.qbuf.data() + e, nb, len_k, nh, d, 3 * e);
+      p.v = Heads::bnhd(p.qbuf.data() + 2 * e, nb, len_k, nh, d, 3 * e);
+      return;
+    }
+    project_rows(query, 0, e, e, p.qbuf);
+    p.q = Heads::bnhd(p.qbuf.data(), nb, len_q, nh, d, e);
+    if (same_tensor(key, value) && kdim_ == vdim_) {
+      project_rows(key, e, 2 * e, kdim_, p.kbuf);
+      p.k = Heads::bnhd(p.kbuf.data(), nb, len_k, nh, d, 2 * e);
+      p.v = Heads::bnhd(p.kbuf.data() + e, nb, len_k, nh, d, 2 * e);
+    } else {
+      project_rows(key, e, e, kdim_, p.kbuf);
+      project_rows(value, 2 * e, e, vdim_, p.vbuf);
+      p.k = Heads::bnhd(p.kbuf.data(), nb, len_k, nh, d, e);
+      p.v = Heads::bnhd(p.vbuf.data(), nb, len_k, nh, d, e);
+    }
+  }
+
+  /// out (rows, n) = x W[first : first + n]^T + b[first : first + n]: rows first.. of the
+  /// stacked [W_q; W_k; W_v] (each `in` wide; consecutive blocks share `in` when fused).
+  void project_rows(const TensorView<const T>& x, Index first, Index n, Index in, RowMatrix<T>& out) const {
+    out.resize(x.numel() / in, n);
+    const Eigen::Map<const RowMatrix<T>> w(in_weight_.data() + weight_offset(static_cast<int>(first / embed_dim_)), n, in);
+    if (options_.bias)
+      linear(x.matrix(), w, in_bias_.segment(first, n), out);
+    else
+      linear(x.matrix(), w, out);
+  }
+
+  /// bias_k / bias_v and the zero key as extra keys after the S real ones (PyTorch's order):
+  /// k and v are copied with them, and the masks, checked against the real S first, get
+  /// columns that mask nothing for them.
+  void append_extra_keys(const char* where, Projections& p, SdpaOptions<T>& opt, ExtraKeys& x) const {
+    const Index len = p.k.length, nb = p.k.batch;
+    detail::tile_masks(where, opt, detail::AttentionDims{nb, num_heads_, p.q.length, len});
+    copy_with_extra_keys(p.k, bias_k_, x.k);
+    copy_with_extra_keys(p.v, bias_v_, x.v);
+    p.k = HeadsView<const T>::bnhd(x.k.data(), nb, len + extra_keys(), num_heads_, head_dim_, embed_dim_);
+    p.v = HeadsView<const T>::bnhd(x.v.data(), nb, len + extra_keys(), num_heads_, head_dim_, embed_dim_);
+    opt.key_padding_mask = pad_keys(opt.key_padding_mask, len, x.kpm_bools, x.kpm_values);
+    opt.attn_mask = pad_keys(opt.attn_mask, len, x.am_bools, x.am_values);
+  }
+
+  /// Copies the keys (or values) of every batch element into (B * (S + extra), E) rows and
+  /// appends bias_k (bias_v) and / or the zero row after them.
+  void copy_with_extra_keys(const HeadsView<const T>& src, const Vector<T>& learned, RowMatrix<T>& dst) const {
+    const Index len = src.length, e = embed_dim_, len2 = len + extra_keys();
+    dst.setZero(src.batch * len2, e);
+    for (Index b = 0; b < src.batch; ++b) {
+      dst.middleRows(b * len2, len) =
+          StridedMap<const T>(src.data + b * src.batch_stride, len, e, Eigen::OuterStride<>(src.row_stride));
+      if (options_.add_bias_kv) dst.row(b * len2 + len) = learned.transpose();
+    }
+  }
+
+  /// Mask m (its last dimension S keys, or 1 when it broadcasts over them) with the extra
+  /// keys' columns appended, masking nothing (false for block_where_true, true for
   /// keep_where_true, 0 for additive), as PyTorch pads masks for bias_k and the zero key.
   /// The padded mask views `bools` or `values`.
-  static Mask<T> pad_keys(const Mask<T>& m, Index extra, Tensor<bool>& bools, Tensor<T>& values) {
+  Mask<T> pad_keys(const Mask<T>& m, Index len_k, Tensor<bool>& bools, Tensor<T>& values) const {
     using Kind = typename Mask<T>::Kind;
     if (m.empty()) return m;
     Shape shape = m.shape();
     const Index len = shape.back(), rows = detail::checked_numel(shape, "mask") / std::max<Index>(len, 1);
-    shape.back() += extra;
+    shape.back() = len_k + extra_keys();
     auto copy_rows = [&](const auto* src, auto* dst) {
-      for (Index i = 0; i < rows; ++i) std::copy(src + i * len, src + (i + 1) * len, dst + i * (len + extra));
+      for (Index i = 0; i < rows; ++i)
+        for (Index j = 0; j < len_k; ++j) dst[i * shape.back() + j] = src[i * len + (len == 1 ? 0 : j)];
     };
     if (m.kind() == Kind::kAdditive) {
       values = Tensor<T>(shape, T(0));
@@ -320,6 +348,26 @@ class MultiHeadAttention : public Module<T> {
     bools = Tensor<bool>(shape, keep);
     copy_rows(m.bool_data(), bools.data());
     return keep ? Mask<T>::keep_where_true(bools.view()) : Mask<T>::block_where_true(bools.view());
+  }
+
+  /// The weights as forward returns them: (B, H, L, S) averaged over heads into (B, L, S)
+  /// if asked, the batch dimension dropped for unbatched input.
+  Tensor<T> shape_weights(Tensor<T> w, bool average, bool unbatched) const {
+    if (average) {
+      const Index nb = w.size(0), nh = w.size(1), len_q = w.size(2), len_s = w.size(3);
+      Tensor<T> avg({nb, len_q, len_s});
+      for (Index b = 0; b < nb; ++b) {
+        auto acc = avg.matrix().middleRows(b * len_q, len_q);
+        for (Index h = 0; h < nh; ++h)
+          acc += Eigen::Map<const RowMatrix<T>>(w.data() + (b * nh + h) * len_q * len_s, len_q, len_s);
+        acc /= static_cast<T>(nh);
+      }
+      w = std::move(avg);
+    }
+    if (!unbatched) return w;
+    Shape s = w.shape();
+    s.erase(s.begin());
+    return std::move(w).reshaped(s);
   }
 
   bool same_embed_dims() const { return kdim_ == embed_dim_ && vdim_ == embed_dim_; }
@@ -334,30 +382,6 @@ class MultiHeadAttention : public Module<T> {
     Index offset = 0;
     for (int j = 0; j < i; ++j) offset += embed_dim_ * widths[j];
     return offset;
-  }
-
-  /// out (rows, n) = x W[first : first + n]^T + b[first : first + n]: rows first.. of the
-  /// stacked [W_q; W_k; W_v] (each `in` wide; consecutive blocks share `in` when fused).
-  void project(const TensorView<const T>& x, Index first, Index n, Index in, RowMatrix<T>& out) const {
-    out.resize(x.numel() / in, n);
-    const Eigen::Map<const RowMatrix<T>> w(in_weight_.data() + weight_offset(static_cast<int>(first / embed_dim_)), n, in);
-    if (options_.bias)
-      linear(x.matrix(), w, in_bias_.segment(first, n), out);
-    else
-      linear(x.matrix(), w, out);
-  }
-
-  /// Copies the keys (or values) of every batch element into (B * (S + extra), E) rows and
-  /// appends bias_k (bias_v) and / or the zero row after them.
-  void append_extra_keys(const HeadsView<const T>& src, const Vector<T>& learned, RowMatrix<T>& dst) const {
-    const Index len = src.length, e = embed_dim_;
-    const Index len2 = len + (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0);
-    dst.setZero(src.batch * len2, e);
-    for (Index b = 0; b < src.batch; ++b) {
-      dst.middleRows(b * len2, len) =
-          StridedMap<const T>(src.data + b * src.batch_stride, len, e, Eigen::OuterStride<>(src.row_stride));
-      if (options_.add_bias_kv) dst.row(b * len2 + len) = learned.transpose();
-    }
   }
 
   Index embed_dim_, num_heads_, head_dim_, kdim_, vdim_;

@@ -40,10 +40,10 @@ class SelfAttention : public Module<T> {
     const Index n = x.size(-2);
     RowMatrix<T> qkv(x.numel() / e, 3 * e);
     qkv_.apply(x.matrix(), qkv);
-    Tensor<T> out(x.shape());
+    auto out = Tensor<T>::uninitialized(x.shape());
     const SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
     using Heads = HeadsView<const T>;
-    detail::in_context(where, [&] {
+    detail::prefix_errors(where, [&] {
       scaled_dot_product_attention<T>(Heads::bnhd(qkv.data(), nb, n, 1, e, 3 * e),
                                       Heads::bnhd(qkv.data() + e, nb, n, 1, e, 3 * e),
                                       Heads::bnhd(qkv.data() + 2 * e, nb, n, 1, e, 3 * e),

@@ -61,13 +61,13 @@ class TalkingHeadsAttention : public Module<T> {
         {proj_l_.weight().data(), nh, nh}, {proj_l_.bias().data(), nh},
         {proj_w_.weight().data(), nh, nh}, {proj_w_.bias().data(), nh}};
     using Heads = HeadsView<const T>;
-    detail::in_context(where, [&] {
+    detail::prefix_errors(where, [&] {
       talking_heads_attention<T>(Heads::bnhd(qkv.data(), nb, n, nh, d, 3 * c),
                                  Heads::bnhd(qkv.data() + c, nb, n, nh, d, 3 * c),
                                  Heads::bnhd(qkv.data() + 2 * c, nb, n, nh, d, 3 * c),
                                  HeadsView<T>::bnhd(mixed.data(), nb, n, nh, d, c), mix, opt);
     });
-    Tensor<T> out(x.shape());
+    auto out = Tensor<T>::uninitialized(x.shape());
     proj_.apply(mixed, out.matrix());
     if (training) dropout_inplace(out.data(), out.numel(), static_cast<T>(proj_drop_), *args.generator);
     return out;

@@ -5,6 +5,7 @@
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/modules/attention_args.hpp"
+#include "attn/modules/layer_norm.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
 #include "attn/modules/multi_head_attention.hpp"
@@ -52,11 +53,9 @@ class TransformerEncoderLayer : public Module<T> {
     auto drop = [&](auto&& m, double p) {
       if (training) dropout_inplace(m.data(), m.size(), static_cast<T>(p), *args.generator);
     };
-    Tensor<T> h(x.shape());
+    auto h = Tensor<T>::uninitialized(x.shape());
     norm_mha_.apply(x.matrix(), h.matrix());
-    MhaArgs<T> mha_args;
-    static_cast<AttentionArgs<T>&>(mha_args) = args;
-    Tensor<T> y = mha_.forward(h, h, h, mha_args).output;
+    Tensor<T> y = mha_.forward(h, h, h, MhaArgs<T>(args)).output;
     drop(y.matrix(), dropout_);
     y.matrix() += x.matrix();  // y = x + attention branch
     norm_ffn_.apply(y.matrix(), h.matrix());

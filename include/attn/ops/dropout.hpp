@@ -24,14 +24,16 @@ void check_dropout_p(T p, const char* where) {
   require(p >= T(0) && p < T(1), where, ": dropout probability must be in [0, 1), got ", p);
 }
 
-/// Applies dropout to `n` consecutive elements that are elements first..first+n-1 of stream `key`.
+/// @brief The one dropout rule: element i of data (at data[i * stride]), which is element
+/// first + i of stream `key`, is zeroed when its uniform number is below p, else scaled by
+/// 1/(1-p).
 template <class T>
-void dropout_span(T* data, Index n, T p, std::uint64_t key, std::uint64_t first) {
+void dropout_span(T* data, Index n, Index stride, T p, std::uint64_t key, std::uint64_t first) {
   const T scale = T(1) / (T(1) - p);
-  for (Index i = 0; i < n; ++i)
-    data[i] = uniform(key, first + static_cast<std::uint64_t>(i)) < static_cast<double>(p)
-                  ? T(0)
-                  : data[i] * scale;
+  for (Index i = 0; i < n; ++i) {
+    T& x = data[i * stride];
+    x = uniform(key, first + static_cast<std::uint64_t>(i)) < static_cast<double>(p) ? T(0) : x * scale;
+  }
 }
 
 }  // namespace detail
@@ -41,7 +43,7 @@ void dropout_span(T* data, Index n, T p, std::uint64_t key, std::uint64_t first)
 template <class T>
 void dropout_inplace(T* data, Index n, T p, Generator& generator) {
   detail::check_dropout_p(p, "attn::dropout");
-  if (p > T(0)) detail::dropout_span(data, n, p, generator.next_key(), 0);
+  if (p > T(0)) detail::dropout_span(data, n, 1, p, generator.next_key(), 0);
 }
 
 /// @brief Inverted dropout (torch.nn.functional.dropout): in training mode each element is

@@ -38,7 +38,7 @@ Tensor<T> mix_heads(const TensorView<const T>& x, const TensorView<const T>& wei
   detail::require(weight.shape() == Shape{nh, nh} && bias.shape() == Shape{nh},
                   "attn::mix_heads: weight ", weight.shape(), " and bias ", bias.shape(),
                   " must be (H, H) and (H) for input ", x.shape());
-  Tensor<T> y(x.shape());
+  auto y = Tensor<T>::uninitialized(x.shape());
   for (Index b = 0; b < nb; ++b) {
     using Block = Eigen::Map<const RowMatrix<T>>;
     mix_heads(weight.matrix(), Eigen::Map<const Vector<T>>(bias.data(), nh),

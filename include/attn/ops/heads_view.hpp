@@ -16,7 +16,7 @@ namespace attn {
 template <class T>
 struct HeadsView {
   T* data = nullptr;
-  Index batch = 0, heads = 0, length = 0, dim = 0;
+  Index batch = 0, heads = 0, length = 0, head_dim = 0;
   Index batch_stride = 0, head_stride = 0, row_stride = 0;
 
   /// Contiguous (B, H, N, D): PyTorch's layout for F.scaled_dot_product_attention.
@@ -30,18 +30,18 @@ struct HeadsView {
     return {data, b, h, n, d, n * row_stride, d, row_stride};
   }
 
-  /// Head h of batch b as a (length, dim) row-major map with row stride row_stride.
+  /// Head h of batch b as a (length, head_dim) row-major map with row stride row_stride.
   StridedMap<T> head(Index b, Index h) const {
-    return StridedMap<T>(data + b * batch_stride + h * head_stride, length, dim,
+    return StridedMap<T>(data + b * batch_stride + h * head_stride, length, head_dim,
                          Eigen::OuterStride<>(row_stride));
   }
 
   /// A view of mutable data converts to a view of const data.
   template <class U = T, class = std::enable_if_t<!std::is_const<U>::value>>
   operator HeadsView<const U>() const {  // NOLINT(google-explicit-constructor)
-    return {data, batch, heads, length, dim, batch_stride, head_stride, row_stride};
+    return {data, batch, heads, length, head_dim, batch_stride, head_stride, row_stride};
   }
-  Shape shape() const { return {batch, heads, length, dim}; }
+  Shape shape() const { return {batch, heads, length, head_dim}; }
 };
 
 }  // namespace attn

@@ -50,7 +50,7 @@ Tensor<T> layer_norm(const TensorView<const T>& x, const TensorView<const T>& we
     detail::require(p->data() == nullptr || p->shape() == Shape{x.size(-1)}, "attn::layer_norm: ",
                     p == &weight ? "weight" : "bias", " has shape ", p->shape(), " but the input ", x.shape(),
                     " needs (", x.size(-1), ")");
-  Tensor<T> y(x.shape());
+  auto y = Tensor<T>::uninitialized(x.shape());
   layer_norm(x.matrix(), Eigen::Map<const Vector<T>>(weight.data(), weight.numel()),
              Eigen::Map<const Vector<T>>(bias.data(), bias.numel()), eps, y.matrix());
   return y;

@@ -9,6 +9,7 @@
 #include "attn/core/error.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/ops/detail/work.hpp"
 
 namespace attn {
 
@@ -28,7 +29,7 @@ void linear_blocked(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& w
   // take about an eighth of the rows (32 to 256, a multiple of 16) and all output features
   // (narrower column blocks make Eigen pack x again for each: ~8% slower); only when that
   // gives fewer than 8 items are the features split too, into blocks of at least 128.
-  const bool small = static_cast<double>(rows) * cols * x.cols() < double(1 << 18);
+  const bool small = static_cast<double>(rows) * cols * x.cols() < kMinParallelWork;
   const Index rb = small ? std::max<Index>(rows, 1)
                          : std::min(kLinearMaxBlockRows, std::max<Index>(32, ((rows + 127) / 128) * 16));
   const Index row_blocks = (rows + rb - 1) / rb;
@@ -97,7 +98,7 @@ Tensor<T> linear(const TensorView<const T>& x, const TensorView<const T>& weight
                   weight.shape());
   Shape shape = x.shape();
   shape.back() = weight.size(0);
-  Tensor<T> y(shape);
+  auto y = Tensor<T>::uninitialized(shape);
   if (!has_bias)
     linear(x.matrix(), weight.matrix(), y.matrix());
   else

@@ -2,14 +2,12 @@
 /// @file
 /// @brief Scaled dot-product attention: softmax(scale * q k^T + masks) v, per batch and head.
 
-#include <cmath>
-#include <cstdint>
 
 #include <Eigen/Core>
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
-#include "attn/ops/detail/attention_common.hpp"
+#include "attn/ops/detail/checks.hpp"
 #include "attn/ops/detail/sdpa_reference.hpp"
 #include "attn/ops/detail/sdpa_tiled.hpp"
 #include "attn/ops/heads_view.hpp"
@@ -20,15 +18,17 @@ namespace attn {
 ///
 /// Works on strided views, so q, k and v can be column blocks of a projection's output.
 /// The default path is tiled (FlashAttention-2 style online softmax, see
-/// detail::sdpa_tiled): a (query block x key block) tile of scores at a time, no (L, S)
-/// buffer; strided k and v are copied once into contiguous rows (O(B*H*S*(D+Dv)) memory) when
-/// several query blocks read them. When opt.attn_weights asks for the weights, the straightforward kernel
-/// (detail::sdpa_reference) materialises them (B*H*L*S elements) and multiplies them by v.
-/// Threaded over (batch, head, query block) with attn::set_num_threads' thread count; the
-/// result is bit-identical for every thread count.
+/// detail::SdpaTiles): a (query block x key block) tile of scores at a time, no (L, S)
+/// buffer; strided k and v are copied once into contiguous rows (O(B*H*S*(D+Dv)) memory)
+/// when several query blocks read them. When opt.attn_weights asks for the weights, the
+/// straightforward kernel (detail::sdpa_reference) materialises them (B*H*L*S elements)
+/// and multiplies them by v. Threaded over (batch, head, query block) with
+/// attn::set_num_threads' thread count; the result is bit-identical for every thread count.
 /// @param q (B, H, L, D); @param k (B, H, S, D); @param v (B, H, S, Dv)
 /// @param out (B, H, L, Dv), must not overlap q, k or v
-/// @param opt scale (default 1/sqrt(D)), masks, causal, dropout, optional weights output
+/// @param opt scale (default 1/sqrt(D)), masks, causal, dropout, optional weights output.
+/// The attention mask may have any shape that broadcasts to (B, H, L, S) (PyTorch's rule),
+/// or nn.MultiheadAttention's (B*H, L, S); the key padding mask is (B, S).
 /// @note The scale multiplies q before the product, as nn.MultiheadAttention and timm do.
 /// A query row whose keys are all masked gets weights 0 and output 0 (PyTorch >= 2.5 SDPA
 /// and ONNX behaviour; PyTorch 1.13 gives NaN). NaN in a row's logits gives a NaN row.
@@ -39,23 +39,19 @@ template <class T>
 void scaled_dot_product_attention(const HeadsView<const T>& q, const HeadsView<const T>& k,
                                   const HeadsView<const T>& v, const HeadsView<T>& out,
                                   const SdpaOptions<T>& opt = {}) {
-  constexpr const char* where = "attn::scaled_dot_product_attention";
-  detail::check_attention_args(where, q, k, v, out, opt);
-  const T scale = opt.scale ? *opt.scale : T(1) / std::sqrt(static_cast<T>(q.dim));
-  const std::uint64_t key = opt.dropout_p > T(0) ? opt.generator->next_key() : 0;
+  const auto call = detail::prepare_call("attn::scaled_dot_product_attention", q, k, v, out, opt);
   if (opt.attn_weights) {
     *opt.attn_weights = Tensor<T>({q.batch, q.heads, q.length, k.length});
-    detail::sdpa_reference<T>(q, k, v, out, opt, scale, key, opt.attn_weights->data());
+    detail::sdpa_reference<T>(call, opt.attn_weights->data());
   } else {
-    detail::sdpa_tiled<T>(q, k, v, out, opt, scale, key);
+    detail::sdpa_tiled<T>(call);
   }
 }
 
 /// @brief Tensor form, like torch.nn.functional.scaled_dot_product_attention.
 /// @param q (B, H, L, D) or (B, L, D); @param k (B, H, S, D) or (B, S, D);
 /// @param v (B, H, S, Dv) or (B, S, Dv)
-/// @param opt masks as in the strided form: key_padding_mask (B, S), attn_mask (L, S) or
-/// (B*H, L, S). PyTorch's other broadcastable mask shapes are rejected with an error.
+/// @param opt as in the strided form (3-D inputs are one head: H = 1)
 /// @return (B, H, L, Dv) or (B, L, Dv)
 template <class T>
 Tensor<T> scaled_dot_product_attention(const TensorView<const T>& q, const TensorView<const T>& k,
@@ -72,7 +68,7 @@ Tensor<T> scaled_dot_product_attention(const TensorView<const T>& q, const Tenso
   };
   Shape shape = q.shape();
   shape.back() = v.size(-1);
-  Tensor<T> out(shape);
+  auto out = Tensor<T>::uninitialized(shape);
   scaled_dot_product_attention<T>(heads(q), heads(k), heads(v), heads(out.view()), opt);
   return out;
 }

@@ -1,0 +1,122 @@
+#pragma once
+/// @file
+/// @brief The argument checks of an attention call, and what its kernels share once the
+/// arguments are known to be good (AttentionCall). Not public API.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <iterator>
+#include <utility>
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/ops/attention_options.hpp"
+#include "attn/ops/detail/masks.hpp"
+#include "attn/ops/detail/tile.hpp"
+#include "attn/ops/dropout.hpp"
+#include "attn/ops/heads_view.hpp"
+
+namespace attn {
+namespace detail {
+
+/// Checks that a view is well formed: sizes >= 0, rows at least head_dim apart, data when
+/// non-empty. Returns the address range [first, last) it spans.
+template <class T>
+std::pair<const void*, const void*> check_view(const char* where, const char* name, const HeadsView<T>& v) {
+  require(v.batch >= 0 && v.heads >= 0 && v.length >= 0 && v.head_dim >= 0, where, ": ", name, " has negative size ",
+          v.shape());
+  require(v.row_stride >= v.head_dim && v.head_stride >= 0 && v.batch_stride >= 0, where, ": ", name,
+          " has strides (batch ", v.batch_stride, ", head ", v.head_stride, ", row ", v.row_stride,
+          ") smaller than its rows (", v.head_dim, ")");
+  if (v.batch == 0 || v.heads == 0 || v.length == 0 || v.head_dim == 0) return {nullptr, nullptr};
+  require(v.data != nullptr, where, ": ", name, " of shape ", v.shape(), " has no data");
+  const Index last =
+      (v.batch - 1) * v.batch_stride + (v.heads - 1) * v.head_stride + (v.length - 1) * v.row_stride + v.head_dim;
+  return {v.data, v.data + last};
+}
+
+/// Checks that no two elements of an output view share memory (threads write its heads
+/// and rows at once): its (stride, count) dimensions, sorted by stride, must each step
+/// past everything the smaller ones span.
+template <class T>
+void check_disjoint(const char* where, const char* name, const HeadsView<T>& v) {
+  if (v.batch == 0 || v.heads == 0 || v.length == 0 || v.head_dim == 0) return;
+  std::pair<Index, Index> dims[3] = {{v.row_stride, v.length}, {v.head_stride, v.heads}, {v.batch_stride, v.batch}};
+  std::sort(std::begin(dims), std::end(dims));
+  Index span = v.head_dim;  // elements one row covers
+  for (const auto& d : dims) {
+    if (d.second == 1) continue;
+    require(d.first >= span, where, ": ", name, " of shape ", v.shape(), " has strides (batch ", v.batch_stride,
+            ", head ", v.head_stride, ", row ", v.row_stride, ") under which different elements share memory");
+    span = d.first * (d.second - 1) + span;
+  }
+}
+
+/// Checks the views of an attention call: well formed, the output disjoint and not
+/// overlapping an input, and shapes that pair up.
+template <class T>
+void check_views(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
+                 const HeadsView<const T>& v, const HeadsView<T>& out) {
+  const auto out_range = check_view(where, "output", out);
+  check_disjoint(where, "output", out);
+  for (const auto& in : {std::make_pair("q", &q), std::make_pair("k", &k), std::make_pair("v", &v)}) {
+    const auto r = check_view(where, in.first, *in.second);
+    std::less<const void*> before;  // a total order on pointers
+    require(r.first == nullptr || out_range.first == nullptr || !before(r.first, out_range.second) ||
+                !before(out_range.first, r.second),
+            where, ": the output overlaps ", in.first, " in memory");
+  }
+  require(k.batch == q.batch && v.batch == q.batch && k.heads == q.heads && v.heads == q.heads, where, ": q ",
+          q.shape(), ", k ", k.shape(), " and v ", v.shape(), " must agree in batch and heads");
+  require(k.head_dim == q.head_dim, where, ": q ", q.shape(), " and k ", k.shape(), " must have the same head dimension");
+  require(k.length == v.length, where, ": k ", k.shape(), " and v ", v.shape(),
+          " must have the same length (keys and values pair up)");
+  require(out.batch == q.batch && out.heads == q.heads && out.length == q.length && out.head_dim == v.head_dim, where,
+          ": output ", out.shape(), " does not match q ", q.shape(), " and v ", v.shape());
+}
+
+/// A call's masks checked against its size: key padding (B, S), attention mask
+/// broadcastable to (B, H, L, S), causal.
+template <class T>
+TileMasks<T> tile_masks(const char* where, const SdpaOptions<T>& opt, const AttentionDims& d) {
+  return {broadcast_key_padding(where, opt.key_padding_mask, d), broadcast_attn_mask(where, opt.attn_mask, d),
+          opt.causal};
+}
+
+/// @brief What every work item of one attention call reads: the views, the masks, the
+/// scale and the dropout stream. Built by prepare_call once the arguments are checked.
+template <class T>
+struct AttentionCall {
+  HeadsView<const T> q, k, v;
+  HeadsView<T> out;
+  TileMasks<T> masks;
+  T scale = T(1);           ///< multiplies q before the product
+  T dropout_p = T(0);       ///< dropout on the weights (0: none)
+  std::uint64_t dropout_key = 0;
+
+  AttentionDims dims() const { return {q.batch, q.heads, q.length, k.length}; }
+};
+
+/// @brief Checks an attention call's arguments (views, masks, dropout, scale) and returns
+/// its AttentionCall. Takes one key from opt.generator when opt.dropout_p > 0 (after every
+/// check: a call that throws leaves the generator as it was).
+template <class T>
+AttentionCall<T> prepare_call(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
+                              const HeadsView<const T>& v, const HeadsView<T>& out, const SdpaOptions<T>& opt) {
+  check_views(where, q, k, v, out);
+  AttentionCall<T> call{q, k, v, out, {}};
+  call.masks = tile_masks(where, opt, call.dims());
+  check_dropout_p(opt.dropout_p, where);
+  require(opt.dropout_p == T(0) || opt.generator != nullptr, where, ": dropout_p = ", opt.dropout_p,
+          " needs a Generator (SdpaOptions::generator)");
+  if (opt.scale) require(std::isfinite(*opt.scale), where, ": scale must be finite");
+  call.scale = opt.scale ? *opt.scale : T(1) / std::sqrt(static_cast<T>(q.head_dim));
+  call.dropout_p = opt.dropout_p;
+  if (opt.dropout_p > T(0)) call.dropout_key = opt.generator->next_key();
+  return call;
+}
+
+}  // namespace detail
+}  // namespace attn

@@ -1,0 +1,141 @@
+#pragma once
+/// @file
+/// @brief The one exp of attn's softmaxes: exp of a non-positive argument (x - row max),
+/// exactly 0 at -inf. Every softmax in attn (the public softmax, the straightforward and
+/// the tiled attention kernels, talking heads) takes its exp from here. Not public API.
+///
+/// Accuracy contract (tests/test_kernels.cpp, VectorisedExpAccuracy, checks it against the
+/// correctly rounded exp wherever the result is a normal number): float within 1 ulp,
+/// double within 2 ulp, for x <= 0; exp(-inf) = 0 exactly, exp(0) = 1 exactly, NaN gives
+/// NaN. Below the normal range the result is 0: for every x < -87.7 in float and
+/// x < -708.4 in double (std::exp would give subnormal numbers down to -104 and -745).
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "attn/core/tensor.hpp"
+
+static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "attn needs Eigen >= 3.4 (its packet math and PropagateNaN)");
+
+// Eigen's packet types (__m512 ...) carry attributes that GCC warns about when they are
+// template arguments, as Eigen's packet functions take them.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+
+namespace attn {
+namespace detail {
+
+/// Eigen's SIMD packets: explicit vectors at any compiler setting.
+namespace ei = Eigen::internal;
+
+/// The widest SIMD packet of T Eigen uses on this target (T itself without SIMD).
+template <class T>
+using Packet = typename ei::packet_traits<T>::type;
+/// Elements of Packet<T>.
+template <class T>
+constexpr int kPacketSize = ei::unpacket_traits<Packet<T>>::size;
+
+/// Whether Eigen has an integer packet type matching P (the float exp builds 2^n in it).
+template <class P, class = void>
+struct has_integer_packet : std::false_type {};  // Eigen has none for some targets (ZVector, MSA)
+template <class P>
+struct has_integer_packet<P, std::void_t<typename ei::unpacket_traits<P>::integer_packet>> : std::true_type {};
+
+/// @brief exp(x) for a packet of softmax arguments x <= 0 (or -inf, or NaN), under the
+/// file's accuracy contract.
+///
+/// float: Cody-Waite reduction x = n ln2 + r (|r| <= ln2/2, two FMAs), Cephes' degree-7
+/// polynomial for exp(r), and 2^n built in the exponent bits with n >= -127: results for
+/// x < -87.68 are 0, which also makes exp(-inf) exactly 0 without a compare.
+/// double (and float on targets without integer packets): Eigen's pexp, with arguments
+/// below the normal range (and -inf) selected to 0.
+template <class P>
+P exp_nonpositive(const P& x) {
+  using Scalar = typename ei::unpacket_traits<P>::type;
+  if constexpr (std::is_same<Scalar, float>::value && ei::unpacket_traits<P>::size > 1 &&
+                has_integer_packet<P>::value) {
+    using PI = typename ei::unpacket_traits<P>::integer_packet;
+    const P xc = ei::pmax(x, ei::pset1<P>(-88.0f));  // pmax keeps its first argument when that is NaN
+    const P shifter = ei::pset1<P>(12582912.0f);   // 1.5 * 2^23: adding it rounds to an integer
+    const P n = ei::psub(ei::pmadd(xc, ei::pset1<P>(1.44269504088896341f), shifter), shifter);
+    P r = ei::pmadd(n, ei::pset1<P>(-0.693359375f), xc);
+    r = ei::pmadd(n, ei::pset1<P>(2.12194440e-4f), r);
+    P y = ei::pmadd(ei::pset1<P>(1.9875691500e-4f), r, ei::pset1<P>(1.3981999507e-3f));
+    y = ei::pmadd(y, r, ei::pset1<P>(8.3334519073e-3f));
+    y = ei::pmadd(y, r, ei::pset1<P>(4.1665795894e-2f));
+    y = ei::pmadd(y, r, ei::pset1<P>(1.6666665459e-1f));
+    y = ei::pmadd(y, r, ei::pset1<P>(5.0000001201e-1f));
+    y = ei::pmadd(y, ei::pmul(r, r), ei::padd(r, ei::pset1<P>(1.0f)));
+    // 2^n for n >= -127: n = -127 (x < -87.68) gives the bits of 0.0f.
+    const PI bits = ei::plogical_shift_left<23>(ei::padd(ei::pcast<P, PI>(n), ei::pset1<PI>(127)));
+    return ei::pmul(y, ei::preinterpret<P>(bits));
+  } else if constexpr (ei::unpacket_traits<P>::size == 1) {  // no SIMD: P is the scalar
+    return x == -std::numeric_limits<Scalar>::infinity() ? Scalar(0) : std::exp(x);
+  } else {
+    // Below ln(DBL_MIN) the result would be subnormal: 0, as float's below -87.68 (also
+    // exp(-inf) = 0; pexp clamps its argument and would give ~4e-309).
+    const P underflow = ei::pset1<P>(std::is_same<Scalar, float>::value ? Scalar(-87.6) : Scalar(-708.4));
+    return ei::pselect(ei::pcmp_lt(x, underflow), ei::pset1<P>(Scalar(0)), ei::pexp(x));
+  }
+}
+
+/// @brief The shift of a softmax whose running max is m: m itself, or 0 where m is -inf
+/// (every logit so far masked), so that exp_nonpositive(x - shift) of a masked x = -inf is
+/// exp(-inf) = 0 rather than exp(NaN).
+template <class P>
+P softmax_shift(const P& m) {
+  using Scalar = typename ei::unpacket_traits<P>::type;
+  return ei::pselect(ei::pcmp_eq(m, ei::pset1<P>(-std::numeric_limits<Scalar>::infinity())), ei::pset1<P>(Scalar(0)), m);
+}
+
+/// The lanes of p added in lane order (not predux, whose AVX-512 form trips GCC 12's
+/// -Wuninitialized).
+template <class P>
+typename ei::unpacket_traits<P>::type sum_lanes(const P& p) {
+  using Scalar = typename ei::unpacket_traits<P>::type;
+  constexpr int kSize = ei::unpacket_traits<P>::size;
+  Scalar lanes[kSize];
+  ei::pstoreu(lanes, p);
+  Scalar total = Scalar(0);
+  for (int t = 0; t < kSize; ++t) total += lanes[t];
+  return total;
+}
+
+/// @brief x[j] = exp(x[j] - shift) for j < n, in place (exp_nonpositive, a packet at a
+/// time; the last partial packet is padded with -inf so every element takes the same
+/// path); returns the sum of the results. shift is meant to be the max of x: a NaN or +inf
+/// shift makes the sum NaN, as softmax does.
+template <class T>
+T exp_shifted_inplace(T* x, Index n, T shift) {
+  using P = Packet<T>;
+  constexpr int kSize = kPacketSize<T>;
+  const P vshift = ei::pset1<P>(shift);
+  P sum = ei::pset1<P>(T(0));
+  auto step = [&](T* at) {
+    const P e = exp_nonpositive(ei::psub(ei::ploadu<P>(at), vshift));
+    ei::pstoreu(at, e);
+    sum = ei::padd(sum, e);
+  };
+  Index j = 0;
+  for (; j + kSize <= n; j += kSize) step(x + j);
+  if (j < n) {
+    T tail[kSize];
+    for (int t = 0; t < kSize; ++t) tail[t] = j + t < n ? x[j + t] : -std::numeric_limits<T>::infinity();
+    step(tail);
+    std::copy(tail, tail + (n - j), x + j);
+  }
+  return sum_lanes(sum);
+}
+
+}  // namespace detail
+}  // namespace attn
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

@@ -1,0 +1,118 @@
+#pragma once
+/// @file
+/// @brief Masks as the kernels see them: a Mask viewed as a (B, H, L, S) tensor through
+/// four strides (0 on broadcast dimensions), the one routine that turns a mask's entries
+/// into logit biases, and the order in which a call's masks reach a tile. Not public API.
+
+#include <limits>
+#include <string>
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/ops/detail/tile.hpp"
+#include "attn/ops/mask.hpp"
+
+namespace attn {
+namespace detail {
+
+/// @brief A mask seen as a logical (B, H, L, S) tensor: entry (b, h, i, j) is at flat
+/// offset b*sb + h*sh + i*si + j*sj of its data (a stride is 0 where the mask broadcasts).
+template <class T>
+struct BroadcastMask {
+  Mask<T> mask;
+  Index sb = 0, sh = 0, si = 0, sj = 0;
+
+  bool empty() const { return mask.empty(); }
+
+  /// @brief dst[c * dst_stride] += the logit bias of entry (b, h, i, j0 + c), c < n: -inf
+  /// where a boolean mask blocks (true for block_where_true, false for keep_where_true),
+  /// else 0; an additive mask's value. The one place where a mask's polarity is read.
+  void add(Index b, Index h, Index i, Index j0, Index n, T* dst, Index dst_stride) const {
+    using Kind = typename Mask<T>::Kind;
+    const Index at = b * sb + h * sh + i * si + j0 * sj;
+    if (mask.kind() == Kind::kAdditive) {
+      const T* src = mask.additive_data() + at;
+      for (Index c = 0; c < n; ++c) dst[c * dst_stride] += src[c * sj];
+    } else if (mask.kind() != Kind::kNone) {
+      constexpr T kBlocked = -std::numeric_limits<T>::infinity();
+      const bool* src = mask.bool_data() + at;
+      const bool blocked_if = mask.kind() == Kind::kBlockWhereTrue;
+      for (Index c = 0; c < n; ++c) dst[c * dst_stride] += src[c * sj] == blocked_if ? kBlocked : T(0);
+    }
+  }
+};
+
+/// @brief The attention mask `m` of a call of size d, with PyTorch's broadcasting: its
+/// shape, aligned to the right of (B, H, L, S), has each dimension equal to d's or 1
+/// ((L, S), (B, 1, L, S), (H, L, S), (B, 1, 1, S) ...). A 3-D mask whose first dimension is
+/// B*H is nn.MultiheadAttention's (B*H, L, S), batch-major. Anything else is a
+/// std::invalid_argument naming both shapes.
+template <class T>
+BroadcastMask<T> broadcast_attn_mask(const char* where, const Mask<T>& m, const AttentionDims& d) {
+  BroadcastMask<T> out{m};
+  if (m.empty()) return out;
+  const Shape& s = m.shape();
+  const Shape full = d.shape();
+  const auto rank = s.size();
+  const auto fail = [&] {
+    throw std::invalid_argument(message(where, ": attn_mask of shape ", s, " does not broadcast to (B, H, L, S) = ",
+                                        full, " (nor is it (B*H, L, S) = ", Shape{d.batch * d.heads, d.len_q, d.len_k},
+                                        ")"));
+  };
+  if (rank < 1 || rank > 4) fail();
+  Index strides[4] = {0, 0, 0, 0}, stride = 1;
+  bool ok = true;
+  for (std::size_t k = 0; k < rank; ++k) {  // innermost first
+    const std::size_t dim = rank - 1 - k, target = 3 - k;
+    if (s[dim] == full[target])
+      strides[target] = s[dim] == 1 ? 0 : stride;
+    else
+      ok = ok && s[dim] == 1;
+    stride *= s[dim];
+  }
+  if (!ok && rank == 3 && s[0] == d.batch * d.heads && s[1] == d.len_q && s[2] == d.len_k) {
+    ok = true;  // (B*H, L, S): entry (b*H + h, i, j)
+    strides[0] = d.heads * d.len_q * d.len_k, strides[1] = d.len_q * d.len_k, strides[2] = d.len_k, strides[3] = 1;
+  }
+  if (!ok) fail();
+  out.sb = strides[0], out.sh = strides[1], out.si = strides[2], out.sj = strides[3];
+  return out;
+}
+
+/// The key padding mask `m` of a call of size d: (B, S), the same for every head and query.
+template <class T>
+BroadcastMask<T> broadcast_key_padding(const char* where, const Mask<T>& m, const AttentionDims& d) {
+  require(m.empty() || m.shape() == Shape{d.batch, d.len_k}, where, ": key_padding_mask has shape ", m.shape(),
+          ", expected (batch, keys) = ", Shape{d.batch, d.len_k});
+  return {m, d.len_k, 0, 0, 1};
+}
+
+/// @brief Everything that masks the logits of one call, applied in PyTorch's order: the key
+/// padding mask, then the attention mask (both added), then causal masking (set to -inf).
+template <class T>
+struct TileMasks {
+  BroadcastMask<T> key_padding, attn;
+  Causal causal = Causal::kNone;
+
+  /// Whether any mask adds to the logits (causal masking aside).
+  bool adds_bias() const { return !key_padding.empty() || !attn.empty(); }
+  /// Whether apply() would change something in this tile.
+  bool touch(const Tile& t) const { return adds_bias() || t.causal_cuts(causal); }
+
+  /// @brief Masks the tile's logits s: entry (r, c) is at s[r * qs + c * ks]. Causal
+  /// masking sets future keys to -inf rather than adding it, so that a NaN or +inf logit
+  /// of a key a query cannot see does not reach its row.
+  void apply(const Tile& t, T* s, Index qs, Index ks) const {
+    for (Index r = 0; r < t.rows; ++r) {
+      T* row = s + r * qs;
+      if (!key_padding.empty()) key_padding.add(t.b, t.h, t.i0 + r, t.j0, t.cols, row, ks);
+      if (!attn.empty()) attn.add(t.b, t.h, t.i0 + r, t.j0, t.cols, row, ks);
+      if (causal != Causal::kNone)
+        for (Index c = std::max<Index>(t.last_key(causal, r) + 1 - t.j0, 0); c < t.cols; ++c)
+          row[c * ks] = -std::numeric_limits<T>::infinity();
+    }
+  }
+};
+
+}  // namespace detail
+}  // namespace attn

@@ -1,0 +1,76 @@
+#pragma once
+/// @file
+/// @brief The register-tile micro-kernel of the attention tiles: a sum of outer products
+/// of scalars (broadcast) and rows of SIMD packets. The tiled SDPA kernel (q k^T and p v)
+/// and the talking-heads kernel (the same two products, per head) both run on it. Not
+/// public API.
+
+#include <algorithm>
+
+#include "attn/core/tensor.hpp"
+#include "attn/ops/detail/exp.hpp"  // Packet, kPacketSize
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+
+namespace attn {
+namespace detail {
+
+#if defined(__AVX512F__)
+constexpr int kVectorRegisters = 32;
+#else
+constexpr int kVectorRegisters = 16;
+#endif
+
+/// Rows of a register block V packets wide whose accumulators fill half of the vector
+/// registers (the other half holds the loaded row and the broadcasts).
+template <class T, int V>
+constexpr int register_rows() {
+  return std::max(1, kVectorRegisters / 2 / V);
+}
+
+/// @brief c[i][x] (+)= sum_{m < n} a[i * a_row + m * a_step] * b[m][x] for I rows i and the
+/// V * kPacketSize<T> columns x, accumulated in I x V registers.
+///
+/// b[m] starts at b + m * b_stride and c[i] at c + i * c_stride. Every element is one chain
+/// of multiply-adds in the order of m, whatever I and V: the results do not depend on the
+/// blocking. With Accumulate, c's values are the starting sums; without, 0.
+template <class T, int I, int V, bool Accumulate>
+void outer_product_block(const T* a, Index a_row, Index a_step, const T* b, Index b_stride, Index n, T* c,
+                         Index c_stride) {
+  using P = Packet<T>;
+  constexpr int S = kPacketSize<T>;
+  P acc[I][V];
+  for (int i = 0; i < I; ++i)
+    for (int v = 0; v < V; ++v) acc[i][v] = Accumulate ? ei::ploadu<P>(c + i * c_stride + v * S) : ei::pset1<P>(T(0));
+  for (Index m = 0; m < n; ++m) {
+    P bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = ei::ploadu<P>(b + m * b_stride + v * S);
+    for (int i = 0; i < I; ++i) {
+      const P av = ei::pset1<P>(a[i * a_row + m * a_step]);
+      for (int v = 0; v < V; ++v) acc[i][v] = ei::pmadd(av, bv[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < I; ++i)
+    for (int v = 0; v < V; ++v) ei::pstoreu(c + i * c_stride + v * S, acc[i][v]);
+}
+
+/// outer_product_block for `rows` rows: blocks of I rows, then single rows.
+template <class T, int I, int V, bool Accumulate>
+void outer_products(const T* a, Index a_row, Index a_step, Index rows, const T* b, Index b_stride, Index n, T* c,
+                    Index c_stride) {
+  Index i = 0;
+  for (; i + I <= rows; i += I)
+    outer_product_block<T, I, V, Accumulate>(a + i * a_row, a_row, a_step, b, b_stride, n, c + i * c_stride, c_stride);
+  for (; i < rows; ++i)
+    outer_product_block<T, 1, V, Accumulate>(a + i * a_row, a_row, a_step, b, b_stride, n, c + i * c_stride, c_stride);
+}
+
+}  // namespace detail
+}  // namespace attn
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

@@ -1,0 +1,81 @@
+#pragma once
+/// @file
+/// @brief A tile of an attention call's logical (B, H, L, S) scores, and the rules that
+/// depend only on where a tile is: which keys causal masking lets a query see, and which
+/// element of the dropout stream a weight is. Not public API.
+
+#include <algorithm>
+#include <cstdint>
+
+#include "attn/core/tensor.hpp"
+#include "attn/ops/dropout.hpp"
+#include "attn/ops/mask.hpp"
+
+namespace attn {
+namespace detail {
+
+/// The logical size of an attention call: B batch elements, H heads, L queries, S keys.
+struct AttentionDims {
+  Index batch = 0, heads = 0, len_q = 0, len_k = 0;
+  Shape shape() const { return {batch, heads, len_q, len_k}; }
+};
+
+/// @brief Queries [i0, i0 + rows) and keys [j0, j0 + cols) of head h of batch element b.
+///
+/// Kernels hold a tile's scores in memory with a query stride and a key stride of their
+/// choosing (query-major, or key-major to vectorise across queries); the rules here only
+/// depend on the coordinates.
+struct Tile {
+  AttentionDims dims;
+  Index b = 0, h = 0, i0 = 0, rows = 0, j0 = 0, cols = 0;
+
+  /// The same queries and head over keys [j0, j0 + cols).
+  Tile keys(Index first, Index count) const {
+    Tile t = *this;
+    t.j0 = first;
+    t.cols = count;
+    return t;
+  }
+  /// The same queries and keys of head `head`.
+  Tile head(Index head) const {
+    Tile t = *this;
+    t.h = head;
+    return t;
+  }
+
+  /// @brief The last key query i0 + r may see under `causal` (S - 1 without causal
+  /// masking); negative when it sees none.
+  ///
+  /// kTopLeft: key j is visible to query i when j <= i. kBottomRight: when j <= i + S - L
+  /// (the diagonal ends at the last key, as for the last L queries of S keys).
+  Index last_key(Causal causal, Index r) const {
+    const Index i = i0 + r, last = dims.len_k - 1;
+    switch (causal) {
+      case Causal::kTopLeft: return std::min(i, last);
+      case Causal::kBottomRight: return std::min(i + dims.len_k - dims.len_q, last);
+      case Causal::kNone: break;
+    }
+    return last;
+  }
+  /// Keys [0, key_end) hold every key some query of the tile may see (kernels skip the rest).
+  Index key_end(Causal causal) const { return std::max<Index>(last_key(causal, rows - 1) + 1, 0); }
+  /// Whether causal masking hides some key of the tile from some of its queries (the
+  /// first query sees the fewest keys).
+  bool causal_cuts(Causal causal) const { return causal != Causal::kNone && j0 + cols - 1 > last_key(causal, 0); }
+
+  /// Element (b, h, i0 + r, j0 + c) of the logical (B, H, L, S) weights is element
+  /// ((b*H + h)*L + i)*S + j of the dropout stream: the mask does not depend on tiling or threads.
+  std::uint64_t dropout_index(Index r, Index c) const {
+    return static_cast<std::uint64_t>(((b * dims.heads + h) * dims.len_q + i0 + r) * dims.len_k + j0 + c);
+  }
+};
+
+/// @brief Inverted dropout of a tile's weights s (query stride qs, key stride ks): element
+/// (r, c) is zeroed or scaled by 1/(1-p) by element tile.dropout_index(r, c) of stream `key`.
+template <class T>
+void dropout_tile(const Tile& tile, T p, std::uint64_t key, T* s, Index qs, Index ks) {
+  for (Index r = 0; r < tile.rows; ++r) dropout_span(s + r * qs, tile.cols, ks, p, key, tile.dropout_index(r, 0));
+}
+
+}  // namespace detail
+}  // namespace attn
