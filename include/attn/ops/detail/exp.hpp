@@ -18,28 +18,12 @@
 #include <Eigen/Core>
 
 #include "attn/core/tensor.hpp"
+#include "attn/ops/detail/packets.hpp"
 
-static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "attn needs Eigen >= 3.4 (its packet math and PropagateNaN)");
-
-// Eigen's packet types (__m512 ...) carry attributes that GCC warns about when they are
-// template arguments, as Eigen's packet functions take them.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"
-#endif
+ATTN_PACKET_CODE_BEGIN
 
 namespace attn {
 namespace detail {
-
-/// Eigen's SIMD packets: explicit vectors at any compiler setting.
-namespace ei = Eigen::internal;
-
-/// The widest SIMD packet of T Eigen uses on this target (T itself without SIMD).
-template <class T>
-using Packet = typename ei::packet_traits<T>::type;
-/// Elements of Packet<T>.
-template <class T>
-constexpr int kPacketSize = ei::unpacket_traits<Packet<T>>::size;
 
 /// Whether Eigen has an integer packet type matching P (the float exp builds 2^n in it).
 template <class P, class = void>
@@ -136,6 +120,4 @@ T exp_shifted_inplace(T* x, Index n, T shift) {
 }  // namespace detail
 }  // namespace attn
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+ATTN_PACKET_CODE_END

@@ -8,21 +8,12 @@
 #include <algorithm>
 
 #include "attn/core/tensor.hpp"
-#include "attn/ops/detail/exp.hpp"  // Packet, kPacketSize
+#include "attn/ops/detail/packets.hpp"
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"
-#endif
+ATTN_PACKET_CODE_BEGIN
 
 namespace attn {
 namespace detail {
-
-#if defined(__AVX512F__)
-constexpr int kVectorRegisters = 32;
-#else
-constexpr int kVectorRegisters = 16;
-#endif
 
 /// Rows of a register block V packets wide whose accumulators fill half of the vector
 /// registers (the other half holds the loaded row and the broadcasts).
@@ -71,6 +62,4 @@ void outer_products(const T* a, Index a_row, Index a_step, Index rows, const T* 
 }  // namespace detail
 }  // namespace attn
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+ATTN_PACKET_CODE_END

@@ -19,10 +19,7 @@
 #include "attn/ops/detail/work.hpp"
 #include "attn/ops/heads_view.hpp"
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"
-#endif
+ATTN_PACKET_CODE_BEGIN
 
 namespace attn {
 namespace detail {
@@ -262,6 +259,4 @@ void sdpa_tiled(const AttentionCall<T>& call) {
 }  // namespace detail
 }  // namespace attn
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+ATTN_PACKET_CODE_END

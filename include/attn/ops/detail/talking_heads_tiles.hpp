@@ -14,10 +14,7 @@
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/exp.hpp"
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"
-#endif
+ATTN_PACKET_CODE_BEGIN
 
 namespace attn {
 namespace detail {
@@ -139,6 +136,4 @@ void tile_normalisers(T* m, const T* l, Index nt) {
 }  // namespace detail
 }  // namespace attn
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+ATTN_PACKET_CODE_END

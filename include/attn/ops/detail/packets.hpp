@@ -1,0 +1,47 @@
+#pragma once
+/// @file
+/// @brief Eigen's SIMD packets as attn's kernels use them: explicit vectors at any compiler
+/// setting, so that the vectorisation does not depend on the auto-vectoriser. Not public API.
+
+#include <Eigen/Core>
+
+static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "attn needs Eigen >= 3.4 (its packet math and PropagateNaN)");
+
+// Eigen's packet types (__m512 ...) carry attributes that GCC warns about when they are
+// template arguments, as Eigen's own packet functions take them: code on packets sits
+// between ATTN_PACKET_CODE_BEGIN and ATTN_PACKET_CODE_END.
+#if defined(__GNUC__) && !defined(__clang__)
+#define ATTN_PACKET_CODE_BEGIN \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wignored-attributes\"")
+#define ATTN_PACKET_CODE_END _Pragma("GCC diagnostic pop")
+#else
+#define ATTN_PACKET_CODE_BEGIN
+#define ATTN_PACKET_CODE_END
+#endif
+
+ATTN_PACKET_CODE_BEGIN
+
+namespace attn {
+namespace detail {
+
+/// Eigen's packet functions (pload, pmadd, pexp ...).
+namespace ei = Eigen::internal;
+
+/// The widest SIMD packet of T Eigen uses on this target (T itself without SIMD).
+template <class T>
+using Packet = typename ei::packet_traits<T>::type;
+/// Elements of Packet<T>.
+template <class T>
+constexpr int kPacketSize = ei::unpacket_traits<Packet<T>>::size;
+
+/// SIMD registers of the target (AVX-512 has 32, SSE and AVX 16).
+#if defined(__AVX512F__)
+constexpr int kVectorRegisters = 32;
+#else
+constexpr int kVectorRegisters = 16;
+#endif
+
+}  // namespace detail
+}  // namespace attn
+
+ATTN_PACKET_CODE_END
