@@ -36,7 +36,7 @@ inline double core_flops(double b, double h, double l, double s, double d, doubl
 /// One Linear(in, out) applied to `tokens` rows.
 inline double linear_flops(double tokens, double in, double out) { return 2.0 * tokens * in * out; }
 
-/// Seed 001 SelfAttention(E): q, k, v Linear(E, E), one head of dim E, no output projection.
+/// Single-head SelfAttention(E): q, k, v Linear(E, E), one head of dim E, no output projection.
 inline double self_attention_flops(double b, double n, double e) {
   return 3.0 * linear_flops(b * n, e, e) + core_flops(b, 1, n, n, e, e);
 }
@@ -50,7 +50,7 @@ inline double talking_heads_flops(double b, double n, double c, double h) {
   return linear_flops(b * n, c, 3 * c) + linear_flops(b * n, c, c) + core_flops(b, h, n, n, c / h, c / h) +
          2.0 * (2.0 * b * n * n * h * h);
 }
-/// Seed 004 pre-norm encoder layer: multi-head self-attention plus the FFN C -> F -> C.
+/// MobileViT's pre-norm encoder layer: multi-head self-attention plus the FFN C -> F -> C.
 inline double encoder_flops(double b, double n, double c, double f, double h) {
   return mha_flops(b, n, c, h) + linear_flops(b * n, c, f) + linear_flops(b * n, f, c);
 }

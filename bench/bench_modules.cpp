@@ -1,5 +1,4 @@
-// Every module at its seed demo shape (seed_modules.py's __main__) and the workloads of the
-// speed targets, float32, one forward call per iteration, wall-clock time.
+// Every module at the shape of its upstream demo and the workloads of the speed targets, float32, one forward call per iteration, wall-clock time.
 // Counters: GFLOP/s (FLOPs as defined in bench/README.md), peak_frac (of the FMA peak
 // measured at startup for the same thread count), threads.
 //
@@ -12,20 +11,20 @@ using attn::Index;
 using attn_bench::input;
 using attn_bench::run;
 
-// ---- seed demo shapes -----------------------------------------------------------------
+// ---- demo shapes ------------------------------------------------------------------------
 
-// Seed 001 SelfAttention(4) on (2, 3, 4).
-void BM_SelfAttention_seed001(benchmark::State& state) {
+// Single-head SelfAttention(4) on (2, 3, 4).
+void BM_SelfAttention(benchmark::State& state) {
   const Index b = state.range(0), n = state.range(1), e = state.range(2);
   attn::SelfAttention<float> m(e);
   const auto x = input({b, n, e});
   run(state, attn_bench::self_attention_flops(b, n, e), [&] { benchmark::DoNotOptimize(m.forward(x)); });
 }
-BENCHMARK(BM_SelfAttention_seed001)->ArgNames({"B", "N", "E"})->Args({2, 3, 4})->UseManualTime()
+BENCHMARK(BM_SelfAttention)->ArgNames({"B", "N", "E"})->Args({2, 3, 4})->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-// Seed 001 MultiHeadAttention(128, 8) (separate q, k, v, out Linears) on (64, 10, 128).
-void BM_MultiHeadAttention_seed001(benchmark::State& state) {
+// MultiHeadAttention(128, 8) with separate q, k, v, out Linears on (64, 10, 128).
+void BM_MhaSeparateLinears(benchmark::State& state) {
   const Index b = state.range(0), n = state.range(1), e = state.range(2), h = state.range(3);
   attn::MultiHeadAttentionOptions opt;
   opt.layout = attn::MhaLayout::kSeparateLinears;
@@ -33,33 +32,33 @@ void BM_MultiHeadAttention_seed001(benchmark::State& state) {
   const auto x = input({b, n, e});
   run(state, attn_bench::mha_flops(b, n, e, h), [&] { benchmark::DoNotOptimize(m.forward(x, x, x)); });
 }
-BENCHMARK(BM_MultiHeadAttention_seed001)->ArgNames({"B", "N", "E", "H"})->Args({64, 10, 128, 8})->UseManualTime()
+BENCHMARK(BM_MhaSeparateLinears)->ArgNames({"B", "N", "E", "H"})->Args({64, 10, 128, 8})->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
-// Seed 000 TalkingHeadAttn(dim=128) (8 heads) on (32, 784, 128).
-void BM_TalkingHeads_seed000(benchmark::State& state) {
+// timm CaiT TalkingHeadAttn(dim=128) (8 heads) on (32, 784, 128).
+void BM_TalkingHeadsCaiT(benchmark::State& state) {
   const Index b = state.range(0), n = state.range(1), c = state.range(2), h = state.range(3);
   attn::TalkingHeadsAttention<float> m(c, h);
   const auto x = input({b, n, c});
   run(state, attn_bench::talking_heads_flops(b, n, c, h), [&] { benchmark::DoNotOptimize(m.forward(x)); });
 }
-BENCHMARK(BM_TalkingHeads_seed000)->ArgNames({"B", "N", "C", "H"})->Args({32, 784, 128, 8})->UseManualTime()
+BENCHMARK(BM_TalkingHeadsCaiT)->ArgNames({"B", "N", "C", "H"})->Args({32, 784, 128, 8})->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
-// Seed 002 AttentionBlock(64, 8) on (N, C, L) = (32, 64, 1024): multi-head attention over
+// AttentionBlock(64, 8) on (N, C, L) = (32, 64, 1024): multi-head attention over
 // (32, 1024, 64), residual, LayerNorm.
-void BM_AttentionBlock_seed002(benchmark::State& state) {
+void BM_AttentionBlock(benchmark::State& state) {
   const Index b = state.range(0), c = state.range(1), l = state.range(2), h = state.range(3);
   attn::AttentionBlock<float> m(c, h);
   const auto x = input({b, c, l});
   run(state, attn_bench::mha_flops(b, l, c, h), [&] { benchmark::DoNotOptimize(m.forward(x)); });
 }
-BENCHMARK(BM_AttentionBlock_seed002)->ArgNames({"B", "C", "L", "H"})->Args({32, 64, 1024, 8})->UseManualTime()
+BENCHMARK(BM_AttentionBlock)->ArgNames({"B", "C", "L", "H"})->Args({32, 64, 1024, 8})->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
-// Seed 004 MultiHeadAttention (MobileViT, fused qkv_proj) and TransformerEncoder(64, 128)
+// MobileViT's MultiHeadAttention (fused qkv_proj) and TransformerEncoder(64, 128)
 // (8 heads) on (2, 14, 64).
-void BM_MultiHeadAttention_seed004(benchmark::State& state) {
+void BM_MobileViTAttention(benchmark::State& state) {
   const Index b = state.range(0), n = state.range(1), e = state.range(2), h = state.range(3);
   attn::MultiHeadAttentionOptions opt;
   opt.layout = attn::MhaLayout::kFusedQkv;
@@ -67,21 +66,21 @@ void BM_MultiHeadAttention_seed004(benchmark::State& state) {
   const auto x = input({b, n, e});
   run(state, attn_bench::mha_flops(b, n, e, h), [&] { benchmark::DoNotOptimize(m.forward(x, x, x)); });
 }
-BENCHMARK(BM_MultiHeadAttention_seed004)->ArgNames({"B", "N", "E", "H"})->Args({2, 14, 64, 8})->UseManualTime()
+BENCHMARK(BM_MobileViTAttention)->ArgNames({"B", "N", "E", "H"})->Args({2, 14, 64, 8})->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-void BM_TransformerEncoder_seed004(benchmark::State& state) {
+void BM_MobileViTEncoderLayer(benchmark::State& state) {
   const Index b = state.range(0), n = state.range(1), c = state.range(2), f = state.range(3), h = state.range(4);
   attn::TransformerEncoderLayer<float> m(c, f, h);
   const auto x = input({b, n, c});
   run(state, attn_bench::encoder_flops(b, n, c, f, h), [&] { benchmark::DoNotOptimize(m.forward(x)); });
 }
-BENCHMARK(BM_TransformerEncoder_seed004)->ArgNames({"B", "N", "C", "F", "H"})->Args({2, 14, 64, 128, 8})
+BENCHMARK(BM_MobileViTEncoderLayer)->ArgNames({"B", "N", "C", "F", "H"})->Args({2, 14, 64, 128, 8})
     ->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 // ---- speed-target workloads: nn.MultiheadAttention(E, H, batch_first=True), self ---------
 
-// (32, 1024, 64) h8 (head_dim 8); (1, 2048, 512) h8 (head_dim 64); the seed shape
+// (32, 1024, 64) h8 (head_dim 8); (1, 2048, 512) h8 (head_dim 64); the demo shape
 // (64, 10, 128) h8. Self-attention at N = 16384 is in bench_sweep (BM_Mha_N).
 void BM_Mha(benchmark::State& state) {
   const Index b = state.range(0), n = state.range(1), e = state.range(2), h = state.range(3);

@@ -1,4 +1,4 @@
-// Cross-attention (seed 003): decoder queries attend to an encoder memory of another length
+// Cross-attention: decoder queries attend to an encoder memory of another length
 // and width. Queries (2, 7, 32); memory (2, 19, 48) projected with kdim = vdim = 48; the
 // second sequence's memory is padded after 12 positions, so those keys are masked out.
 #include "example_util.hpp"

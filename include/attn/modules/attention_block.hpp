@@ -1,6 +1,6 @@
 #pragma once
 /// @file
-/// @brief AttentionBlock<T>: seed 002's self-attention + residual + LayerNorm for (N, C, L) maps.
+/// @brief AttentionBlock<T>: self-attention + residual + LayerNorm over CNN feature maps (N, C, L).
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
@@ -12,7 +12,7 @@
 namespace attn {
 
 /// @brief y = LayerNorm(x' + MHA(x', x', x')) with x' = x permuted from (N, C, L) to
-/// (N, L, C), permuted back: seed 002's AttentionBlock for CNN feature maps.
+/// (N, L, C), permuted back: attention over the L positions of CNN feature maps.
 ///
 /// Parameters: mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.{weight,bias},
 /// norm.{weight,bias} (nn.MultiheadAttention(batch_first=True) and nn.LayerNorm).

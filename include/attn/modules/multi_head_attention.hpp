@@ -21,15 +21,15 @@
 
 namespace attn {
 
-/// @brief Parameter names (and scale convention) of the multi-head layers in the seeds.
+/// @brief Parameter names (and scale convention) of the PyTorch multi-head layers attn loads.
 enum class MhaLayout {
   /// torch.nn.MultiheadAttention: in_proj_weight (or q/k/v_proj_weight when kdim or vdim
   /// differ from embed_dim), in_proj_bias, out_proj.*, bias_k, bias_v; q / sqrt(head_dim).
   kTorch,
-  /// Seed 001's MultiHeadAttention: Linear layers q, k, v, out; scores / sqrt(head_dim)
+  /// Separate Linear layers q, k, v, out (the tutorial MultiHeadAttention); scores / sqrt(head_dim)
   /// with the square root taken in float32 (torch.sqrt(torch.tensor(d, dtype=float32))).
   kSeparateLinears,
-  /// Seed 004's (MobileViT) MultiHeadAttention: qkv_proj, out_proj; q * head_dim**-0.5.
+  /// MobileViT's MultiHeadAttention (ml-cvnets): qkv_proj, out_proj; q * head_dim**-0.5.
   /// Needs kdim == vdim == embed_dim.
   kFusedQkv,
 };
@@ -195,7 +195,7 @@ class MultiHeadAttention : public Module<T> {
  protected:
   const char* type_name() const override { return "attn::MultiHeadAttention"; }
 
-  /// Loads nn.MultiheadAttention, seed 001 (q./k./v./out.) or seed 004 (qkv_proj./out_proj.)
+  /// Loads nn.MultiheadAttention, separate-Linear (q./k./v./out.) or MobileViT (qkv_proj./out_proj.)
   /// names; the layout follows the names present under the prefix.
   void load_parameters(const StateDict<T>& dict, const std::string& prefix, bool strict) override {
     const MhaLayout before = layout_;

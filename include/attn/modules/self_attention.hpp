@@ -1,6 +1,6 @@
 #pragma once
 /// @file
-/// @brief SelfAttention<T>: seed 001's single-head self-attention.
+/// @brief SelfAttention<T>: single-head self-attention with query/key/value Linears.
 
 #include <cmath>
 
@@ -15,13 +15,13 @@
 namespace attn {
 
 /// @brief softmax(Q K^T / sqrt(embed_size)) V with Q, K, V = Linear(x): one head, no
-/// output projection (seed 001's SelfAttention).
+/// output projection: the single-head SelfAttention of many tutorials.
 ///
 /// Parameters: query.{weight,bias}, key.{weight,bias}, value.{weight,bias}, stored
 /// stacked so that the three projections are one GEMM.
-/// @note The seed divides by torch.sqrt(torch.tensor(embed_size, dtype=float32)): the square
+/// @note That layer divides by torch.sqrt(torch.tensor(embed_size, dtype=float32)): the square
 /// root is rounded to float even for double inputs. attn does the same, so double results
-/// match the seed to double precision.
+/// match the PyTorch layer to double precision.
 template <class T>
 class SelfAttention : public Module<T> {
  public:
@@ -65,7 +65,7 @@ class SelfAttention : public Module<T> {
   const char* type_name() const override { return "attn::SelfAttention"; }
 
  private:
-  /// Linear(E, 3E), rows [query; key; value]: each seed Linear(E, E) is U(-1/sqrt(E),
+  /// Linear(E, 3E), rows [query; key; value]: each PyTorch Linear(E, E) is U(-1/sqrt(E),
   /// 1/sqrt(E)) and the stacked layer has the same bound. Checks E before allocating.
   static Linear<T> make_qkv(Index e) {
     detail::require(e > 0, "attn::SelfAttention: embed_size must be positive, got ", e);

@@ -1,6 +1,6 @@
 #pragma once
 /// @file
-/// @brief TalkingHeadsAttention<T>: seed 000, timm's CaiT TalkingHeadAttn.
+/// @brief TalkingHeadsAttention<T>: timm's CaiT TalkingHeadAttn.
 
 #include <cmath>
 #include <cstdint>

@@ -1,6 +1,6 @@
 #pragma once
 /// @file
-/// @brief TransformerEncoderLayer<T>: seed 004's (MobileViT) pre-norm encoder layer.
+/// @brief TransformerEncoderLayer<T>: MobileViT's pre-norm transformer encoder layer (ml-cvnets).
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"

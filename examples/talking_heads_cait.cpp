@@ -1,4 +1,4 @@
-// Seed 000's TalkingHeadAttn demo (CaiT): dim 128, 8 heads, input (32, 784, 128).
+// timm's CaiT TalkingHeadAttn: dim 128, 8 heads, input (32, 784, 128).
 #include "example_util.hpp"
 
 int main() {

@@ -1,4 +1,5 @@
-// Seed 001's single-head SelfAttention demo: embed size 4, input (2, 3, 4).
+// Single-head self-attention (query/key/value Linears, no output projection): embed size 4,
+// input (2, 3, 4).
 #include "example_util.hpp"
 
 int main() {

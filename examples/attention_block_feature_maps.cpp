@@ -1,4 +1,4 @@
-// Seed 002's AttentionBlock demo: CNN feature maps (N, C, L) = (32, 64, 1024), 8 heads;
+// AttentionBlock on CNN feature maps (N, C, L) = (32, 64, 1024), 8 heads;
 // self-attention over the L positions, residual + LayerNorm, same layout out.
 #include "example_util.hpp"
 

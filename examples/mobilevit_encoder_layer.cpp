@@ -1,4 +1,4 @@
-// Seed 004's pre-norm TransformerEncoder (MobileViT) demo: embed 64, FFN 128, 8 heads,
+// MobileViT's pre-norm transformer encoder layer: embed 64, FFN 128, 8 heads,
 // input (2, 14, 64). Also shows dropout in training mode with an explicit generator.
 #include "example_util.hpp"
 

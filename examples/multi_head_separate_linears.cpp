@@ -1,6 +1,7 @@
-// Seed 001's MultiHeadAttention demo: embed 128, 8 heads, query = key = value (64, 10, 128).
-// The seed's layer has separate q / k / v / out Linear layers: MhaLayout::kSeparateLinears
-// gives it those parameter names (q.weight, ..., out.bias) and its scale convention.
+// Multi-head attention written with separate q / k / v / out Linear layers (the common
+// tutorial form): embed 128, 8 heads, query = key = value (64, 10, 128).
+// MhaLayout::kSeparateLinears gives it those parameter names (q.weight, ..., out.bias) and
+// its scale convention.
 #include "example_util.hpp"
 
 int main() {
