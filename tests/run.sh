@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and test attn four ways (this is the README's test command and CI's):
 #   1. build/        everything (tests, examples, benchmarks, install; warnings are errors),
-#                    Release, then the whole ctest suite;
+#                    Release, the API documentation (Doxygen; an undocumented public
+#                    declaration is an error), then the whole ctest suite;
 #   2. build-asan/   tests and examples (attn_run) under AddressSanitizer +
 #                    UndefinedBehaviorSanitizer (-fno-sanitize-recover=all, leaks checked),
 #                    then their ctest suite (no packaging tests, no benchmarks; the
@@ -45,6 +46,7 @@ plain() {
     -DATTN_INSTALL=ON \
     -DATTN_WERROR=ON &&
   cmake --build "$root/build" -j"$jobs" &&
+  cmake --build "$root/build" --target docs &&
   ctest --test-dir "$root/build" --output-on-failure -j"$jobs" "$@"
 }
 stage "build/ (Release, -Werror)" plain "$@"

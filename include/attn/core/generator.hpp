@@ -15,7 +15,9 @@ namespace attn {
 /// Not thread-safe by itself: use one Generator per concurrent forward call.
 class Generator {
  public:
+  /// A generator whose keys, and so every random number it leads to, depend on `seed` alone.
   explicit Generator(std::uint64_t seed) : seed_(seed) {}
+  /// The seed it was made with.
   std::uint64_t seed() const { return seed_; }
   /// Key of the next dropout application (advances the generator).
   std::uint64_t next_key() { return mix(seed_ ^ mix(++counter_)); }

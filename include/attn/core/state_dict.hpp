@@ -19,9 +19,9 @@ using StateDict = std::map<std::string, Tensor<T>>;
 /// @brief A named parameter: where a module keeps it and the shape PyTorch gives it.
 template <class T>
 struct ParameterSlot {
-  std::string name;
-  T* data;
-  Shape shape;
+  std::string name;  ///< PyTorch state_dict name relative to the module, e.g. "out_proj.weight"
+  T* data;           ///< numel(shape) contiguous row-major elements inside the module's own storage
+  Shape shape;       ///< the parameter's PyTorch shape, e.g. (out_features, in_features) for a weight
 };
 
 namespace detail {

@@ -39,12 +39,15 @@ using StridedMap = Eigen::Map<std::conditional_t<std::is_const<T>::value,
 template <class T>
 class TensorView {
  public:
+  /// The element type without const.
   using Scalar = std::remove_const_t<T>;
 
   /// An empty view: shape (0), no data (also what "no tensor", e.g. no bias, looks like).
   TensorView() = default;
   /// @param data pointer to numel(shape) elements in row-major order (may be null if empty)
   /// @param shape the dimensions, outermost first
+  /// @throws std::invalid_argument for a negative dimension, an element count that overflows
+  /// Index, or null data with a non-empty shape (a rank-0 shape () holds one element)
   TensorView(T* data, Shape shape) : data_(data), shape_(std::move(shape)) {
     numel_ = detail::checked_numel(shape_, "attn::TensorView");
     detail::require(data_ != nullptr || numel_ == 0,
@@ -56,12 +59,18 @@ class TensorView {
   TensorView(const TensorView<U>& other)  // NOLINT(google-explicit-constructor)
       : data_(other.data()), shape_(other.shape()), numel_(other.numel()) {}
 
+  /// Pointer to the first element (null for the default empty view).
   T* data() const { return data_; }
+  /// The dimensions, outermost first.
   const Shape& shape() const { return shape_; }
+  /// Number of dimensions (the rank).
   Index dim() const { return static_cast<Index>(shape_.size()); }
   /// Size of dimension i; negative i counts from the end as in PyTorch.
+  /// @throws std::out_of_range if i is not in [-dim(), dim())
   Index size(Index i) const { return shape_.at(static_cast<std::size_t>(i < 0 ? i + dim() : i)); }
+  /// Number of elements: the product of the dimensions.
   Index numel() const { return numel_; }
+  /// Whether the view has no elements.
   bool empty() const { return numel_ == 0; }
 
   /// The tensor as a (product of the leading dims, last dim) row-major matrix map; a
@@ -83,16 +92,21 @@ class TensorView {
 template <class T>
 class Tensor {
  public:
+  /// The element type.
   using Scalar = T;
 
+  /// A tensor with no elements and no data (rank 0, numel() == 0).
   Tensor() = default;
   /// Zero-filled tensor of the given shape.
+  /// @throws std::invalid_argument for a negative dimension or an element count that overflows
   explicit Tensor(Shape shape) : Tensor(std::move(shape), T(0)) {}
   /// Tensor of the given shape, every element equal to `fill`.
+  /// @throws std::invalid_argument for a negative dimension or an element count that overflows
   Tensor(Shape shape, T fill) : shape_(std::move(shape)) {
     storage_.setConstant(detail::checked_numel(shape_, "attn::Tensor"), fill);
   }
   /// Tensor of the given shape holding a copy of `values` (row-major order).
+  /// @throws std::invalid_argument if `values` does not have numel(shape) elements
   Tensor(Shape shape, std::initializer_list<T> values) : shape_(std::move(shape)) {
     const Index n = detail::checked_numel(shape_, "attn::Tensor");
     detail::require(n == static_cast<Index>(values.size()), "attn::Tensor: shape ", shape_,
@@ -118,37 +132,53 @@ class Tensor {
     return Tensor(TensorView<const T>(data, std::move(shape)));
   }
 
+  /// Pointer to the first element (row-major, aligned; null when there are no elements).
   T* data() { return storage_.data(); }
+  /// Pointer to the first element, read-only.
   const T* data() const { return storage_.data(); }
+  /// The dimensions, outermost first.
   const Shape& shape() const { return shape_; }
+  /// Number of dimensions (the rank).
   Index dim() const { return static_cast<Index>(shape_.size()); }
   /// Size of dimension i; negative i counts from the end as in PyTorch.
+  /// @throws std::out_of_range if i is not in [-dim(), dim())
   Index size(Index i) const { return shape_.at(static_cast<std::size_t>(i < 0 ? i + dim() : i)); }
+  /// Number of elements held.
   Index numel() const { return storage_.size(); }
+  /// Whether the tensor holds no elements.
   bool empty() const { return storage_.size() == 0; }
 
   /// Element by flat (row-major) index.
   T& operator[](Index i) { return storage_[i]; }
+  /// Element by flat (row-major) index, read-only.
   const T& operator[](Index i) const { return storage_[i]; }
   /// Element by multi-index, e.g. t(b, n, c); bounds are asserted in debug builds.
   template <class... I>
   T& operator()(I... idx) { return storage_[offset({static_cast<Index>(idx)...})]; }
+  /// Element by multi-index, read-only.
   template <class... I>
   const T& operator()(I... idx) const { return storage_[offset({static_cast<Index>(idx)...})]; }
 
+  /// A mutable view of the whole tensor (valid until the tensor is destroyed or assigned to).
   TensorView<T> view() { return {data(), shape_}; }
+  /// A read-only view of the whole tensor.
   TensorView<const T> view() const { return {data(), shape_}; }
+  /// Implicit view(), so a tensor can be passed where a read-only view is taken.
   operator TensorView<const T>() const { return view(); }  // NOLINT(google-explicit-constructor)
+  /// Implicit view(), so a tensor can be passed where a mutable view is taken.
   operator TensorView<T>() { return view(); }              // NOLINT(google-explicit-constructor)
 
   /// The tensor as a (product of the leading dims, last dim) row-major matrix map.
   Eigen::Map<RowMatrix<T>> matrix() { return view().matrix(); }
+  /// The tensor as a read-only (product of the leading dims, last dim) matrix map.
   Eigen::Map<const RowMatrix<T>> matrix() const { return view().matrix(); }
   /// The flat data as an Eigen vector map.
   Eigen::Map<Vector<T>> flat() { return {data(), numel()}; }
+  /// The flat data as a read-only Eigen vector map.
   Eigen::Map<const Vector<T>> flat() const { return {data(), numel()}; }
 
-  /// Same data, new shape with the same element count.
+  /// Same data, new shape with the same element count (the tensor is moved from).
+  /// @throws std::invalid_argument if the element counts differ
   Tensor reshaped(Shape shape) && {
     detail::require(detail::checked_numel(shape, "attn::Tensor::reshaped") == numel(),
                     "attn::Tensor::reshaped: cannot view shape ", shape_, " as ", shape);

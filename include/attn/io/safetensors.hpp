@@ -40,9 +40,18 @@ namespace attn {
 namespace io {
 
 /// Element types of the safetensors format that attn reads.
-enum class DType { kF32, kF64, kF16, kBF16, kBool, kU8, kI32, kI64 };
+enum class DType {
+  kF32,   ///< "F32": IEEE 754 float32
+  kF64,   ///< "F64": IEEE 754 float64
+  kF16,   ///< "F16": IEEE 754 half precision
+  kBF16,  ///< "BF16": bfloat16 (the top 16 bits of a float32)
+  kBool,  ///< "BOOL": one byte per element, nonzero = true
+  kU8,    ///< "U8": unsigned 8-bit integer
+  kI32,   ///< "I32": signed 32-bit integer
+  kI64    ///< "I64": signed 64-bit integer
+};
 
-/// Name in the header ("F32", ...) and size in bytes.
+/// Name of a dtype in the header: "F32", "BF16", ...
 inline const char* dtype_name(DType t) {
   switch (t) {
     case DType::kF32: return "F32";
@@ -56,6 +65,7 @@ inline const char* dtype_name(DType t) {
   }
   return "?";
 }
+/// Size of one element in bytes (1, 2, 4 or 8).
 inline std::size_t dtype_size(DType t) {
   switch (t) {
     case DType::kF32: case DType::kI32: return 4;
@@ -68,10 +78,10 @@ inline std::size_t dtype_size(DType t) {
 
 /// Where one tensor is in the file.
 struct TensorInfo {
-  DType dtype;
-  Shape shape;
+  DType dtype;        ///< element type as stored in the file
+  Shape shape;        ///< dimensions, outermost first (PyTorch order)
   std::size_t begin;  ///< byte offset in the data area
-  std::size_t end;
+  std::size_t end;    ///< byte offset one past the tensor's last byte, in the data area
 };
 
 namespace detail {
@@ -233,11 +243,16 @@ class SafetensorsFile {
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
+  /// The path the file was opened from.
   const std::string& path() const { return path_; }
+  /// The header's "__metadata__" entries (string -> string); empty if it has none.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   /// Tensor names in file order.
   const std::vector<std::string>& names() const { return names_; }
+  /// Whether the file holds a tensor of that name.
   bool contains(const std::string& name) const { return infos_.count(name) != 0; }
+  /// Dtype, shape and byte range of the tensor `name`.
+  /// @throws std::runtime_error if there is no tensor of that name
   const TensorInfo& info(const std::string& name) const {
     auto it = infos_.find(name);
     if (it == infos_.end()) fail("no tensor named '" + name + "'");
@@ -478,6 +493,7 @@ class SafetensorsWriter {
   void add(const StateDict<T>& dict, const std::string& prefix = "") {
     for (const auto& kv : dict) add(prefix + kv.first, kv.second);
   }
+  /// Sets the "__metadata__" entry `key` of the file to write (a later call replaces the value).
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
   /// @throws std::runtime_error if the file cannot be written

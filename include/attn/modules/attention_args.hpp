@@ -30,6 +30,7 @@ struct AttentionArgs {
 /// @brief AttentionArgs plus nn.MultiheadAttention's need_weights / average_attn_weights.
 template <class T>
 struct MhaArgs : AttentionArgs<T> {
+  /// No masks, no causal masking, no generator, no weights.
   MhaArgs() = default;
   /// The masks, causal flag and generator of `args`, without weights (what the blocks
   /// built on MultiHeadAttention pass it).

@@ -19,11 +19,20 @@ namespace attn {
 template <class T>
 class AttentionBlock : public Module<T> {
  public:
+  /// @brief nn.MultiheadAttention(embed_dim, num_heads, batch_first=True) followed by
+  /// nn.LayerNorm(embed_dim), with PyTorch's other defaults (dropout 0, bias=True, eps 1e-5).
+  /// @param embed_dim C, the channels of the feature maps; must be > 0 and divisible by num_heads
+  /// @param num_heads attention heads; must be > 0
+  /// @throws std::invalid_argument (from MultiHeadAttention) if a constraint fails
   AttentionBlock(Index embed_dim, Index num_heads) : mha_(embed_dim, num_heads), norm_(embed_dim) {}
 
+  /// C, the channels of the feature maps.
   Index embed_dim() const { return mha_.embed_dim(); }
+  /// The number of attention heads.
   Index num_heads() const { return mha_.num_heads(); }
+  /// The attention submodule (parameters "mha.*").
   MultiHeadAttention<T>& mha() { return mha_; }
+  /// The attention submodule, read-only.
   const MultiHeadAttention<T>& mha() const { return mha_; }
 
   void train(bool mode = true) override {

@@ -18,6 +18,12 @@ namespace attn {
 template <class T>
 class LayerNorm : public Module<T> {
  public:
+  /// @brief torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine) over the last dimension.
+  /// @param normalized_shape C, the size of the last dimension that is normalised; must be > 0
+  /// @param eps added to the variance before the square root (default 1e-5, as PyTorch); must be >= 0
+  /// @param elementwise_affine whether the layer has `weight` (initialised to ones) and `bias`
+  /// (zeros) parameters (default true); without them the output is only normalised
+  /// @throws std::invalid_argument if normalized_shape <= 0 or eps < 0
   explicit LayerNorm(Index normalized_shape, double eps = 1e-5, bool elementwise_affine = true)
       : features_(normalized_shape), eps_(static_cast<T>(eps)) {
     detail::require(normalized_shape > 0, "attn::LayerNorm: normalized_shape must be positive, got ",
@@ -27,7 +33,9 @@ class LayerNorm : public Module<T> {
     bias_ = Vector<T>::Zero(elementwise_affine ? normalized_shape : 0);
   }
 
+  /// C, the size of the normalised last dimension.
   Index features() const { return features_; }
+  /// The epsilon added to the variance, converted to T.
   T eps() const { return eps_; }
 
   /// Normalises the rows of x (rows, C) into out; out may be x itself.

@@ -21,6 +21,13 @@ namespace attn {
 template <class T>
 class Linear : public Module<T> {
  public:
+  /// @brief torch.nn.Linear(in_features, out_features, bias), initialised from `seed`.
+  /// @param in_features size of each input row (the last dimension of x); must be > 0
+  /// @param out_features size of each output row; must be > 0
+  /// @param bias whether the layer has a `bias` parameter (default true, as PyTorch)
+  /// @param seed seed of the initial values (default 0): the weight is drawn from stream `seed`,
+  /// the bias from `seed + 1`, both U(-1/sqrt(in_features), 1/sqrt(in_features))
+  /// @throws std::invalid_argument if a size is not positive or the weight's element count overflows
   Linear(Index in_features, Index out_features, bool bias = true, std::uint64_t seed = 0) {
     detail::require(in_features > 0 && out_features > 0, "attn::Linear: in_features (",
                     in_features, ") and out_features (", out_features, ") must be positive");
@@ -32,12 +39,19 @@ class Linear : public Module<T> {
     detail::init_uniform(bias_.data(), bias_.size(), bound, seed + 1);
   }
 
+  /// Input features (columns of the weight).
   Index in_features() const { return weight_.cols(); }
+  /// Output features (rows of the weight).
   Index out_features() const { return weight_.rows(); }
+  /// Whether the layer has a bias.
   bool has_bias() const { return bias_.size() > 0; }
+  /// The weight (out_features, in_features), PyTorch's layout; write to it, do not resize it.
   RowMatrix<T>& weight() { return weight_; }
+  /// The weight (out_features, in_features).
   const RowMatrix<T>& weight() const { return weight_; }
+  /// The bias (out_features), or an empty vector without bias; write to it, do not resize it.
   Vector<T>& bias() { return bias_; }
+  /// The bias (out_features), or an empty vector without bias.
   const Vector<T>& bias() const { return bias_; }
 
   /// out = x W^T + b on matrices: x (rows, in), out (rows, out); out must not alias x.

@@ -28,6 +28,7 @@ class Module {
   virtual void train(bool mode = true) { training_ = mode; }
   /// Same as train(false).
   void eval() { train(false); }
+  /// Whether the module is in training mode (false after construction).
   bool is_training() const { return training_; }
 
   /// Every parameter with its PyTorch name, a pointer into this module, and its shape.
@@ -44,6 +45,8 @@ class Module {
   /// With a prefix, only the keys that start with it are considered, with the prefix
   /// removed: "blocks.0.attn." loads this module from a whole timm CaiT checkpoint,
   /// "transformer.0." from a MobileViT one. Keys outside the prefix are ignored.
+  /// @param dict parameter name -> tensor, e.g. from state_dict() or io::SafetensorsFile::state_dict()
+  /// @param prefix only keys starting with it are loaded, with it removed ("" for all keys)
   /// @param strict missing or unexpected names are errors (shape mismatches always are)
   /// @throws std::invalid_argument listing every missing, unexpected or misshaped name
   /// (with the prefix); nothing is changed then.
@@ -66,7 +69,9 @@ class Module {
 
  protected:
   Module() = default;
+  /// Copies the training flag (for derived classes' copy constructors; parameters live in them).
   Module(const Module&) = default;
+  /// Copies the training flag (for derived classes' copy assignment).
   Module& operator=(const Module&) = default;
   /// The slots of a const module; only ever read through (so the const_cast is sound).
   std::vector<ParameterSlot<T>> slots_for_reading() const { return const_cast<Module*>(this)->parameters(); }

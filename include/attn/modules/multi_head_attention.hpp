@@ -36,13 +36,13 @@ enum class MhaLayout {
 
 /// @brief Constructor options, named after nn.MultiheadAttention's arguments.
 struct MultiHeadAttentionOptions {
-  double dropout = 0.0;        ///< dropout on the attention weights (training mode only)
+  double dropout = 0.0;        ///< dropout on the attention weights after the softmax (training only); in [0, 1)
   bool bias = true;            ///< in_proj_bias and out_proj.bias
   bool add_bias_kv = false;    ///< learned bias_k / bias_v appended as one more key / value
   bool add_zero_attn = false;  ///< a zero key / value appended after that
   Index kdim = 0;              ///< key features; 0 means embed_dim
   Index vdim = 0;              ///< value features; 0 means embed_dim
-  MhaLayout layout = MhaLayout::kTorch;
+  MhaLayout layout = MhaLayout::kTorch;  ///< parameter names and scale; load_state_dict picks it from the names
 };
 
 /// @brief Multi-head attention with torch.nn.MultiheadAttention(batch_first=True) semantics.
@@ -54,6 +54,22 @@ struct MultiHeadAttentionOptions {
 template <class T>
 class MultiHeadAttention : public Module<T> {
  public:
+  /// @brief nn.MultiheadAttention(embed_dim, num_heads, ..., batch_first=True); the other
+  /// arguments are in `options`.
+  ///
+  /// Initial values follow PyTorch's _reset_parameters (xavier_uniform_ in-projection weights,
+  /// zero in_proj_bias and out_proj.bias, out_proj.weight U(-1/sqrt(E), 1/sqrt(E)); bias_k and
+  /// bias_v uniform with xavier_normal_'s variance), drawn from fixed seeds, not torch's RNG.
+  /// The module starts in eval mode; with options.dropout > 0 in training mode, forward needs
+  /// a Generator in its MhaArgs.
+  /// @param embed_dim E, features of the query and of the output; must be > 0 and divisible by
+  /// num_heads
+  /// @param num_heads H, parallel attention heads of head_dim = E / H features each; must be > 0
+  /// @param options dropout (the attention weights' dropout probability, in [0, 1); default 0),
+  /// bias, add_bias_kv, add_zero_attn, kdim / vdim (>= 0, 0 = embed_dim) and the starting
+  /// layout (kFusedQkv needs kdim == vdim == embed_dim); see MultiHeadAttentionOptions
+  /// @throws std::invalid_argument if any of these constraints fails or the in-projection's
+  /// element count overflows
   MultiHeadAttention(Index embed_dim, Index num_heads, const MultiHeadAttentionOptions& options = {})
       : embed_dim_(validated(embed_dim, num_heads, options)),  // first member: checks run first
         num_heads_(num_heads),
@@ -84,17 +100,25 @@ class MultiHeadAttention : public Module<T> {
     }
   }
 
+  /// E, features of the query and of the output.
   Index embed_dim() const { return embed_dim_; }
+  /// H, the number of heads.
   Index num_heads() const { return num_heads_; }
+  /// Features per head, E / H.
   Index head_dim() const { return head_dim_; }
+  /// Features of the key input (embed_dim unless options.kdim was set).
   Index kdim() const { return kdim_; }
+  /// Features of the value input (embed_dim unless options.vdim was set).
   Index vdim() const { return vdim_; }
+  /// The constructor options; options().layout follows set_layout and load_state_dict.
   const MultiHeadAttentionOptions& options() const { return options_; }
+  /// The current parameter-name layout (see MhaLayout).
   MhaLayout layout() const { return layout_; }
   /// The factor q k^T is multiplied by (depends on the layout, see MhaLayout).
   T scale() const { return scale_; }
 
   /// Chooses the parameter names and scale convention (load_state_dict does it by itself).
+  /// @throws std::invalid_argument for kFusedQkv unless kdim == vdim == embed_dim
   void set_layout(MhaLayout layout) {
     detail::require(layout != MhaLayout::kFusedQkv || same_embed_dims(),
                     "attn::MultiHeadAttention: the fused qkv_proj layout needs kdim (", kdim_,

@@ -25,14 +25,22 @@ namespace attn {
 template <class T>
 class SelfAttention : public Module<T> {
  public:
+  /// @brief Three nn.Linear(embed_size, embed_size) layers (query, key, value), with bias.
+  ///
+  /// Their weights and biases start U(-1/sqrt(E), 1/sqrt(E)) as PyTorch's Linear, from a fixed
+  /// seed. The layer has no dropout.
+  /// @param embed_size E, the features of each token (input and output); must be > 0
+  /// @throws std::invalid_argument if embed_size <= 0 or the stacked weight's element count overflows
   explicit SelfAttention(Index embed_size)
       : qkv_(make_qkv(embed_size)), scale_(T(1) / static_cast<T>(std::sqrt(static_cast<float>(embed_size)))) {}
 
+  /// E, the features of each token.
   Index embed_size() const { return qkv_.in_features(); }
+  /// The factor applied to q k^T: 1 / sqrt(E), with the square root rounded to float.
   T scale() const { return scale_; }
 
-  /// @param x (B, N, E) or (N, E) @param args optional masks (one head: attn_mask (L, S) or
-  /// (B, L, S)), causal @return (B, N, E) or (N, E)
+  /// @param x (B, N, E) or (N, E) @param args optional masks (one head: attn_mask (L, S),
+  /// (B, L, S) or any shape broadcasting to (B, 1, L, S)), causal @return (B, N, E) or (N, E)
   Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
     constexpr const char* where = "attn::SelfAttention::forward";
     const Index e = embed_size();

@@ -27,6 +27,22 @@ namespace attn {
 template <class T>
 class TalkingHeadsAttention : public Module<T> {
  public:
+  /// @brief timm's TalkingHeadAttn(dim, num_heads, qkv_bias, attn_drop, proj_drop), same defaults.
+  ///
+  /// Every Linear starts U(-1/sqrt(in), 1/sqrt(in)) (PyTorch's Linear default) from a fixed
+  /// seed. The module starts in eval mode; in training mode with attn_drop or proj_drop > 0,
+  /// forward needs a Generator in its AttentionArgs.
+  /// @param dim C, the features of each token (input and output); must be > 0 and divisible by
+  /// num_heads
+  /// @param num_heads H (default 8), heads of C / H features each; proj_l and proj_w are
+  /// Linear(H, H); must be > 0
+  /// @param qkv_bias whether the fused qkv Linear(C, 3C) has a bias (default false)
+  /// @param attn_drop dropout probability on the attention weights, after proj_w and before
+  /// they multiply v; in [0, 1), default 0
+  /// @param proj_drop dropout probability on the output, after the proj Linear(C, C); in [0, 1),
+  /// default 0
+  /// @throws std::invalid_argument if any of these constraints fails or the qkv weight's
+  /// element count overflows
   TalkingHeadsAttention(Index dim, Index num_heads = 8, bool qkv_bias = false, double attn_drop = 0.0,
                         double proj_drop = 0.0)
       : num_heads_(validated(dim, num_heads, attn_drop, proj_drop)),  // first member: checks run first
@@ -38,13 +54,17 @@ class TalkingHeadsAttention : public Module<T> {
         proj_drop_(proj_drop),
         scale_(static_cast<T>(std::pow(static_cast<double>(dim / num_heads), -0.5))) {}
 
+  /// C, the features of each token.
   Index dim() const { return qkv_.in_features(); }
+  /// H, the number of heads.
   Index num_heads() const { return num_heads_; }
+  /// The factor q is multiplied by: (C / H)^-0.5, as timm's head_dim ** -0.5.
   T scale() const { return scale_; }
 
   /// @param x (B, N, C) or (N, C)
-  /// @param args optional masks, applied to the logits after proj_l (attn_mask (L, S) or
-  /// (B*H, L, S) indexed by the mixed head), causal, generator (training with dropout)
+  /// @param args optional masks, applied to the logits after proj_l (attn_mask broadcasting to
+  /// (B, H, L, S), e.g. (L, S), or (B*H, L, S); H indexes the mixed head), causal, generator
+  /// (training with dropout)
   /// @return (B, N, C) or (N, C)
   Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
     constexpr const char* where = "attn::TalkingHeadsAttention::forward";

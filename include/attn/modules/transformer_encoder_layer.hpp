@@ -23,6 +23,25 @@ namespace attn {
 template <class T>
 class TransformerEncoderLayer : public Module<T> {
  public:
+  /// @brief ml-cvnets' TransformerEncoder(opts, embed_dim, ffn_latent_dim, num_heads, attn_dropout,
+  /// dropout, ffn_dropout) with LayerNorm (eps 1e-5) and SiLU, same defaults.
+  ///
+  /// The attention is a MultiHeadAttention in the kFusedQkv layout (MobileViT's qkv_proj). The
+  /// module starts in eval mode; in training mode with any dropout > 0, forward needs a
+  /// Generator in its AttentionArgs.
+  /// @param embed_dim E, the features of each token (input and output); must be > 0 and
+  /// divisible by num_heads
+  /// @param ffn_latent_dim F, the hidden width of the feed-forward network Linear(E, F),
+  /// Linear(F, E); must be > 0
+  /// @param num_heads attention heads (default 8); must be > 0
+  /// @param attn_dropout dropout probability inside the attention, on its weights after the
+  /// softmax; in [0, 1), default 0 (checked by the MultiHeadAttention constructor, so the error
+  /// names attn::MultiHeadAttention)
+  /// @param dropout dropout probability on the attention branch's output and on the output of
+  /// the FFN's second Linear, each before its residual add; in [0, 1), default 0
+  /// @param ffn_dropout dropout probability on the FFN's hidden activations, after SiLU and
+  /// before the second Linear; in [0, 1), default 0
+  /// @throws std::invalid_argument if any of these constraints fails
   TransformerEncoderLayer(Index embed_dim, Index ffn_latent_dim, Index num_heads = 8, double attn_dropout = 0.0,
                           double dropout = 0.0, double ffn_dropout = 0.0)
       : dropout_(validated(embed_dim, ffn_latent_dim, num_heads, dropout, ffn_dropout)),  // checks run first
@@ -33,9 +52,13 @@ class TransformerEncoderLayer : public Module<T> {
         fc1_(embed_dim, ffn_latent_dim, true, 31),
         fc2_(ffn_latent_dim, embed_dim, true, 33) {}
 
+  /// E, the features of each token.
   Index embed_dim() const { return mha_.embed_dim(); }
+  /// F, the hidden width of the feed-forward network.
   Index ffn_latent_dim() const { return fc1_.out_features(); }
+  /// The number of attention heads.
   Index num_heads() const { return mha_.num_heads(); }
+  /// The attention submodule (parameters pre_norm_mha.1.*), read-only.
   const MultiHeadAttention<T>& mha() const { return mha_; }
 
   void train(bool mode = true) override {

@@ -28,7 +28,10 @@ void silu_inplace(M&& m) {
 }
 
 /// GELU variant: torch.nn.GELU(approximate='none') or approximate='tanh'.
-enum class GeluApproximation { kNone, kTanh };
+enum class GeluApproximation {
+  kNone,  ///< exact: 0.5 x (1 + erf(x / sqrt 2))
+  kTanh   ///< tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+};
 
 /// @brief GELU, in place. kNone: 0.5 x (1 + erf(x / sqrt 2)); kTanh:
 /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).

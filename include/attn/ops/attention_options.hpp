@@ -15,10 +15,12 @@ template <class T>
 struct SdpaOptions {
   /// Multiplies q k^T; default 1/sqrt(head_dim).
   std::optional<T> scale;
-  /// (B, S): one entry per key of each batch element.
+  /// (B, S): one entry per key of each batch element, the same for every head and query.
   Mask<T> key_padding_mask;
-  /// (L, S), shared by every batch element and head, or (B*H, L, S).
+  /// Any shape that broadcasts to (B, H, L, S) (PyTorch's rule: (L, S), (B, 1, L, S), (H, L, S),
+  /// (B, 1, 1, S) ...), or nn.MultiheadAttention's (B*H, L, S), batch-major.
   Mask<T> attn_mask;
+  /// Causal masking (see Causal), applied after key_padding_mask and attn_mask; none by default.
   Causal causal = Causal::kNone;
   /// Dropout on the attention weights, applied when > 0 (callers pass 0 in eval mode).
   T dropout_p = T(0);

@@ -40,6 +40,7 @@ void dropout_span(T* data, Index n, Index stride, T p, std::uint64_t key, std::u
 
 /// @brief Inverted dropout in place on n elements: each is zeroed with probability p, the
 /// others scaled by 1/(1-p). Takes one key from the generator when p > 0.
+/// @throws std::invalid_argument unless p is in [0, 1)
 template <class T>
 void dropout_inplace(T* data, Index n, T p, Generator& generator) {
   detail::check_dropout_p(p, "attn::dropout");
@@ -48,9 +49,12 @@ void dropout_inplace(T* data, Index n, T p, Generator& generator) {
 
 /// @brief Inverted dropout (torch.nn.functional.dropout): in training mode each element is
 /// zeroed with probability p and the others are scaled by 1/(1-p); otherwise the identity.
+/// @param x the input, any shape
 /// @param p drop probability in [0, 1)
 /// @param training false gives a copy of x
-/// @param generator source of the mask; one key is taken per call
+/// @param generator source of the mask; one key is taken per call in training mode with p > 0
+/// @return a new tensor of x's shape
+/// @throws std::invalid_argument unless p is in [0, 1) (checked in either mode)
 template <class T>
 Tensor<T> dropout(const TensorView<const T>& x, T p, bool training, Generator& generator) {
   detail::check_dropout_p(p, "attn::dropout");

@@ -15,8 +15,23 @@ namespace attn {
 /// @brief Strided 4-D view (B, H, N, D) with unit stride along D. `T` may be const.
 template <class T>
 struct HeadsView {
+  /// Element (b, h, n, d) is data[b * batch_stride + h * head_stride + n * row_stride + d].
   T* data = nullptr;
+  /// @var batch
+  /// @brief B, the batch size.
+  /// @var heads
+  /// @brief H, the number of heads.
+  /// @var length
+  /// @brief N, the sequence length (L for queries, S for keys and values).
+  /// @var head_dim
+  /// @brief D, the features per head (contiguous: unit stride).
   Index batch = 0, heads = 0, length = 0, head_dim = 0;
+  /// @var batch_stride
+  /// @brief Elements between batch element b and b + 1.
+  /// @var head_stride
+  /// @brief Elements between head h and h + 1.
+  /// @var row_stride
+  /// @brief Elements between sequence position n and n + 1 (at least head_dim).
   Index batch_stride = 0, head_stride = 0, row_stride = 0;
 
   /// Contiguous (B, H, N, D): PyTorch's layout for F.scaled_dot_product_attention.
@@ -41,6 +56,7 @@ struct HeadsView {
   operator HeadsView<const U>() const {  // NOLINT(google-explicit-constructor)
     return {data, batch, heads, length, head_dim, batch_stride, head_stride, row_stride};
   }
+  /// (B, H, N, D), as in error messages.
   Shape shape() const { return {batch, heads, length, head_dim}; }
 };
 

@@ -16,7 +16,9 @@ namespace attn {
 /// The variance is the biased one (divided by C), as in PyTorch. Mean and variance are
 /// computed in two passes over the row for accuracy.
 /// @param x (rows, C); @param weight (C) or empty for no affine scale; @param bias (C) or empty
+/// @param eps added to the variance before the square root; must be >= 0
 /// @param out (rows, C), may alias x
+/// @throws std::invalid_argument on mismatched sizes or eps < 0
 template <class X, class Out>
 void layer_norm(const Eigen::MatrixBase<X>& x, const Eigen::Ref<const Vector<typename X::Scalar>>& weight,
                 const Eigen::Ref<const Vector<typename X::Scalar>>& bias, typename X::Scalar eps, Out&& out) {
@@ -40,8 +42,13 @@ void layer_norm(const Eigen::MatrixBase<X>& x, const Eigen::Ref<const Vector<typ
   }
 }
 
-/// @brief LayerNorm over the last dimension of a tensor of any rank >= 1.
+/// @brief LayerNorm over the last dimension of a tensor of any rank >= 1
+/// (F.layer_norm(x, (C,), weight, bias, eps)).
+/// @param x (..., C)
 /// @param weight (C), or the default (empty) view for no scale; @param bias likewise
+/// @param eps added to the variance before the square root (default 1e-5, as PyTorch); >= 0
+/// @return (..., C)
+/// @throws std::invalid_argument on a rank-0 input, mismatched weight / bias or eps < 0
 template <class T>
 Tensor<T> layer_norm(const TensorView<const T>& x, const TensorView<const T>& weight,
                      const TensorView<const T>& bias, T eps = T(1e-5)) {

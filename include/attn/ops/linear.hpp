@@ -55,6 +55,7 @@ void linear_blocked(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& w
 /// @param weight (out_features, in_features)
 /// @param out (rows, out_features), written in place (any writable Eigen expression); must
 /// not alias x
+/// @throws std::invalid_argument if the sizes do not fit
 template <class X, class W, class Out>
 void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight, Out&& out) {
   detail::require_writable<Out>();
@@ -66,7 +67,14 @@ void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight, O
 }
 
 /// @brief out = x W^T + b, as torch.nn.functional.linear.
+///
+/// Threaded and bit-identical for every thread count, as the form without bias.
+/// @param x (rows, in_features)
+/// @param weight (out_features, in_features)
 /// @param bias (out_features) column vector
+/// @param out (rows, out_features), written in place (any writable Eigen expression); must
+/// not alias x
+/// @throws std::invalid_argument if the sizes do not fit
 template <class X, class W, class B, class Out>
 void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight,
             const Eigen::MatrixBase<B>& bias, Out&& out) {
@@ -85,6 +93,7 @@ void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight,
 /// @param weight (out_features, in_features)
 /// @param bias (out_features), or the default (empty, data-less) view for no bias
 /// @return (..., out_features)
+/// @throws std::invalid_argument if the shapes do not fit
 template <class T>
 Tensor<T> linear(const TensorView<const T>& x, const TensorView<const T>& weight,
                  const TensorView<const T>& bias = {}) {

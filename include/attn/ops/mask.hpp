@@ -21,13 +21,23 @@ namespace attn {
 /// query i sees keys j <= i + S - L, the diagonal aligned to the last key (PyTorch's
 /// causal_lower_right; the same as kTopLeft when L == S). A query row that sees no key
 /// (bottom-right with L > S) gets zero weights.
-enum class Causal { kNone, kTopLeft, kBottomRight };
+enum class Causal {
+  kNone,        ///< no causal masking
+  kTopLeft,     ///< query i sees keys j <= i (is_causal=True)
+  kBottomRight  ///< query i sees keys j <= i + S - L (causal_lower_right)
+};
 
 /// @brief A boolean or additive attention mask (a non-owning view).
 template <class T>
 class Mask {
  public:
-  enum class Kind { kNone, kBlockWhereTrue, kKeepWhereTrue, kAdditive };
+  /// How the mask's entries are read.
+  enum class Kind {
+    kNone,            ///< no mask
+    kBlockWhereTrue,  ///< boolean, true = masked out (block_where_true)
+    kKeepWhereTrue,   ///< boolean, true = may be attended (keep_where_true)
+    kAdditive         ///< values of type T added to the logits (additive)
+  };
 
   /// No mask.
   Mask() = default;
@@ -42,10 +52,15 @@ class Mask {
   static Mask keep_where_true(Tensor<bool>&&) = delete;
   static Mask additive(Tensor<T>&&) = delete;
 
+  /// How the entries are read; Kind::kNone for no mask.
   Kind kind() const { return kind_; }
+  /// Whether this is no mask (Kind::kNone).
   bool empty() const { return kind_ == Kind::kNone; }
+  /// Shape of the viewed data; (0) when there is no mask.
   const Shape& shape() const { return kind_ == Kind::kAdditive ? additive_.shape() : bool_.shape(); }
+  /// The boolean entries, row-major; null for an additive mask or no mask.
   const bool* bool_data() const { return bool_.data(); }
+  /// The additive entries, row-major; null for a boolean mask or no mask.
   const T* additive_data() const { return additive_.data(); }
 
   /// The same data seen with another shape of the same element count (e.g. (S) as (1, S)).
