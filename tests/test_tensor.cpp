@@ -37,6 +37,21 @@ TEST(Tensor, EigenMatrixAsView) {
   EXPECT_EQ(v.data(), m.data());
 }
 
+// A default tensor is empty the way an empty view is: shape (0), viewable (MhaOutput's
+// attn_weights without need_weights is one).
+TEST(Tensor, DefaultIsEmptyAndViewable) {
+  const Tensor<float> t;
+  EXPECT_EQ(t.shape(), (attn::Shape{0}));
+  EXPECT_EQ(t.numel(), 0);
+  EXPECT_TRUE(t.empty());
+  ASSERT_NO_THROW((void)t.view());
+  EXPECT_EQ(t.view().shape(), attn::TensorView<const float>().shape());
+  EXPECT_EQ(t.matrix().size(), 0);
+  attn::MultiHeadAttention<float> mha(8, 2);
+  const auto r = mha.forward(Tensor<float>({1, 3, 8}, 0.5f));
+  ASSERT_NO_THROW((void)r.attn_weights.view());
+}
+
 TEST(Tensor, BadShapesAreErrors) {
   ExpectInvalid([] { Tensor<float>({2, -1}); }, {"negative dimension", "(2, -1)"});
   ExpectInvalid([] { Tensor<float>({1 << 30, 1 << 30, 1 << 30}); }, {"overflows"});

@@ -95,7 +95,7 @@ class Tensor {
   /// The element type.
   using Scalar = T;
 
-  /// A tensor with no elements and no data (rank 0, numel() == 0).
+  /// An empty tensor: shape (0), no elements, no data (as the default TensorView).
   Tensor() = default;
   /// Zero-filled tensor of the given shape.
   /// @throws std::invalid_argument for a negative dimension or an element count that overflows
@@ -198,7 +198,7 @@ class Tensor {
     return off;
   }
 
-  Shape shape_;
+  Shape shape_{0};  // an empty tensor is (0), as an empty TensorView
   Eigen::Matrix<T, Eigen::Dynamic, 1> storage_;
 };
 

@@ -89,7 +89,7 @@ class TalkingHeadsAttention : public Module<T> {
     });
     auto out = Tensor<T>::uninitialized(x.shape());
     proj_.apply(mixed, out.matrix());
-    if (training) dropout_inplace(out.data(), out.numel(), static_cast<T>(proj_drop_), *args.generator);
+    if (training && proj_drop_ > 0.0) dropout_inplace(out.data(), out.numel(), static_cast<T>(proj_drop_), *args.generator);
     return out;
   }
 

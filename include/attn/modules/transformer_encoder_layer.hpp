@@ -74,7 +74,7 @@ class TransformerEncoderLayer : public Module<T> {
     const bool training = this->is_training();
     this->require_generator(args.generator, std::max({mha_.options().dropout, dropout_, ffn_dropout_}));
     auto drop = [&](auto&& m, double p) {
-      if (training) dropout_inplace(m.data(), m.size(), static_cast<T>(p), *args.generator);
+      if (training && p > 0.0) dropout_inplace(m.data(), m.size(), static_cast<T>(p), *args.generator);
     };
     auto h = Tensor<T>::uninitialized(x.shape());
     norm_mha_.apply(x.matrix(), h.matrix());
