@@ -9,7 +9,6 @@
 /// to the logits (-inf blocks). A mask is a view: the caller keeps the data alive.
 
 #include <algorithm>
-#include <limits>
 #include <utility>
 
 #include "attn/core/error.hpp"
@@ -70,18 +69,6 @@ class Mask {
                     "attn::Mask::reshaped: a mask of shape ", this->shape(), " cannot be seen as ", shape);
     if (kind_ == Kind::kAdditive) return Mask(kind_, {}, TensorView<const T>(additive_.data(), std::move(shape)));
     return Mask(kind_, TensorView<const bool>(bool_.data(), std::move(shape)), {});
-  }
-
-  /// What the mask adds to the logit at flat index i: 0, -inf, or the additive value.
-  T bias(Index i) const {
-    constexpr T kBlocked = -std::numeric_limits<T>::infinity();
-    switch (kind_) {
-      case Kind::kBlockWhereTrue: return bool_.data()[i] ? kBlocked : T(0);
-      case Kind::kKeepWhereTrue: return bool_.data()[i] ? T(0) : kBlocked;
-      case Kind::kAdditive: return additive_.data()[i];
-      case Kind::kNone: break;
-    }
-    return T(0);
   }
 
  private:
