@@ -1,5 +1,5 @@
 // SelfAttention, TalkingHeadsAttention, AttentionBlock and TransformerEncoderLayer against
-// the seed modules run by PyTorch.
+// their PyTorch definitions (examples/torch_reference.py).
 #include "support.hpp"
 
 namespace {
@@ -52,10 +52,10 @@ TEST_P(ModuleReference, Float) { check_case<float>(GetParam()); }
 TEST_P(ModuleReference, Double) { check_case<double>(GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(PyTorch, ModuleReference,
-                         ::testing::Values("sa_seed_f32", "sa_seed_f64", "sa_e6_f64", "sa_len1_f32",
-                                           "th_seed_f32", "th_small_f64", "th_one_head_f64", "th_len1_f32",
-                                           "th_mask_f32", "th_mask3d_f64", "th_float_mask_f64", "ab_seed_f32",
-                                           "ab_small_f64", "enc_seed_f32", "enc_seed_f64", "enc_odd_f64",
+                         ::testing::Values("sa_e4_f32", "sa_e4_f64", "sa_e6_f64", "sa_len1_f32",
+                                           "th_cait_f32", "th_small_f64", "th_one_head_f64", "th_len1_f32",
+                                           "th_mask_f32", "th_mask3d_f64", "th_float_mask_f64", "ab_c64_l1024_f32",
+                                           "ab_small_f64", "enc_e64_f32", "enc_e64_f64", "enc_odd_f64",
                                            "enc_len1_f32"));
 
 template <class T>

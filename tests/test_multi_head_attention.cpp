@@ -1,4 +1,5 @@
-// MultiHeadAttention against torch.nn.MultiheadAttention and the seed 001 / seed 004 layers.
+// MultiHeadAttention against torch.nn.MultiheadAttention and the separate-projection and
+// MobileViT attention layers (examples/torch_reference.py).
 #include "support.hpp"
 
 namespace {
@@ -57,14 +58,14 @@ TEST_P(MhaReference, Double) { check_case<double>(GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(
     PyTorch, MhaReference,
-    ::testing::Values("mha_seed_f32", "mha_cross_f32", "mha_cross_f64", "mha_one_head_f64", "mha_len1_f32",
+    ::testing::Values("mha_self_e128_f32", "mha_cross_f32", "mha_cross_f64", "mha_one_head_f64", "mha_len1_f32",
                       "mha_odd_dims_f32", "mha_kpm_bool_f32", "mha_kpm_float_f64", "mha_mask_bool2d_f32",
                       "mha_mask_bool3d_f64", "mha_mask_float2d_f32", "mha_mask_float3d_f64",
                       "mha_kpm_and_mask_f32", "mha_causal_top_left_f32", "mha_causal_top_left_cross_f64",
                       "mha_causal_bottom_right_f64", "mha_fully_masked_f32", "mha_bias_kv_f32",
                       "mha_zero_attn_f64", "mha_bias_kv_zero_attn_f32", "mha_no_bias_f32",
-                      "mha_large_logits_f32", "mha_large_logits_f64", "mha_unbatched_f32", "mha_seed001_f32",
-                      "mha_seed001_f64", "mha_seed004_f32", "mha_seed004_f64"));
+                      "mha_large_logits_f32", "mha_large_logits_f64", "mha_unbatched_f32", "mha_separate_f32",
+                      "mha_separate_f64", "mha_mobilevit_f32", "mha_mobilevit_f64"));
 
 template <class T>
 class MhaTyped : public ::testing::Test {};

@@ -4,16 +4,17 @@
 Run with Debian's PyTorch (1.13):
 
     /usr/bin/python3 tests/reference/make_reference.py            # (re)write every case, then check
-    /usr/bin/python3 tests/reference/make_reference.py mha_seed_f32 ops_f64   # only these cases
+    /usr/bin/python3 tests/reference/make_reference.py mha_self_e128_f32 ops_f64   # only these cases
     /usr/bin/python3 tests/reference/make_reference.py --check    # only read back and verify the files
 
 Each case is written to tests/reference/data/<case>.safetensors (format, tensor
 names and metadata keys: see README.md next to this file).  Every case uses its
-own fixed seed (CRC-32 of its name) and runs single-threaded, so the output is
-reproducible and independent of which cases are generated together.
+own fixed seed (CRC-32 of its name, or the number the case table gives) and runs
+single-threaded, so the output is reproducible and independent of which cases are
+generated together.
 
-The seed modules are imported (not copied) from <repo>/../shared/seeds/seed_modules.py,
-or from the directory given with --seeds.
+The PyTorch modules attn reproduces are defined in examples/torch_reference.py (imported
+by its path in this repository); nn.MultiheadAttention is PyTorch's own.
 """
 import argparse
 import copy
@@ -33,7 +34,8 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "data"
-DEFAULT_SEEDS = HERE.parents[1].parent / "shared" / "seeds"
+sys.path.insert(0, str(HERE.parents[1] / "examples"))
+import torch_reference as ref  # noqa: E402  (examples/torch_reference.py of this repository)
 
 DTYPES = {"f32": torch.float32, "f64": torch.float64}
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
@@ -42,9 +44,6 @@ ST_DTYPES = {torch.float32: ("F32", "<f4"), torch.float64: ("F64", "<f8"), torch
              torch.int32: ("I32", "<i4"), torch.int64: ("I64", "<i8")}
 ST_NUMPY = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BOOL": np.dtype("u1"), "F16": np.dtype("<f2"),
             "BF16": np.dtype("<u2"), "U8": np.dtype("u1"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8")}
-
-seeds = None  # the seed_modules module, imported in main()
-
 
 # ----------------------------------------------------------------------------
 # safetensors, written and read by hand
@@ -213,6 +212,7 @@ class Case:
     builder: Callable
     description: str
     kw: dict = field(default_factory=dict)
+    seed: Optional[int] = None  # torch.manual_seed; default: CRC-32 of the name
 
     @property
     def dtype(self):
@@ -222,8 +222,8 @@ class Case:
 CASES = []
 
 
-def case(name, builder, description, **kw):
-    CASES.append(Case(name, builder, description, kw))
+def case(name, builder, description, seed=None, **kw):
+    CASES.append(Case(name, builder, description, kw, seed))
 
 
 # ----------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def case(name, builder, description, **kw):
 
 def build_self_attention(c: Case, shape):
     B, L, E = shape
-    m = reinit(seeds.SelfAttention(E).to(c.dtype))
+    m = reinit(ref.SingleHeadSelfAttention(E).to(c.dtype))
     x = torch.randn(shape, dtype=c.dtype)
     y = m(x)
     return {**params(m), "input.x": x, "output.output": y}, {"embed_dim": E}
@@ -394,11 +394,11 @@ def mha_meta(E, H, kdim, vdim, bias, add_bias_kv, add_zero_attn, layout, need_we
             "need_weights": s(need_weights), "average_attn_weights": s(average), "causal": causal}
 
 
-# --- seed MHA variants (layouts "separate" and "fused") ------------------------
+# --- the other MHA layouts ("separate" and "fused") ----------------------------
 
 def build_mha_separate(c: Case, B, L, E, H, S=None):
-    """Seed 001 MultiHeadAttention(query, key, value); cross when S is given (key is value)."""
-    m = reinit(seeds.MultiHeadAttention(E, H).to(c.dtype))
+    """SeparateProjectionMultiHeadAttention(query, key, value); cross when S is given (key is value)."""
+    m = reinit(ref.SeparateProjectionMultiHeadAttention(E, H).to(c.dtype))
     query = torch.randn(B, L, E, dtype=c.dtype)
     key = value = query if S is None else torch.randn(B, S, E, dtype=c.dtype)
     out = m(query, key, value)
@@ -407,8 +407,8 @@ def build_mha_separate(c: Case, B, L, E, H, S=None):
 
 
 def build_mha_fused(c: Case, B, L, E, H):
-    """Seed 004 MobileViTAttention (self-attention only)."""
-    m = reinit(seeds.MobileViTAttention(E, H, bias=True).to(c.dtype))
+    """MobileViTAttention (self-attention only)."""
+    m = reinit(ref.MobileViTAttention(E, H, bias=True).to(c.dtype))
     x = torch.randn(B, L, E, dtype=c.dtype)
     out = m(x)
     tensors = {**params(m), "input.query": x, "input.key": x, "input.value": x, "output.output": out}
@@ -418,8 +418,8 @@ def build_mha_fused(c: Case, B, L, E, H):
 # --- talking heads -----------------------------------------------------------
 
 def make_masked_th():
-    class _Masked(seeds.TalkingHeadAttn):
-        """seeds.TalkingHeadAttn plus masks (not in the seed): the combined mask is applied
+    class _Masked(ref.TalkingHeadAttn):
+        """TalkingHeadAttn plus masks (timm's has none): the combined mask is applied
         to the logits after proj_l and before softmax (bool True -> -inf, float added);
         a fully masked row gets softmax 0 (nan_to_num right after softmax), then proj_w
         mixes as usual, so its bias shows up.  Mask head index = head after proj_l."""
@@ -445,7 +445,7 @@ def make_masked_th():
 def build_talking_heads(c: Case, shape, H, qkv_bias=False, kpm=None, mask=None, masked_row=None):
     B, L, E = shape
     masked = kpm is not None or mask is not None
-    cls = make_masked_th() if masked else seeds.TalkingHeadAttn
+    cls = make_masked_th() if masked else ref.TalkingHeadAttn
     m = reinit(cls(E, num_heads=H, qkv_bias=qkv_bias).to(c.dtype))
     x = torch.randn(shape, dtype=c.dtype)
     tensors = {**params(m), "input.x": x}
@@ -463,8 +463,8 @@ def build_talking_heads(c: Case, shape, H, qkv_bias=False, kpm=None, mask=None, 
     if masked_row is not None:
         expect[:, :, masked_row] = True
     key_padding_mask, attn_mask = draw_masks(draw, B, H, L, L, expect, need_inf=False)
-    # Without masks the subclass is the seed module, bit for bit.
-    plain = seeds.TalkingHeadAttn(E, num_heads=H, qkv_bias=qkv_bias).to(c.dtype).eval()
+    # Without masks the subclass is timm's module, bit for bit.
+    plain = ref.TalkingHeadAttn(E, num_heads=H, qkv_bias=qkv_bias).to(c.dtype).eval()
     plain.load_state_dict(m.state_dict())
     assert torch.equal(plain(x), m(x))
     out = m(x, key_padding_mask, attn_mask)
@@ -480,14 +480,14 @@ def build_talking_heads(c: Case, shape, H, qkv_bias=False, kpm=None, mask=None, 
 
 def build_attention_block(c: Case, shape, H):
     N, C, L = shape
-    m = reinit(seeds.AttentionBlock(C, H).to(c.dtype))
+    m = reinit(ref.AttentionBlock(C, H).to(c.dtype))
     x = torch.randn(shape, dtype=c.dtype)
     return {**params(m), "input.x": x, "output.output": m(x)}, {"embed_dim": C, "num_heads": H}
 
 
 def build_encoder(c: Case, shape, ffn, H):
     E = shape[-1]
-    m = reinit(seeds.TransformerEncoder(E, ffn, H).to(c.dtype))
+    m = reinit(ref.MobileViTTransformerEncoder(E, ffn, H).to(c.dtype))
     x = torch.randn(shape, dtype=c.dtype)
     return ({**params(m), "input.x": x, "output.output": m(x)},
             {"embed_dim": E, "num_heads": H, "ffn_dim": ffn})
@@ -551,22 +551,24 @@ def build_sdpa(c: Case, scale, kpm=None, mask=None):
 
 
 # ----------------------------------------------------------------------------
-# The cases (names are fixed: the C++ tests refer to them)
+# The cases (names are fixed: the C++ tests refer to them). A case renamed after its
+# data was made keeps its data with seed=<CRC-32 of the name it was made under>.
 # ----------------------------------------------------------------------------
 
 SA, MHA, SEP, FUSED = build_self_attention, build_mha_torch, build_mha_separate, build_mha_fused
 TH, AB, ENC = build_talking_heads, build_attention_block, build_encoder
 
-# self_attention (seed 001 SelfAttention)
-case("sa_seed_f32", SA, "Seed SelfAttention demo: x (2,3,4), embed_dim 4.", shape=(2, 3, 4))
-case("sa_seed_f64", SA, "Seed SelfAttention demo in float64: x (2,3,4), embed_dim 4.", shape=(2, 3, 4))
-case("sa_e6_f64", SA, "Seed SelfAttention x (3,5,6) in float64; scores are divided by the float32 sqrt(6) "
-     "(seed quirk: torch.sqrt of a float32 tensor).", shape=(3, 5, 6))
-case("sa_len1_f32", SA, "Seed SelfAttention with sequence length 1: x (2,1,8).", shape=(2, 1, 8))
+# self_attention (SingleHeadSelfAttention)
+case("sa_e4_f32", SA, "SingleHeadSelfAttention x (2,3,4), embed_dim 4.", shape=(2, 3, 4), seed=0xB3DB4274)
+case("sa_e4_f64", SA, "SingleHeadSelfAttention x (2,3,4), embed_dim 4, in float64.", shape=(2, 3, 4),
+     seed=0x27CF1304)
+case("sa_e6_f64", SA, "SingleHeadSelfAttention x (3,5,6) in float64; scores are divided by the float32 sqrt(6) "
+     "(the module's quirk: torch.sqrt of a float32 tensor).", shape=(3, 5, 6))
+case("sa_len1_f32", SA, "SingleHeadSelfAttention with sequence length 1: x (2,1,8).", shape=(2, 1, 8))
 
 # multi_head_attention, layout torch (nn.MultiheadAttention, batch_first=True)
-case("mha_seed_f32", MHA, "Self-attention (4,10,128), 8 heads, head-averaged weights (PyTorch fast path).",
-     B=4, L=10, E=128, H=8)
+case("mha_self_e128_f32", MHA, "Self-attention (4,10,128), 8 heads, head-averaged weights (PyTorch fast path).",
+     B=4, L=10, E=128, H=8, seed=0x98A31B9E)
 case("mha_cross_f32", MHA, "Cross-attention query (2,7,32), key (2,11,20), value (2,11,12), kdim 20, vdim 12, "
      "4 heads, per-head weights.", B=2, L=7, S=11, E=32, H=4, kdim=20, vdim=12, inputs="cross", average=False)
 case("mha_cross_f64", MHA, "Cross-attention with distinct query (2,5,24), key (2,9,24), value (2,9,24), 3 heads, "
@@ -623,18 +625,20 @@ case("mha_large_logits_f64", MHA, "Self-attention (2,8,32) in float64, 4 heads, 
 case("mha_unbatched_f32", MHA, "Unbatched self-attention: query=key=value (6,16), 4 heads, averaged weights; "
      "output (6,16), weights (6,6).", B=1, L=6, E=16, H=4, unbatched=True)
 
-# multi_head_attention, layouts separate (seed 001) and fused (seed 004)
-case("mha_seed001_f32", SEP, "Seed 001 MultiHeadAttention (q/k/v/out Linear), self-attention (4,10,128), 8 heads.",
-     B=4, L=10, E=128, H=8)
-case("mha_seed001_f64", SEP, "Seed 001 MultiHeadAttention in float64, cross query (2,5,48), key=value (2,7,48), "
-     "8 heads (head_dim 6: scores divided by the float32 sqrt(6)).", B=2, L=5, S=7, E=48, H=8)
-case("mha_seed004_f32", FUSED, "Seed 004 MobileViTAttention (fused qkv_proj, out_proj), (2,14,64), 8 heads.",
-     B=2, L=14, E=64, H=8)
-case("mha_seed004_f64", FUSED, "Seed 004 MobileViTAttention in float64, (2,14,64), 8 heads.", B=2, L=14, E=64, H=8)
+# multi_head_attention, layouts separate (SeparateProjectionMultiHeadAttention) and fused (MobileViTAttention)
+case("mha_separate_f32", SEP, "SeparateProjectionMultiHeadAttention (q/k/v/out Linear), self-attention (4,10,128), "
+     "8 heads.", B=4, L=10, E=128, H=8, seed=0x8A665DC2)
+case("mha_separate_f64", SEP, "SeparateProjectionMultiHeadAttention in float64, cross query (2,5,48), key=value "
+     "(2,7,48), 8 heads (head_dim 6: scores divided by the float32 sqrt(6)).", B=2, L=5, S=7, E=48, H=8,
+     seed=0x1E720CB2)
+case("mha_mobilevit_f32", FUSED, "MobileViTAttention (fused qkv_proj, out_proj), (2,14,64), 8 heads.",
+     B=2, L=14, E=64, H=8, seed=0x4286D2B2)
+case("mha_mobilevit_f64", FUSED, "MobileViTAttention in float64, (2,14,64), 8 heads.", B=2, L=14, E=64, H=8,
+     seed=0xD69283C2)
 
-# talking_heads (seed 000 TalkingHeadAttn)
-case("th_seed_f32", TH, "Seed TalkingHeadAttn demo with batch 2: x (2,784,128), 8 heads, qkv_bias false.",
-     shape=(2, 784, 128), H=8)
+# talking_heads (timm CaiT TalkingHeadAttn)
+case("th_cait_f32", TH, "TalkingHeadAttn at CaiT's size with batch 2: x (2,784,128), 8 heads, qkv_bias false.",
+     shape=(2, 784, 128), H=8, seed=0x66F57C3D)
 case("th_small_f64", TH, "TalkingHeadAttn x (2,17,48), 6 heads, qkv_bias true.", shape=(2, 17, 48), H=6,
      qkv_bias=True)
 case("th_one_head_f64", TH, "TalkingHeadAttn x (2,5,8) with one head (proj_l/proj_w are 1x1), qkv_bias true.",
@@ -649,14 +653,14 @@ case("th_mask3d_f64", TH, "TalkingHeadAttn x (2,6,12), 3 heads, bool attn_mask (
 case("th_float_mask_f64", TH, "TalkingHeadAttn x (2,7,12), 2 heads, float attn_mask (L,S) in [-3,3] added to the "
      "logits after proj_l.", shape=(2, 7, 12), H=2, mask="float2d")
 
-# attention_block (seed 002), transformer_encoder (seed 004)
-case("ab_seed_f32", AB, "Seed AttentionBlock demo with batch 2: x (2,64,1024) (N,C,L), 8 heads.",
-     shape=(2, 64, 1024), H=8)
+# attention_block (AttentionBlock), transformer_encoder (MobileViTTransformerEncoder)
+case("ab_c64_l1024_f32", AB, "AttentionBlock x (2,64,1024) (N,C,L), 8 heads.", shape=(2, 64, 1024), H=8,
+     seed=0xAE76847D)
 case("ab_small_f64", AB, "AttentionBlock x (2,12,7) (N,C,L), 3 heads.", shape=(2, 12, 7), H=3)
-case("enc_seed_f32", ENC, "Seed pre-norm TransformerEncoder demo: x (2,14,64), ffn 128, 8 heads.",
-     shape=(2, 14, 64), ffn=128, H=8)
-case("enc_seed_f64", ENC, "Seed pre-norm TransformerEncoder demo in float64: x (2,14,64), ffn 128, 8 heads.",
-     shape=(2, 14, 64), ffn=128, H=8)
+case("enc_e64_f32", ENC, "MobileViT pre-norm TransformerEncoder x (2,14,64), ffn 128, 8 heads.",
+     shape=(2, 14, 64), ffn=128, H=8, seed=0x72EF771E)
+case("enc_e64_f64", ENC, "MobileViT pre-norm TransformerEncoder in float64: x (2,14,64), ffn 128, 8 heads.",
+     shape=(2, 14, 64), ffn=128, H=8, seed=0xE6FB266E)
 case("enc_odd_f64", ENC, "TransformerEncoder x (3,5,36), ffn 20, 4 heads.", shape=(3, 5, 36), ffn=20, H=4)
 case("enc_len1_f32", ENC, "TransformerEncoder with sequence length 1: x (2,1,16), ffn 8, 2 heads.",
      shape=(2, 1, 16), ffn=8, H=2)
@@ -695,12 +699,12 @@ REQUIRED_META = {
 # Driver
 # ----------------------------------------------------------------------------
 
-def case_seed(name: str) -> int:
-    return zlib.crc32(name.encode("utf-8"))
+def case_seed(c: Case) -> int:
+    return zlib.crc32(c.name.encode("utf-8")) if c.seed is None else c.seed
 
 
 def generate(c: Case) -> Path:
-    torch.manual_seed(case_seed(c.name))
+    torch.manual_seed(case_seed(c))
     with torch.no_grad():
         tensors, meta = c.builder(c, **c.kw)
     metadata = {"module": MODULES[c.builder], "dtype": DTYPE_NAMES[c.dtype], "description": c.description}
@@ -736,11 +740,8 @@ def check(c: Case) -> int:
 
 
 def main() -> int:
-    global seeds
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cases", nargs="*", help="only these cases (default: all)")
-    ap.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS,
-                    help=f"directory holding seed_modules.py (default: {DEFAULT_SEEDS})")
     ap.add_argument("--check", action="store_true", help="only read back and verify the existing files")
     args = ap.parse_args()
 
@@ -751,14 +752,8 @@ def main() -> int:
     selected = [by_name[n] for n in args.cases] if args.cases else CASES
 
     if not args.check:
-        seed_file = args.seeds / "seed_modules.py"
-        if not seed_file.is_file():
-            ap.error(f"{seed_file} not found (use --seeds DIR)")
-        sys.path.insert(0, str(args.seeds.resolve()))
-        import seed_modules
-        seeds = seed_modules
         torch.set_num_threads(1)
-        print(f"PyTorch {torch.__version__}, seeds from {seed_file}")
+        print(f"PyTorch {torch.__version__}, modules from {ref.__file__}")
         for c in selected:
             generate(c)
 
