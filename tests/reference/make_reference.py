@@ -889,9 +889,89 @@ case("sdpa_long_f64", build_sdpa, "softmax(q @ k^T * 0.5 + bias) @ v in float64 
      shape=(1, 1, 200, 260, 10, 7), weights=False)
 
 
+# --- attn_mask shapes that broadcast to (B, H, L, S) ---------------------------------
+
+BROADCAST_SHAPES = ["L_S", "1_L_S", "H_L_S", "BH_L_S", "B_1_L_S", "1_H_L_S", "B_H_L_S", "B_1_1_S", "B_H_1_S",
+                    "1_1_L_1", "1_1_1_S"]
+
+
+def broadcast_shape(tag, B, H, L, S):
+    """The shape a tag spells: L_S = (L, S), BH_L_S = (B*H, L, S), B_1_1_S = (B, 1, 1, S) ..."""
+    sizes = {"B": B, "H": H, "L": L, "S": S, "BH": B * H, "1": 1}
+    return tuple(sizes[d] for d in tag.split("_"))
+
+
+def expand_mask(m, tag, B, H, L, S):
+    """(B, H, L, S) view of a broadcast mask; (B*H, L, S) has nn.MultiheadAttention's
+    meaning (index b*H + h), every other shape PyTorch's broadcasting (right-aligned)."""
+    if tag == "BH_L_S":
+        return m.reshape(B, H, L, S)
+    return m.reshape((1,) * (4 - m.dim()) + tuple(m.shape)).expand(B, H, L, S)
+
+
+def build_broadcast(c: Case, target, kind):
+    """One attn_mask per shape of BROADCAST_SHAPES, for target sdpa, mha or talking_heads:
+    input.<tag>.attn_mask and output.<tag>.output (and .attn_weights, per head, for sdpa and
+    mha). kind "bool" (True = masked, whatever polarity the test passes it with; ~30%) or
+    "float" (in [-3, 3], ~15% -inf). A (1, 1, L, 1) mask masks whole rows; other masks are
+    redrawn until no row is fully masked. Fully masked rows follow the library's policy."""
+    dt = c.dtype
+    B, H = 2, 3
+    L, S = (6, 6) if target == "talking_heads" else (5, 7)
+    D = 4
+    tensors, meta = {}, {"target": target, "mask_kind": kind, "batch": B, "heads": H, "len_q": L, "len_k": S,
+                         "shapes": " ".join(BROADCAST_SHAPES)}
+    if target == "sdpa":
+        q, k, v = (torch.randn(B, H, n, D, dtype=dt) for n in (L, S, S))
+        tensors.update({"input.query": q, "input.key": k, "input.value": v})
+        meta["scale"] = "0.4"
+    elif target == "mha":
+        m = reinit(nn.MultiheadAttention(H * D, H, batch_first=True).to(dt))
+        query, kv = torch.randn(B, L, H * D, dtype=dt), torch.randn(B, S, H * D, dtype=dt)
+        tensors.update({**params(m), "input.query": query, "input.key": kv, "input.value": kv})
+        meta["embed_dim"] = H * D
+    else:
+        m = reinit(make_masked_th()(H * D, num_heads=H).to(dt))
+        x = torch.randn(B, L, H * D, dtype=dt)
+        tensors.update({**params(m), "input.x": x})
+        meta["embed_dim"] = H * D
+
+    for tag in BROADCAST_SHAPES:
+        shape = broadcast_shape(tag, B, H, L, S)
+        for _ in range(1000):
+            am = make_bool_mask(shape) if kind == "bool" else make_float_mask(shape, dt, -3, 3, 0.15)
+            full = torch.isneginf(additive_bias(None, expand_mask(blocked(am), tag, B, H, L, S), B, H, L, S,
+                                                torch.float64)).all(-1)
+            if tag == "1_1_L_1" or not full.any():
+                break
+        bias = expand_mask(am if kind == "float" else torch.zeros(shape, dtype=dt).masked_fill(am, float("-inf")),
+                           tag, B, H, L, S)
+        tensors[f"input.{tag}.attn_mask"] = am
+        if target == "sdpa":
+            q64, k64, v64 = (t.double() for t in (q, k, v))
+            w = softmax_policy(q64 @ k64.transpose(-1, -2) * 0.4 + bias.double())
+            tensors[f"output.{tag}.output"], tensors[f"output.{tag}.attn_weights"] = (w @ v64).to(dt), w.to(dt)
+        elif target == "mha":
+            o, w = torch_mha_functional(m, query, kv, kv, batched=True, attn_mask=bias.reshape(B * H, L, S),
+                                        need_weights=True, average_attn_weights=False)
+            if full.any():
+                o, w = apply_fully_masked_policy(m, o, w, full, False)
+            tensors[f"output.{tag}.output"], tensors[f"output.{tag}.attn_weights"] = o, w
+        else:
+            tensors[f"output.{tag}.output"] = m(x, bias)
+    return tensors, meta
+
+
+for _target in ("sdpa", "mha", "talking_heads"):
+    case(f"bcast_{_target}_bool_f32", build_broadcast, f"attn_mask of every shape that broadcasts to (B, H, L, S) = "
+         f"(2, 3, L, S), and (B*H, L, S), for {_target}: bool masks (True = masked).", target=_target, kind="bool")
+    case(f"bcast_{_target}_float_f64", build_broadcast, f"attn_mask of every shape that broadcasts to (B, H, L, S) = "
+         f"(2, 3, L, S), and (B*H, L, S), for {_target}: float masks with -inf, in float64.", target=_target,
+         kind="float")
+
 MODULES = {SA: "self_attention", MHA: "multi_head_attention", SEP: "multi_head_attention",
            FUSED: "multi_head_attention", TH: "talking_heads", AB: "attention_block", ENC: "transformer_encoder",
-           build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes"}
+           build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes", build_broadcast: "mask_broadcast"}
 
 REQUIRED_META = {
     "self_attention": ["embed_dim", "causal"],
@@ -903,6 +983,7 @@ REQUIRED_META = {
     "ops": ["eps"],
     "sdpa": ["scale"],
     "dtypes": [],
+    "mask_broadcast": ["target", "mask_kind", "batch", "heads", "len_q", "len_k", "shapes"],
 }
 
 # Metadata that says which script and PyTorch made a file (every file has them). --verify
