@@ -2,7 +2,7 @@
 """Times the same workloads with PyTorch and with attn (examples/attn_run) in one run.
 
 For each workload it builds the PyTorch module (nn.MultiheadAttention(batch_first=True), or
-the seed modules of <repo>/../shared/seeds/seed_modules.py), times its forward pass in eval
+one of examples/torch_reference.py in this repository), times its forward pass in eval
 mode under torch.no_grad() (warm-up, then the median of --repeat calls) with
 torch.set_num_threads(T) and OpenBLAS set to T threads, writes its weights and input as
 safetensors, runs `attn_run --threads T --repeat R` on them (median of the forward passes,
@@ -32,7 +32,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DEFAULT_SEEDS = REPO.parent / "shared" / "seeds"
 
 try:
     import numpy as np
@@ -44,8 +43,8 @@ except ImportError as e:  # pragma: no cover
 
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 from make_reference import write_safetensors  # noqa: E402  (path, {name: torch tensor}, metadata)
-
-seeds = None  # seed_modules, imported in main()
+sys.path.insert(0, str(REPO / "examples"))
+import torch_reference as ref  # noqa: E402  (the PyTorch modules attn reproduces)
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,7 +121,7 @@ def mha_torch_call(need_weights):
         q = x["query"]
         if isinstance(m, nn.MultiheadAttention):
             return m(q, q, q, need_weights=need_weights)[0]
-        return m(q, q, q)  # seed 001's MultiHeadAttention(query, key, value)
+        return m(q, q, q)  # SeparateProjectionMultiHeadAttention(query, key, value)
     return call
 
 
@@ -140,35 +139,35 @@ def nn_mha(n, e, h, b=1, target=None, need_weights=False, label=None):
 
 
 def workloads(need_weights):
-    """The speed-target workloads and every seed module at its demo shape."""
+    """The speed-target workloads and every module of torch_reference.py at a typical shape."""
     nw = need_weights
     return [
-        Workload("talking-heads seed (32, 784, 128), 8 heads",
-                 lambda: seeds.TalkingHeadAttn(dim=128, num_heads=8),
+        Workload("talking heads, CaiT shape (32, 784, 128), 8 heads",
+                 lambda: ref.TalkingHeadAttn(dim=128, num_heads=8),
                  lambda: {"x": randn(32, 784, 128)},
                  ["--module", "talking_heads", "--embed-dim", "128", "--num-heads", "8"],
                  talking_heads_flops(32, 784, 128, 8), 20.0),
         nn_mha(1024, 64, 8, b=32, target=8.0, need_weights=nw),
         nn_mha(2048, 512, 8, b=1, target=2.5, need_weights=nw),
         nn_mha(10, 128, 8, b=64, target=1.0, need_weights=nw,
-               label="multi-head seed shape (64, 10, 128), 8 heads (nn.MultiheadAttention)"),
-        Workload("seed 001 MultiHeadAttention (64, 10, 128), 8 heads",
-                 lambda: seeds.MultiHeadAttention(128, 8),
+               label="multi-head (64, 10, 128), 8 heads (nn.MultiheadAttention)"),
+        Workload("SeparateProjectionMultiHeadAttention (64, 10, 128), 8 heads",
+                 lambda: ref.SeparateProjectionMultiHeadAttention(128, 8),
                  lambda: {"query": randn(64, 10, 128)},
                  ["--module", "multi_head_attention", "--embed-dim", "128", "--num-heads", "8"],
                  mha_flops(64, 10, 128, 8), None, mha_torch_call(nw)),
-        Workload("seed 001 SelfAttention (2, 3, 4)",
-                 lambda: seeds.SelfAttention(4),
+        Workload("SingleHeadSelfAttention (2, 3, 4)",
+                 lambda: ref.SingleHeadSelfAttention(4),
                  lambda: {"x": randn(2, 3, 4)},
                  ["--module", "self_attention", "--embed-dim", "4"],
                  self_attention_flops(2, 3, 4)),
-        Workload("seed 002 AttentionBlock (32, 64, 1024), 8 heads",
-                 lambda: seeds.AttentionBlock(64, 8),
+        Workload("AttentionBlock (32, 64, 1024), 8 heads",
+                 lambda: ref.AttentionBlock(64, 8),
                  lambda: {"x": randn(32, 64, 1024)},
                  ["--module", "attention_block", "--embed-dim", "64", "--num-heads", "8"],
                  mha_flops(32, 1024, 64, 8)),
-        Workload("seed 004 TransformerEncoder (2, 14, 64), ffn 128, 8 heads",
-                 lambda: seeds.TransformerEncoder(64, 128, 8),
+        Workload("MobileViTTransformerEncoder (2, 14, 64), ffn 128, 8 heads",
+                 lambda: ref.MobileViTTransformerEncoder(64, 128, 8),
                  lambda: {"x": randn(2, 14, 64)},
                  ["--module", "transformer_encoder", "--embed-dim", "64", "--ffn-dim", "128",
                   "--num-heads", "8"],
@@ -447,7 +446,6 @@ def main():
                          "8.6 GB each at N = 16384 (default %(default)s)")
     ap.add_argument("--plot", default="compare_sweep.png", help="PNG path (default %(default)s)")
     ap.add_argument("--json", help="also write all results to this JSON file")
-    ap.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS, help="directory of seed_modules.py")
     opts = ap.parse_args()
     opts.repeat = opts.repeat or (3 if opts.quick else 10)
     opts.warmup = opts.warmup if opts.warmup is not None else (1 if opts.quick else 2)
@@ -458,13 +456,6 @@ def main():
         opts.sweep = []
     else:
         opts.sweep = [int(n) for n in opts.sweep.split(",")]
-
-    global seeds
-    if not (opts.seeds / "seed_modules.py").is_file():
-        sys.exit(f"compare.py: {opts.seeds / 'seed_modules.py'} not found (--seeds DIR)")
-    sys.path.insert(0, str(opts.seeds))
-    import seed_modules
-    seeds = seed_modules
 
     opts.attn_run = None if opts.no_attn else find_attn_run(opts.attn_run)
     if opts.attn_run is None and not opts.no_attn:

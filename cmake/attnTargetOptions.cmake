@@ -5,7 +5,9 @@
 # nothing here leaks to users of the library.
 #
 #   - warnings: -Wall -Wextra -Wpedantic (+ -Werror when ATTN_WERROR=ON)
-#   - NATIVE:   -O3 -march=native when ATTN_NATIVE=ON (not in Debug builds)
+#   - NATIVE:   -O3 -march=native when ATTN_NATIVE=ON (not in Debug builds); in a
+#               sanitized tree (ATTN_SANITIZE) -march=native only: the optimisation level
+#               stays the sanitizers' -O1 (attnSanitizers.cmake explains why)
 #   - strict ISO C++ (CXX_EXTENSIONS OFF: -std=c++17, not gnu++17), so the
 #     headers are checked without GNU extensions
 include_guard(GLOBAL)
@@ -25,8 +27,12 @@ function(attn_set_target_options target)
       target_compile_options(${target} PRIVATE -Werror)
     endif()
     if(ARG_NATIVE AND ATTN_NATIVE)
-      target_compile_options(${target} PRIVATE
-        $<$<NOT:$<CONFIG:Debug>>:-O3> -march=native)
+      if(ATTN_SANITIZE)
+        target_compile_options(${target} PRIVATE -march=native)
+      else()
+        target_compile_options(${target} PRIVATE
+          $<$<NOT:$<CONFIG:Debug>>:-O3> -march=native)
+      endif()
       # GCC 12 false positive (GCC PR 105593, fixed in 13): with AVX-512
       # enabled, Eigen's packet code inlines _mm512_undefined_ps() from
       # <avx512fintrin.h> and -Wmaybe-uninitialized fires hundreds of times,

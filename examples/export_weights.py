@@ -23,15 +23,16 @@ error and exits 1 if it is above the tolerance: max |attn - torch| <= tol * max 
 tol = 1e-5 for float32 and 1e-12 for float64. --run ATTN_RUN does steps 1 and 2 at once.
 
 Modules (the constructor flags are attn_run's, see attn_run --help):
-    self_attention        seed 001 SelfAttention(E)
-    multi_head_attention  --layout torch:   nn.MultiheadAttention(E, H, bias, add_bias_kv,
-                                            add_zero_attn, kdim, vdim, batch_first=True)
-                          --layout seed001: seed 001 MultiHeadAttention(E, H)  (q.weight, ...)
-                          --layout seed004: seed 004 MultiHeadAttention(E, H, bias) (qkv_proj.weight, ...)
-    talking_heads         timm TalkingHeadAttn(E, H=8, qkv_bias)      (seed 000)
-    attention_block       AttentionBlock(E, H), input (B, E, L)     (seed 002)
-    transformer_encoder   MobileViT TransformerEncoder(E, F, H=8)   (seed 004)
-The seed modules come from ../shared/seeds/seed_modules.py next to the repository, or --seeds DIR.
+    self_attention        SingleHeadSelfAttention(E)
+    multi_head_attention  --layout torch:     nn.MultiheadAttention(E, H, bias, add_bias_kv,
+                                              add_zero_attn, kdim, vdim, batch_first=True)
+                          --layout separate:  SeparateProjectionMultiHeadAttention(E, H)  (q.weight, ...)
+                          --layout mobilevit: MobileViTAttention(E, H, bias)  (qkv_proj.weight, ...)
+    talking_heads         timm CaiT TalkingHeadAttn(E, H=8, qkv_bias)
+    attention_block       AttentionBlock(E, H): nn.MultiheadAttention + residual + LayerNorm,
+                          input (B, E, L)
+    transformer_encoder   MobileViTTransformerEncoder(E, F, H=8): MobileViT's pre-norm layer
+All but nn.MultiheadAttention are defined in torch_reference.py, next to this script.
 
 Your own model: --state-dict FILE.pt (a state_dict or a whole module saved with torch.save)
 and, when the module is part of a bigger model, --prefix (e.g. blocks.0.attn.). The
@@ -54,7 +55,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DEFAULT_SEEDS = REPO.parent / "shared" / "seeds"
 DEFAULT_ATTN_RUN = REPO / "build" / "examples" / "attn_run" / "attn_run"
 
 MODULES = ("self_attention", "multi_head_attention", "talking_heads", "attention_block", "transformer_encoder")
@@ -174,20 +174,20 @@ def reinit(module, torch):
                     p.copy_(0.3 * r)
 
 
-def build_module(a, seeds, torch):
+def build_module(a, ref, torch):
     E, H = a.embed_dim, a.num_heads
     if a.module == "self_attention":
-        return seeds.SelfAttention(E)
+        return ref.SingleHeadSelfAttention(E)
     if a.module == "talking_heads":
-        return seeds.TalkingHeadAttn(E, H, qkv_bias=a.qkv_bias)
+        return ref.TalkingHeadAttn(E, H, qkv_bias=a.qkv_bias)
     if a.module == "attention_block":
-        return seeds.AttentionBlock(E, H)
+        return ref.AttentionBlock(E, H)
     if a.module == "transformer_encoder":
-        return seeds.TransformerEncoder(E, a.ffn_dim, H)
-    if a.layout == "seed001":
-        return seeds.MultiHeadAttention(E, H)
-    if a.layout == "seed004":
-        return seeds.MobileViTAttention(E, H, bias=not a.no_bias)
+        return ref.MobileViTTransformerEncoder(E, a.ffn_dim, H)
+    if a.layout == "separate":
+        return ref.SeparateProjectionMultiHeadAttention(E, H)
+    if a.layout == "mobilevit":
+        return ref.MobileViTAttention(E, H, bias=not a.no_bias)
     return torch.nn.MultiheadAttention(E, H, bias=not a.no_bias, add_bias_kv=a.add_bias_kv,
                                        add_zero_attn=a.add_zero_attn, kdim=a.kdim, vdim=a.vdim, batch_first=True)
 
@@ -251,21 +251,21 @@ def check_args(a, p):
         if a.layout != "torch":
             for flag in ("kdim", "vdim", "add_bias_kv", "add_zero_attn", "key_padding_mask", "attn_mask", "need_weights"):
                 if flag in given or (flag == "need_weights" and a.need_weights):
-                    p.error(f"--{flag.replace('_', '-')} needs --layout torch (the seed layers do not have it)")
-            if a.layout == "seed001" and a.no_bias:
-                p.error("--no-bias: seed 001's MultiHeadAttention always has biases")
-            if a.layout == "seed004" and a.source_length is not None:
-                p.error("--source-length: seed 004's MultiHeadAttention is self-attention only")
+                    p.error(f"--{flag.replace('_', '-')} needs --layout torch (the {a.layout} layer does not have it)")
+            if a.layout == "separate" and a.no_bias:
+                p.error("--no-bias: SeparateProjectionMultiHeadAttention always has biases")
+            if a.layout == "mobilevit" and a.source_length is not None:
+                p.error("--source-length: MobileViTAttention is self-attention only")
         if a.key_padding_mask == "float" and a.attn_mask:
             p.error("a float --key-padding-mask with an --attn-mask: PyTorch 1.13 ORs them (any nonzero "
                     "float masks), PyTorch >= 2.0 and attn add them; give one of them only")
 
 
-def export(a, torch, seeds):
+def export(a, torch, ref):
     import numpy as np
     dtype = {"float32": torch.float32, "float64": torch.float64}[a.dtype]
     torch.manual_seed(a.seed)
-    module = build_module(a, seeds, torch)
+    module = build_module(a, ref, torch)
 
     checkpoint = None
     if a.state_dict:
@@ -301,7 +301,7 @@ def export(a, torch, seeds):
             kw = dict(key_padding_mask=kpm, attn_mask=am, need_weights=a.need_weights,
                       average_attn_weights=not a.per_head_weights)
             call = lambda: module(query, key, value, **kw)  # noqa: E731
-        elif a.layout == "seed001":
+        elif a.layout == "separate":
             call = lambda: (module(query, key, value), None)  # noqa: E731
         else:
             call = lambda: (module(query), None)  # noqa: E731
@@ -385,7 +385,8 @@ def main(argv=None):
     p.add_argument("--no-bias", action="store_true")
     p.add_argument("--add-bias-kv", action="store_true")
     p.add_argument("--add-zero-attn", action="store_true")
-    p.add_argument("--layout", choices=("torch", "seed001", "seed004"), help="multi_head_attention's PyTorch class")
+    p.add_argument("--layout", choices=("torch", "separate", "mobilevit"),
+                   help="multi_head_attention's PyTorch class (default torch)")
     p.add_argument("--batch", type=int, default=2, help="B (default 2)")
     p.add_argument("--length", type=int, default=7, help="L: sequence (query) length (default 7)")
     p.add_argument("--source-length", type=int, help="S: key/value length of multi_head_attention (default L)")
@@ -397,7 +398,6 @@ def main(argv=None):
     p.add_argument("--state-dict", metavar="FILE", help="load these weights (torch.save file) instead of random ones")
     p.add_argument("--prefix", help="the module's name prefix in the weights, e.g. blocks.0.attn.")
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default 0)")
-    p.add_argument("--seeds", default=str(DEFAULT_SEEDS), help=f"directory of seed_modules.py (default {DEFAULT_SEEDS})")
     p.add_argument("--out-dir", help="where the three files go")
     p.add_argument("--attn-run", default=str(DEFAULT_ATTN_RUN), help="attn_run in the printed command (default %(default)s)")
     p.add_argument("--run", action="store_true", help="also run that command and compare (exit 1 if they differ)")
@@ -417,13 +417,10 @@ def main(argv=None):
         import torch
     except ImportError as e:
         sys.exit(f"export_weights: needs PyTorch and NumPy ({e}); on Debian: apt-get install python3-torch python3-numpy")
-    sys.path.insert(0, a.seeds)
-    try:
-        import seed_modules as seeds
-    except ImportError as e:
-        sys.exit(f"export_weights: cannot import seed_modules.py from {a.seeds} ({e}); use --seeds DIR")
+    sys.path.insert(0, str(HERE))
+    import torch_reference  # examples/torch_reference.py, next to this file
 
-    cmd = export(a, torch, seeds)
+    cmd = export(a, torch, torch_reference)
     line = shlex.join(cmd) + " && " + shlex.join([sys.executable, shown(__file__), "--compare", a.out_dir])
     print(f"wrote {a.out_dir}/weights.safetensors, inputs.safetensors, expected.safetensors; check attn with:")
     print(line)

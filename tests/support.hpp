@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -97,10 +98,44 @@ class Case {
     return c == "top_left" ? attn::Causal::kTopLeft : c == "bottom_right" ? attn::Causal::kBottomRight : attn::Causal::kNone;
   }
 
+  /// Whether the file's metadata `key` is `value`. A test states the behaviour it runs
+  /// (need_weights, causal, layout, masks ...) itself and asserts that the file agrees, so a
+  /// stale or swapped file fails instead of steering the test onto another path.
+  ::testing::AssertionResult MetaIs(const std::string& key, const std::string& value) const {
+    auto it = file_.metadata().find(key);
+    if (it == file_.metadata().end())
+      return ::testing::AssertionFailure() << name_ << ": no metadata " << key << " (the test expects " << value << ")";
+    if (it->second != value)
+      return ::testing::AssertionFailure() << name_ << ": metadata " << key << " is " << it->second << ", the test runs "
+                                           << value;
+    return ::testing::AssertionSuccess();
+  }
+
+  /// Whether the file holds exactly the masks the test states: a space-separated list of
+  /// "kpm:bool", "kpm:float", "am:bool2d", "am:bool3d", "am:float2d", "am:float3d" ("" = none).
+  ::testing::AssertionResult HasMasks(const std::string& spec) const {
+    std::string found;
+    for (const auto& [tensor, tag] : {std::pair<const char*, const char*>{"input.key_padding_mask", "kpm"},
+                                      std::pair<const char*, const char*>{"input.attn_mask", "am"}}) {
+      if (!has(tensor)) continue;
+      const auto& info = file_.info(tensor);
+      std::string kind = info.dtype == attn::io::DType::kBool ? "bool" : "float";
+      if (std::string(tag) == "am") kind += std::to_string(info.shape.size()) + "d";
+      found += std::string(found.empty() ? "" : " ") + tag + ":" + kind;
+    }
+    if (found == spec) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << name_ << " holds masks \"" << found << "\", the test expects \"" << spec << "\"";
+  }
+
  private:
   std::string name_;
   attn::io::SafetensorsFile file_;
 };
+
+/// The metadata spelling of a causal mode.
+inline const char* causal_name(attn::Causal c) {
+  return c == attn::Causal::kTopLeft ? "top_left" : c == attn::Causal::kBottomRight ? "bottom_right" : "none";
+}
 
 /// Forward arguments whose dropout randomness comes from `gen`.
 template <class T>

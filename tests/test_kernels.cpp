@@ -48,7 +48,8 @@ std::array<Tensor<T>, 2> both_kernels(const Tensor<T>& q, const Tensor<T>& k, co
 }
 
 /// Tiled vs reference on random problems: sizes that are and are not multiples of the tile
-/// sizes (64 queries x 128 keys with AVX-512 floats), Lq != Lk, Dv != D, logits large enough that row maxima
+/// sizes (64 queries x 128 keys with AVX-512 floats), Lq != Lk, Dv != D (also not a multiple
+/// of 4), logits large enough that row maxima
 /// move from tile to tile, and every kind of mask.
 TYPED_TEST(KernelsTyped, TiledMatchesReference) {
   using T = TypeParam;
@@ -59,7 +60,8 @@ TYPED_TEST(KernelsTyped, TiledMatchesReference) {
     Index b, h, lq, lk, d, dv;
   };
   const Problem problems[] = {{2, 2, 64, 256, 8, 8},  {1, 3, 130, 300, 16, 12}, {2, 1, 1, 513, 64, 64},
-                              {1, 2, 77, 5, 32, 8},   {2, 2, 300, 129, 8, 4},   {1, 1, 200, 600, 64, 32}};
+                              {1, 2, 77, 5, 32, 8},   {2, 2, 300, 129, 8, 4},   {1, 1, 200, 600, 64, 32},
+                              {1, 2, 150, 300, 12, 11}, {2, 1, 90, 200, 7, 9}};  // value tails of 3 and 1 columns
   std::uint64_t seed = 100;
   for (const Problem& p : problems) {
     const Tensor<T> q = random_tensor<T>({p.b, p.h, p.lq, p.d}, ++seed, 4.0),
@@ -127,6 +129,54 @@ TYPED_TEST(KernelsTyped, TiledMatchesReference) {
           ASSERT_EQ(tiled[e], T(0)) << "element " << e;
         }
       }
+    }
+  }
+}
+
+/// A (B, N, H*D) output whose rows interleave the heads, as a module's, and its heads view.
+template <class T>
+struct BnhdOut {
+  Tensor<T> t;
+  Index b, h, n, d;
+  BnhdOut(Index b_, Index h_, Index n_, Index d_) : t({b_, n_, h_ * d_}), b(b_), h(h_), n(n_), d(d_) {}
+  attn::HeadsView<T> view() { return attn::HeadsView<T>::bnhd(t.data(), b, n, h, d, h * d); }
+};
+
+// Self-attention on a fused projection: q, k and v are column blocks of one (B, N, 3*H*D)
+// buffer, so their rows are strided and, past one query block, the tiled kernel first packs
+// k and v (SdpaTiles::pack). Head dims 9, 10 and 11 leave 1-3 value columns after the
+// 4-wide register blocks (in v's panels too). With masks, causal and dropout.
+TYPED_TEST(KernelsTyped, TiledMatchesReferenceOnPackedStridedViews) {
+  using T = TypeParam;
+  const double tol = std::is_same<T, float>::value ? 5e-6 : 1e-13;
+  struct Problem {
+    Index b, h, n, d;
+  };
+  const Problem problems[] = {{2, 2, 150, 9}, {1, 3, 300, 10}, {1, 1, 70, 11}, {2, 2, 20, 9}};
+  std::uint64_t seed = 500;
+  for (const Problem& p : problems) {
+    const Index row = 3 * p.h * p.d;
+    const Tensor<T> qkv = random_tensor<T>({p.b, p.n, row}, ++seed, 3.0);
+    using HV = attn::HeadsView<const T>;
+    const HV q = HV::bnhd(qkv.data(), p.b, p.n, p.h, p.d, row), k = HV::bnhd(qkv.data() + p.h * p.d, p.b, p.n, p.h, p.d, row),
+             v = HV::bnhd(qkv.data() + 2 * p.h * p.d, p.b, p.n, p.h, p.d, row);
+    Tensor<bool> kpm({p.b, p.n}), am({p.n, p.n});
+    for (Index i = 0; i < kpm.numel(); ++i) kpm[i] = i % 5 == 2;
+    for (Index i = 0; i < am.numel(); ++i) am[i] = (i * 7) % 11 == 3;
+    attn::Generator gen(3);
+    for (int variant = 0; variant < 4; ++variant) {
+      SCOPED_TRACE(::testing::Message() << "(B, H, N, D) = (" << p.b << ", " << p.h << ", " << p.n << ", " << p.d
+                                        << "), variant " << variant);
+      attn::SdpaOptions<T> opt;
+      if (variant == 1) opt.key_padding_mask = Mask<T>::block_where_true(kpm), opt.attn_mask = Mask<T>::block_where_true(am);
+      if (variant == 2) opt.causal = Causal::kTopLeft;
+      if (variant == 3) opt.dropout_p = T(0.25), opt.generator = &gen;
+      BnhdOut<T> ref(p.b, p.h, p.n, p.d), tiled(p.b, p.h, p.n, p.d);
+      auto call = attn::detail::prepare_call("test", q, k, v, ref.view(), opt);
+      attn::detail::sdpa_reference<T>(call, nullptr);
+      call.out = tiled.view();
+      attn::detail::sdpa_tiled<T>(call);
+      EXPECT_TRUE(AllClose(tiled.t, ref.t, tol));
     }
   }
 }

@@ -1,62 +1,108 @@
 // SelfAttention, TalkingHeadsAttention, AttentionBlock and TransformerEncoderLayer against
-// the seed modules run by PyTorch.
+// their PyTorch definitions (examples/torch_reference.py).
 #include "support.hpp"
 
 namespace {
 
 using namespace attn_test;
 
-template <class T>
-struct Masks {
+/// One PyTorch reference case and what the test runs on it: the module, its masks and the
+/// causal mode are stated here and must agree with the file (a stale or swapped file fails);
+/// sizes come from the file.
+struct ModuleSpec {
+  const char* name;
+  const char* module;  ///< the file's "module" metadata
+  attn::Causal causal;
+  const char* masks;   ///< Case::HasMasks spelling
+};
+
+std::ostream& operator<<(std::ostream& os, const ModuleSpec& s) { return os << s.name; }
+
+template <class T, class M>
+void check(const Case& c, const ModuleSpec& spec, M& module) {
+  module.load_state_dict(c.params<T>());
   Tensor<bool> kpm_b, am_b;
   Tensor<T> kpm_f, am_f;
   attn::AttentionArgs<T> args;
-  explicit Masks(const Case& c) {
-    args.key_padding_mask = c.mask<T>("input.key_padding_mask", kpm_b, kpm_f);
-    args.attn_mask = c.mask<T>("input.attn_mask", am_b, am_f);
-  }
-};
-
-template <class T, class M>
-void check(const Case& c, M& module) {
-  module.load_state_dict(c.params<T>());
-  Masks<T> masks(c);
-  const Tensor<T> y = module.forward(c.get<T>("input.x"), masks.args);
+  args.key_padding_mask = c.mask<T>("input.key_padding_mask", kpm_b, kpm_f);
+  args.attn_mask = c.mask<T>("input.attn_mask", am_b, am_f);
+  args.causal = spec.causal;
+  const Tensor<T> y = module.forward(c.get<T>("input.x"), args);
   EXPECT_TRUE(AllClose(y, c.get<T>("output.output"), tolerance<T>(c.is_double())));
 }
 
 template <class T>
-void check_case(const std::string& name) {
-  SCOPED_TRACE(name);
-  const Case c(name);
-  const std::string m = c.meta("module");
+void check_case(const ModuleSpec& spec) {
+  SCOPED_TRACE(spec.name);
+  const Case c(spec.name);
+  ASSERT_TRUE(c.MetaIs("module", spec.module));
+  ASSERT_TRUE(c.MetaIs("causal", causal_name(spec.causal)));
+  ASSERT_TRUE(c.HasMasks(spec.masks));
+  const std::string m = spec.module;
   if (m == "self_attention") {
     attn::SelfAttention<T> sa(c.meta_int("embed_dim"));
-    check<T>(c, sa);
+    check<T>(c, spec, sa);
   } else if (m == "talking_heads") {
     attn::TalkingHeadsAttention<T> th(c.meta_int("embed_dim"), c.meta_int("num_heads"), c.meta_bool("qkv_bias"));
-    check<T>(c, th);
+    check<T>(c, spec, th);
   } else if (m == "attention_block") {
     attn::AttentionBlock<T> ab(c.meta_int("embed_dim"), c.meta_int("num_heads"));
-    check<T>(c, ab);
+    check<T>(c, spec, ab);
   } else if (m == "transformer_encoder") {
     attn::TransformerEncoderLayer<T> enc(c.meta_int("embed_dim"), c.meta_int("ffn_dim"), c.meta_int("num_heads"));
-    check<T>(c, enc);
+    check<T>(c, spec, enc);
   } else {
     FAIL() << "unexpected module " << m;
   }
 }
 
-class ModuleReference : public ::testing::TestWithParam<std::string> {};
+using attn::Causal;
+constexpr const char *kSA = "self_attention", *kTH = "talking_heads", *kAB = "attention_block",
+                     *kENC = "transformer_encoder";
+constexpr auto kNoCausal = Causal::kNone, kTopLeft = Causal::kTopLeft;
+
+const ModuleSpec kModuleCases[] = {
+    {"sa_e4_f32", kSA, kNoCausal, ""},
+    {"sa_e4_f64", kSA, kNoCausal, ""},
+    {"sa_e6_f64", kSA, kNoCausal, ""},
+    {"sa_len1_f32", kSA, kNoCausal, ""},
+    {"sa_masks_f32", kSA, kNoCausal, "kpm:bool am:float2d"},
+    {"sa_mask3d_causal_f64", kSA, kTopLeft, "am:bool3d"},
+    {"sa_fully_masked_f32", kSA, kNoCausal, "am:bool2d"},
+    {"sa_long_causal_f32", kSA, kTopLeft, "kpm:bool"},
+    {"th_cait_f32", kTH, kNoCausal, ""},
+    {"th_small_f64", kTH, kNoCausal, ""},
+    {"th_one_head_f64", kTH, kNoCausal, ""},
+    {"th_len1_f32", kTH, kNoCausal, ""},
+    {"th_mask_f32", kTH, kNoCausal, "kpm:bool am:bool2d"},
+    {"th_mask3d_f64", kTH, kNoCausal, "am:bool3d"},
+    {"th_float_mask_f64", kTH, kNoCausal, "am:float2d"},
+    {"th_neginf_causal_f32", kTH, kTopLeft, "kpm:bool am:float2d"},
+    {"th_mask3d_neginf_f64", kTH, kNoCausal, "am:float3d"},
+    {"th_causal_f64", kTH, kTopLeft, ""},
+    {"th_causal_long_f32", kTH, kTopLeft, "kpm:bool"},
+    {"ab_c64_l1024_f32", kAB, kNoCausal, ""},
+    {"ab_small_f64", kAB, kNoCausal, ""},
+    {"ab_masks_f32", kAB, kNoCausal, "kpm:bool am:float2d"},
+    {"ab_mask3d_causal_f64", kAB, kTopLeft, "am:bool3d"},
+    {"ab_fully_masked_f32", kAB, kNoCausal, "kpm:bool am:bool2d"},
+    {"ab_long_f32", kAB, kNoCausal, "kpm:bool am:bool2d"},
+    {"enc_e64_f32", kENC, kNoCausal, ""},
+    {"enc_e64_f64", kENC, kNoCausal, ""},
+    {"enc_odd_f64", kENC, kNoCausal, ""},
+    {"enc_len1_f32", kENC, kNoCausal, ""},
+    {"enc_masks_f32", kENC, kNoCausal, "kpm:bool am:bool2d"},
+    {"enc_mask3d_f64", kENC, kNoCausal, "am:float3d"},
+    {"enc_causal_f32", kENC, kTopLeft, "kpm:float"},
+    {"enc_long_f32", kENC, kTopLeft, "kpm:bool"},
+};
+
+class ModuleReference : public ::testing::TestWithParam<ModuleSpec> {};
 TEST_P(ModuleReference, Float) { check_case<float>(GetParam()); }
 TEST_P(ModuleReference, Double) { check_case<double>(GetParam()); }
 
-INSTANTIATE_TEST_SUITE_P(PyTorch, ModuleReference,
-                         ::testing::Values("sa_seed_f32", "sa_seed_f64", "sa_e6_f64", "sa_len1_f32",
-                                           "th_seed_f32", "th_small_f64", "th_one_head_f64", "th_len1_f32",
-                                           "th_mask_f32", "th_mask3d_f64", "th_float_mask_f64", "ab_seed_f32",
-                                           "ab_small_f64", "enc_seed_f32", "enc_seed_f64", "enc_odd_f64",
-                                           "enc_len1_f32"));
+INSTANTIATE_TEST_SUITE_P(PyTorch, ModuleReference, ::testing::ValuesIn(kModuleCases),
+                         [](const ::testing::TestParamInfo<ModuleSpec>& info) { return std::string(info.param.name); });
 
 template <class T>
 class ModulesTyped : public ::testing::Test {};

@@ -35,7 +35,12 @@
 #include <attn/attn.hpp>
 #include <attn/io/safetensors.hpp>
 
+#include "fuzz_outcome.hpp"
+
 namespace {
+
+/// What the current input did (reported to the replay driver, which checks the corpus).
+attn_fuzz::Outcome g_outcome;
 
 /// A file whose contents are replaced on every input: a memfd (no disk I/O) where the
 /// kernel has memfd_create, else a temporary file. The reader opens it by path.
@@ -140,9 +145,13 @@ void load_into(const attn::StateDict<float>& dict, const std::string& prefix, Ma
     } catch (const std::invalid_argument&) {
       continue;
     }
+    if (strict) ++g_outcome.strict_loads;
     bool took_any = false;  // names after loading: MultiHeadAttention picks its layout by them
     for (const auto& kv : module.state_dict()) took_any = took_any || dict.count(prefix + kv.first) != 0;
-    if (took_any) run(module);  // else the module is as constructed: nothing new to run
+    if (took_any) {  // else the module is as constructed: nothing new to run
+      run(module);
+      ++g_outcome.forwards;
+    }
   }
 }
 
@@ -197,6 +206,7 @@ void fuzz_one(const std::string& path) {
   } catch (const std::runtime_error&) {
     return;  // a malformed file: the expected outcome for most inputs
   }
+  g_outcome.opened = true;
   std::size_t tensors = 0;
   for (const std::string& name : file->names()) {
     if (!file->contains(name)) invariant_failed("names() lists '" + name + "' but contains() denies it");
@@ -231,7 +241,9 @@ void fuzz_one(const std::string& path) {
   try {
     attn::SelfAttention<double> sa(4);
     sa.load_state_dict(dict_double);
+    ++g_outcome.strict_loads;
     sa.forward(attn::Tensor<double>({2, 4}, 1.0));
+    ++g_outcome.forwards;
   } catch (const std::invalid_argument&) {
   }
 #endif
@@ -239,9 +251,15 @@ void fuzz_one(const std::string& path) {
 
 }  // namespace
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+attn_fuzz::Outcome attn_fuzz::run_input(const std::uint8_t* data, std::size_t size) {
   static ScratchFile scratch;
   attn::set_num_threads(1);  // one thread: deterministic and fast on small inputs
+  g_outcome = {};
   fuzz_one(scratch.write(data, size));
+  return g_outcome;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  attn_fuzz::run_input(data, size);
   return 0;
 }

@@ -27,9 +27,9 @@ MODULES = {
                        for p, s in (("weight", [4, 4]), ("bias", [4]))},
     "mha_torch": {"in_proj_weight": [24, 8], "in_proj_bias": [24],
                   "out_proj.weight": [8, 8], "out_proj.bias": [8]},
-    "mha_seed001": {n + "." + p: s for n in ("q", "k", "v", "out")
+    "mha_separate": {n + "." + p: s for n in ("q", "k", "v", "out")
                     for p, s in (("weight", [8, 8]), ("bias", [8]))},
-    "mha_seed004": {"qkv_proj.weight": [24, 8], "qkv_proj.bias": [24],
+    "mha_mobilevit": {"qkv_proj.weight": [24, 8], "qkv_proj.bias": [24],
                     "out_proj.weight": [8, 8], "out_proj.bias": [8]},
     "mha_kdim_vdim_bias_kv": {"q_proj_weight": [8, 8], "k_proj_weight": [8, 4], "v_proj_weight": [8, 6],
                               "in_proj_bias": [24], "bias_k": [1, 1, 8], "bias_v": [1, 1, 8],
@@ -154,7 +154,7 @@ def main():
     files["load_unexpected_key"] = build(module_tensors(MODULES["self_attention"], "F32", rng)
                                          + [("extra.weight", "F32", [2], [1.0, 2.0])])
     files["load_mixed_layouts"] = build(module_tensors(MODULES["mha_torch"], "F32", rng)
-                                        + module_tensors(MODULES["mha_seed004"], "F32", rng)[:2])
+                                        + module_tensors(MODULES["mha_mobilevit"], "F32", rng)[:2])
     files["load_int_weights"] = build([(n, "I32", s, [1] * numel(s)) for n, s in MODULES["self_attention"].items()])
 
     # --- broken files: one malformation each ------------------------------------------

@@ -4,36 +4,49 @@
 Run with Debian's PyTorch (1.13):
 
     /usr/bin/python3 tests/reference/make_reference.py            # (re)write every case, then check
-    /usr/bin/python3 tests/reference/make_reference.py mha_seed_f32 ops_f64   # only these cases
+    /usr/bin/python3 tests/reference/make_reference.py mha_self_e128_f32 ops_f64   # only these cases
     /usr/bin/python3 tests/reference/make_reference.py --check    # only read back and verify the files
 
 Each case is written to tests/reference/data/<case>.safetensors (format, tensor
 names and metadata keys: see README.md next to this file).  Every case uses its
-own fixed seed (CRC-32 of its name) and runs single-threaded, so the output is
-reproducible and independent of which cases are generated together.
+own fixed seed (CRC-32 of its name, or the number the case table gives) and runs
+single-threaded, so the output is reproducible and independent of which cases are
+generated together.
 
-The seed modules are imported (not copied) from <repo>/../shared/seeds/seed_modules.py,
-or from the directory given with --seeds.
+The PyTorch modules attn reproduces are defined in examples/torch_reference.py (imported
+by its path in this repository); nn.MultiheadAttention is PyTorch's own.
 """
 import argparse
 import copy
+import hashlib
 import json
 import math
 import struct
 import sys
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+SKIP = 77  # ctest's SKIP_RETURN_CODE for reference_fixtures_fresh
+try:
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError as _e:
+    if __name__ == "__main__" and "--verify" in sys.argv:
+        print(f"SKIPPED: {sys.executable} cannot import PyTorch/NumPy ({_e}); install python3-torch "
+              "python3-numpy to check that the reference files are fresh")
+        sys.exit(SKIP)
+    raise
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "data"
-DEFAULT_SEEDS = HERE.parents[1].parent / "shared" / "seeds"
+MODULES_FILE = HERE.parents[1] / "examples" / "torch_reference.py"
+sys.path.insert(0, str(MODULES_FILE.parent))
+import torch_reference as ref  # noqa: E402  (examples/torch_reference.py of this repository)
 
 DTYPES = {"f32": torch.float32, "f64": torch.float64}
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
@@ -42,9 +55,6 @@ ST_DTYPES = {torch.float32: ("F32", "<f4"), torch.float64: ("F64", "<f8"), torch
              torch.int32: ("I32", "<i4"), torch.int64: ("I64", "<i8")}
 ST_NUMPY = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BOOL": np.dtype("u1"), "F16": np.dtype("<f2"),
             "BF16": np.dtype("<u2"), "U8": np.dtype("u1"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8")}
-
-seeds = None  # the seed_modules module, imported in main()
-
 
 # ----------------------------------------------------------------------------
 # safetensors, written and read by hand
@@ -176,22 +186,89 @@ def additive_bias(kpm, attn_mask, B, H, L, S, dtype) -> torch.Tensor:
     return bias
 
 
-def fully_masked_rows(kpm, attn_mask, B, H, L, S) -> torch.Tensor:
+def causal_mask(causal, L, S) -> Optional[torch.Tensor]:
+    """(L, S) bool, True = masked: above the diagonal (top_left, PyTorch's is_causal) or above
+    the diagonal aligned to the last key (bottom_right); None for "none"."""
+    if causal == "none":
+        return None
+    return torch.ones(L, S).tril(0 if causal == "top_left" else S - L) == 0
+
+
+def with_causal(attn_mask, causal, L, S):
+    """attn_mask with the causal mask merged in (bool: OR; float: -inf where future)."""
+    cm = causal_mask(causal, L, S)
+    if cm is None:
+        return attn_mask
+    if attn_mask is None:
+        return cm
+    return attn_mask | cm if attn_mask.dtype == torch.bool else attn_mask.masked_fill(cm, float("-inf"))
+
+
+def fully_masked_rows(kpm, attn_mask, B, H, L, S, causal="none") -> torch.Tensor:
     """(B, H, L) bool: rows whose every key is blocked."""
-    return torch.isneginf(additive_bias(blocked(kpm), blocked(attn_mask), B, H, L, S, torch.float64)).all(-1)
+    am = with_causal(blocked(attn_mask), causal, L, S)
+    return torch.isneginf(additive_bias(blocked(kpm), am, B, H, L, S, torch.float64)).all(-1)
 
 
-def draw_masks(draw: Callable[[], tuple], B, H, L, S, expect_rows=None, need_inf=True, tries=1000) -> tuple:
+def draw_masks(draw: Callable[[], tuple], B, H, L, S, expect_rows=None, need_inf=True, tries=1000,
+               causal="none") -> tuple:
     """Call draw() -> (key_padding_mask, attn_mask) until the fully masked (batch, head, row)
-    are exactly expect_rows (default: none) and, if need_inf, every float mask has some -inf.
-    Deterministic: the RNG just advances."""
-    expect = torch.zeros(B, H, L, dtype=torch.bool) if expect_rows is None else expect_rows
+    are exactly expect_rows (default: those of the causal mask alone) and, if need_inf, every
+    float mask has some -inf. Deterministic: the RNG just advances."""
+    expect = fully_masked_rows(None, None, B, H, L, S, causal) if expect_rows is None else expect_rows
     for _ in range(tries):
         masks = draw()
-        if torch.equal(fully_masked_rows(*masks, B, H, L, S), expect) and not (need_inf and any(
+        if torch.equal(fully_masked_rows(*masks, B, H, L, S, causal), expect) and not (need_inf and any(
                 m is not None and m.is_floating_point() and not torch.isneginf(m).any() for m in masks)):
             return masks
     raise RuntimeError("could not draw acceptable masks")
+
+
+def draw_case_masks(B, H, L, S, dtype, kpm=None, mask=None, causal="none", full_rows=(), full_batches=(),
+                    p_inf=0.15, need_inf=True):
+    """(key_padding_mask, attn_mask, fully masked (B, H, L) rows) for a case: kpm and mask kinds
+    as make_kpm / make_attn_mask; the bool key_padding_mask of every batch in full_batches and
+    every attn_mask row in full_rows fully masked (True, or -inf in a float mask); no other
+    fully masked row but those of the causal mask. (None, None, rows) without masks."""
+    expect = fully_masked_rows(None, None, B, H, L, S, causal)
+    for b in full_batches:
+        expect[b] = True
+    for r in full_rows:
+        expect[:, :, r] = True
+    if kpm is None and mask is None:
+        return None, None, expect
+
+    def draw():
+        kp, am = make_kpm(kpm, B, S, dtype), make_attn_mask(mask, B, H, L, S, dtype, p_inf)
+        for b in full_batches:
+            kp[b, :] = True
+        for r in full_rows:
+            am[..., r, :] = True if am.dtype == torch.bool else float("-inf")
+        return kp, am
+
+    kp, am = draw_masks(draw, B, H, L, S, expect, need_inf=need_inf, causal=causal)
+    return kp, am, expect
+
+
+def bias_of(kpm, attn_mask, causal, B, H, L, S, dtype) -> torch.Tensor:
+    """(B, H, L, S) additive logit bias of the masks and the causal flag."""
+    return additive_bias(kpm, with_causal(attn_mask, causal, L, S), B, H, L, S, dtype)
+
+
+def softmax_policy(logits: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dim; a row whose logits are all -inf gets 0 (the library's
+    fully-masked policy; PyTorch 1.13 gives NaN there). Other NaNs stay NaN."""
+    w = logits.softmax(-1)
+    return w.masked_fill(torch.isneginf(logits).all(-1, keepdim=True), 0.0)
+
+
+def mask_tensors(kpm, attn_mask) -> Dict[str, torch.Tensor]:
+    t = {}
+    if kpm is not None:
+        t["input.key_padding_mask"] = kpm
+    if attn_mask is not None:
+        t["input.attn_mask"] = attn_mask
+    return t
 
 
 def max_abs_diff(a, b) -> float:
@@ -213,6 +290,7 @@ class Case:
     builder: Callable
     description: str
     kw: dict = field(default_factory=dict)
+    seed: Optional[int] = None  # torch.manual_seed; default: CRC-32 of the name
 
     @property
     def dtype(self):
@@ -222,8 +300,8 @@ class Case:
 CASES = []
 
 
-def case(name, builder, description, **kw):
-    CASES.append(Case(name, builder, description, kw))
+def case(name, builder, description, seed=None, **kw):
+    CASES.append(Case(name, builder, description, kw, seed))
 
 
 # ----------------------------------------------------------------------------
@@ -231,12 +309,20 @@ def case(name, builder, description, **kw):
 # and torch.no_grad().
 # ----------------------------------------------------------------------------
 
-def build_self_attention(c: Case, shape):
+def build_self_attention(c: Case, shape, kpm=None, mask=None, causal="none", full_rows=()):
+    """SingleHeadSelfAttention; with masks (the module takes none) the scores get the mask
+    bias before softmax, fully masked rows softmax 0 (the library's policy)."""
     B, L, E = shape
-    m = reinit(seeds.SelfAttention(E).to(c.dtype))
+    m = reinit(ref.SingleHeadSelfAttention(E).to(c.dtype))
     x = torch.randn(shape, dtype=c.dtype)
-    y = m(x)
-    return {**params(m), "input.x": x, "output.output": y}, {"embed_dim": E}
+    meta = {"embed_dim": E, "causal": causal}
+    if kpm is None and mask is None and causal == "none":
+        return {**params(m), "input.x": x, "output.output": m(x)}, meta
+    kp, am, _ = draw_case_masks(B, 1, L, L, c.dtype, kpm, mask, causal, full_rows)
+    q, k, v = m.query(x), m.key(x), m.value(x)
+    scores = q @ k.transpose(1, 2) / torch.sqrt(torch.tensor(E, dtype=torch.float32))
+    w = softmax_policy(scores + bias_of(kp, am, causal, B, 1, L, L, c.dtype)[:, 0])
+    return {**params(m), "input.x": x, **mask_tensors(kp, am), "output.output": w @ v}, meta
 
 
 # --- nn.MultiheadAttention ----------------------------------------------------
@@ -290,14 +376,15 @@ def max_scaled_logit(m: nn.MultiheadAttention, q, k) -> float:
 def build_mha_torch(c: Case, B, L, E, H, S=None, kdim=None, vdim=None, inputs="self",
                     need_weights=True, average=True, kpm=None, mask=None, causal="none",
                     bias=True, add_bias_kv=False, add_zero_attn=False, large_logits=None,
-                    unbatched=False, fully_masked=False):
+                    unbatched=False, full_rows=(), full_batches=()):
     """nn.MultiheadAttention(batch_first=True).
 
     inputs: "self" (query is key is value), "kv" (key is value), "cross" (all distinct).
     kpm: None | "bool" | "float";  mask: None | "bool2d" | "bool3d" | "float2d" | "float3d".
-    causal: the reference uses an explicit bool mask, which is NOT stored.
+    causal: the reference merges the causal bool mask into attn_mask; it is NOT stored.
     large_logits: target max |scaled logit|, reached by scaling the q and k in-projection.
-    fully_masked: key_padding_mask batch 1 all True and attn_mask row 2 all True."""
+    full_rows / full_batches: attn_mask rows / key_padding_mask batches fully masked; rows
+    that see no key (these, and the first L - S of bottom_right causal) follow the policy."""
     dt = c.dtype
     S = L if S is None else S
     kdim, vdim = kdim or E, vdim or E
@@ -313,31 +400,22 @@ def build_mha_torch(c: Case, B, L, E, H, S=None, kdim=None, vdim=None, inputs="s
     else:
         key, value = torch.randn(*lead, S, kdim, dtype=dt), torch.randn(*lead, S, vdim, dtype=dt)
 
-    def draw():
-        kp, am = make_kpm(kpm, B, S, dt), make_attn_mask(mask, B, H, L, S, dt)
-        if fully_masked:
-            kp[1, :] = True
-            am[2, :] = True
-        return kp, am
-
-    expect = None
-    if fully_masked:
-        expect = torch.zeros(B, H, L, dtype=torch.bool)
-        expect[1], expect[:, :, 2] = True, True
-    key_padding_mask, attn_mask = draw_masks(draw, B, H, L, S, expect) if (kpm or mask) else (None, None)
+    key_padding_mask, attn_mask, rows = draw_case_masks(B, H, L, S, dt, kpm, mask, causal, full_rows, full_batches)
 
     meta = {}
     if large_logits:
-        a = math.sqrt(large_logits / max_scaled_logit(m, query, key))
+        # The factor is rounded (6 digits), so that the parameters do not depend on the last
+        # bits of a float64 matmul (BLAS kernels differ between CPUs).
+        a = float(f"{math.sqrt(large_logits / max_scaled_logit(m, query, key)):.6g}")
         m.in_proj_weight[:2 * E] *= a
         if m.in_proj_bias is not None:
             m.in_proj_bias[:2 * E] *= a
-        meta["max_abs_logit"] = f"{max_scaled_logit(m, query, key):.6g}"
+        meta["max_abs_logit"] = f"{max_scaled_logit(m, query, key):.4g}"
+        med = median_max_weight(m, query, key, bias_of(key_padding_mask, attn_mask, causal, B, H, L, S, torch.float64))
+        assert large_logits >= 1000 or med < 0.95, f"{c.name}: softmax too close to one-hot ({med})"
+        meta["median_max_weight"] = f"{med:.3g}"
 
-    torch_mask = attn_mask
-    if causal != "none":
-        assert attn_mask is None
-        torch_mask = torch.ones(L, S).tril(0 if causal == "top_left" else S - L) == 0
+    torch_mask = with_causal(attn_mask, causal, L, S)
     kw = dict(key_padding_mask=key_padding_mask, attn_mask=torch_mask,
               need_weights=need_weights, average_attn_weights=average)
     out, weights = run_torch_mha(c.name, m, query, key, value, **kw)
@@ -356,15 +434,12 @@ def build_mha_torch(c: Case, B, L, E, H, S=None, kdim=None, vdim=None, inputs="s
         print(f"  {c.name}: float32 vs float64 PyTorch: max |diff| output {max_abs_diff(out, o64):.3g}"
               f" (max |output| {o64.abs().max().item():.3g}), weights {max_abs_diff(weights, w64):.3g}")
 
-    if fully_masked:
-        out, weights = apply_fully_masked_policy(m, out, weights, key_padding_mask, attn_mask, B, H, L, S, average)
+    if rows.any():
+        out, weights = apply_fully_masked_policy(m, out, weights, rows, average)
     assert not out.isnan().any() and (weights is None or not weights.isnan().any()), c.name
 
-    tensors = {**params(m), "input.query": query, "input.key": key, "input.value": value}
-    if key_padding_mask is not None:
-        tensors["input.key_padding_mask"] = key_padding_mask
-    if attn_mask is not None:
-        tensors["input.attn_mask"] = attn_mask
+    tensors = {**params(m), "input.query": query, "input.key": key, "input.value": value,
+               **mask_tensors(key_padding_mask, attn_mask)}
     tensors["output.output"] = out
     if need_weights:
         tensors["output.attn_weights"] = weights
@@ -372,20 +447,32 @@ def build_mha_torch(c: Case, B, L, E, H, S=None, kdim=None, vdim=None, inputs="s
     return tensors, meta
 
 
-def apply_fully_masked_policy(m, out, weights, kpm, attn_mask, B, H, L, S, average):
+def apply_fully_masked_policy(m, out, weights, rows, average):
     """PyTorch 1.13 gives NaN for a row whose keys are all masked.  Library policy (as
     PyTorch >= 2.5 SDPA and ONNX): such a row has weights 0, so its attention output is 0
-    and the MHA output row is exactly out_proj.bias.  Check that the NaNs are exactly
-    there, then replace them."""
-    assert not average, "per-head weights needed to locate fully masked (batch, head, row)"
-    rows = fully_masked_rows(kpm, attn_mask, B, H, L, S)            # (B, H, L)
+    and the MHA output row is exactly out_proj.bias.  rows: the fully masked (B, H, L).
+    Check that the NaNs are exactly there, then replace them."""
     out_rows = rows.all(1)                                          # (B, L): every head masked
     assert torch.equal(rows.any(1), out_rows), "a row masked for some heads only"
-    assert torch.equal(weights.isnan(), rows[..., None].expand_as(weights)), "NaN weights not where expected"
+    if weights is not None:
+        w_rows = out_rows if average else rows
+        assert torch.equal(weights.isnan(), w_rows[..., None].expand_as(weights)), "NaN weights not where expected"
+        weights = weights.masked_fill(w_rows[..., None], 0.0)
     assert torch.equal(out.isnan(), out_rows[..., None].expand_as(out)), "NaN outputs not where expected"
-    weights = weights.masked_fill(rows[..., None], 0.0)
     out = torch.where(out_rows[..., None], m.out_proj.bias.expand_as(out), out)
     return out, weights
+
+
+def median_max_weight(m: nn.MultiheadAttention, q, k, bias) -> float:
+    """Median over (batch, head, row) of the row's largest softmax weight, in float64 (1 for
+    one-hot rows); bias: the (B, H, L, S) mask bias."""
+    E, H = m.embed_dim, m.num_heads
+    W = m.in_proj_weight.double()
+    b = m.in_proj_bias.double() if m.in_proj_bias is not None else torch.zeros(3 * E, dtype=torch.float64)
+    qp = (q.double() @ W[:E].T + b[:E]).unflatten(-1, (H, E // H)).transpose(-3, -2)
+    kp = (k.double() @ W[E:2 * E].T + b[E:2 * E]).unflatten(-1, (H, E // H)).transpose(-3, -2)
+    w = softmax_policy(qp / math.sqrt(E // H) @ kp.transpose(-1, -2) + bias)
+    return w.max(-1).values.median().item()
 
 
 def mha_meta(E, H, kdim, vdim, bias, add_bias_kv, add_zero_attn, layout, need_weights, average, causal):
@@ -394,11 +481,11 @@ def mha_meta(E, H, kdim, vdim, bias, add_bias_kv, add_zero_attn, layout, need_we
             "need_weights": s(need_weights), "average_attn_weights": s(average), "causal": causal}
 
 
-# --- seed MHA variants (layouts "separate" and "fused") ------------------------
+# --- the other MHA layouts ("separate" and "fused") ----------------------------
 
 def build_mha_separate(c: Case, B, L, E, H, S=None):
-    """Seed 001 MultiHeadAttention(query, key, value); cross when S is given (key is value)."""
-    m = reinit(seeds.MultiHeadAttention(E, H).to(c.dtype))
+    """SeparateProjectionMultiHeadAttention(query, key, value); cross when S is given (key is value)."""
+    m = reinit(ref.SeparateProjectionMultiHeadAttention(E, H).to(c.dtype))
     query = torch.randn(B, L, E, dtype=c.dtype)
     key = value = query if S is None else torch.randn(B, S, E, dtype=c.dtype)
     out = m(query, key, value)
@@ -407,8 +494,8 @@ def build_mha_separate(c: Case, B, L, E, H, S=None):
 
 
 def build_mha_fused(c: Case, B, L, E, H):
-    """Seed 004 MobileViTAttention (self-attention only)."""
-    m = reinit(seeds.MobileViTAttention(E, H, bias=True).to(c.dtype))
+    """MobileViTAttention (self-attention only)."""
+    m = reinit(ref.MobileViTAttention(E, H, bias=True).to(c.dtype))
     x = torch.randn(B, L, E, dtype=c.dtype)
     out = m(x)
     tensors = {**params(m), "input.query": x, "input.key": x, "input.value": x, "output.output": out}
@@ -418,21 +505,22 @@ def build_mha_fused(c: Case, B, L, E, H):
 # --- talking heads -----------------------------------------------------------
 
 def make_masked_th():
-    class _Masked(seeds.TalkingHeadAttn):
-        """seeds.TalkingHeadAttn plus masks (not in the seed): the combined mask is applied
+    class _Masked(ref.TalkingHeadAttn):
+        """TalkingHeadAttn plus masks (timm's has none): the combined mask is applied
         to the logits after proj_l and before softmax (bool True -> -inf, float added);
         a fully masked row gets softmax 0 (nan_to_num right after softmax), then proj_w
         mixes as usual, so its bias shows up.  Mask head index = head after proj_l."""
 
-        def forward(self, x, key_padding_mask=None, attn_mask=None):
+        def forward(self, x, bias=None):
+            """bias: additive, broadcastable to (B, H, N, N), indexed by the mixed head."""
             B, N, C = x.shape
             H = self.num_heads
             qkv = self.qkv(x).reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
             q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
             attn = q @ k.transpose(-2, -1)
             attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            if key_padding_mask is not None or attn_mask is not None:
-                attn = attn + additive_bias(key_padding_mask, attn_mask, B, H, N, N, attn.dtype)
+            if bias is not None:
+                attn = attn + bias
             attn = attn.softmax(dim=-1)
             attn = torch.nan_to_num(attn, nan=0.0)
             attn = self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -442,55 +530,80 @@ def make_masked_th():
     return _Masked
 
 
-def build_talking_heads(c: Case, shape, H, qkv_bias=False, kpm=None, mask=None, masked_row=None):
+def build_talking_heads(c: Case, shape, H, qkv_bias=False, kpm=None, mask=None, masked_row=None, causal="none",
+                        p_inf=0.0):
     B, L, E = shape
-    masked = kpm is not None or mask is not None
-    cls = make_masked_th() if masked else seeds.TalkingHeadAttn
+    masked = kpm is not None or mask is not None or causal != "none"
+    cls = make_masked_th() if masked else ref.TalkingHeadAttn
     m = reinit(cls(E, num_heads=H, qkv_bias=qkv_bias).to(c.dtype))
     x = torch.randn(shape, dtype=c.dtype)
     tensors = {**params(m), "input.x": x}
+    meta = {"embed_dim": E, "num_heads": H, "qkv_bias": s(qkv_bias), "causal": causal}
     if not masked:
         tensors["output.output"] = m(x)
-        return tensors, {"embed_dim": E, "num_heads": H, "qkv_bias": s(qkv_bias)}
+        return tensors, meta
 
-    def draw():
-        kp, am = make_kpm(kpm, B, L, c.dtype), make_attn_mask(mask, B, H, L, L, c.dtype, p_inf=0.0)
-        if masked_row is not None:
-            am[masked_row, :] = True
-        return kp, am
-
-    expect = torch.zeros(B, H, L, dtype=torch.bool)
-    if masked_row is not None:
-        expect[:, :, masked_row] = True
-    key_padding_mask, attn_mask = draw_masks(draw, B, H, L, L, expect, need_inf=False)
-    # Without masks the subclass is the seed module, bit for bit.
-    plain = seeds.TalkingHeadAttn(E, num_heads=H, qkv_bias=qkv_bias).to(c.dtype).eval()
+    full_rows = () if masked_row is None else (masked_row,)
+    key_padding_mask, attn_mask, _ = draw_case_masks(B, H, L, L, c.dtype, kpm, mask, causal, full_rows,
+                                                     p_inf=p_inf, need_inf=p_inf > 0)
+    # Without masks the subclass is timm's module, bit for bit.
+    plain = ref.TalkingHeadAttn(E, num_heads=H, qkv_bias=qkv_bias).to(c.dtype).eval()
     plain.load_state_dict(m.state_dict())
     assert torch.equal(plain(x), m(x))
-    out = m(x, key_padding_mask, attn_mask)
+    out = m(x, bias_of(key_padding_mask, attn_mask, causal, B, H, L, L, c.dtype))
     assert not out.isnan().any()
-    if key_padding_mask is not None:
-        tensors["input.key_padding_mask"] = key_padding_mask
-    tensors["input.attn_mask"] = attn_mask
+    tensors.update(mask_tensors(key_padding_mask, attn_mask))
     tensors["output.output"] = out
-    return tensors, {"embed_dim": E, "num_heads": H, "qkv_bias": s(qkv_bias)}
+    return tensors, meta
 
 
 # --- attention block, encoder -------------------------------------------------
 
-def build_attention_block(c: Case, shape, H):
+def build_attention_block(c: Case, shape, H, kpm=None, mask=None, causal="none", full_rows=(), full_batches=()):
+    """AttentionBlock; with masks (the module takes none) they go to its nn.MultiheadAttention,
+    as attn's AttentionBlock does, and a fully masked row's attention output is out_proj.bias."""
     N, C, L = shape
-    m = reinit(seeds.AttentionBlock(C, H).to(c.dtype))
+    m = reinit(ref.AttentionBlock(C, H).to(c.dtype))
     x = torch.randn(shape, dtype=c.dtype)
-    return {**params(m), "input.x": x, "output.output": m(x)}, {"embed_dim": C, "num_heads": H}
+    meta = {"embed_dim": C, "num_heads": H, "causal": causal}
+    if kpm is None and mask is None and causal == "none":
+        return {**params(m), "input.x": x, "output.output": m(x)}, meta
+    kp, am, rows = draw_case_masks(N, H, L, L, c.dtype, kpm, mask, causal, full_rows, full_batches)
+    seq = x.permute(0, 2, 1)
+    a, w = run_torch_mha(c.name, m.mha, seq, seq, seq, key_padding_mask=kp, attn_mask=with_causal(am, causal, L, L),
+                         need_weights=False)
+    if rows.any():
+        a, _ = apply_fully_masked_policy(m.mha, a, None, rows, True)
+    out = m.norm(seq + a).permute(0, 2, 1)
+    assert not out.isnan().any()
+    return {**params(m), "input.x": x, **mask_tensors(kp, am), "output.output": out}, meta
 
 
-def build_encoder(c: Case, shape, ffn, H):
-    E = shape[-1]
-    m = reinit(seeds.TransformerEncoder(E, ffn, H).to(c.dtype))
+def masked_mobilevit_attention(att: ref.MobileViTAttention, x, bias):
+    """MobileViTAttention.forward with an additive (B, H, L, S) bias on the logits (before
+    softmax; fully masked rows softmax 0, the library's policy)."""
+    b_sz, n_patches, _ = x.shape
+    qkv = att.qkv_proj(x).reshape(b_sz, n_patches, 3, att.num_heads, -1).transpose(1, 3).contiguous()
+    query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    w = softmax_policy(torch.matmul(query * att.scaling, key.transpose(-1, -2)) + bias)
+    return att.out_proj(torch.matmul(w, value).transpose(1, 2).reshape(b_sz, n_patches, -1))
+
+
+def build_encoder(c: Case, shape, ffn, H, kpm=None, mask=None, causal="none", full_rows=()):
+    """MobileViTTransformerEncoder; with masks (the module takes none) its attention adds them
+    to the logits, as attn's TransformerEncoderLayer does."""
+    B, L, E = shape
+    m = reinit(ref.MobileViTTransformerEncoder(E, ffn, H).to(c.dtype))
     x = torch.randn(shape, dtype=c.dtype)
-    return ({**params(m), "input.x": x, "output.output": m(x)},
-            {"embed_dim": E, "num_heads": H, "ffn_dim": ffn})
+    meta = {"embed_dim": E, "num_heads": H, "ffn_dim": ffn, "causal": causal}
+    if kpm is None and mask is None and causal == "none":
+        return {**params(m), "input.x": x, "output.output": m(x)}, meta
+    kp, am, _ = draw_case_masks(B, H, L, L, c.dtype, kpm, mask, causal, full_rows)
+    norm, att, drop = m.pre_norm_mha
+    y = x + drop(masked_mobilevit_attention(att, norm(x), bias_of(kp, am, causal, B, H, L, L, c.dtype)))
+    out = y + m.pre_norm_ffn(y)
+    assert not out.isnan().any()
+    return {**params(m), "input.x": x, **mask_tensors(kp, am), "output.output": out}, meta
 
 
 # --- stateless ops -------------------------------------------------------------
@@ -533,40 +646,43 @@ def build_dtypes(c: Case):
     return tensors, {}
 
 
-def build_sdpa(c: Case, scale, kpm=None, mask=None):
+def build_sdpa(c: Case, scale, kpm=None, mask=None, shape=(2, 3, 5, 7, 4, 6), weights=True):
+    """softmax(q @ k^T * scale + bias) @ v; shape = (B, H, L, S, D, Dv); weights: also store
+    output.attn_weights (B, H, L, S)."""
     dt = c.dtype
-    B, H, L, S, d, dv = 2, 3, 5, 7, 4, 6
+    B, H, L, S, d, dv = shape
     q, k, v = torch.randn(B, H, L, d, dtype=dt), torch.randn(B, H, S, d, dtype=dt), torch.randn(B, H, S, dv, dtype=dt)
 
     key_padding_mask, attn_mask = draw_masks(
         lambda: (make_kpm(kpm, B, S, dt), make_attn_mask(mask, B, H, L, S, dt)), B, H, L, S)
     bias = additive_bias(key_padding_mask, attn_mask, B, H, L, S, dt)
-    weights = torch.softmax(q @ k.transpose(-1, -2) * float(scale) + bias, -1)
-    tensors = {"input.query": q, "input.key": k, "input.value": v}
-    if key_padding_mask is not None:
-        tensors["input.key_padding_mask"] = key_padding_mask
-    tensors["input.attn_mask"] = attn_mask
-    tensors.update({"output.output": weights @ v, "output.attn_weights": weights})
+    w = torch.softmax(q @ k.transpose(-1, -2) * float(scale) + bias, -1)
+    tensors = {"input.query": q, "input.key": k, "input.value": v, **mask_tensors(key_padding_mask, attn_mask)}
+    tensors["output.output"] = w @ v
+    if weights:
+        tensors["output.attn_weights"] = w
     return tensors, {"scale": scale}
 
 
 # ----------------------------------------------------------------------------
-# The cases (names are fixed: the C++ tests refer to them)
+# The cases (names are fixed: the C++ tests refer to them). A case renamed after its
+# data was made keeps its data with seed=<CRC-32 of the name it was made under>.
 # ----------------------------------------------------------------------------
 
 SA, MHA, SEP, FUSED = build_self_attention, build_mha_torch, build_mha_separate, build_mha_fused
 TH, AB, ENC = build_talking_heads, build_attention_block, build_encoder
 
-# self_attention (seed 001 SelfAttention)
-case("sa_seed_f32", SA, "Seed SelfAttention demo: x (2,3,4), embed_dim 4.", shape=(2, 3, 4))
-case("sa_seed_f64", SA, "Seed SelfAttention demo in float64: x (2,3,4), embed_dim 4.", shape=(2, 3, 4))
-case("sa_e6_f64", SA, "Seed SelfAttention x (3,5,6) in float64; scores are divided by the float32 sqrt(6) "
-     "(seed quirk: torch.sqrt of a float32 tensor).", shape=(3, 5, 6))
-case("sa_len1_f32", SA, "Seed SelfAttention with sequence length 1: x (2,1,8).", shape=(2, 1, 8))
+# self_attention (SingleHeadSelfAttention)
+case("sa_e4_f32", SA, "SingleHeadSelfAttention x (2,3,4), embed_dim 4.", shape=(2, 3, 4), seed=0xB3DB4274)
+case("sa_e4_f64", SA, "SingleHeadSelfAttention x (2,3,4), embed_dim 4, in float64.", shape=(2, 3, 4),
+     seed=0x27CF1304)
+case("sa_e6_f64", SA, "SingleHeadSelfAttention x (3,5,6) in float64; scores are divided by the float32 sqrt(6) "
+     "(the module's quirk: torch.sqrt of a float32 tensor).", shape=(3, 5, 6))
+case("sa_len1_f32", SA, "SingleHeadSelfAttention with sequence length 1: x (2,1,8).", shape=(2, 1, 8))
 
 # multi_head_attention, layout torch (nn.MultiheadAttention, batch_first=True)
-case("mha_seed_f32", MHA, "Self-attention (4,10,128), 8 heads, head-averaged weights (PyTorch fast path).",
-     B=4, L=10, E=128, H=8)
+case("mha_self_e128_f32", MHA, "Self-attention (4,10,128), 8 heads, head-averaged weights (PyTorch fast path).",
+     B=4, L=10, E=128, H=8, seed=0x98A31B9E)
 case("mha_cross_f32", MHA, "Cross-attention query (2,7,32), key (2,11,20), value (2,11,12), kdim 20, vdim 12, "
      "4 heads, per-head weights.", B=2, L=7, S=11, E=32, H=4, kdim=20, vdim=12, inputs="cross", average=False)
 case("mha_cross_f64", MHA, "Cross-attention with distinct query (2,5,24), key (2,9,24), value (2,9,24), 3 heads, "
@@ -603,7 +719,7 @@ case("mha_causal_bottom_right_f64", MHA, "Cross-attention query (2,5,12), key=va
 case("mha_fully_masked_f32", MHA, "Self-attention (2,6,16), 4 heads, bool key_padding_mask with every key of batch 1 "
      "masked and bool attn_mask (L,S) with row 2 all masked; PyTorch 1.13's NaNs replaced by the library policy: "
      "a fully masked row has weights 0 and output exactly out_proj.bias.",
-     B=2, L=6, E=16, H=4, kpm="bool", mask="bool2d", fully_masked=True, average=False)
+     B=2, L=6, E=16, H=4, kpm="bool", mask="bool2d", full_rows=(2,), full_batches=(1,), average=False)
 case("mha_bias_kv_f32", MHA, "Self-attention (2,5,16), 4 heads, add_bias_kv, bool key_padding_mask, averaged "
      "weights (S+1 columns; the bias_k column is never masked).", B=2, L=5, E=16, H=4, add_bias_kv=True, kpm="bool")
 case("mha_zero_attn_f64", MHA, "Self-attention (2,5,12), 3 heads, add_zero_attn, bool attn_mask (L,S), per-head "
@@ -623,18 +739,20 @@ case("mha_large_logits_f64", MHA, "Self-attention (2,8,32) in float64, 4 heads, 
 case("mha_unbatched_f32", MHA, "Unbatched self-attention: query=key=value (6,16), 4 heads, averaged weights; "
      "output (6,16), weights (6,6).", B=1, L=6, E=16, H=4, unbatched=True)
 
-# multi_head_attention, layouts separate (seed 001) and fused (seed 004)
-case("mha_seed001_f32", SEP, "Seed 001 MultiHeadAttention (q/k/v/out Linear), self-attention (4,10,128), 8 heads.",
-     B=4, L=10, E=128, H=8)
-case("mha_seed001_f64", SEP, "Seed 001 MultiHeadAttention in float64, cross query (2,5,48), key=value (2,7,48), "
-     "8 heads (head_dim 6: scores divided by the float32 sqrt(6)).", B=2, L=5, S=7, E=48, H=8)
-case("mha_seed004_f32", FUSED, "Seed 004 MobileViTAttention (fused qkv_proj, out_proj), (2,14,64), 8 heads.",
-     B=2, L=14, E=64, H=8)
-case("mha_seed004_f64", FUSED, "Seed 004 MobileViTAttention in float64, (2,14,64), 8 heads.", B=2, L=14, E=64, H=8)
+# multi_head_attention, layouts separate (SeparateProjectionMultiHeadAttention) and fused (MobileViTAttention)
+case("mha_separate_f32", SEP, "SeparateProjectionMultiHeadAttention (q/k/v/out Linear), self-attention (4,10,128), "
+     "8 heads.", B=4, L=10, E=128, H=8, seed=0x8A665DC2)
+case("mha_separate_f64", SEP, "SeparateProjectionMultiHeadAttention in float64, cross query (2,5,48), key=value "
+     "(2,7,48), 8 heads (head_dim 6: scores divided by the float32 sqrt(6)).", B=2, L=5, S=7, E=48, H=8,
+     seed=0x1E720CB2)
+case("mha_mobilevit_f32", FUSED, "MobileViTAttention (fused qkv_proj, out_proj), (2,14,64), 8 heads.",
+     B=2, L=14, E=64, H=8, seed=0x4286D2B2)
+case("mha_mobilevit_f64", FUSED, "MobileViTAttention in float64, (2,14,64), 8 heads.", B=2, L=14, E=64, H=8,
+     seed=0xD69283C2)
 
-# talking_heads (seed 000 TalkingHeadAttn)
-case("th_seed_f32", TH, "Seed TalkingHeadAttn demo with batch 2: x (2,784,128), 8 heads, qkv_bias false.",
-     shape=(2, 784, 128), H=8)
+# talking_heads (timm CaiT TalkingHeadAttn)
+case("th_cait_f32", TH, "TalkingHeadAttn at CaiT's size with batch 2: x (2,784,128), 8 heads, qkv_bias false.",
+     shape=(2, 784, 128), H=8, seed=0x66F57C3D)
 case("th_small_f64", TH, "TalkingHeadAttn x (2,17,48), 6 heads, qkv_bias true.", shape=(2, 17, 48), H=6,
      qkv_bias=True)
 case("th_one_head_f64", TH, "TalkingHeadAttn x (2,5,8) with one head (proj_l/proj_w are 1x1), qkv_bias true.",
@@ -649,14 +767,14 @@ case("th_mask3d_f64", TH, "TalkingHeadAttn x (2,6,12), 3 heads, bool attn_mask (
 case("th_float_mask_f64", TH, "TalkingHeadAttn x (2,7,12), 2 heads, float attn_mask (L,S) in [-3,3] added to the "
      "logits after proj_l.", shape=(2, 7, 12), H=2, mask="float2d")
 
-# attention_block (seed 002), transformer_encoder (seed 004)
-case("ab_seed_f32", AB, "Seed AttentionBlock demo with batch 2: x (2,64,1024) (N,C,L), 8 heads.",
-     shape=(2, 64, 1024), H=8)
+# attention_block (AttentionBlock), transformer_encoder (MobileViTTransformerEncoder)
+case("ab_c64_l1024_f32", AB, "AttentionBlock x (2,64,1024) (N,C,L), 8 heads.", shape=(2, 64, 1024), H=8,
+     seed=0xAE76847D)
 case("ab_small_f64", AB, "AttentionBlock x (2,12,7) (N,C,L), 3 heads.", shape=(2, 12, 7), H=3)
-case("enc_seed_f32", ENC, "Seed pre-norm TransformerEncoder demo: x (2,14,64), ffn 128, 8 heads.",
-     shape=(2, 14, 64), ffn=128, H=8)
-case("enc_seed_f64", ENC, "Seed pre-norm TransformerEncoder demo in float64: x (2,14,64), ffn 128, 8 heads.",
-     shape=(2, 14, 64), ffn=128, H=8)
+case("enc_e64_f32", ENC, "MobileViT pre-norm TransformerEncoder x (2,14,64), ffn 128, 8 heads.",
+     shape=(2, 14, 64), ffn=128, H=8, seed=0x72EF771E)
+case("enc_e64_f64", ENC, "MobileViT pre-norm TransformerEncoder in float64: x (2,14,64), ffn 128, 8 heads.",
+     shape=(2, 14, 64), ffn=128, H=8, seed=0xE6FB266E)
 case("enc_odd_f64", ENC, "TransformerEncoder x (3,5,36), ffn 20, 4 heads.", shape=(3, 5, 36), ffn=20, H=4)
 case("enc_len1_f32", ENC, "TransformerEncoder with sequence length 1: x (2,1,16), ffn 8, 2 heads.",
      shape=(2, 1, 16), ffn=8, H=2)
@@ -674,50 +792,249 @@ case("sdpa_f32", build_sdpa, "softmax(q @ k^T * 0.3 + bias) @ v with q (2,3,5,4)
 case("sdpa_f64", build_sdpa, "softmax(q @ k^T * 0.7 + attn_mask) @ v with q (2,3,5,4), k (2,3,7,4), v (2,3,7,6) "
      "and a float additive attn_mask (B*H,L,S) with some -inf.", scale="0.7", mask="float3d")
 
+# --- The tiled kernel against PyTorch (need_weights off: the path users take by default) ---
+# Lengths span several query blocks (64 floats with AVX-512, 16 with SSE2) and key tiles
+# (128); head dims 9, 10 and 11 leave 1-3 value columns after the 4-wide register blocks.
+# Self-attention reads k and v from the fused projection (strided), so the kernel packs
+# them first; cross-attention with separate projections too (rows E apart).
+FAST = dict(need_weights=False)
+case("mha_fast_kpm_bool_f32", MHA, "Tiled kernel (need_weights off): self-attention (1,300,18), 2 heads (head_dim 9), "
+     "bool key_padding_mask.", B=1, L=300, E=18, H=2, kpm="bool", **FAST)
+case("mha_fast_kpm_float_f32", MHA, "Tiled kernel: self-attention (1,290,27), 3 heads (head_dim 9; odd, so PyTorch "
+     "1.13 takes its slow path, which adds a float key_padding_mask), float key_padding_mask with -inf.",
+     B=1, L=290, E=27, H=3, kpm="float", **FAST)
+case("mha_fast_mask_bool2d_f32", MHA, "Tiled kernel: self-attention (1,300,22), 2 heads (head_dim 11), bool "
+     "attn_mask (L,S).", B=1, L=300, E=22, H=2, mask="bool2d", **FAST)
+case("mha_fast_mask_float2d_f32", MHA, "Tiled kernel: cross-attention query (1,180,20), key and value (1,260,20) "
+     "distinct, 2 heads (head_dim 10), float attn_mask (L,S) in [-3,3] with -inf.",
+     B=1, L=180, S=260, E=20, H=2, inputs="cross", mask="float2d", **FAST)
+case("mha_fast_mask_bool3d_f32", MHA, "Tiled kernel: self-attention (1,260,18), 2 heads (head_dim 9), bool "
+     "attn_mask (B*H,L,S).", B=1, L=260, E=18, H=2, mask="bool3d", **FAST)
+case("mha_fast_mask_float3d_f32", MHA, "Tiled kernel: query (1,130,20), key = value (1,200,20), 2 heads (head_dim "
+     "10), float attn_mask (B*H,L,S) in [-3,3] with -inf.", B=1, L=130, S=200, E=20, H=2, inputs="kv",
+     mask="float3d", **FAST)
+case("mha_fast_causal_top_left_f32", MHA, "Tiled kernel: self-attention (1,400,20), 2 heads (head_dim 10), causal "
+     "top_left.", B=1, L=400, E=20, H=2, causal="top_left", **FAST)
+case("mha_fast_causal_kpm_f64", MHA, "Tiled kernel: self-attention (1,200,20) in float64, 2 heads (head_dim 10), "
+     "causal top_left plus bool key_padding_mask.", B=1, L=200, E=20, H=2, causal="top_left", kpm="bool", **FAST)
+case("mha_fast_causal_bottom_right_f64", MHA, "Tiled kernel: query (1,200,18), key = value (1,330,18) in float64, "
+     "2 heads (head_dim 9), causal bottom_right.", B=1, L=200, S=330, E=18, H=2, inputs="kv",
+     causal="bottom_right", **FAST)
+case("mha_fast_causal_bottom_right_long_q_f32", MHA, "Tiled kernel: query (1,450,22), key = value (1,300,22), 2 "
+     "heads (head_dim 11), causal bottom_right: the first 150 rows see no key (output out_proj.bias).",
+     B=1, L=450, S=300, E=22, H=2, inputs="kv", causal="bottom_right", **FAST)
+case("mha_fast_fully_masked_f32", MHA, "Tiled kernel: self-attention (2,260,18), 2 heads (head_dim 9), bool "
+     "key_padding_mask with batch 1 all masked and bool attn_mask (L,S) with rows 2, 100 and 259 all masked "
+     "(output out_proj.bias there).", B=2, L=260, E=18, H=2, kpm="bool", mask="bool2d", full_rows=(2, 100, 259),
+     full_batches=(1,), **FAST)
+case("mha_fast_bias_kv_zero_attn_f32", MHA, "Tiled kernel: self-attention (1,300,20), 2 heads (head_dim 10), "
+     "add_bias_kv and add_zero_attn, bool key_padding_mask and bool attn_mask (L,S).", B=1, L=300, E=20, H=2,
+     add_bias_kv=True, add_zero_attn=True, kpm="bool", mask="bool2d", **FAST)
+case("mha_fast_cross_f32", MHA, "Tiled kernel: cross-attention query (1,300,20), key (1,500,12), value (1,500,7), "
+     "kdim 12, vdim 7, 2 heads (head_dim 10), bool key_padding_mask.", B=1, L=300, S=500, E=20, H=2, kdim=12, vdim=7,
+     inputs="cross", kpm="bool", **FAST)
+case("mha_fast_cross_f64", MHA, "Tiled kernel: cross-attention in float64, query (1,150,18), key and value "
+     "(1,400,18) distinct, 2 heads (head_dim 9).", B=1, L=150, S=400, E=18, H=2, inputs="cross", **FAST)
+case("mha_fast_large_logits_f32", MHA, "Tiled kernel: self-attention (1,300,20), 2 heads (head_dim 10), q/k "
+     "in-projection scaled so that the max |scaled logit| is about 60: the softmax is far from one-hot (see "
+     "median_max_weight).", B=1, L=300, E=20, H=2, large_logits=60, **FAST)
+case("mha_fast_large_logits_f64", MHA, "Tiled kernel: self-attention (1,200,18) in float64, 2 heads (head_dim 9), "
+     "bool key_padding_mask, logits spread over +-60 (not one-hot).", B=1, L=200, E=18, H=2, kpm="bool",
+     large_logits=60, **FAST)
+case("mha_logits25_f32", MHA, "Self-attention (2,12,16), 4 heads, logits spread over +-25 (not one-hot with 12 "
+     "keys), per-head weights.", B=2, L=12, E=16, H=4, large_logits=25, average=False)
+
+# --- masks in the other modules ------------------------------------------------------
+case("sa_masks_f32", SA, "SingleHeadSelfAttention x (2,9,8), bool key_padding_mask and float attn_mask (L,S) in "
+     "[-3,3] with -inf, added to the scores before softmax.", shape=(2, 9, 8), kpm="bool", mask="float2d")
+case("sa_mask3d_causal_f64", SA, "SingleHeadSelfAttention x (2,7,6) in float64, bool attn_mask (B,L,S) and causal "
+     "top_left.", shape=(2, 7, 6), mask="bool3d", causal="top_left")
+case("sa_fully_masked_f32", SA, "SingleHeadSelfAttention x (2,6,8), bool attn_mask (L,S) with row 2 all masked "
+     "(output 0 there).", shape=(2, 6, 8), mask="bool2d", full_rows=(2,))
+case("sa_long_causal_f32", SA, "SingleHeadSelfAttention x (1,300,10), causal top_left plus bool key_padding_mask "
+     "(tiled kernel over several blocks; 10 value columns).", shape=(1, 300, 10), kpm="bool", causal="top_left")
+case("th_neginf_causal_f32", TH, "TalkingHeadAttn x (2,9,24), 4 heads, bool key_padding_mask, float attn_mask (L,S) "
+     "with -inf and causal, all applied after proj_l.", shape=(2, 9, 24), H=4, kpm="bool", mask="float2d",
+     causal="top_left", p_inf=0.15)
+case("th_mask3d_neginf_f64", TH, "TalkingHeadAttn x (2,7,12) in float64, 3 heads, float attn_mask (B*H,L,S) in "
+     "[-3,3] with -inf, indexed by the head after proj_l.", shape=(2, 7, 12), H=3, mask="float3d", p_inf=0.15)
+case("th_causal_f64", TH, "TalkingHeadAttn x (2,40,12) in float64, 3 heads, causal.", shape=(2, 40, 12), H=3,
+     causal="top_left")
+case("th_causal_long_f32", TH, "TalkingHeadAttn x (1,150,24), 4 heads, causal plus bool key_padding_mask (several "
+     "query blocks and key tiles).", shape=(1, 150, 24), H=4, kpm="bool", causal="top_left")
+case("ab_masks_f32", AB, "AttentionBlock x (2,12,9) (N,C,L), 3 heads, bool key_padding_mask and float attn_mask "
+     "(L,S) with -inf, passed to the inner nn.MultiheadAttention.", shape=(2, 12, 9), H=3, kpm="bool", mask="float2d")
+case("ab_mask3d_causal_f64", AB, "AttentionBlock x (2,8,7) in float64, 2 heads, bool attn_mask (B*H,L,S) and "
+     "causal.", shape=(2, 8, 7), H=2, mask="bool3d", causal="top_left")
+case("ab_fully_masked_f32", AB, "AttentionBlock x (2,8,6), 2 heads, bool key_padding_mask with batch 1 all masked "
+     "and bool attn_mask (L,S) with row 2 all masked: there the attention output is out_proj.bias.",
+     shape=(2, 8, 6), H=2, kpm="bool", mask="bool2d", full_rows=(2,), full_batches=(1,))
+case("ab_long_f32", AB, "AttentionBlock x (1,20,300), 2 heads (head_dim 10), bool key_padding_mask and bool "
+     "attn_mask (L,S) (tiled kernel).", shape=(1, 20, 300), H=2, kpm="bool", mask="bool2d")
+case("enc_masks_f32", ENC, "TransformerEncoder x (2,9,24), ffn 20, 4 heads, bool key_padding_mask and bool attn_mask "
+     "(L,S) with row 3 all masked, added to the attention logits.", shape=(2, 9, 24), ffn=20, H=4, kpm="bool",
+     mask="bool2d", full_rows=(3,))
+case("enc_mask3d_f64", ENC, "TransformerEncoder x (2,7,12) in float64, ffn 10, 3 heads, float attn_mask (B*H,L,S) "
+     "with -inf.", shape=(2, 7, 12), ffn=10, H=3, mask="float3d")
+case("enc_causal_f32", ENC, "TransformerEncoder x (2,10,16), ffn 8, 2 heads, causal plus float key_padding_mask "
+     "with -inf.", shape=(2, 10, 16), ffn=8, H=2, kpm="float", causal="top_left")
+case("enc_long_f32", ENC, "TransformerEncoder x (1,300,20), ffn 12, 2 heads (head_dim 10), causal plus bool "
+     "key_padding_mask (tiled kernel on the fused projection).", shape=(1, 300, 20), ffn=12, H=2, kpm="bool",
+     causal="top_left")
+case("sdpa_long_f32", build_sdpa, "softmax(q @ k^T * 0.35 + bias) @ v with q (1,2,300,9), k (1,2,333,9), "
+     "v (1,2,333,11), bool key_padding_mask and bool attn_mask (L,S); no weights stored.", scale="0.35", kpm="bool",
+     mask="bool2d", shape=(1, 2, 300, 333, 9, 11), weights=False)
+case("sdpa_long_f64", build_sdpa, "softmax(q @ k^T * 0.5 + bias) @ v in float64 with q (1,1,200,10), k (1,1,260,10), "
+     "v (1,1,260,7), float key_padding_mask with -inf; no weights stored.", scale="0.5", kpm="float",
+     shape=(1, 1, 200, 260, 10, 7), weights=False)
+
+
+# --- attn_mask shapes that broadcast to (B, H, L, S) ---------------------------------
+
+BROADCAST_SHAPES = ["L_S", "1_L_S", "H_L_S", "BH_L_S", "B_1_L_S", "1_H_L_S", "B_H_L_S", "B_1_1_S", "B_H_1_S",
+                    "1_1_L_1", "1_1_1_S"]
+
+
+def broadcast_shape(tag, B, H, L, S):
+    """The shape a tag spells: L_S = (L, S), BH_L_S = (B*H, L, S), B_1_1_S = (B, 1, 1, S) ..."""
+    sizes = {"B": B, "H": H, "L": L, "S": S, "BH": B * H, "1": 1}
+    return tuple(sizes[d] for d in tag.split("_"))
+
+
+def expand_mask(m, tag, B, H, L, S):
+    """(B, H, L, S) view of a broadcast mask; (B*H, L, S) has nn.MultiheadAttention's
+    meaning (index b*H + h), every other shape PyTorch's broadcasting (right-aligned)."""
+    if tag == "BH_L_S":
+        return m.reshape(B, H, L, S)
+    return m.reshape((1,) * (4 - m.dim()) + tuple(m.shape)).expand(B, H, L, S)
+
+
+def build_broadcast(c: Case, target, kind):
+    """One attn_mask per shape of BROADCAST_SHAPES, for target sdpa, mha or talking_heads:
+    input.<tag>.attn_mask and output.<tag>.output (and .attn_weights, per head, for sdpa and
+    mha). kind "bool" (True = masked, whatever polarity the test passes it with; ~30%) or
+    "float" (in [-3, 3], ~15% -inf). A (1, 1, L, 1) mask masks whole rows; other masks are
+    redrawn until no row is fully masked. Fully masked rows follow the library's policy."""
+    dt = c.dtype
+    B, H = 2, 3
+    L, S = (6, 6) if target == "talking_heads" else (5, 7)
+    D = 4
+    tensors, meta = {}, {"target": target, "mask_kind": kind, "batch": B, "heads": H, "len_q": L, "len_k": S,
+                         "shapes": " ".join(BROADCAST_SHAPES)}
+    if target == "sdpa":
+        q, k, v = (torch.randn(B, H, n, D, dtype=dt) for n in (L, S, S))
+        tensors.update({"input.query": q, "input.key": k, "input.value": v})
+        meta["scale"] = "0.4"
+    elif target == "mha":
+        m = reinit(nn.MultiheadAttention(H * D, H, batch_first=True).to(dt))
+        query, kv = torch.randn(B, L, H * D, dtype=dt), torch.randn(B, S, H * D, dtype=dt)
+        tensors.update({**params(m), "input.query": query, "input.key": kv, "input.value": kv})
+        meta["embed_dim"] = H * D
+    else:
+        m = reinit(make_masked_th()(H * D, num_heads=H).to(dt))
+        x = torch.randn(B, L, H * D, dtype=dt)
+        tensors.update({**params(m), "input.x": x})
+        meta["embed_dim"] = H * D
+
+    for tag in BROADCAST_SHAPES:
+        shape = broadcast_shape(tag, B, H, L, S)
+        for _ in range(1000):
+            am = make_bool_mask(shape) if kind == "bool" else make_float_mask(shape, dt, -3, 3, 0.15)
+            full = torch.isneginf(additive_bias(None, expand_mask(blocked(am), tag, B, H, L, S), B, H, L, S,
+                                                torch.float64)).all(-1)
+            if tag == "1_1_L_1" or not full.any():
+                break
+        bias = expand_mask(am if kind == "float" else torch.zeros(shape, dtype=dt).masked_fill(am, float("-inf")),
+                           tag, B, H, L, S)
+        tensors[f"input.{tag}.attn_mask"] = am
+        if target == "sdpa":
+            q64, k64, v64 = (t.double() for t in (q, k, v))
+            w = softmax_policy(q64 @ k64.transpose(-1, -2) * 0.4 + bias.double())
+            tensors[f"output.{tag}.output"], tensors[f"output.{tag}.attn_weights"] = (w @ v64).to(dt), w.to(dt)
+        elif target == "mha":
+            o, w = torch_mha_functional(m, query, kv, kv, batched=True, attn_mask=bias.reshape(B * H, L, S),
+                                        need_weights=True, average_attn_weights=False)
+            if full.any():
+                o, w = apply_fully_masked_policy(m, o, w, full, False)
+            tensors[f"output.{tag}.output"], tensors[f"output.{tag}.attn_weights"] = o, w
+        else:
+            tensors[f"output.{tag}.output"] = m(x, bias)
+    return tensors, meta
+
+
+for _target in ("sdpa", "mha", "talking_heads"):
+    case(f"bcast_{_target}_bool_f32", build_broadcast, f"attn_mask of every shape that broadcasts to (B, H, L, S) = "
+         f"(2, 3, L, S), and (B*H, L, S), for {_target}: bool masks (True = masked).", target=_target, kind="bool")
+    case(f"bcast_{_target}_float_f64", build_broadcast, f"attn_mask of every shape that broadcasts to (B, H, L, S) = "
+         f"(2, 3, L, S), and (B*H, L, S), for {_target}: float masks with -inf, in float64.", target=_target,
+         kind="float")
+
 MODULES = {SA: "self_attention", MHA: "multi_head_attention", SEP: "multi_head_attention",
            FUSED: "multi_head_attention", TH: "talking_heads", AB: "attention_block", ENC: "transformer_encoder",
-           build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes"}
+           build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes", build_broadcast: "mask_broadcast"}
 
 REQUIRED_META = {
-    "self_attention": ["embed_dim"],
+    "self_attention": ["embed_dim", "causal"],
     "multi_head_attention": ["embed_dim", "num_heads", "kdim", "vdim", "bias", "add_bias_kv", "add_zero_attn",
                              "layout", "need_weights", "average_attn_weights", "causal"],
-    "talking_heads": ["embed_dim", "num_heads", "qkv_bias"],
-    "attention_block": ["embed_dim", "num_heads"],
-    "transformer_encoder": ["embed_dim", "num_heads", "ffn_dim"],
+    "talking_heads": ["embed_dim", "num_heads", "qkv_bias", "causal"],
+    "attention_block": ["embed_dim", "num_heads", "causal"],
+    "transformer_encoder": ["embed_dim", "num_heads", "ffn_dim", "causal"],
     "ops": ["eps"],
     "sdpa": ["scale"],
     "dtypes": [],
+    "mask_broadcast": ["target", "mask_kind", "batch", "heads", "len_q", "len_k", "shapes"],
 }
+
+# Metadata that says which script and PyTorch made a file (every file has them). --verify
+# does not compare them: the data is what must be fresh.
+PROVENANCE = ("made_by", "script_sha256", "modules_sha256", "torch_version")
+
+# --verify: a regenerated float output may differ from the committed one in the last bits
+# when PyTorch runs on another CPU (other BLAS kernels, other summation order). Largest
+# difference measured between two CPUs (Sapphire Rapids vs the machine the files were first
+# made on): 9.8e-7 (float32, th_cait_f32) and 6.9e-16 (float64) of the tensor's max |value|.
+# Anything the script changes on purpose moves outputs by far more.
+FRESH_TOLERANCE = {"F32": 4e-6, "F64": 1e-13}
 
 
 # ----------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------
 
-def case_seed(name: str) -> int:
-    return zlib.crc32(name.encode("utf-8"))
+def case_seed(c: Case) -> int:
+    return zlib.crc32(c.name.encode("utf-8")) if c.seed is None else c.seed
 
 
-def generate(c: Case) -> Path:
-    torch.manual_seed(case_seed(c.name))
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def provenance() -> Dict[str, str]:
+    return {"made_by": "tests/reference/make_reference.py", "script_sha256": sha256_of(Path(__file__).resolve()),
+            "modules_sha256": sha256_of(MODULES_FILE), "torch_version": torch.__version__}
+
+
+def generate(c: Case, out_dir: Path = DATA_DIR) -> Path:
+    torch.manual_seed(case_seed(c))
     with torch.no_grad():
         tensors, meta = c.builder(c, **c.kw)
     metadata = {"module": MODULES[c.builder], "dtype": DTYPE_NAMES[c.dtype], "description": c.description}
     metadata.update({k: s(v) for k, v in meta.items()})
+    metadata.update(provenance())
     for name, t in tensors.items():
         assert t.dtype in (torch.bool, c.dtype) or c.builder is build_dtypes, f"{c.name}: {name} has dtype {t.dtype}"
-    path = DATA_DIR / f"{c.name}.safetensors"
+    path = out_dir / f"{c.name}.safetensors"
     write_safetensors(path, tensors, metadata)
     return path
 
 
-def check(c: Case) -> int:
-    path = DATA_DIR / f"{c.name}.safetensors"
+def check(c: Case, data_dir: Path = DATA_DIR) -> int:
+    path = data_dir / f"{c.name}.safetensors"
     meta, arrays = read_safetensors(path)
     module = MODULES[c.builder]
     assert meta["module"] == module and meta["dtype"] == DTYPE_NAMES[c.dtype], path
-    missing = [k for k in ["module", "dtype", "description"] + REQUIRED_META[module] if k not in meta]
+    missing = [k for k in ["module", "dtype", "description", *PROVENANCE] + REQUIRED_META[module] if k not in meta]
     assert not missing, f"{path}: missing metadata {missing}"
     want = "F32" if c.dtype == torch.float32 else "F64"
     for name, a in arrays.items():
@@ -735,13 +1052,91 @@ def check(c: Case) -> int:
     return path.stat().st_size
 
 
+def header_of(path: Path):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    return header.pop("__metadata__", {}), header, raw[8 + n:]
+
+
+def compare_fresh(name: str, committed: Path, fresh: Path):
+    """Problems (strings) of a committed file against a freshly made one, and the largest
+    relative output difference: parameters, inputs and masks must be byte-identical, float
+    outputs within FRESH_TOLERANCE of max |value|, metadata identical but for PROVENANCE."""
+    (cm, ch, cd), (fm, fh, fd) = header_of(committed), header_of(fresh)
+    problems, worst = [], 0.0
+    for k in sorted(set(cm) | set(fm)):
+        if k not in PROVENANCE and cm.get(k) != fm.get(k):
+            problems.append(f"metadata {k}: committed {cm.get(k)!r}, now {fm.get(k)!r}")
+    if list(ch) != list(fh):
+        problems.append(f"tensors: committed {list(ch)}, now {list(fh)}")
+    for t in ch:
+        if t not in fh:
+            continue
+        (ci, fi) = ch[t], fh[t]
+        if (ci["dtype"], ci["shape"]) != (fi["dtype"], fi["shape"]):
+            problems.append(f"{t}: committed {ci['dtype']}{ci['shape']}, now {fi['dtype']}{fi['shape']}")
+            continue
+        cb, fb = cd[slice(*ci["data_offsets"])], fd[slice(*fi["data_offsets"])]
+        if cb == fb:
+            continue
+        if not t.startswith("output.") or ci["dtype"] not in FRESH_TOLERANCE:
+            problems.append(f"{t}: differs (must be identical)")
+            continue
+        a = np.frombuffer(cb, dtype=ST_NUMPY[ci["dtype"]]).astype(np.float64)
+        b = np.frombuffer(fb, dtype=ST_NUMPY[fi["dtype"]]).astype(np.float64)
+        rel = float(np.abs(a - b).max() / max(np.abs(b).max(), np.finfo(np.float64).tiny))
+        worst = max(worst, rel)
+        if not rel <= FRESH_TOLERANCE[ci["dtype"]]:
+            problems.append(f"{t}: differs by {rel:.3g} of max |value| (tolerance {FRESH_TOLERANCE[ci['dtype']]:g})")
+    return problems, worst
+
+
+def verify(selected) -> int:
+    """Regenerates the cases into a temporary folder and compares them with the committed
+    files (compare_fresh). Fails if a case has no committed file, a committed file belongs
+    to no case, or a file differs."""
+    torch.set_num_threads(1)
+    by_name = {c.name for c in CASES}
+    stale, worst, worst_case, other_script = [], 0.0, "", []
+    with tempfile.TemporaryDirectory(prefix="attn_reference_") as tmp:
+        for c in selected:
+            committed = DATA_DIR / f"{c.name}.safetensors"
+            if not committed.is_file():
+                stale.append(f"{c.name}: no committed file {committed.relative_to(HERE.parents[1])}")
+                continue
+            problems, w = compare_fresh(c.name, committed, generate(c, Path(tmp)))
+            if w > worst:
+                worst, worst_case = w, c.name
+            if problems:
+                stale.append(f"{c.name}: " + "; ".join(problems))
+            elif header_of(committed)[0].get("script_sha256") != provenance()["script_sha256"]:
+                other_script.append(c.name)
+    if len(selected) == len(CASES):
+        stale += [f"{p.name}: committed file of no case" for p in sorted(DATA_DIR.glob("*.safetensors"))
+                  if p.stem not in by_name]
+    for line in stale:
+        print(f"STALE {line}")
+    print(f"{len(selected)} cases regenerated with PyTorch {torch.__version__}; largest output difference "
+          f"{worst:.3g} of max |value| ({worst_case or '-'}); tolerance float32 {FRESH_TOLERANCE['F32']:g}, "
+          f"float64 {FRESH_TOLERANCE['F64']:g}")
+    if other_script:
+        print(f"note: {len(other_script)} files were made by another version of make_reference.py but hold the "
+              f"same data")
+    if stale:
+        print(f"{len(stale)} stale: regenerate with /usr/bin/python3 tests/reference/make_reference.py")
+        return 1
+    print("all reference files are fresh")
+    return 0
+
+
 def main() -> int:
-    global seeds
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cases", nargs="*", help="only these cases (default: all)")
-    ap.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS,
-                    help=f"directory holding seed_modules.py (default: {DEFAULT_SEEDS})")
     ap.add_argument("--check", action="store_true", help="only read back and verify the existing files")
+    ap.add_argument("--verify", action="store_true",
+                    help="regenerate into a temporary folder and compare with the committed files (exit 1 if stale, "
+                         f"{SKIP} if PyTorch is missing)")
     args = ap.parse_args()
 
     by_name = {c.name: c for c in CASES}
@@ -749,16 +1144,12 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown case(s): {', '.join(unknown)}")
     selected = [by_name[n] for n in args.cases] if args.cases else CASES
+    if args.verify:
+        return verify(selected)
 
     if not args.check:
-        seed_file = args.seeds / "seed_modules.py"
-        if not seed_file.is_file():
-            ap.error(f"{seed_file} not found (use --seeds DIR)")
-        sys.path.insert(0, str(args.seeds.resolve()))
-        import seed_modules
-        seeds = seed_modules
         torch.set_num_threads(1)
-        print(f"PyTorch {torch.__version__}, seeds from {seed_file}")
+        print(f"PyTorch {torch.__version__}, modules from {ref.__file__}")
         for c in selected:
             generate(c)
 
