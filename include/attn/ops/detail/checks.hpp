@@ -78,15 +78,18 @@ void check_views(const char* where, const HeadsView<const T>& q, const HeadsView
 }
 
 /// A call's masks checked against its size: key padding (B, S), attention mask
-/// broadcastable to (B, H, L, S), causal.
+/// broadcastable to (B, H, L, S), causal. The result refers to opt's masks.
 template <class T>
 TileMasks<T> tile_masks(const char* where, const SdpaOptions<T>& opt, const AttentionDims& d) {
   return {broadcast_key_padding(where, opt.key_padding_mask, d), broadcast_attn_mask(where, opt.attn_mask, d),
           opt.causal};
 }
+template <class T>
+TileMasks<T> tile_masks(const char*, SdpaOptions<T>&&, const AttentionDims&) = delete;  // would dangle
 
 /// @brief What every work item of one attention call reads: the views, the masks, the
-/// scale and the dropout stream. Built by prepare_call once the arguments are checked.
+/// scale and the dropout stream. Built by prepare_call once the arguments are checked; its
+/// masks refer to the caller's SdpaOptions, which must outlive it.
 template <class T>
 struct AttentionCall {
   HeadsView<const T> q, k, v;

@@ -19,10 +19,10 @@ namespace detail {
 /// offset b*sb + h*sh + i*si + j*sj of its data (a stride is 0 where the mask broadcasts).
 template <class T>
 struct BroadcastMask {
-  Mask<T> mask;
+  const Mask<T>* mask = nullptr;  ///< the caller's mask (it outlives the call), or none
   Index sb = 0, sh = 0, si = 0, sj = 0;
 
-  bool empty() const { return mask.empty(); }
+  bool empty() const { return mask == nullptr || mask->empty(); }
 
   /// @brief dst[c * dst_stride] += the logit bias of entry (b, h, i, j0 + c), c < n: -inf
   /// where a boolean mask blocks (true for block_where_true, false for keep_where_true),
@@ -30,26 +30,28 @@ struct BroadcastMask {
   void add(Index b, Index h, Index i, Index j0, Index n, T* dst, Index dst_stride) const {
     using Kind = typename Mask<T>::Kind;
     const Index at = b * sb + h * sh + i * si + j0 * sj;
-    if (mask.kind() == Kind::kAdditive) {
-      const T* src = mask.additive_data() + at;
+    if (empty()) return;
+    if (mask->kind() == Kind::kAdditive) {
+      const T* src = mask->additive_data() + at;
       for (Index c = 0; c < n; ++c) dst[c * dst_stride] += src[c * sj];
-    } else if (mask.kind() != Kind::kNone) {
+    } else {
       constexpr T kBlocked = -std::numeric_limits<T>::infinity();
-      const bool* src = mask.bool_data() + at;
-      const bool blocked_if = mask.kind() == Kind::kBlockWhereTrue;
+      const bool* src = mask->bool_data() + at;
+      const bool blocked_if = mask->kind() == Kind::kBlockWhereTrue;
       for (Index c = 0; c < n; ++c) dst[c * dst_stride] += src[c * sj] == blocked_if ? kBlocked : T(0);
     }
   }
 };
 
-/// @brief The attention mask `m` of a call of size d, with PyTorch's broadcasting: its
+/// @brief The attention mask `m` (kept by address: it must outlive the result) of a call of
+/// size d, with PyTorch's broadcasting: its
 /// shape, aligned to the right of (B, H, L, S), has each dimension equal to d's or 1
 /// ((L, S), (B, 1, L, S), (H, L, S), (B, 1, 1, S) ...). A 3-D mask whose first dimension is
 /// B*H is nn.MultiheadAttention's (B*H, L, S), batch-major. Anything else is a
 /// std::invalid_argument naming both shapes.
 template <class T>
 BroadcastMask<T> broadcast_attn_mask(const char* where, const Mask<T>& m, const AttentionDims& d) {
-  BroadcastMask<T> out{m};
+  BroadcastMask<T> out{&m};
   if (m.empty()) return out;
   const Shape& s = m.shape();
   const Shape full = d.shape();
@@ -79,13 +81,19 @@ BroadcastMask<T> broadcast_attn_mask(const char* where, const Mask<T>& m, const 
   return out;
 }
 
-/// The key padding mask `m` of a call of size d: (B, S), the same for every head and query.
+template <class T>
+BroadcastMask<T> broadcast_attn_mask(const char*, Mask<T>&&, const AttentionDims&) = delete;  // would dangle
+
+/// The key padding mask `m` (kept by address) of a call of size d: (B, S), the same for
+/// every head and query.
 template <class T>
 BroadcastMask<T> broadcast_key_padding(const char* where, const Mask<T>& m, const AttentionDims& d) {
   require(m.empty() || m.shape() == Shape{d.batch, d.len_k}, where, ": key_padding_mask has shape ", m.shape(),
           ", expected (batch, keys) = ", Shape{d.batch, d.len_k});
-  return {m, d.len_k, 0, 0, 1};
+  return {&m, d.len_k, 0, 0, 1};
 }
+template <class T>
+BroadcastMask<T> broadcast_key_padding(const char*, Mask<T>&&, const AttentionDims&) = delete;  // would dangle
 
 /// @brief Everything that masks the logits of one call, applied in PyTorch's order: the key
 /// padding mask, then the attention mask (both added), then causal masking (set to -inf).

@@ -22,15 +22,24 @@ constexpr int register_rows() {
   return std::max(1, kVectorRegisters / 2 / V);
 }
 
+/// The default of outer_product_block's `seen`: nothing.
+struct NoSeen {
+  template <class P>
+  void operator()(int, const P&) const {}
+};
+
 /// @brief c[i][x] (+)= sum_{m < n} a[i * a_row + m * a_step] * b[m][x] for I rows i and the
 /// V * kPacketSize<T> columns x, accumulated in I x V registers.
 ///
 /// b[m] starts at b + m * b_stride and c[i] at c + i * c_stride. Every element is one chain
 /// of multiply-adds in the order of m, whatever I and V: the results do not depend on the
-/// blocking. With Accumulate, c's values are the starting sums; without, 0.
-template <class T, int I, int V, bool Accumulate>
-void outer_product_block(const T* a, Index a_row, Index a_step, const T* b, Index b_stride, Index n, T* c,
-                         Index c_stride) {
+/// blocking. With Accumulate, c's values are the starting sums; without, 0. `seen(v, p)`
+/// is called with every packet p stored in column packet v (the SDPA tile takes its
+/// running max there, without a second pass over c). Always inlined: with short sums (head
+/// dimension 8) a call costs as much as the block.
+template <class T, int I, int V, bool Accumulate, class Seen = NoSeen>
+EIGEN_ALWAYS_INLINE void outer_product_block(const T* a, Index a_row, Index a_step, const T* b, Index b_stride, Index n, T* c,
+                         Index c_stride, Seen&& seen = {}) {
   using P = Packet<T>;
   constexpr int S = kPacketSize<T>;
   P acc[I][V];
@@ -45,18 +54,23 @@ void outer_product_block(const T* a, Index a_row, Index a_step, const T* b, Inde
     }
   }
   for (int i = 0; i < I; ++i)
-    for (int v = 0; v < V; ++v) ei::pstoreu(c + i * c_stride + v * S, acc[i][v]);
+    for (int v = 0; v < V; ++v) {
+      ei::pstoreu(c + i * c_stride + v * S, acc[i][v]);
+      seen(v, acc[i][v]);
+    }
 }
 
 /// outer_product_block for `rows` rows: blocks of I rows, then single rows.
-template <class T, int I, int V, bool Accumulate>
+template <class T, int I, int V, bool Accumulate, class Seen = NoSeen>
 void outer_products(const T* a, Index a_row, Index a_step, Index rows, const T* b, Index b_stride, Index n, T* c,
-                    Index c_stride) {
+                    Index c_stride, Seen&& seen = {}) {
   Index i = 0;
   for (; i + I <= rows; i += I)
-    outer_product_block<T, I, V, Accumulate>(a + i * a_row, a_row, a_step, b, b_stride, n, c + i * c_stride, c_stride);
+    outer_product_block<T, I, V, Accumulate>(a + i * a_row, a_row, a_step, b, b_stride, n, c + i * c_stride, c_stride,
+                                             seen);
   for (; i < rows; ++i)
-    outer_product_block<T, 1, V, Accumulate>(a + i * a_row, a_row, a_step, b, b_stride, n, c + i * c_stride, c_stride);
+    outer_product_block<T, 1, V, Accumulate>(a + i * a_row, a_row, a_step, b, b_stride, n, c + i * c_stride, c_stride,
+                                             seen);
 }
 
 }  // namespace detail

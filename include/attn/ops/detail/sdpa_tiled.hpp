@@ -121,10 +121,16 @@ struct SdpaTiles {
     load_queries<V>(call, tile, w);
     for (Index j0 = 0; j0 < key_end; j0 += kKeys) {  // causal: tiles wholly in the future are skipped
       const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
+      P tile_max[V];  // per query, taken as the scores are stored
+      for (int c = 0; c < V; ++c) tile_max[c] = ei::pset1<P>(-std::numeric_limits<T>::infinity());
       outer_products<T, kRegRows, V, false>(kv.k + j0 * kv.k_stride, kv.k_stride, 1, t.cols, w.qt, kQueries,
-                                            call.q.head_dim, w.s, kQueries);
-      if (call.masks.touch(t)) call.masks.apply(t, w.s, 1, kQueries);
-      online_softmax_step<V>(t, dim_v, w);
+                                            call.q.head_dim, w.s, kQueries,
+                                            [&](int c, const P& p) { tile_max[c] = ei::pmax(tile_max[c], p); });
+      if (call.masks.touch(t)) {
+        call.masks.apply(t, w.s, 1, kQueries);
+        max_of_tile<V>(t, w, tile_max);
+      }
+      online_softmax_step<V>(t, dim_v, tile_max, w);
       if (call.dropout_p > T(0)) dropout_tile(t, call.dropout_p, call.dropout_key, w.s, 1, kQueries);
       accumulate<V>(kv, t, dim_v, w);
     }
@@ -146,16 +152,21 @@ struct SdpaTiles {
     std::fill(w.row_sum, w.row_sum + kQueries, T(0));
   }
 
-  /// The online softmax step of one key tile (see the struct's description): new max,
-  /// alpha, p = exp(s - max) in place, sums, and the accumulator rescaled where alpha != 1.
+  /// The max per query of the tile's scores (after the masks changed them).
   template <int V>
-  static void online_softmax_step(const Tile& t, Index dim_v, const Scratch& w) {
-    const P neg_inf = ei::pset1<P>(-std::numeric_limits<T>::infinity()), zero = ei::pset1<P>(T(0));
-    P tile_max[V], shift[V], sum[V];
-    // (NaN need not propagate through the max: exp(NaN - max) is NaN and makes the sum NaN.)
-    for (int c = 0; c < V; ++c) tile_max[c] = neg_inf;
+  static void max_of_tile(const Tile& t, const Scratch& w, P* tile_max) {
+    for (int c = 0; c < V; ++c) tile_max[c] = ei::pset1<P>(-std::numeric_limits<T>::infinity());
     for (Index j = 0; j < t.cols; ++j)
       for (int c = 0; c < V; ++c) tile_max[c] = ei::pmax(tile_max[c], ei::ploadu<P>(w.s + j * kQueries + c * kP));
+  }
+
+  /// The online softmax step of one key tile (see the struct's description): new max,
+  /// alpha, p = exp(s - max) in place, sums, and the accumulator rescaled where alpha != 1.
+  /// (NaN need not propagate through the max: exp(NaN - max) is NaN and makes the sum NaN.)
+  template <int V>
+  static void online_softmax_step(const Tile& t, Index dim_v, const P* tile_max, const Scratch& w) {
+    const P neg_inf = ei::pset1<P>(-std::numeric_limits<T>::infinity()), zero = ei::pset1<P>(T(0));
+    P shift[V], sum[V];
     for (int c = 0; c < V; ++c) {
       const P old_max = ei::ploadu<P>(w.row_max + c * kP), new_max = ei::pmax(old_max, tile_max[c]);
       const P alpha = ei::pselect(ei::pcmp_eq(old_max, neg_inf), zero, exp_nonpositive(ei::psub(old_max, new_max)));
