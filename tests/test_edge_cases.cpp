@@ -105,6 +105,24 @@ bool all_nan(const float* p, Index n) {
   return true;
 }
 
+// Values written through parameters() reach forward once parameters_changed() is called
+// (the modules keep their weights packed for their GEMMs): the result is the one of a module
+// given the same values by load_state_dict.
+TYPED_TEST(EveryModule, WritesThroughParametersAreSeenAfterParametersChanged) {
+  using C = TypeParam;
+  auto written = C::template make<float>(), loaded = C::template make<float>();
+  randomize(loaded, 11);
+  const auto dict = loaded.state_dict();
+  for (auto& slot : written.parameters()) {
+    const Tensor<float>& v = dict.at(slot.name);
+    std::copy(v.data(), v.data() + v.numel(), slot.data);
+  }
+  written.parameters_changed();
+  const Tensor<float> x = random_tensor<float>(C::shape(2, 5), 12);
+  EXPECT_TRUE(attn_test::same_bits(C::run(written, x, attn::AttentionArgs<float>{}),
+                                   C::run(loaded, x, attn::AttentionArgs<float>{})));
+}
+
 // Training mode with every dropout probability 0 needs no generator (the modules made here
 // have none), and gives the eval-mode output bit for bit. (UBSan's null check caught the
 // dereference of the missing generator that this once did.)

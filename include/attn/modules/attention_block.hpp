@@ -35,10 +35,6 @@ class AttentionBlock : public Module<T> {
   /// The attention submodule, read-only.
   const MultiHeadAttention<T>& mha() const { return mha_; }
 
-  void train(bool mode = true) override {
-    Module<T>::train(mode);
-    mha_.train(mode);
-  }
 
   /// @param x (N, C, L) feature maps (or (C, L)); @param args optional masks over the L
   /// positions, generator @return (N, C, L) (or (C, L))
@@ -73,6 +69,7 @@ class AttentionBlock : public Module<T> {
 
  protected:
   const char* type_name() const override { return "attn::AttentionBlock"; }
+  std::vector<Module<T>*> children() override { return {&mha_, &norm_}; }
 
  private:
   MultiHeadAttention<T> mha_;

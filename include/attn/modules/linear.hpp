@@ -11,6 +11,7 @@
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/modules/module.hpp"
+#include "attn/ops/detail/gemm.hpp"
 #include "attn/ops/linear.hpp"
 
 namespace attn {
@@ -37,6 +38,7 @@ class Linear : public Module<T> {
     const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
     detail::init_uniform(weight_.data(), weight_.size(), bound, seed);
     detail::init_uniform(bias_.data(), bias_.size(), bound, seed + 1);
+    repack();
   }
 
   /// Input features (columns of the weight).
@@ -45,29 +47,47 @@ class Linear : public Module<T> {
   Index out_features() const { return weight_.rows(); }
   /// Whether the layer has a bias.
   bool has_bias() const { return bias_.size() > 0; }
-  /// The weight (out_features, in_features), PyTorch's layout; write to it, do not resize it.
-  RowMatrix<T>& weight() { return weight_; }
-  /// The weight (out_features, in_features).
+  /// The weight (out_features, in_features), PyTorch's layout.
   const RowMatrix<T>& weight() const { return weight_; }
-  /// The bias (out_features), or an empty vector without bias; write to it, do not resize it.
-  Vector<T>& bias() { return bias_; }
   /// The bias (out_features), or an empty vector without bias.
   const Vector<T>& bias() const { return bias_; }
 
-  /// out = x W^T + b on matrices: x (rows, in), out (rows, out); out must not alias x.
+  /// @brief Replaces the weight and the bias (load_state_dict does the same by name).
+  /// @param weight (out_features, in_features)
+  /// @param bias (out_features), or empty for a layer without bias
+  /// @throws std::invalid_argument if a shape differs from the layer's; nothing changes then
+  void set_parameters(const RowMatrix<T>& weight, const Vector<T>& bias) {
+    detail::require(weight.rows() == out_features() && weight.cols() == in_features() && bias.size() == bias_.size(),
+                    "attn::Linear::set_parameters: weight (", weight.rows(), ", ", weight.cols(), ") and bias (",
+                    bias.size(), ") must be (", out_features(), ", ", in_features(), ") and (", bias_.size(), ")");
+    weight_ = weight;
+    bias_ = bias;
+    repack();
+  }
+
+  /// @brief out = x W^T + b on matrices, with attn's GEMM (the weight was packed for it when
+  /// it was set): x (rows, in_features), out (rows, out_features), both row-major with unit
+  /// column stride (other expressions are copied); out must not alias x.
   template <class X, class Out>
   void apply(const Eigen::MatrixBase<X>& x, Out&& out) const {
-    if (has_bias())
-      linear(x, weight_, bias_, std::forward<Out>(out));
-    else
-      linear(x, weight_, std::forward<Out>(out));
+    detail::require_writable<Out>();
+    detail::require(x.cols() == in_features() && out.rows() == x.rows() && out.cols() == out_features(),
+                    "attn::Linear::apply: input (", x.rows(), ", ", x.cols(), ") and output (", out.rows(), ", ",
+                    out.cols(), ") do not fit Linear(", in_features(), ", ", out_features(), ")");
+    const Eigen::Ref<const RowMatrix<T>, 0, Eigen::OuterStride<>> xr(x);
+    Eigen::Ref<RowMatrix<T>, 0, Eigen::OuterStride<>> o(out);
+    detail::gemm(xr.data(), xr.rows(), xr.outerStride(), packed_, o.data(), o.outerStride());
   }
 
   /// @param x (..., in_features) @return (..., out_features)
   Tensor<T> forward(const TensorView<const T>& x) const {
-    return linear<T>(x, TensorView<const T>(weight_.data(), {out_features(), in_features()}),
-                     has_bias() ? TensorView<const T>(bias_.data(), {out_features()})
-                                : TensorView<const T>());
+    detail::require(x.dim() >= 1 && x.size(-1) == in_features(), "attn::Linear::forward: input of shape ", x.shape(),
+                    " does not fit Linear(", in_features(), ", ", out_features(), ")");
+    Shape shape = x.shape();
+    shape.back() = out_features();
+    auto y = Tensor<T>::uninitialized(shape);
+    apply(x.matrix(), y.matrix());
+    return y;
   }
 
   std::vector<ParameterSlot<T>> parameters() override {
@@ -78,10 +98,14 @@ class Linear : public Module<T> {
 
  protected:
   const char* type_name() const override { return "attn::Linear"; }
+  void on_parameters_changed() override { repack(); }
 
  private:
+  void repack() { packed_.pack(weight_.data(), out_features(), in_features(), in_features(), has_bias() ? bias_.data() : nullptr); }
+
   RowMatrix<T> weight_;
   Vector<T> bias_;
+  detail::PackedWeight<T> packed_;  // weight_ and bias_ in the GEMM's panel layout
 };
 
 }  // namespace attn

@@ -25,14 +25,24 @@ class Module {
   virtual ~Module() = default;
 
   /// Training mode on (dropout active) or off; propagates to submodules.
-  virtual void train(bool mode = true) { training_ = mode; }
+  void train(bool mode = true) {
+    training_ = mode;
+    for (Module* c : children()) c->train(mode);
+  }
   /// Same as train(false).
   void eval() { train(false); }
   /// Whether the module is in training mode (false after construction).
   bool is_training() const { return training_; }
 
-  /// Every parameter with its PyTorch name, a pointer into this module, and its shape.
+  /// @brief Every parameter with its PyTorch name, a pointer into this module, and its shape.
+  ///
+  /// Values may be written through the pointers; call parameters_changed() afterwards
+  /// (load_state_dict does), since modules keep their weights packed for their GEMMs.
   virtual std::vector<ParameterSlot<T>> parameters() = 0;
+
+  /// @brief Tells the module (and its submodules) that values were written through
+  /// parameters(): the packed copies of the weights are made again.
+  void parameters_changed() { on_parameters_changed(); }
 
   /// @brief Copy of every parameter, by PyTorch name (torch.nn.Module.state_dict()).
   /// @param prefix put before every name, e.g. "blocks.0.attn." to build a bigger checkpoint
@@ -52,13 +62,14 @@ class Module {
   /// (with the prefix); nothing is changed then.
   void load_state_dict(const StateDict<T>& dict, const std::string& prefix, bool strict = true) {
     load_parameters(dict, prefix, strict);
+    on_parameters_changed();
   }
   /// Same, with a string literal prefix (without this overload, "x." would convert to bool).
   void load_state_dict(const StateDict<T>& dict, const char* prefix, bool strict = true) {
-    load_parameters(dict, prefix, strict);
+    load_state_dict(dict, std::string(prefix), strict);
   }
   /// Same, with no prefix.
-  void load_state_dict(const StateDict<T>& dict, bool strict = true) { load_parameters(dict, "", strict); }
+  void load_state_dict(const StateDict<T>& dict, bool strict = true) { load_state_dict(dict, std::string(), strict); }
 
   /// Total number of parameter elements.
   Index num_parameters() const {
@@ -80,6 +91,16 @@ class Module {
   /// parameter names from the dict (MultiHeadAttention) override it.
   virtual void load_parameters(const StateDict<T>& dict, const std::string& prefix, bool strict) {
     detail::load_slots(parameters(), dict, type_name(), strict, prefix);
+  }
+
+  /// The submodules this module is made of (train() and parameters_changed() reach them).
+  virtual std::vector<Module*> children() { return {}; }
+
+  /// Called when new values were written through parameters() (by load_state_dict or by the
+  /// caller): a module that keeps something derived from its parameters (Linear's packed
+  /// weight) makes it again here, then calls this base version for its submodules.
+  virtual void on_parameters_changed() {
+    for (Module* c : children()) c->on_parameters_changed();
   }
 
   /// "attn::ClassName", used in error messages.

@@ -91,7 +91,8 @@ class MultiHeadAttention : public Module<T> {
                              3 + static_cast<std::uint64_t>(i));
     }
     in_bias_ = Vector<T>::Zero(options.bias ? 3 * e : 0);
-    if (options.bias) out_proj_.bias().setZero();
+    if (options.bias) out_proj_.set_parameters(out_proj_.weight(), Vector<T>::Zero(e));
+    repack();
     if (options.add_bias_kv) {
       bias_k_.resize(e);
       bias_v_.resize(e);
@@ -218,6 +219,11 @@ class MultiHeadAttention : public Module<T> {
 
  protected:
   const char* type_name() const override { return "attn::MultiHeadAttention"; }
+  std::vector<Module<T>*> children() override { return {&out_proj_}; }
+  void on_parameters_changed() override {
+    repack();
+    Module<T>::on_parameters_changed();
+  }
 
   /// Loads nn.MultiheadAttention, separate-Linear (q./k./v./out.) or MobileViT (qkv_proj./out_proj.)
   /// names; the layout follows the names present under the prefix.
@@ -313,14 +319,28 @@ class MultiHeadAttention : public Module<T> {
   }
 
   /// out (rows, n) = x W[first : first + n]^T + b[first : first + n]: rows first.. of the
-  /// stacked [W_q; W_k; W_v] (each `in` wide; consecutive blocks share `in` when fused).
+  /// stacked [W_q; W_k; W_v] (each `in` wide), from the packed group that holds them.
   void project_rows(const TensorView<const T>& x, Index first, Index n, Index in, RowMatrix<T>& out) const {
     out.resize(x.numel() / in, n);
-    const Eigen::Map<const RowMatrix<T>> w(in_weight_.data() + weight_offset(static_cast<int>(first / embed_dim_)), n, in);
-    if (options_.bias)
-      linear(x.matrix(), w, in_bias_.segment(first, n), out);
-    else
-      linear(x.matrix(), w, out);
+    for (const PackedRows& g : in_packed_)
+      if (first >= g.first && first + n <= g.first + g.weight.rows()) {
+        detail::gemm(x.data(), out.rows(), in, g.weight, out.data(), n, first - g.first, n);
+        return;
+      }
+  }
+
+  /// Packs the in-projection for the GEMM: consecutive blocks of [W_q; W_k; W_v] with the
+  /// same input width together (all three when kdim == vdim == embed_dim), so a fused
+  /// projection is one GEMM.
+  void repack() {
+    const Index widths[] = {embed_dim_, kdim_, vdim_};
+    in_packed_.clear();
+    for (int i = 0, j = 1; i < 3; i = j, j = i + 1) {
+      while (j < 3 && widths[j] == widths[i]) ++j;
+      in_packed_.push_back({i * embed_dim_, detail::PackedWeight<T>(in_weight_.data() + weight_offset(i),
+                                                                     (j - i) * embed_dim_, widths[i], widths[i],
+                                                                     options_.bias ? in_bias_.data() + i * embed_dim_ : nullptr)});
+    }
   }
 
   /// bias_k / bias_v and the zero key as extra keys after the S real ones (PyTorch's order):
@@ -414,6 +434,12 @@ class MultiHeadAttention : public Module<T> {
   T scale_ = T(1);
   Vector<T> in_weight_;  // [W_q (E, E); W_k (E, kdim); W_v (E, vdim)], row-major, back to back
   Vector<T> in_bias_;    // [b_q; b_k; b_v] (3E) or empty
+  /// Rows [first, first + weight.rows()) of the stacked in-projection, packed for the GEMM.
+  struct PackedRows {
+    Index first;
+    detail::PackedWeight<T> weight;
+  };
+  std::vector<PackedRows> in_packed_;
   Linear<T> out_proj_;
   Vector<T> bias_k_, bias_v_;
 };

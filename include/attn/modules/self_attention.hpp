@@ -61,8 +61,9 @@ class SelfAttention : public Module<T> {
   }
 
   std::vector<ParameterSlot<T>> parameters() override {
-    T* w = qkv_.weight().data();
-    T* b = qkv_.bias().data();
+    const auto qkv = qkv_.parameters();  // weight (3E, E), bias (3E): stacked query, key, value
+    T* w = qkv[0].data;
+    T* b = qkv[1].data;
     const Index e = embed_size();
     return {{"query.weight", w, {e, e}},         {"query.bias", b, {e}},
             {"key.weight", w + e * e, {e, e}},   {"key.bias", b + e, {e}},
@@ -71,6 +72,7 @@ class SelfAttention : public Module<T> {
 
  protected:
   const char* type_name() const override { return "attn::SelfAttention"; }
+  std::vector<Module<T>*> children() override { return {&qkv_}; }
 
  private:
   /// Linear(E, 3E), rows [query; key; value]: each PyTorch Linear(E, E) is U(-1/sqrt(E),

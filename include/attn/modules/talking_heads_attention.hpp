@@ -104,6 +104,7 @@ class TalkingHeadsAttention : public Module<T> {
 
  protected:
   const char* type_name() const override { return "attn::TalkingHeadsAttention"; }
+  std::vector<Module<T>*> children() override { return {&qkv_, &proj_, &proj_l_, &proj_w_}; }
 
  private:
   /// Checks the constructor arguments before anything is allocated; returns num_heads.

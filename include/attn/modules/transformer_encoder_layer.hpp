@@ -61,10 +61,6 @@ class TransformerEncoderLayer : public Module<T> {
   /// The attention submodule (parameters pre_norm_mha.1.*), read-only.
   const MultiHeadAttention<T>& mha() const { return mha_; }
 
-  void train(bool mode = true) override {
-    Module<T>::train(mode);
-    mha_.train(mode);
-  }
 
   /// @param x (B, N, E) or (N, E) @param args optional masks, generator @return same shape
   Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
@@ -104,6 +100,7 @@ class TransformerEncoderLayer : public Module<T> {
 
  protected:
   const char* type_name() const override { return "attn::TransformerEncoderLayer"; }
+  std::vector<Module<T>*> children() override { return {&norm_mha_, &mha_, &norm_ffn_, &fc1_, &fc2_}; }
 
  private:
   static MultiHeadAttentionOptions mha_options(double attn_dropout) {

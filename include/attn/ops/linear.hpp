@@ -9,48 +9,31 @@
 #include "attn/core/error.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
-#include "attn/ops/detail/work.hpp"
+#include "attn/ops/detail/gemm.hpp"
 
 namespace attn {
 
 namespace detail {
 
-/// The most rows of one work item of linear().
-constexpr Index kLinearMaxBlockRows = 256;
-
-/// out = x W^T (+ bias), one Eigen GEMM per (row block, column block) item, threaded with
-/// parallel_for. Eigen's own OpenMP threading of one big GEMM would pick its blocking from
-/// the thread count (changing the last bits); these items, and so every output element's
-/// GEMM, do not depend on it.
-template <class X, class W, class B, class Out>
-void linear_blocked(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight, const B* bias, Out& out) {
-  const Index rows = x.rows(), cols = weight.rows();
-  // Items are fixed by the problem's size alone. Small products are one GEMM. Larger ones
-  // take about an eighth of the rows (32 to 256, a multiple of 16) and all output features
-  // (narrower column blocks make Eigen pack x again for each: ~8% slower); only when that
-  // gives fewer than 8 items are the features split too, into blocks of at least 128.
-  const bool small = static_cast<double>(rows) * cols * x.cols() < kMinParallelWork;
-  const Index rb = small ? std::max<Index>(rows, 1)
-                         : std::min(kLinearMaxBlockRows, std::max<Index>(32, ((rows + 127) / 128) * 16));
-  const Index row_blocks = (rows + rb - 1) / rb;
-  const Index splits = small || row_blocks >= 8 ? 1 : std::min((cols + 127) / 128, (8 + row_blocks - 1) / row_blocks);
-  const Index cb = std::max<Index>(((cols + splits - 1) / splits + 15) / 16 * 16, 1);
-  const Index col_blocks = (cols + cb - 1) / cb;
-  parallel_for(row_blocks * col_blocks, [&](Index item) {
-    const Index r0 = (item / col_blocks) * rb, c0 = (item % col_blocks) * cb;
-    const Index nr = std::min(rb, rows - r0), nc = std::min(cb, cols - c0);
-    auto o = out.block(r0, c0, nr, nc);
-    o.noalias() = x.middleRows(r0, nr) * weight.middleRows(c0, nc).transpose();
-    if (bias) o.rowwise() += bias->segment(c0, nc).transpose();
-  });
+/// out = x W^T (+ bias) with attn's GEMM (detail/gemm.hpp), the weight packed for this call.
+/// Threaded over fixed (row, column) blocks; bit-identical for every thread count.
+template <class X, class W, class Out>
+void linear_packed(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight, const typename X::Scalar* bias,
+                   Out& out) {
+  using T = typename X::Scalar;
+  const Eigen::Ref<const RowMatrix<T>, 0, Eigen::OuterStride<>> xr(x), wr(weight);
+  Eigen::Ref<RowMatrix<T>, 0, Eigen::OuterStride<>> o(out);
+  const PackedWeight<T> packed(wr.data(), wr.rows(), wr.cols(), wr.outerStride(), bias);
+  gemm(xr.data(), xr.rows(), xr.outerStride(), packed, o.data(), o.outerStride());
 }
 
 }  // namespace detail
 
 /// @brief out = x W^T, as torch.nn.functional.linear without bias.
 ///
-/// Threaded over fixed (row, output feature) blocks with attn::set_num_threads' thread
-/// count; the result is bit-identical for every thread count.
+/// attn's GEMM (the weight is packed for the call; the modules pack theirs once), threaded
+/// over fixed (row, output feature) blocks with attn::set_num_threads' thread count; the
+/// result is bit-identical for every thread count.
 /// @param x (rows, in_features)
 /// @param weight (out_features, in_features)
 /// @param out (rows, out_features), written in place (any writable Eigen expression); must
@@ -63,7 +46,7 @@ void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight, O
                   "attn::linear: input (", x.rows(), ", ", x.cols(), "), weight (", weight.rows(),
                   ", ", weight.cols(), ") and output (", out.rows(), ", ", out.cols(),
                   ") do not fit y = x W^T");
-  detail::linear_blocked(x, weight, static_cast<const Vector<typename X::Scalar>*>(nullptr), out);
+  detail::linear_packed(x, weight, static_cast<const typename X::Scalar*>(nullptr), out);
 }
 
 /// @brief out = x W^T + b, as torch.nn.functional.linear.
@@ -85,7 +68,8 @@ void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& weight,
                   "attn::linear: input (", x.rows(), ", ", x.cols(), "), weight (", weight.rows(),
                   ", ", weight.cols(), ") and output (", out.rows(), ", ", out.cols(),
                   ") do not fit y = x W^T");
-  detail::linear_blocked(x, weight, &bias, out);
+  const Eigen::Ref<const Vector<typename X::Scalar>> b(bias);
+  detail::linear_packed(x, weight, b.data(), out);
 }
 
 /// @brief y = x W^T + b on the last dimension of a tensor of any rank >= 1.

@@ -56,20 +56,20 @@ struct GemmBlocking {
   }
 };
 
-/// @brief A weight W (n, k) in PyTorch's Linear layout (out_features, in_features), packed
-/// for gemm(): for each k-block, for each panel of kNR output features, the block's rows
-/// of W^T, kNR values each (features past n are zero).
+/// @brief A weight W (n, k) in PyTorch's Linear layout (out_features, in_features), and
+/// its bias, packed for gemm(): for each k-block, for each panel of kNR output features,
+/// the block's rows of W^T, kNR values each (features past n are zero).
 template <class T>
 class PackedWeight {
  public:
   using B = GemmBlocking<T>;
 
   PackedWeight() = default;
-  /// Packs w (n rows of k values, rows `ld` apart).
-  PackedWeight(const T* w, Index n, Index k, Index ld) { pack(w, n, k, ld); }
+  /// Packs w (n rows of k values, rows `ld` apart) and bias (n values, or null).
+  PackedWeight(const T* w, Index n, Index k, Index ld, const T* bias = nullptr) { pack(w, n, k, ld, bias); }
 
-  /// (Re)packs w (n rows of k values, rows `ld` apart).
-  void pack(const T* w, Index n, Index k, Index ld) {
+  /// (Re)packs w (n rows of k values, rows `ld` apart) and bias (n values, or null).
+  void pack(const T* w, Index n, Index k, Index ld, const T* bias = nullptr) {
     n_ = n, k_ = k, panels_ = (n + B::kNR - 1) / B::kNR;
     data_.resize(panels_ * B::kNR * k);
     for (Index k0 = 0; k0 < k; k0 += B::kKC) {
@@ -82,25 +82,37 @@ class PackedWeight {
         }
       }
     }
+    bias_.setZero(bias ? panels_ * B::kNR : 0);
+    if (bias) std::copy(bias, bias + n, bias_.data());
   }
 
   Index rows() const { return n_; }     ///< n: output features
   Index cols() const { return k_; }     ///< k: input features
   Index panels() const { return panels_; }
   /// Panel p of the k-block starting at k0 (kc x kNR values, row-major).
-  const T* panel(Index k0, Index p) const { return data_.data() + k0 * panels_ * B::kNR + p * std::min(B::kKC, k_ - k0) * B::kNR; }
+  const T* panel(Index k0, Index p) const {
+    return data_.data() + k0 * panels_ * B::kNR + p * std::min(B::kKC, k_ - k0) * B::kNR;
+  }
+  /// The bias of panel p's features (kNR values), or null without bias.
+  const T* bias(Index p) const { return bias_.size() ? bias_.data() + p * B::kNR : nullptr; }
 
  private:
-  Vector<T> data_;
+  Vector<T> data_, bias_;
   Index n_ = 0, k_ = 0, panels_ = 0;
 };
 
-/// @brief The micro-kernel: c (MR x kNR, rows ldc apart) (+)= a_panel^T b_panel over kc,
-/// where a is a packed panel of x (a[k * MR + i]) and b a packed panel of W (b[k * kNR + x]).
-/// With `accumulate` c's values are the starting sums; `bias` (kNR values), if given, is
-/// added at the end. Only the first `rows` rows and `cols` columns of c are read or written.
+/// Columns [lo, hi) of a panel's kNR, and the output column the first of them goes to.
+struct PanelColumns {
+  Index lo, hi, out;
+};
+
+/// @brief The micro-kernel: out (+)= a_panel^T b_panel over kc for an MR x kNR block, of
+/// which rows [0, rows) and panel columns [cols.lo, cols.hi) are kept, written to c (row i,
+/// column cols.out + j - cols.lo, rows ldc apart). a is a packed panel of x (a[k * MR + i]),
+/// b a packed panel of W (b[k * kNR + j]). With `accumulate` c's values are the starting
+/// sums; `bias` (kNR values), if given, is added at the end.
 template <class T, int MR>
-void gemm_micro(const T* a, const T* b, Index kc, T* c, Index ldc, Index rows, Index cols, bool accumulate,
+void gemm_micro(const T* a, const T* b, Index kc, T* c, Index ldc, Index rows, PanelColumns cols, bool accumulate,
                 const T* bias) {
   using P = Packet<T>;
   using BL = GemmBlocking<T>;
@@ -117,14 +129,14 @@ void gemm_micro(const T* a, const T* b, Index kc, T* c, Index ldc, Index rows, I
     }
   }
   // A block cut by the edge of c goes through a full-size tile.
-  const bool full = rows == MR && cols == BL::kNR;
+  const bool full = rows == MR && cols.lo == 0 && cols.hi == BL::kNR;
   T tile[MR * BL::kNR];
-  T* out = full ? c : tile;
-  const Index ld = full ? ldc : BL::kNR;
+  T* out = full ? c + cols.out : tile;
+  const Index ld = full ? ldc : BL::kNR, n = cols.hi - cols.lo;
   if (!full) {
     std::fill(tile, tile + MR * BL::kNR, T(0));
     if (accumulate)
-      for (Index i = 0; i < rows; ++i) std::copy(c + i * ldc, c + i * ldc + cols, tile + i * BL::kNR);
+      for (Index i = 0; i < rows; ++i) std::copy(c + i * ldc + cols.out, c + i * ldc + cols.out + n, tile + i * BL::kNR + cols.lo);
   }
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) {
@@ -133,7 +145,8 @@ void gemm_micro(const T* a, const T* b, Index kc, T* c, Index ldc, Index rows, I
       ei::pstoreu(out + i * ld + v * S, r);
     }
   if (!full)
-    for (Index i = 0; i < rows; ++i) std::copy(tile + i * BL::kNR, tile + i * BL::kNR + cols, c + i * ldc);
+    for (Index i = 0; i < rows; ++i)
+      std::copy(tile + i * BL::kNR + cols.lo, tile + i * BL::kNR + cols.hi, c + i * ldc + cols.out);
 }
 
 /// Packs rows [0, rows) x columns [0, kc) of x (rows ldx apart) into panels of kMR rows,
@@ -154,16 +167,23 @@ void gemm_pack_rows(const T* x, Index rows, Index kc, Index ldx, T* a) {
   }
 }
 
-/// @brief c (m, n) = x (m, k) W^T + bias, W packed; x rows ldx apart, c rows ldc apart.
-/// @param bias null, or w.panels() * kNR values (zero past n)
+/// @brief c (m, count) = x (m, k) W[first : first + count]^T + bias[first : first + count]:
+/// output features [first, first + count) of the packed W (all of them by default); x rows
+/// ldx apart, c rows ldc apart.
 template <class T>
-void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, const T* bias, T* c, Index ldc) {
+void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, T* c, Index ldc, Index first = 0,
+          Index count = -1) {
   using BL = GemmBlocking<T>;
-  const Index n = w.rows(), k = w.cols(), panels = w.panels();
+  const Index k = w.cols(), n = count < 0 ? w.rows() - first : count;
   if (m == 0 || n == 0) return;
+  const Index p_first = first / BL::kNR, panels = (first + n + BL::kNR - 1) / BL::kNR - p_first;
+  const auto columns = [&](Index p) {  // the part of panel p that is output
+    const Index f0 = std::max(first, p * BL::kNR), f1 = std::min(first + n, (p + 1) * BL::kNR);
+    return PanelColumns{f0 - p * BL::kNR, f1 - p * BL::kNR, f0 - first};
+  };
   if (k == 0) {  // an empty sum: the bias (or 0)
     for (Index i = 0; i < m; ++i)
-      for (Index j = 0; j < n; ++j) c[i * ldc + j] = bias ? bias[j] : T(0);
+      for (Index j = 0; j < n; ++j) c[i * ldc + j] = w.bias(0) ? w.bias(0)[first + j] : T(0);
     return;
   }
   const Index mc = std::min(BL::row_block(), (m + BL::kMR - 1) / BL::kMR * BL::kMR);
@@ -171,28 +191,27 @@ void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, const T* bia
   // Few row blocks (short inputs): the panels are split too, so that there are about 8 items.
   const Index col_blocks = row_blocks >= 8 ? 1 : std::min(panels, (8 + row_blocks - 1) / row_blocks);
   const Index per_block = (panels + col_blocks - 1) / col_blocks;
-  const bool parallel = double(m) * double(n) * double(k) >= kMinParallelWork;
   ThreadScratch<T> scratch(mc * std::min(k, BL::kKC));
   const auto item = [&](Index it) {
     Vector<T> spare;
     T* a = scratch.get(spare);
     const Index i0 = (it / col_blocks) * mc, rows = std::min(mc, m - i0);
-    const Index p0 = (it % col_blocks) * per_block, p1 = std::min(panels, p0 + per_block);
+    const Index p0 = p_first + (it % col_blocks) * per_block, p1 = std::min(p_first + panels, p0 + per_block);
     for (Index k0 = 0; k0 < k; k0 += BL::kKC) {
       const Index kc = std::min(BL::kKC, k - k0);
-      const bool last = k0 + kc == k;
       gemm_pack_rows(x + i0 * ldx + k0, rows, kc, ldx, a);
       for (Index p = p0; p < p1; ++p)
         for (Index ip = 0; ip < rows; ip += BL::kMR)
-          gemm_micro<T, BL::kMR>(a + ip * kc, w.panel(k0, p), kc, c + (i0 + ip) * ldc + p * BL::kNR, ldc,
-                                 std::min<Index>(BL::kMR, rows - ip), std::min(BL::kNR, n - p * BL::kNR), k0 > 0,
-                                 last && bias ? bias + p * BL::kNR : nullptr);
+          gemm_micro<T, BL::kMR>(a + ip * kc, w.panel(k0, p), kc, c + (i0 + ip) * ldc, ldc,
+                                 std::min<Index>(BL::kMR, rows - ip), columns(p), k0 > 0,
+                                 k0 + kc == k ? w.bias(p) : nullptr);
     }
   };
-  if (parallel)
-    parallel_for(row_blocks * col_blocks, item);
+  const Index items = row_blocks * col_blocks;
+  if (double(m) * double(n) * double(k) >= kMinParallelWork)
+    parallel_for(items, item);
   else
-    for (Index it = 0; it < row_blocks * col_blocks; ++it) item(it);
+    for (Index it = 0; it < items; ++it) item(it);
 }
 
 }  // namespace detail
