@@ -43,7 +43,9 @@ using attn::io::DType;
 
 const char* const kUsage =
     "usage: attn_run --module self_attention|multi_head_attention|talking_heads|attention_block|transformer_encoder\n"
+    "                        |linear|sdpa\n"
     "                --embed-dim E [--num-heads H] [--kdim K] [--vdim V] [--ffn-dim F]\n"
+    "                [--in-features K --out-features N]\n"
     "                [--qkv-bias] [--no-bias] [--add-bias-kv] [--add-zero-attn]\n"
     "                --weights W.safetensors [--prefix P] --inputs X.safetensors --output Y.safetensors\n"
     "                [--need-weights] [--per-head-weights] [--threads N] [--repeat N]\n"
@@ -61,6 +63,9 @@ const char* const kUsage =
     "  attention_block       AttentionBlock(E, H) (MHA + residual + LayerNorm): --embed-dim --num-heads;\n"
     "                        x is (N, C, L)\n"
     "  transformer_encoder   MobileViT's TransformerEncoder(E, F, H = 8): --embed-dim --ffn-dim [--num-heads]\n"
+    "  linear                nn.Linear(K, N, bias): --in-features --out-features [--no-bias]; x is (..., K)\n"
+    "  sdpa                  the attention core, softmax(q k^T / sqrt(D)) v, on query (B, H, L, D), key\n"
+    "                        (B, H, S, D), value (B, H, S, Dv) (and the optional masks); no --weights\n"
     "\n"
     "Files (safetensors):\n"
     "  --weights   the module's state_dict under PyTorch's names; with --prefix P only the tensors\n"
@@ -89,7 +94,7 @@ struct UsageError : std::runtime_error {
 
 struct Options {
   std::string module;
-  Index embed_dim = 0, num_heads = 0, kdim = 0, vdim = 0, ffn_dim = 0;
+  Index embed_dim = 0, num_heads = 0, kdim = 0, vdim = 0, ffn_dim = 0, in_features = 0, out_features = 0;
   bool qkv_bias = false, no_bias = false, add_bias_kv = false, add_zero_attn = false;
   std::string weights, prefix, inputs, output;
   bool need_weights = false, per_head_weights = false;
@@ -125,6 +130,8 @@ Options parse_args(int argc, char** argv) {
       {"kdim", [&](const std::string& v) { o.kdim = parse_number("kdim", v, 1, kMaxDim); }},
       {"vdim", [&](const std::string& v) { o.vdim = parse_number("vdim", v, 1, kMaxDim); }},
       {"ffn-dim", [&](const std::string& v) { o.ffn_dim = parse_number("ffn-dim", v, 1, kMaxDim); }},
+      {"in-features", [&](const std::string& v) { o.in_features = parse_number("in-features", v, 1, kMaxDim); }},
+      {"out-features", [&](const std::string& v) { o.out_features = parse_number("out-features", v, 1, kMaxDim); }},
       {"weights", [&](const std::string& v) { o.weights = v; }},
       {"prefix", [&](const std::string& v) { o.prefix = v; }},
       {"inputs", [&](const std::string& v) { o.inputs = v; }},
@@ -185,6 +192,8 @@ const std::map<std::string, ModuleFlags>& module_flags() {
       {"talking_heads", {{"embed-dim", "num-heads", "qkv-bias"}, {"embed-dim"}}},
       {"attention_block", {{"embed-dim", "num-heads"}, {"embed-dim", "num-heads"}}},
       {"transformer_encoder", {{"embed-dim", "num-heads", "ffn-dim"}, {"embed-dim", "ffn-dim"}}},
+      {"linear", {{"in-features", "out-features", "no-bias"}, {"in-features", "out-features"}}},
+      {"sdpa", {{}, {}}},
   };
   return table;
 }
@@ -192,14 +201,17 @@ const std::map<std::string, ModuleFlags>& module_flags() {
 /// Checks what parse_args cannot: required flags, flags the module does not take, and
 /// the constructor arguments. Fills in the modules' default head counts.
 void validate(Options& o) {
-  const std::set<std::string> common{"module", "weights", "prefix", "inputs", "output", "threads", "repeat"};
-  for (const char* f : {"module", "weights", "inputs", "output"})
+  const bool sdpa = o.module == "sdpa";  // the attention core has no weights
+  std::set<std::string> common{"module", "inputs", "output", "threads", "repeat"};
+  if (!sdpa) common.insert({"weights", "prefix"});
+  for (const char* f : {"module", "inputs", "output"})
     if (!o.given.count(f)) throw UsageError(std::string("--") + f + " is required");
+  if (!sdpa && !o.given.count("weights")) throw UsageError("--weights is required");
   auto it = module_flags().find(o.module);
   if (it == module_flags().end())
     throw UsageError("unknown module '" + o.module +
-                     "' (expected self_attention, multi_head_attention, talking_heads, attention_block or "
-                     "transformer_encoder)");
+                     "' (expected self_attention, multi_head_attention, talking_heads, attention_block, "
+                     "transformer_encoder, linear or sdpa)");
   for (const auto& f : o.given)
     if (!common.count(f) && !it->second.allowed.count(f)) {
       std::string hint;
@@ -210,7 +222,7 @@ void validate(Options& o) {
     if (!o.given.count(f)) throw UsageError("--module " + o.module + " needs --" + f);
   if (o.per_head_weights) o.need_weights = true;
   if (!o.given.count("num-heads")) o.num_heads = o.module == "self_attention" ? 1 : 8;  // PyTorch defaults
-  if (o.embed_dim % o.num_heads != 0)
+  if (o.given.count("embed-dim") && o.embed_dim % o.num_heads != 0)
     throw UsageError("--num-heads " + std::to_string(o.num_heads) + " does not divide --embed-dim " +
                      std::to_string(o.embed_dim));
   if (o.output == o.weights || o.output == o.inputs)
@@ -269,6 +281,18 @@ bool same_values(const attn::Tensor<T>& a, const attn::Tensor<T>& b) {
          std::equal(a.data(), a.data() + a.numel(), b.data(), [](T x, T y) { return std::memcmp(&x, &y, sizeof(T)) == 0; });
 }
 
+/// The attention core on the inputs query, key, value (B, H, N, D) and the optional masks.
+template <class T>
+std::function<Result<T>()> sdpa_forward(const Options& o, const Inputs<T>& in) {
+  for (const char* n : {"query", "key", "value"})
+    if (!in.values.count(n)) throw std::runtime_error(o.inputs + ": no tensor named '" + n + "'");
+  const attn::Tensor<T>&q = in.values.at("query"), &k = in.values.at("key"), &v = in.values.at("value");
+  attn::SdpaOptions<T> opt;
+  opt.key_padding_mask = in.args.key_padding_mask;
+  opt.attn_mask = in.args.attn_mask;
+  return [&q, &k, &v, opt] { return Result<T>{attn::scaled_dot_product_attention<T>(q, k, v, opt), {}}; };
+}
+
 /// Loads the weights (strict) and returns the forward pass as a function.
 template <class T>
 std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, const attn::StateDict<T>& weights) {
@@ -305,8 +329,14 @@ std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, c
       return Result<T>{std::move(r.output), std::move(r.attn_weights)};
     };
   }
+  if (o.module == "sdpa") return sdpa_forward(o, in);
   if (!in.values.count("x")) throw std::runtime_error(o.inputs + ": no tensor named 'x'");
   const attn::Tensor<T>& x = in.values.at("x");
+  if (o.module == "linear") {
+    auto m = std::make_shared<attn::Linear<T>>(o.in_features, o.out_features, !o.no_bias);
+    load(*m);
+    return [m, &x] { return Result<T>{m->forward(x), {}}; };
+  }
   const attn::AttentionArgs<T> args = in.args;
   auto single = [&](auto m) -> std::function<Result<T>()> {
     load(*m);
@@ -335,7 +365,7 @@ void write_atomically(const attn::io::SafetensorsWriter& writer, const std::stri
 
 template <class T>
 void run(const Options& o, const attn::io::SafetensorsFile& inputs_file) {
-  const bool mha = o.module == "multi_head_attention";
+  const bool mha = o.module == "multi_head_attention" || o.module == "sdpa";
   const Inputs<T> in(inputs_file, mha ? std::vector<std::string>{"query", "key", "value"} : std::vector<std::string>{"x"},
                      o.module);
   if (mha && inputs_file.contains("key") && inputs_file.info("key").dtype != inputs_file.info("query").dtype)
@@ -345,11 +375,14 @@ void run(const Options& o, const attn::io::SafetensorsFile& inputs_file) {
     throw std::runtime_error(o.inputs + ": value has dtype " + attn::io::dtype_name(inputs_file.info("value").dtype) +
                              ", query " + attn::io::dtype_name(inputs_file.info("query").dtype));
 
-  const attn::io::SafetensorsFile weights_file(o.weights);
-  const attn::StateDict<T> weights = weights_file.state_dict<T>(o.prefix);
-  if (weights.empty())
-    throw std::runtime_error(o.weights + ": no floating-point tensor" +
-                             (o.prefix.empty() ? std::string() : " whose name starts with '" + o.prefix + "'"));
+  attn::StateDict<T> weights;
+  if (o.module != "sdpa") {
+    const attn::io::SafetensorsFile weights_file(o.weights);
+    weights = weights_file.state_dict<T>(o.prefix);
+    if (weights.empty())
+      throw std::runtime_error(o.weights + ": no floating-point tensor" +
+                               (o.prefix.empty() ? std::string() : " whose name starts with '" + o.prefix + "'"));
+  }
   const std::function<Result<T>()> forward = make_forward<T>(o, in, weights);
 
   Result<T> result = forward();
@@ -398,7 +431,7 @@ int main(int argc, char** argv) {
   try {
     attn::set_num_threads(o.threads);
     const attn::io::SafetensorsFile inputs(o.inputs);
-    const std::string main_input = o.module == "multi_head_attention" ? "query" : "x";
+    const std::string main_input = o.module == "multi_head_attention" || o.module == "sdpa" ? "query" : "x";
     if (!inputs.contains(main_input)) throw std::runtime_error(o.inputs + ": no tensor named '" + main_input + "'");
     const DType dtype = inputs.info(main_input).dtype;
     if (dtype == DType::kF32)
