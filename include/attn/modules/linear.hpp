@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <utility>
 
 #include <Eigen/Core>
@@ -77,6 +78,15 @@ class Linear : public Module<T> {
     const Eigen::Ref<const RowMatrix<T>, 0, Eigen::OuterStride<>> xr(x);
     Eigen::Ref<RowMatrix<T>, 0, Eigen::OuterStride<>> o(out);
     detail::gemm(xr.data(), xr.rows(), xr.outerStride(), packed_, o.data(), o.outerStride());
+  }
+
+  /// @brief x W^T + b on a (..., in_features) input, written into several places by one GEMM:
+  /// each output receives its range of output features in its own layout (rows of a matrix,
+  /// or head-major (B, H, S, D) as the attention kernels read k and v; see detail/gemm.hpp).
+  void apply(const TensorView<const T>& x, std::initializer_list<detail::GemmOutput<T>> outputs) const {
+    detail::require(x.dim() >= 1 && x.size(-1) == in_features(), "attn::Linear::apply: input of shape ", x.shape(),
+                    " does not fit Linear(", in_features(), ", ", out_features(), ")");
+    detail::gemm(x.data(), x.numel() / in_features(), in_features(), packed_, outputs.begin(), Index(outputs.size()));
   }
 
   /// @param x (..., in_features) @return (..., out_features)

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -292,39 +293,43 @@ class MultiHeadAttention : public Module<T> {
   /// Keys appended after the S real ones: bias_k / bias_v, then the zero key.
   Index extra_keys() const { return (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0); }
 
-  /// Projections: one GEMM for each distinct input (fused when the inputs coincide).
+  /// Projections: one GEMM for each distinct input (fused when the inputs coincide). q is
+  /// written as (B*L, E) rows, k and v head-major (B, H, S, D), the layout the attention
+  /// kernel reads them in without copying.
   void project(const TensorView<const T>& query, const TensorView<const T>& key, const TensorView<const T>& value,
                Index nb, Projections& p) const {
     const Index e = embed_dim_, nh = num_heads_, d = head_dim_, len_q = query.size(-2), len_k = key.size(-2);
-    using Heads = HeadsView<const T>;
+    using Out = detail::GemmOutput<T>;
+    p.qbuf.resize(nb * len_q, e);
+    p.kbuf.resize(nb * len_k, e);
+    p.vbuf.resize(nb * len_k, e);
+    const Out q = Out::rows(0, e, p.qbuf.data(), e), k = Out::head_major(e, e, p.kbuf.data(), d, len_k),
+              v = Out::head_major(2 * e, e, p.vbuf.data(), d, len_k);
     if (same_tensor(query, key) && same_tensor(key, value) && same_embed_dims()) {
-      project_rows(query, 0, 3 * e, e, p.qbuf);
-      p.q = Heads::bnhd(p.qbuf.data(), nb, len_q, nh, d, 3 * e);
-      p.k = Heads::bnhd(p.qbuf.data() + e, nb, len_k, nh, d, 3 * e);
-      p.v = Heads::bnhd(p.qbuf.data() + 2 * e, nb, len_k, nh, d, 3 * e);
-      return;
-    }
-    project_rows(query, 0, e, e, p.qbuf);
-    p.q = Heads::bnhd(p.qbuf.data(), nb, len_q, nh, d, e);
-    if (same_tensor(key, value) && kdim_ == vdim_) {
-      project_rows(key, e, 2 * e, kdim_, p.kbuf);
-      p.k = Heads::bnhd(p.kbuf.data(), nb, len_k, nh, d, 2 * e);
-      p.v = Heads::bnhd(p.kbuf.data() + e, nb, len_k, nh, d, 2 * e);
+      project_rows(query, e, {q, k, v});
     } else {
-      project_rows(key, e, e, kdim_, p.kbuf);
-      project_rows(value, 2 * e, e, vdim_, p.vbuf);
-      p.k = Heads::bnhd(p.kbuf.data(), nb, len_k, nh, d, e);
-      p.v = Heads::bnhd(p.vbuf.data(), nb, len_k, nh, d, e);
+      project_rows(query, e, {q});
+      if (same_tensor(key, value) && kdim_ == vdim_) {
+        project_rows(key, kdim_, {k, v});
+      } else {
+        project_rows(key, kdim_, {k});
+        project_rows(value, vdim_, {v});
+      }
     }
+    p.q = HeadsView<const T>::bnhd(p.qbuf.data(), nb, len_q, nh, d, e);
+    p.k = HeadsView<const T>::bhnd(p.kbuf.data(), nb, nh, len_k, d);
+    p.v = HeadsView<const T>::bhnd(p.vbuf.data(), nb, nh, len_k, d);
   }
 
-  /// out (rows, n) = x W[first : first + n]^T + b[first : first + n]: rows first.. of the
-  /// stacked [W_q; W_k; W_v] (each `in` wide), from the packed group that holds them.
-  void project_rows(const TensorView<const T>& x, Index first, Index n, Index in, RowMatrix<T>& out) const {
-    out.resize(x.numel() / in, n);
+  /// x (rows, in) times rows of the stacked [W_q; W_k; W_v] (+ bias) into the outputs, whose
+  /// features are rows of that stack, from the packed group that holds them (one GEMM).
+  void project_rows(const TensorView<const T>& x, Index in, std::initializer_list<detail::GemmOutput<T>> outputs) const {
+    const Index first = outputs.begin()->first, last = (outputs.end() - 1)->first + (outputs.end() - 1)->count;
     for (const PackedRows& g : in_packed_)
-      if (first >= g.first && first + n <= g.first + g.weight.rows()) {
-        detail::gemm(x.data(), out.rows(), in, g.weight, out.data(), n, first - g.first, n);
+      if (first >= g.first && last <= g.first + g.weight.rows()) {
+        std::vector<detail::GemmOutput<T>> in_group(outputs);
+        for (auto& o : in_group) o.first -= g.first;
+        detail::gemm(x.data(), x.numel() / in, in, g.weight, in_group.data(), Index(in_group.size()));
         return;
       }
   }
@@ -351,22 +356,23 @@ class MultiHeadAttention : public Module<T> {
     detail::tile_masks(where, opt, detail::AttentionDims{nb, num_heads_, p.q.length, len});
     copy_with_extra_keys(p.k, bias_k_, x.k);
     copy_with_extra_keys(p.v, bias_v_, x.v);
-    p.k = HeadsView<const T>::bnhd(x.k.data(), nb, len + extra_keys(), num_heads_, head_dim_, embed_dim_);
-    p.v = HeadsView<const T>::bnhd(x.v.data(), nb, len + extra_keys(), num_heads_, head_dim_, embed_dim_);
+    p.k = HeadsView<const T>::bhnd(x.k.data(), nb, num_heads_, len + extra_keys(), head_dim_);
+    p.v = HeadsView<const T>::bhnd(x.v.data(), nb, num_heads_, len + extra_keys(), head_dim_);
     opt.key_padding_mask = pad_keys(opt.key_padding_mask, len, x.kpm_bools, x.kpm_values);
     opt.attn_mask = pad_keys(opt.attn_mask, len, x.am_bools, x.am_values);
   }
 
-  /// Copies the keys (or values) of every batch element into (B * (S + extra), E) rows and
-  /// appends bias_k (bias_v) and / or the zero row after them.
+  /// Copies the keys (or values) of every head into (B, H, S + extra, D) and appends each
+  /// head's part of bias_k (bias_v) and / or the zero row after them.
   void copy_with_extra_keys(const HeadsView<const T>& src, const Vector<T>& learned, RowMatrix<T>& dst) const {
-    const Index len = src.length, e = embed_dim_, len2 = len + extra_keys();
-    dst.setZero(src.batch * len2, e);
-    for (Index b = 0; b < src.batch; ++b) {
-      dst.middleRows(b * len2, len) =
-          StridedMap<const T>(src.data + b * src.batch_stride, len, e, Eigen::OuterStride<>(src.row_stride));
-      if (options_.add_bias_kv) dst.row(b * len2 + len) = learned.transpose();
-    }
+    const Index len = src.length, d = head_dim_, len2 = len + extra_keys();
+    dst.setZero(src.batch * src.heads * len2, d);
+    for (Index b = 0; b < src.batch; ++b)
+      for (Index h = 0; h < src.heads; ++h) {
+        const Index at = (b * src.heads + h) * len2;
+        dst.middleRows(at, len) = src.head(b, h);
+        if (options_.add_bias_kv) dst.row(at + len) = learned.segment(h * d, d).transpose();
+      }
   }
 
   /// Mask m (its last dimension S keys, or 1 when it broadcasts over them) with the extra

@@ -46,16 +46,17 @@ class SelfAttention : public Module<T> {
     const Index e = embed_size();
     const Index nb = detail::check_sequence(where, "x", x.shape(), e);
     const Index n = x.size(-2);
-    RowMatrix<T> qkv(x.numel() / e, 3 * e);
-    qkv_.apply(x.matrix(), qkv);
+    // q, k and v each as (B*N, E) rows (one head: head-major is the same), from one GEMM.
+    RowMatrix<T> q(x.numel() / e, e), k(x.numel() / e, e), v(x.numel() / e, e);
+    using Out = detail::GemmOutput<T>;
+    qkv_.apply(x, {Out::rows(0, e, q.data(), e), Out::rows(e, e, k.data(), e), Out::rows(2 * e, e, v.data(), e)});
     auto out = Tensor<T>::uninitialized(x.shape());
     const SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
     using Heads = HeadsView<const T>;
     detail::prefix_errors(where, [&] {
-      scaled_dot_product_attention<T>(Heads::bnhd(qkv.data(), nb, n, 1, e, 3 * e),
-                                      Heads::bnhd(qkv.data() + e, nb, n, 1, e, 3 * e),
-                                      Heads::bnhd(qkv.data() + 2 * e, nb, n, 1, e, 3 * e),
-                                      HeadsView<T>::bnhd(out.data(), nb, n, 1, e, e), opt);
+      scaled_dot_product_attention<T>(Heads::bhnd(q.data(), nb, 1, n, e), Heads::bhnd(k.data(), nb, 1, n, e),
+                                      Heads::bhnd(v.data(), nb, 1, n, e), HeadsView<T>::bhnd(out.data(), nb, 1, n, e),
+                                      opt);
     });
     return out;
   }

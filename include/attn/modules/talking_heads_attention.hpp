@@ -73,8 +73,11 @@ class TalkingHeadsAttention : public Module<T> {
     const Index n = x.size(-2);
     const bool training = this->is_training();
     this->require_generator(args.generator, std::max(attn_drop_, proj_drop_));
-    RowMatrix<T> qkv(x.numel() / c, 3 * c), mixed(x.numel() / c, c);
-    qkv_.apply(x.matrix(), qkv);
+    // q as (B*N, C) rows, k and v head-major (B, H, N, D): the kernel reads them in place.
+    RowMatrix<T> q(x.numel() / c, c), k(x.numel() / c, c), v(x.numel() / c, c), mixed(x.numel() / c, c);
+    using Out = detail::GemmOutput<T>;
+    qkv_.apply(x, {Out::rows(0, c, q.data(), c), Out::head_major(c, c, k.data(), d, n),
+                   Out::head_major(2 * c, c, v.data(), d, n)});
     SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
     opt.dropout_p = training ? static_cast<T>(attn_drop_) : T(0);
     const TalkingHeadsMix<T> mix{
@@ -82,10 +85,9 @@ class TalkingHeadsAttention : public Module<T> {
         {proj_w_.weight().data(), nh, nh}, {proj_w_.bias().data(), nh}};
     using Heads = HeadsView<const T>;
     detail::prefix_errors(where, [&] {
-      talking_heads_attention<T>(Heads::bnhd(qkv.data(), nb, n, nh, d, 3 * c),
-                                 Heads::bnhd(qkv.data() + c, nb, n, nh, d, 3 * c),
-                                 Heads::bnhd(qkv.data() + 2 * c, nb, n, nh, d, 3 * c),
-                                 HeadsView<T>::bnhd(mixed.data(), nb, n, nh, d, c), mix, opt);
+      talking_heads_attention<T>(Heads::bnhd(q.data(), nb, n, nh, d, c), Heads::bhnd(k.data(), nb, nh, n, d),
+                                 Heads::bhnd(v.data(), nb, nh, n, d), HeadsView<T>::bnhd(mixed.data(), nb, n, nh, d, c),
+                                 mix, opt);
     });
     auto out = Tensor<T>::uninitialized(x.shape());
     proj_.apply(mixed, out.matrix());

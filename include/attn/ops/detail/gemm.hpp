@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <vector>
 
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
@@ -101,19 +102,65 @@ class PackedWeight {
   Index n_ = 0, k_ = 0, panels_ = 0;
 };
 
-/// Columns [lo, hi) of a panel's kNR, and the output column the first of them goes to.
-struct PanelColumns {
-  Index lo, hi, out;
+/// @brief Where gemm writes output features [first, first + count) of a packed weight: rows
+/// of a plain matrix (row r, column j at data + r * ld + j), or head-major (B, H, S, D), the
+/// layout the attention kernels read k and v in (column j = h * D + d of row r = b * S + n
+/// at data + ((b * H + h) * S + n) * D + d).
+template <class T>
+struct GemmOutput {
+  Index first = 0, count = 0;
+  T* data = nullptr;
+  Index ld = 0;                            ///< row stride (plain)
+  Index head_dim = 0, heads = 0, seq = 0;  ///< head-major when head_dim > 0
+
+  /// Features [first, first + count) as the columns of a row-major matrix, rows ld apart.
+  static GemmOutput rows(Index first, Index count, T* data, Index ld) { return {first, count, data, ld}; }
+  /// Features [first, first + count) as count / head_dim heads of a (B, H, seq, head_dim) tensor.
+  static GemmOutput head_major(Index first, Index count, T* data, Index head_dim, Index seq) {
+    return {first, count, data, 0, head_dim, count / head_dim, seq};
+  }
+  /// Where column j of row r goes.
+  T* at(Index r, Index j) const {
+    if (head_dim == 0) return data + r * ld + j;
+    return data + (((r / seq) * heads + j / head_dim) * seq + r % seq) * head_dim + j % head_dim;
+  }
+  /// How many columns from j on are contiguous in memory.
+  Index run(Index j) const { return head_dim == 0 ? count - j : std::min(count - j, head_dim - j % head_dim); }
 };
 
-/// @brief The micro-kernel: out (+)= a_panel^T b_panel over kc for an MR x kNR block, of
-/// which rows [0, rows) and panel columns [cols.lo, cols.hi) are kept, written to c (row i,
-/// column cols.out + j - cols.lo, rows ldc apart). a is a packed panel of x (a[k * MR + i]),
-/// b a packed panel of W (b[k * kNR + j]). With `accumulate` c's values are the starting
-/// sums; `bias` (kNR values), if given, is added at the end.
+/// @brief The outputs of one panel of kNR features starting at feature f0. With a single
+/// plain output covering the whole panel, `direct` is where its column 0 of row 0 is.
+template <class T>
+struct GemmPanel {
+  Index f0;
+  const GemmOutput<T>* outputs;
+  Index n_outputs;
+  T* direct;
+  Index ld;
+
+  /// Calls f(address, panel column, columns) for every contiguous run of panel columns that
+  /// row r sends to one place.
+  template <class F>
+  void runs(Index r, F&& f) const {
+    constexpr Index kNR = GemmBlocking<T>::kNR;
+    for (Index o = 0; o < n_outputs; ++o) {
+      const GemmOutput<T>& out = outputs[o];
+      for (Index fe = std::max(f0, out.first); fe < std::min(f0 + kNR, out.first + out.count);) {
+        const Index n = std::min(out.run(fe - out.first), f0 + kNR - fe);
+        f(out.at(r, fe - out.first), fe - f0, n);
+        fe += n;
+      }
+    }
+  }
+};
+
+/// @brief The micro-kernel: an MR x kNR block (+)= a_panel^T b_panel over kc, of which rows
+/// [0, rows) are written (as output rows row0..) to the panel's outputs. a is a packed panel
+/// of x (a[k * MR + i]), b a packed panel of W (b[k * kNR + j]). With `accumulate` the
+/// outputs' values are the starting sums; `bias` (kNR values), if given, is added at the end.
 template <class T, int MR>
-void gemm_micro(const T* a, const T* b, Index kc, T* c, Index ldc, Index rows, PanelColumns cols, bool accumulate,
-                const T* bias) {
+void gemm_micro(const T* a, const T* b, Index kc, const GemmPanel<T>& panel, Index row0, Index rows,
+                bool accumulate, const T* bias) {
   using P = Packet<T>;
   using BL = GemmBlocking<T>;
   constexpr int S = kPacketSize<T>, NV = BL::kNV;
@@ -128,15 +175,16 @@ void gemm_micro(const T* a, const T* b, Index kc, T* c, Index ldc, Index rows, P
       for (int v = 0; v < NV; ++v) acc[i][v] = ei::pmadd(av, bv[v], acc[i][v]);
     }
   }
-  // A block cut by the edge of c goes through a full-size tile.
-  const bool full = rows == MR && cols.lo == 0 && cols.hi == BL::kNR;
+  // A whole block of one plain output is stored in place; anything else goes through a tile.
+  const bool direct = panel.direct != nullptr && rows == MR;
   T tile[MR * BL::kNR];
-  T* out = full ? c + cols.out : tile;
-  const Index ld = full ? ldc : BL::kNR, n = cols.hi - cols.lo;
-  if (!full) {
+  T* out = direct ? panel.direct + row0 * panel.ld : tile;
+  const Index ld = direct ? panel.ld : BL::kNR;
+  if (!direct) {
     std::fill(tile, tile + MR * BL::kNR, T(0));
     if (accumulate)
-      for (Index i = 0; i < rows; ++i) std::copy(c + i * ldc + cols.out, c + i * ldc + cols.out + n, tile + i * BL::kNR + cols.lo);
+      for (Index i = 0; i < rows; ++i)
+        panel.runs(row0 + i, [&](const T* at, Index j, Index n) { std::copy(at, at + n, tile + i * BL::kNR + j); });
   }
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) {
@@ -144,9 +192,9 @@ void gemm_micro(const T* a, const T* b, Index kc, T* c, Index ldc, Index rows, P
       if (bias) r = ei::padd(r, ei::ploadu<P>(bias + v * S));
       ei::pstoreu(out + i * ld + v * S, r);
     }
-  if (!full)
+  if (!direct)
     for (Index i = 0; i < rows; ++i)
-      std::copy(tile + i * BL::kNR + cols.lo, tile + i * BL::kNR + cols.hi, c + i * ldc + cols.out);
+      panel.runs(row0 + i, [&](T* at, Index j, Index n) { std::copy(tile + i * BL::kNR + j, tile + i * BL::kNR + j + n, at); });
 }
 
 /// Packs rows [0, rows) x columns [0, kc) of x (rows ldx apart) into panels of kMR rows,
@@ -167,51 +215,78 @@ void gemm_pack_rows(const T* x, Index rows, Index kc, Index ldx, T* a) {
   }
 }
 
-/// @brief c (m, count) = x (m, k) W[first : first + count]^T + bias[first : first + count]:
-/// output features [first, first + count) of the packed W (all of them by default); x rows
-/// ldx apart, c rows ldc apart.
+/// The panels of kNR features that gemm computes for these outputs, each with its outputs.
 template <class T>
-void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, T* c, Index ldc, Index first = 0,
-          Index count = -1) {
+std::vector<GemmPanel<T>> gemm_panels(const GemmOutput<T>* outputs, Index n_outputs) {
+  constexpr Index kNR = GemmBlocking<T>::kNR;
+  std::vector<GemmPanel<T>> panels;
+  for (Index o = 0; o < n_outputs; ++o) {
+    const GemmOutput<T>& out = outputs[o];
+    for (Index p = out.first / kNR; p * kNR < out.first + out.count; ++p) {
+      if (std::any_of(panels.begin(), panels.end(), [&](const GemmPanel<T>& q) { return q.f0 == p * kNR; })) continue;
+      const bool whole = n_outputs == 1 && out.head_dim == 0 && p * kNR >= out.first &&
+                         (p + 1) * kNR <= out.first + out.count;
+      panels.push_back({p * kNR, outputs, n_outputs, whole ? out.data + (p * kNR - out.first) : nullptr, out.ld});
+    }
+  }
+  return panels;
+}
+
+/// @brief For every output o: rows [0, m) of x (m, k) W^T + bias, features [o.first,
+/// o.first + o.count), written where o says (outputs must not share features); x rows ldx
+/// apart. One pass over x serves every output (the fused q/k/v projection writes q, k and v
+/// each in its own layout).
+template <class T>
+void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, const GemmOutput<T>* outputs, Index n_outputs) {
   using BL = GemmBlocking<T>;
-  const Index k = w.cols(), n = count < 0 ? w.rows() - first : count;
-  if (m == 0 || n == 0) return;
-  const Index p_first = first / BL::kNR, panels = (first + n + BL::kNR - 1) / BL::kNR - p_first;
-  const auto columns = [&](Index p) {  // the part of panel p that is output
-    const Index f0 = std::max(first, p * BL::kNR), f1 = std::min(first + n, (p + 1) * BL::kNR);
-    return PanelColumns{f0 - p * BL::kNR, f1 - p * BL::kNR, f0 - first};
-  };
+  const Index k = w.cols();
+  const std::vector<GemmPanel<T>> panels = gemm_panels(outputs, n_outputs);
+  const Index n_panels = static_cast<Index>(panels.size());
+  if (m == 0 || n_panels == 0) return;
   if (k == 0) {  // an empty sum: the bias (or 0)
-    for (Index i = 0; i < m; ++i)
-      for (Index j = 0; j < n; ++j) c[i * ldc + j] = w.bias(0) ? w.bias(0)[first + j] : T(0);
+    for (const GemmPanel<T>& panel : panels)
+      for (Index r = 0; r < m; ++r)
+        panel.runs(r, [&](T* at, Index j, Index n) {
+          for (Index c = 0; c < n; ++c) at[c] = w.bias(0) ? w.bias(0)[panel.f0 + j + c] : T(0);
+        });
     return;
   }
   const Index mc = std::min(BL::row_block(), (m + BL::kMR - 1) / BL::kMR * BL::kMR);
   const Index row_blocks = (m + mc - 1) / mc;
   // Few row blocks (short inputs): the panels are split too, so that there are about 8 items.
-  const Index col_blocks = row_blocks >= 8 ? 1 : std::min(panels, (8 + row_blocks - 1) / row_blocks);
-  const Index per_block = (panels + col_blocks - 1) / col_blocks;
+  const Index col_blocks = row_blocks >= 8 ? 1 : std::min(n_panels, (8 + row_blocks - 1) / row_blocks);
+  const Index per_block = (n_panels + col_blocks - 1) / col_blocks;
   ThreadScratch<T> scratch(mc * std::min(k, BL::kKC));
   const auto item = [&](Index it) {
     Vector<T> spare;
     T* a = scratch.get(spare);
     const Index i0 = (it / col_blocks) * mc, rows = std::min(mc, m - i0);
-    const Index p0 = p_first + (it % col_blocks) * per_block, p1 = std::min(p_first + panels, p0 + per_block);
+    const Index q0 = (it % col_blocks) * per_block, q1 = std::min(n_panels, q0 + per_block);
     for (Index k0 = 0; k0 < k; k0 += BL::kKC) {
       const Index kc = std::min(BL::kKC, k - k0);
       gemm_pack_rows(x + i0 * ldx + k0, rows, kc, ldx, a);
-      for (Index p = p0; p < p1; ++p)
+      for (Index q = q0; q < q1; ++q) {
+        const Index p = panels[q].f0 / BL::kNR;
         for (Index ip = 0; ip < rows; ip += BL::kMR)
-          gemm_micro<T, BL::kMR>(a + ip * kc, w.panel(k0, p), kc, c + (i0 + ip) * ldc, ldc,
-                                 std::min<Index>(BL::kMR, rows - ip), columns(p), k0 > 0,
-                                 k0 + kc == k ? w.bias(p) : nullptr);
+          gemm_micro<T, BL::kMR>(a + ip * kc, w.panel(k0, p), kc, panels[q], i0 + ip,
+                                 std::min<Index>(BL::kMR, rows - ip), k0 > 0, k0 + kc == k ? w.bias(p) : nullptr);
+      }
     }
   };
   const Index items = row_blocks * col_blocks;
-  if (double(m) * double(n) * double(k) >= kMinParallelWork)
+  if (double(m) * double(n_panels * BL::kNR) * double(k) >= kMinParallelWork)
     parallel_for(items, item);
   else
     for (Index it = 0; it < items; ++it) item(it);
+}
+
+/// gemm into one plain output: c (m, count) = x W[first : first + count]^T + bias[...] (all
+/// features by default), c rows ldc apart.
+template <class T>
+void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, T* c, Index ldc, Index first = 0,
+          Index count = -1) {
+  const GemmOutput<T> out = GemmOutput<T>::rows(first, count < 0 ? w.rows() - first : count, c, ldc);
+  gemm(x, m, ldx, w, &out, 1);
 }
 
 }  // namespace detail

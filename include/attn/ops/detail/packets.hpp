@@ -41,6 +41,18 @@ constexpr int kVectorRegisters = 32;
 constexpr int kVectorRegisters = 16;
 #endif
 
+/// @brief Keeps packet p in a register: a micro-kernel loads a row of packets once and uses
+/// each packet several times; without this, GCC folds the load into every multiply-add that
+/// uses it, which makes the loop load-bound (one 512-bit load per FMA on AVX-512).
+template <class P>
+EIGEN_ALWAYS_INLINE void keep_in_register(P& p) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
+  if constexpr (sizeof(P) >= 16) __asm__("" : "+v"(p));
+#else
+  (void)p;
+#endif
+}
+
 }  // namespace detail
 }  // namespace attn
 
