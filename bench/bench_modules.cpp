@@ -92,6 +92,20 @@ BENCHMARK(BM_Mha)->ArgNames({"B", "N", "E", "H"})
     ->Args({32, 1024, 64, 8})->Args({1, 2048, 512, 8})->Args({64, 10, 128, 8})
     ->UseManualTime()->Unit(benchmark::kMillisecond);
 
+// ---- the projection GEMM: Linear(512, 1536) (a fused qkv projection) on 2048 rows -------
+
+void BM_Linear(benchmark::State& state) {
+  const Index rows = state.range(0), in = state.range(1), out = state.range(2);
+  attn::Linear<float> m(in, out);
+  const auto x = input({rows, in});
+  attn::RowMatrix<float> y(rows, out);
+  run(state, attn_bench::linear_flops(rows, in, out), [&] {
+    m.apply(x.matrix(), y);
+    benchmark::DoNotOptimize(y.data());
+  });
+}
+BENCHMARK(BM_Linear)->ArgNames({"M", "K", "N"})->Args({2048, 512, 1536})->UseManualTime()->Unit(benchmark::kMillisecond);
+
 }  // namespace
 
 ATTN_BENCHMARK_MAIN()
