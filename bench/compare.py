@@ -1,18 +1,24 @@
 #!/usr/bin/python3
-"""Times the same workloads with PyTorch and with attn (examples/attn_run) in one run.
+"""Times the same workloads with PyTorch, ONNX Runtime and attn (examples/attn_run) in one run.
 
-For each workload it builds the PyTorch module (nn.MultiheadAttention(batch_first=True), or
-one of examples/torch_reference.py in this repository), times its forward pass in eval
-mode under torch.no_grad() (warm-up, then the median of --repeat calls) with
-torch.set_num_threads(T) and OpenBLAS set to T threads, writes its weights and input as
-safetensors, runs `attn_run --threads T --repeat R` on them (median of the forward passes,
-no I/O), checks attn's output against PyTorch's, and prints a markdown table of times and
-ratios. It then times the N sweep of multi-head self-attention (E = 512, 8 heads) and writes
-a log-log plot of time vs N (PNG), and reports the peak RSS of attn_run at N = 16384.
+For each workload it builds the PyTorch module (nn.MultiheadAttention(batch_first=True), one
+of examples/torch_reference.py in this repository, nn.Linear, or the attention core as plain
+torch ops), times its forward pass in eval mode under torch.no_grad() (warm-up, then the
+median of --repeat calls) with torch.set_num_threads(T) and OpenBLAS set to T threads, writes
+its weights and input as safetensors, runs `attn_run --threads T --repeat R` on them (median
+of the forward passes, no I/O) and checks attn's output against PyTorch's. Where the workload
+has an ONNX model (bench/ort/onnx_models.py: the same weights and inputs), it runs it in
+ONNX Runtime through Node (bench/ort/ort_run.js, onnxruntime-node installed into --ort-dir on
+first use), checks ORT's output against attn's and PyTorch's (exits 1 above 1e-4), then times
+it (median of --repeat runs, timed inside Node). It prints a markdown table of times and
+ratios, then times the N sweep of multi-head self-attention (E = 512, 8 heads) for PyTorch
+and attn and writes a log-log plot of time vs N (PNG), and reports the peak RSS of attn_run
+at N = 16384.
 
-Run with Debian's PyTorch (1.13):
-    apt-get install python3-torch python3-numpy python3-matplotlib libopenblas0-pthread
-    /usr/bin/python3 bench/compare.py --attn-run build/examples/attn_run/attn_run [--quick]
+Run with Debian's PyTorch (1.13) and onnx (1.12), and Node.js with npm:
+    apt-get install python3-torch python3-numpy python3-matplotlib libopenblas0-pthread \\
+                    python3-onnx nodejs npm
+    /usr/bin/python3 bench/compare.py --attn-run build/examples/attn_run/attn_run [--quick] [--no-ort]
 
 FLOP counts (GFLOP/s columns) are those of bench/README.md.
 """
@@ -45,6 +51,12 @@ sys.path.insert(0, str(REPO / "tests" / "reference"))
 from make_reference import write_safetensors  # noqa: E402  (path, {name: torch tensor}, metadata)
 sys.path.insert(0, str(REPO / "examples"))
 import torch_reference as ref  # noqa: E402  (the PyTorch modules attn reproduces)
+sys.path.insert(0, str(HERE / "ort"))
+import node_ort  # noqa: E402  (onnxruntime-node: install, run ort_run.js)
+try:
+    import onnx_models  # noqa: E402  (the workloads' ONNX models; needs python3-onnx)
+except ImportError as e:  # needed only with ORT (not with --no-ort)
+    onnx_models, ONNX_IMPORT_ERROR = None, e
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,9 +116,9 @@ def read_safetensors(path):
 # ---------------------------------------------------------------------------------------
 
 class Workload:
-    """One module at one shape, runnable by PyTorch and by attn_run."""
+    """One module at one shape, runnable by PyTorch, by attn_run and (with an OrtModel) by ORT."""
 
-    def __init__(self, name, build, inputs, attn_args, flops, target=None, torch_call=None):
+    def __init__(self, name, build, inputs, attn_args, flops, target=None, torch_call=None, ort=None):
         self.name = name            # table label
         self.build = build          # () -> torch module (eval mode is set by the caller)
         self.inputs = inputs        # () -> dict of input tensors, as attn_run reads them
@@ -114,6 +126,18 @@ class Workload:
         self.flops = flops
         self.target = target        # minimum speed-up torch/attn, or None
         self.torch_call = torch_call or (lambda m, x: m(x["x"]))
+        self.ort = ort              # OrtModel, or None: no ORT column
+
+
+class OrtModel:
+    """How ORT runs a workload. build(state, feeds) -> ONNX model, from the module's state_dict
+    and ORT's inputs (numpy); feeds(inputs) -> ORT's inputs from attn_run's (numpy); output(y)
+    -> ORT's output in the layout of attn's and PyTorch's."""
+
+    def __init__(self, build, feeds=None, output=None):
+        self.build = build
+        self.feeds = feeds or (lambda x: x)
+        self.output = output or (lambda y: y)
 
 
 def mha_torch_call(need_weights):
@@ -135,11 +159,46 @@ def nn_mha(n, e, h, b=1, target=None, need_weights=False, label=None):
         lambda: nn.MultiheadAttention(e, h, batch_first=True),
         lambda: {"query": randn(b, n, e)},
         ["--module", "multi_head_attention", "--embed-dim", str(e), "--num-heads", str(h)],
-        mha_flops(b, n, e, h), target, mha_torch_call(need_weights))
+        mha_flops(b, n, e, h), target, mha_torch_call(need_weights),
+        OrtModel(lambda state, x: onnx_models.mha_model(state, x["query"].shape, h)))
+
+
+class AttentionCore(nn.Module):
+    """softmax(q k^T / sqrt(D)) v in plain torch ops, as attn_run --module sdpa computes it:
+    PyTorch 1.13 has no fused scaled_dot_product_attention (2.0 added it)."""
+
+    def forward(self, query, key, value):
+        scores = query @ key.transpose(-2, -1) * query.shape[-1] ** -0.5
+        return torch.softmax(scores, dim=-1) @ value
+
+
+def heads_to_tokens(x):
+    """{name: (B, H, N, D)} -> {name: (B, N, H*D)}, the layout of ORT's MultiHeadAttention."""
+    return {k: v.transpose(0, 2, 1, 3).reshape(v.shape[0], v.shape[2], -1) for k, v in x.items()}
+
+
+def core(b, h, n, d):
+    """The attention core on q, k, v (b, h, n, d)."""
+    return Workload(
+        f"attention core ({b}, {h}, {n}, {d})", AttentionCore,
+        lambda: {"query": randn(b, h, n, d), "key": randn(b, h, n, d), "value": randn(b, h, n, d)},
+        ["--module", "sdpa"], core_flops(b, h, n, n, d, d),
+        torch_call=lambda m, x: m(x["query"], x["key"], x["value"]),
+        ort=OrtModel(lambda state, x: onnx_models.core_model(x["query"].shape, x["key"].shape, x["value"].shape, h),
+                     heads_to_tokens, lambda y: y.reshape(b, n, h, -1).transpose(0, 2, 1, 3)))
+
+
+def linear(rows, k, n):
+    """nn.Linear(k, n) with bias on x (rows, k)."""
+    return Workload(
+        f"linear ({rows} x {k}) x ({k} x {n}), bias", lambda: nn.Linear(k, n), lambda: {"x": randn(rows, k)},
+        ["--module", "linear", "--in-features", str(k), "--out-features", str(n)], linear_flops(rows, k, n),
+        ort=OrtModel(lambda state, x: onnx_models.linear_model(state, x["x"].shape)))
 
 
 def workloads(need_weights):
-    """The speed-target workloads and every module of torch_reference.py at a typical shape."""
+    """The speed-target workloads, the attention cores and the projection GEMM that ORT is
+    compared on, and every module of torch_reference.py at a typical shape."""
     nw = need_weights
     return [
         Workload("talking heads, CaiT shape (32, 784, 128), 8 heads",
@@ -151,6 +210,8 @@ def workloads(need_weights):
         nn_mha(2048, 512, 8, b=1, target=2.5, need_weights=nw),
         nn_mha(10, 128, 8, b=64, target=1.0, need_weights=nw,
                label="multi-head (64, 10, 128), 8 heads (nn.MultiheadAttention)"),
+        *(core(1, 8, n, d) for n, d in ((2048, 64), (4096, 64), (1024, 128), (4096, 8), (4096, 16))),
+        linear(2048, 512, 1536),
         Workload("SeparateProjectionMultiHeadAttention (64, 10, 128), 8 heads",
                  lambda: ref.SeparateProjectionMultiHeadAttention(128, 8),
                  lambda: {"query": randn(64, 10, 128)},
@@ -252,8 +313,9 @@ sys.exit(os.waitstatus_to_exitcode(status) % 256)
 
 
 def run_attn(attn_run, args, weights, inputs, output, threads, repeat):
-    """Runs attn_run; returns (median forward ms, peak RSS of attn_run in MB)."""
-    cmd = [str(attn_run), *args, "--weights", str(weights), "--inputs", str(inputs),
+    """Runs attn_run (weights None: a module without any); returns (median forward ms, peak RSS
+    of attn_run in MB)."""
+    cmd = [str(attn_run), *args, *(["--weights", str(weights)] if weights else []), "--inputs", str(inputs),
            "--output", str(output), "--threads", str(threads), "--repeat", str(repeat)]
     p = subprocess.run([sys.executable, "-S", "-c", RSS_WRAPPER, *cmd], capture_output=True, text=True)
     rss = re.search(r"attn_compare_maxrss_kb: (\d+)", p.stderr)
@@ -266,6 +328,29 @@ def run_attn(attn_run, args, weights, inputs, output, threads, repeat):
     raise RuntimeError(f"no 'forward median:' line in attn_run's output:\n{p.stdout}{stderr}")
 
 
+def measure_attn(w, module, inputs, threads, opts, workdir):
+    """attn_run on the module's weights and the inputs: ({attn_ms, attn_rss_mb} or {attn_error},
+    attn's output or None)."""
+    wfile, xfile, yfile = workdir / "weights.safetensors", workdir / "inputs.safetensors", workdir / "out.safetensors"
+    state = module.state_dict()
+    if state:  # the attention core has no weights
+        write_safetensors(wfile, state, {})
+    # Self-attention: only `query` (attn_run then uses it as key and value, as PyTorch
+    # gets the same tensor three times). attn_run's first forward pass is its warm-up.
+    write_safetensors(xfile, inputs, {})
+    asks_weights = opts.need_weights and isinstance(module, nn.MultiheadAttention)
+    args = list(w.attn_args) + (["--need-weights"] if asks_weights else [])
+    try:
+        ms, rss = run_attn(opts.attn_run, args, wfile if state else None, xfile, yfile, threads, opts.repeat)
+        return {"attn_ms": ms, "attn_rss_mb": rss}, output_tensor(yfile)
+    except RuntimeError as e:
+        print(f"WARNING: {w.name}: {e}", file=sys.stderr)
+        return {"attn_error": str(e)}, None
+    finally:
+        for f in (wfile, xfile, yfile):
+            f.unlink(missing_ok=True)
+
+
 def output_tensor(path):
     tensors = read_safetensors(path)
     for name in ("output", "y", "out"):
@@ -276,7 +361,11 @@ def output_tensor(path):
     raise RuntimeError(f"{path}: which tensor is the output? {sorted(tensors)}")
 
 
+TOLERANCE = 1e-4  # max relative difference accepted between two sides' outputs
+
+
 def rel_diff(ours, ref):
+    """max|ours - ref| / max|ref| (NaN if the shapes differ)."""
     ref = ref.detach().numpy() if torch.is_tensor(ref) else ref
     if ours.shape != ref.shape:
         return float("nan")
@@ -285,39 +374,85 @@ def rel_diff(ours, ref):
 
 
 # ---------------------------------------------------------------------------------------
-# One workload on both sides
+# ORT side (bench/ort/)
 # ---------------------------------------------------------------------------------------
 
-def measure(w, threads, opts, blas_lib, workdir, run_torch=True):
+def check_ort(name, ort_out, outputs):
+    """ORT's max relative difference to each side's output ({side: array}); exits (status 1)
+    when one exceeds TOLERANCE."""
+    if not outputs:
+        print(f"WARNING: {name}: no PyTorch or attn output to check ORT's against", file=sys.stderr)
+    diffs = {side: rel_diff(ort_out, out) for side, out in outputs.items()}
+    bad = [f"{side}'s by {d:.2e}" for side, d in diffs.items() if not d <= TOLERANCE]
+    if bad:
+        sys.exit(f"compare.py: {name}: ORT's output differs from {' and '.join(bad)} (max relative "
+                 f"difference; limit {TOLERANCE:g}): its ONNX model does not compute the same thing")
+    return diffs
+
+
+def measure_ort(w, module, inputs, threads, opts, workdir, outputs):
+    """Runs the workload's ONNX model (the module's weights, the same inputs) once in ORT, checks
+    its output against `outputs`, then times it: {ort_ms, ort_rel_diff: {side: diff}}."""
+    feeds = w.ort.feeds({k: v.numpy() for k, v in inputs.items()})
+    state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    model, xfile, yfile = workdir / "model.onnx", workdir / "ort_inputs.safetensors", workdir / "ort_out.safetensors"
+    onnx_models.save(w.ort.build(state, feeds), model)
+    write_safetensors(xfile, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}, {})
+    try:
+        opts.ort.run(model, xfile, threads, output=yfile)
+        diffs = check_ort(w.name, w.ort.output(output_tensor(yfile)), outputs)
+        timing = opts.ort.run(model, xfile, threads, repeat=opts.repeat, warmup=opts.warmup)
+    except node_ort.OrtFailed as e:
+        sys.exit(f"compare.py: {w.name}: {e}")
+    finally:
+        for f in (model, xfile, yfile):
+            f.unlink(missing_ok=True)
+    return {"ort_ms": timing["median_ms"], "ort_rel_diff": diffs}
+
+
+# ---------------------------------------------------------------------------------------
+# One workload on all sides
+# ---------------------------------------------------------------------------------------
+
+def with_nonzero_biases(module, scale=0.1):
+    """Gives the biases that PyTorch initialises to zero (nn.MultiheadAttention's in_proj_bias
+    and out_proj.bias, LayerNorm's) small random values, so that the output checks see whether
+    each side adds them. Returns the module."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias") and not p.any():
+                p.uniform_(-scale, scale)
+    return module
+
+
+def check_attn(name, attn_out, torch_out):
+    """attn's max relative difference to PyTorch's output; warns above TOLERANCE."""
+    d = rel_diff(attn_out, torch_out)
+    if not d <= TOLERANCE:
+        print(f"WARNING: {name}: attn's output differs from PyTorch's by {d:.2e} "
+              "(relative to the largest value): not the same computation?", file=sys.stderr)
+    return d
+
+
+def measure(w, threads, opts, blas_lib, workdir, run_torch=True, run_ort=True):
     torch.manual_seed(0)
-    module = w.build().eval()
+    module = with_nonzero_biases(w.build().eval())
     inputs = w.inputs()
     result = {"workload": w.name, "threads": threads, "flops": w.flops, "target": w.target}
-    ref = None
+    outputs = {}  # side -> its output (numpy), for the checks
     if run_torch:
         set_torch_threads(threads, blas_lib)
-        result["torch_ms"], ref = time_torch(module, w.torch_call, inputs, opts.repeat, opts.warmup)
+        result["torch_ms"], out = time_torch(module, w.torch_call, inputs, opts.repeat, opts.warmup)
+        outputs["PyTorch"] = out.detach().numpy()
     if opts.attn_run:
-        wfile, xfile, yfile = workdir / "weights.safetensors", workdir / "inputs.safetensors", workdir / "out.safetensors"
-        write_safetensors(wfile, module.state_dict(), {})
-        # Self-attention: only `query` (attn_run then uses it as key and value, as PyTorch
-        # gets the same tensor three times). attn_run's first forward pass is its warm-up.
-        write_safetensors(xfile, inputs, {})
-        asks_weights = opts.need_weights and isinstance(module, nn.MultiheadAttention)
-        args = list(w.attn_args) + (["--need-weights"] if asks_weights else [])
-        try:
-            result["attn_ms"], result["attn_rss_mb"] = run_attn(opts.attn_run, args, wfile, xfile, yfile, threads,
-                                                                 opts.repeat)
-        except RuntimeError as e:
-            print(f"WARNING: {w.name}: {e}", file=sys.stderr)
-            result["attn_error"] = str(e)
-        if ref is not None and "attn_ms" in result:
-            result["rel_diff"] = rel_diff(output_tensor(yfile), ref)
-            if not result["rel_diff"] <= 1e-4:
-                print(f"WARNING: {w.name}: attn's output differs from PyTorch's by {result['rel_diff']:.2e} "
-                      "(relative to the largest value): not the same computation?", file=sys.stderr)
-        for f in (wfile, xfile, yfile):
-            f.unlink(missing_ok=True)
+        fields, out = measure_attn(w, module, inputs, threads, opts, workdir)
+        result.update(fields)
+        if out is not None:
+            outputs["attn"] = out
+            if "PyTorch" in outputs:
+                result["rel_diff"] = check_attn(w.name, out, outputs["PyTorch"])
+    if opts.ort and w.ort and run_ort:
+        result.update(measure_ort(w, module, inputs, threads, opts, workdir, outputs))
     return result
 
 
@@ -327,26 +462,55 @@ def fmt_ms(v):
     return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
 
+def ratio(slow, fast):
+    return slow / fast if slow and fast else None
+
+
+def fmt_ratio(r):
+    return f"{r:.2f}x" if r else "-"
+
+
+def target_cell(target, speedup):
+    if target is None:
+        return "-"
+    cell = f">= {target:g}x" if target > 1 else "faster"
+    if speedup is not None:
+        cell += " (met)" if speedup >= target and speedup > 1 else " (NOT met)"
+    return cell
+
+
+def max_rel_diff(r):
+    """The largest of the checked differences (attn vs PyTorch, ORT vs attn and vs PyTorch)."""
+    diffs = [r["rel_diff"]] if "rel_diff" in r else []
+    diffs += r.get("ort_rel_diff", {}).values()
+    return max(diffs) if diffs else None
+
+
 def print_table(results, peaks):
-    print("| workload | threads | PyTorch ms | attn ms | PyTorch/attn | target | attn GFLOP/s | attn % of peak "
-          "| max rel diff |")
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    print("| workload | threads | PyTorch ms | ORT ms | attn ms | attn vs ORT | attn vs PyTorch | target "
+          "| attn GFLOP/s | attn % of peak | max rel diff |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for r in results:
-        t, a = r.get("torch_ms"), r.get("attn_ms")
-        ratio = t / a if t and a else None
-        target = "-"
-        if r["target"] is not None:
-            target = f">= {r['target']:g}x" if r["target"] > 1 else "faster"
-            if ratio is not None:
-                target += " (met)" if ratio >= r["target"] and ratio > 1 else " (NOT met)"
+        t, o, a = r.get("torch_ms"), r.get("ort_ms"), r.get("attn_ms")
         gf = r["flops"] / (a * 1e-3) * 1e-9 if a else None
         peak = peaks.get(r["threads"])
-        cells = [r["workload"], str(r["threads"]), fmt_ms(t), fmt_ms(a),
-                 f"{ratio:.2f}x" if ratio else "-", target,
+        diff = max_rel_diff(r)
+        cells = [r["workload"], str(r["threads"]), fmt_ms(t), fmt_ms(o), fmt_ms(a),
+                 fmt_ratio(ratio(o, a)), fmt_ratio(ratio(t, a)), target_cell(r["target"], ratio(t, a)),
                  f"{gf:.1f}" if gf else "-",
                  f"{100 * gf / peak:.0f}%" if gf and peak else "-",
-                 f"{r['rel_diff']:.1e}" if "rel_diff" in r else "-"]
+                 f"{diff:.1e}" if diff is not None else "-"]
         print("| " + " | ".join(cells) + " |")
+
+
+def print_scaling(results, workload_names, lo, hi):
+    print(f"\nthread scaling, {hi} threads vs {lo} (target >= 1.9x for 2 vs 1):")
+    print("| workload | attn speed-up | ORT speed-up | PyTorch speed-up |")
+    print("|---|---:|---:|---:|")
+    for name in workload_names:
+        a = {r["threads"]: r for r in results if r["workload"] == name}
+        cells = [fmt_ratio(ratio(a[lo].get(key), a[hi].get(key))) for key in ("attn_ms", "ort_ms", "torch_ms")]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def measure_peaks(peak_bin, thread_counts):
@@ -400,7 +564,7 @@ def sweep_rows(sweep):
     print("|---:|---:|---:|---:|---:|---:|")
     for r in sweep:
         t, a = r.get("torch_ms"), r.get("attn_ms")
-        cells = [str(r["n"]), str(r["threads"]), fmt_ms(t), fmt_ms(a), f"{t / a:.2f}x" if t and a else "-",
+        cells = [str(r["n"]), str(r["threads"]), fmt_ms(t), fmt_ms(a), fmt_ratio(ratio(t, a)),
                  f"{r['attn_rss_mb']:.0f}" if "attn_rss_mb" in r else "-"]
         print("| " + " | ".join(cells) + " |")
 
@@ -422,16 +586,36 @@ def find_attn_run(arg):
     return Path(found) if found else None
 
 
-def main():
+def setup_ort(opts):
+    """Sets opts.ort (a NodeOrt; None with --no-ort), installing onnxruntime-node into --ort-dir
+    if it is not there. Returns its version, or None."""
+    opts.ort = None
+    if opts.no_ort:
+        return None
+    if onnx_models is None:
+        sys.exit(f"compare.py: {ONNX_IMPORT_ERROR}: the ONNX models for ORT need Debian's python3-onnx "
+                 "(apt-get install -y python3-onnx), or pass --no-ort")
+    try:
+        version = node_ort.ensure_installed(opts.ort_dir)
+    except node_ort.OrtUnavailable as e:
+        sys.exit(f"compare.py: {e}")
+    opts.ort = node_ort.NodeOrt(opts.ort_dir)
+    return version
+
+
+def parse_options():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attn-run", help="path of attn_run (default: <repo>/build-bench or build/examples/attn_run/)")
     ap.add_argument("--no-attn", action="store_true", help="time PyTorch only")
+    ap.add_argument("--no-ort", action="store_true", help="do not run ONNX Runtime")
+    ap.add_argument("--ort-dir", type=Path, default=REPO / "build-bench" / "ort",
+                    help="where onnxruntime-node is installed (npm, on first use; default %(default)s)")
     ap.add_argument("--peak", help="path of bench/peak (default: next to attn_run's build dir)")
     ap.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count() or 1],
-                    help="thread counts, each run for both (default: all cores = %(default)s)")
+                    help="thread counts, each run for all sides (default: all cores = %(default)s)")
     ap.add_argument("--repeat", type=int, default=None, help="timed calls per workload (default 10; quick 3)")
-    ap.add_argument("--warmup", type=int, default=None, help="PyTorch warm-up calls (default 2; quick 1)")
+    ap.add_argument("--warmup", type=int, default=None, help="PyTorch warm-up calls, and ORT's after its first run (default 2; quick 1)")
     ap.add_argument("--quick", action="store_true",
                     help="fewer calls, sweep N <= 2048, no N = 16384 memory case")
     ap.add_argument("--only", help="run only workloads whose name contains this text")
@@ -456,7 +640,11 @@ def main():
         opts.sweep = []
     else:
         opts.sweep = [int(n) for n in opts.sweep.split(",")]
+    return opts
 
+
+def main():
+    opts = parse_options()
     opts.attn_run = None if opts.no_attn else find_attn_run(opts.attn_run)
     if opts.attn_run is None and not opts.no_attn:
         print("WARNING: attn_run not found (build it: cmake --build <build> --target attn_run, or pass "
@@ -466,9 +654,12 @@ def main():
         cand = opts.attn_run.resolve().parents[2 if opts.attn_run.parent.name == "attn_run" else 1] / "bench" / "peak"
         peak_bin = cand if cand.is_file() else None
 
+    ort_version = setup_ort(opts)
     blas_lib = check_blas()
-    print(f"attn_run: {opts.attn_run or '-'}; threads {opts.threads}; {opts.repeat} timed calls, "
-          f"median (PyTorch after {opts.warmup} warm-up calls)")
+    print(f"attn_run: {opts.attn_run or '-'}; ONNX Runtime: "
+          f"{f'onnxruntime-node {ort_version} in {opts.ort_dir}' if opts.ort else '-'}; threads {opts.threads}; "
+          f"{opts.repeat} timed calls, median (attn after 1 untimed call, PyTorch after {opts.warmup}, "
+          f"ORT after {1 + opts.warmup})")
     peaks = measure_peaks(peak_bin, opts.threads)
     print()
 
@@ -481,22 +672,12 @@ def main():
                 r = measure(w, threads, opts, blas_lib, workdir)
                 results.append(r)
                 print(f"  {w.name}, {threads} thread(s): PyTorch {fmt_ms(r.get('torch_ms'))} ms, "
-                      f"attn {fmt_ms(r.get('attn_ms'))} ms", flush=True)
+                      f"ORT {fmt_ms(r.get('ort_ms'))} ms, attn {fmt_ms(r.get('attn_ms'))} ms", flush=True)
         print()
         print_table(results, peaks)
 
-        if len(opts.threads) > 1 and opts.attn_run:
-            lo, hi = min(opts.threads), max(opts.threads)
-            print(f"\nthread scaling, {hi} threads vs {lo} (target >= 1.9x for 2 vs 1):")
-            print("| workload | attn speed-up | PyTorch speed-up |")
-            print("|---|---:|---:|")
-            for w in selected:
-                a = {r["threads"]: r for r in results if r["workload"] == w.name}
-                def speedup(key):
-                    slow, fast = a[lo].get(key), a[hi].get(key)
-                    return slow / fast if slow and fast else None
-                sa, st = speedup("attn_ms"), speedup("torch_ms")
-                print(f"| {w.name} | {f'{sa:.2f}x' if sa else '-'} | {f'{st:.2f}x' if st else '-'} |")
+        if len(opts.threads) > 1:
+            print_scaling(results, [w.name for w in selected], min(opts.threads), max(opts.threads))
 
         if opts.sweep:
             e, h = opts.sweep_embed, opts.sweep_heads
@@ -507,7 +688,8 @@ def main():
                     w = nn_mha(n, e, h, need_weights=opts.need_weights)
                     reps = opts.repeat if n <= 4096 else max(1, min(opts.repeat, 3))
                     sub = argparse.Namespace(**{**vars(opts), "repeat": reps, "warmup": min(opts.warmup, 1)})
-                    r = measure(w, threads, sub, blas_lib, workdir, run_torch=n <= opts.torch_max_n)
+                    r = measure(w, threads, sub, blas_lib, workdir, run_torch=n <= opts.torch_max_n,
+                                run_ort=False)
                     r["n"] = n
                     sweep.append(r)
                     print(f"  N = {n}, {threads} thread(s): PyTorch {fmt_ms(r.get('torch_ms'))} ms, "
@@ -523,7 +705,7 @@ def main():
                       f"(H, N, N) float maps would be {h * 16384 * 16384 * 4 / 1e9:.1f} GB)")
 
     if opts.json:
-        Path(opts.json).write_text(json.dumps({"torch": torch.__version__, "blas": blas_lib, "peaks": peaks,
+        Path(opts.json).write_text(json.dumps({"torch": torch.__version__, "ort": ort_version, "blas": blas_lib, "peaks": peaks,
                                                "results": results, "sweep": sweep}, indent=1))
         print(f"results: {Path(opts.json).resolve()}")
 
