@@ -9,6 +9,7 @@
 #include "attn/core/random.hpp"
 #include "attn/core/state_dict.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/attention_block.hpp"
 #include "attn/modules/layer_norm.hpp"

@@ -4,6 +4,7 @@
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/layer_norm.hpp"
 #include "attn/modules/module.hpp"
@@ -45,10 +46,10 @@ class AttentionBlock : public Module<T> {
                     x.shape(), ", expected (N, C, L) or (C, L) with C = ", c);
     const Index nb = x.dim() == 3 ? x.size(0) : 1, len = x.size(-1);
     // (N, C, L) -> (N, L, C): the projections want one row per position.
-    Shape seq_shape = x.dim() == 3 ? Shape{nb, len, c} : Shape{len, c};
-    auto seq = Tensor<T>::uninitialized(seq_shape);
+    const detail::WorkBuffer<T> seq_buffer(x.numel());
+    const TensorView<const T> seq(seq_buffer.data(), x.dim() == 3 ? Shape{nb, len, c} : Shape{len, c});
     for (Index b = 0; b < nb; ++b)
-      Eigen::Map<RowMatrix<T>>(seq.data() + b * len * c, len, c) =
+      Eigen::Map<RowMatrix<T>>(seq_buffer.data() + b * len * c, len, c) =
           Eigen::Map<const RowMatrix<T>>(x.data() + b * c * len, c, len).transpose();
     Tensor<T> y = mha_.forward(seq, seq, seq, MhaArgs<T>(args)).output;
     y.matrix() += seq.matrix();

@@ -13,6 +13,7 @@
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
@@ -151,7 +152,7 @@ class MultiHeadAttention : public Module<T> {
     constexpr const char* where = "attn::MultiHeadAttention::forward";
     const Index nb = check_inputs(where, query, key, value, args);
     const Index len_q = query.size(-2), len_k = key.size(-2);
-    Projections p;
+    Projections p(nb * len_q * embed_dim_, nb * len_k * embed_dim_);
     project(query, key, value, nb, p);
     SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, query.dim() == 2, len_k);
     opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
@@ -160,13 +161,13 @@ class MultiHeadAttention : public Module<T> {
 
     MhaOutput<T> result;
     if (args.need_weights) opt.attn_weights = &result.attn_weights;
-    RowMatrix<T> attn_out(nb * len_q, embed_dim_);
+    const detail::WorkBuffer<T> attn_out(nb * len_q * embed_dim_);
     detail::prefix_errors(where, [&] {
       scaled_dot_product_attention<T>(p.q, p.k, p.v,
                                       HeadsView<T>::bnhd(attn_out.data(), nb, len_q, num_heads_, head_dim_, embed_dim_), opt);
     });
     result.output = Tensor<T>::uninitialized(query.shape());
-    out_proj_.apply(attn_out, result.output.matrix());
+    out_proj_.apply(Eigen::Map<const RowMatrix<T>>(attn_out.data(), nb * len_q, embed_dim_), result.output.matrix());
     if (args.need_weights)
       result.attn_weights = shape_weights(std::move(result.attn_weights), args.average_attn_weights, query.dim() == 2);
     return result;
@@ -246,10 +247,11 @@ class MultiHeadAttention : public Module<T> {
   }
 
  private:
-  /// Per-head views of the projected query, key and value, and the buffers they view.
+  /// Per-head views of the projected query, key and value, and the workspace they view.
   struct Projections {
-    RowMatrix<T> qbuf, kbuf, vbuf;
+    detail::WorkBuffer<T> qbuf, kbuf, vbuf;
     HeadsView<const T> q, k, v;
+    Projections(Index q_elements, Index kv_elements) : qbuf(q_elements), kbuf(kv_elements), vbuf(kv_elements) {}
   };
   /// Copies of k and v with the extra keys, and the masks padded for them.
   struct ExtraKeys {
@@ -300,9 +302,6 @@ class MultiHeadAttention : public Module<T> {
                Index nb, Projections& p) const {
     const Index e = embed_dim_, nh = num_heads_, d = head_dim_, len_q = query.size(-2), len_k = key.size(-2);
     using Out = detail::GemmOutput<T>;
-    p.qbuf.resize(nb * len_q, e);
-    p.kbuf.resize(nb * len_k, e);
-    p.vbuf.resize(nb * len_k, e);
     const Out q = Out::rows(0, e, p.qbuf.data(), e), k = Out::head_major(e, e, p.kbuf.data(), d, len_k),
               v = Out::head_major(2 * e, e, p.vbuf.data(), d, len_k);
     if (same_tensor(query, key) && same_tensor(key, value) && same_embed_dims()) {

@@ -6,6 +6,7 @@
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
@@ -47,7 +48,7 @@ class SelfAttention : public Module<T> {
     const Index nb = detail::check_sequence(where, "x", x.shape(), e);
     const Index n = x.size(-2);
     // q, k and v each as (B*N, E) rows (one head: head-major is the same), from one GEMM.
-    RowMatrix<T> q(x.numel() / e, e), k(x.numel() / e, e), v(x.numel() / e, e);
+    const detail::WorkBuffer<T> q(x.numel()), k(x.numel()), v(x.numel());
     using Out = detail::GemmOutput<T>;
     qkv_.apply(x, {Out::rows(0, e, q.data(), e), Out::rows(e, e, k.data(), e), Out::rows(2 * e, e, v.data(), e)});
     auto out = Tensor<T>::uninitialized(x.shape());

@@ -7,6 +7,7 @@
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
@@ -74,7 +75,7 @@ class TalkingHeadsAttention : public Module<T> {
     const bool training = this->is_training();
     this->require_generator(args.generator, std::max(attn_drop_, proj_drop_));
     // q as (B*N, C) rows, k and v head-major (B, H, N, D): the kernel reads them in place.
-    RowMatrix<T> q(x.numel() / c, c), k(x.numel() / c, c), v(x.numel() / c, c), mixed(x.numel() / c, c);
+    const detail::WorkBuffer<T> q(x.numel()), k(x.numel()), v(x.numel()), mixed(x.numel());
     using Out = detail::GemmOutput<T>;
     qkv_.apply(x, {Out::rows(0, c, q.data(), c), Out::head_major(c, c, k.data(), d, n),
                    Out::head_major(2 * c, c, v.data(), d, n)});
@@ -90,7 +91,7 @@ class TalkingHeadsAttention : public Module<T> {
                                  mix, opt);
     });
     auto out = Tensor<T>::uninitialized(x.shape());
-    proj_.apply(mixed, out.matrix());
+    proj_.apply(Eigen::Map<const RowMatrix<T>>(mixed.data(), x.numel() / c, c), out.matrix());
     if (training && proj_drop_ > 0.0) dropout_inplace(out.data(), out.numel(), static_cast<T>(proj_drop_), *args.generator);
     return out;
   }

@@ -4,6 +4,7 @@
 
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/layer_norm.hpp"
 #include "attn/modules/linear.hpp"
@@ -72,19 +73,23 @@ class TransformerEncoderLayer : public Module<T> {
     auto drop = [&](auto&& m, double p) {
       if (training && p > 0.0) dropout_inplace(m.data(), m.size(), static_cast<T>(p), *args.generator);
     };
-    auto h = Tensor<T>::uninitialized(x.shape());
-    norm_mha_.apply(x.matrix(), h.matrix());
-    Tensor<T> y = mha_.forward(h, h, h, MhaArgs<T>(args)).output;
+    const Index rows = x.numel() / e;
+    const detail::WorkBuffer<T> normed(x.numel());  // LayerNorm's output, then the FFN's
+    Eigen::Map<RowMatrix<T>> h(normed.data(), rows, e);
+    norm_mha_.apply(x.matrix(), h);
+    const TensorView<const T> hv(normed.data(), x.shape());
+    Tensor<T> y = mha_.forward(hv, hv, hv, MhaArgs<T>(args)).output;
     drop(y.matrix(), dropout_);
     y.matrix() += x.matrix();  // y = x + attention branch
-    norm_ffn_.apply(y.matrix(), h.matrix());
-    RowMatrix<T> hidden(h.matrix().rows(), ffn_latent_dim());
-    fc1_.apply(h.matrix(), hidden);
+    norm_ffn_.apply(y.matrix(), h);
+    const detail::WorkBuffer<T> hidden_buffer(rows * ffn_latent_dim());
+    Eigen::Map<RowMatrix<T>> hidden(hidden_buffer.data(), rows, ffn_latent_dim());
+    fc1_.apply(h, hidden);
     silu_inplace(hidden);
     drop(hidden, ffn_dropout_);
-    fc2_.apply(hidden, h.matrix());
-    drop(h.matrix(), dropout_);
-    y.matrix() += h.matrix();
+    fc2_.apply(hidden, h);
+    drop(h, dropout_);
+    y.matrix() += h;
     return y;
   }
 

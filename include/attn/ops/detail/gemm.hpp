@@ -256,10 +256,9 @@ void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, const GemmOu
   // Few row blocks (short inputs): the panels are split too, so that there are about 8 items.
   const Index col_blocks = row_blocks >= 8 ? 1 : std::min(n_panels, (8 + row_blocks - 1) / row_blocks);
   const Index per_block = (n_panels + col_blocks - 1) / col_blocks;
-  ThreadScratch<T> scratch(mc * std::min(k, BL::kKC));
   const auto item = [&](Index it) {
-    Vector<T> spare;
-    T* a = scratch.get(spare);
+    const WorkBuffer<T> packed_rows(mc * std::min(k, BL::kKC));  // this item's rows of x, packed
+    T* a = packed_rows.data();
     const Index i0 = (it / col_blocks) * mc, rows = std::min(mc, m - i0);
     const Index q0 = (it % col_blocks) * per_block, q1 = std::min(n_panels, q0 + per_block);
     for (Index k0 = 0; k0 < k; k0 += BL::kKC) {

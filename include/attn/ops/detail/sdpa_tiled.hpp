@@ -79,11 +79,9 @@ struct SdpaTiles {
   /// Copies every head's k into contiguous (S, D) rows and its v into panels of kRegRows
   /// columns, each (S, kRegRows) row-major (and single columns for Dv % kRegRows), the
   /// layout accumulate() walks. Threaded over (batch, block of keys): each reads whole rows.
-  static void pack(const HeadsView<const T>& k, const HeadsView<const T>& v, Vector<T>& k_packed,
-                   Vector<T>& v_packed) {
+  /// k_packed and v_packed hold B*H*S*D and B*H*S*Dv elements.
+  static void pack(const HeadsView<const T>& k, const HeadsView<const T>& v, T* k_packed, T* v_packed) {
     const Index nb = k.batch, nh = k.heads, len_k = k.length, dim = k.head_dim, dim_v = v.head_dim;
-    k_packed.resize(nb * nh * len_k * dim);
-    v_packed.resize(nb * nh * len_k * dim_v);
     constexpr Index kChunk = 64;
     const Index chunks = (len_k + kChunk - 1) / kChunk;
     const Index full = dim_v - dim_v % kRegRows;
@@ -93,9 +91,9 @@ struct SdpaTiles {
         for (Index h = 0; h < nh; ++h) {
           const Index bh = b * nh + h;
           const T* krow = k.data + b * k.batch_stride + h * k.head_stride + j * k.row_stride;
-          std::copy(krow, krow + dim, k_packed.data() + (bh * len_k + j) * dim);
+          std::copy(krow, krow + dim, k_packed + (bh * len_k + j) * dim);
           const T* vrow = v.data + b * v.batch_stride + h * v.head_stride + j * v.row_stride;
-          T* vp = v_packed.data() + bh * len_k * dim_v;
+          T* vp = v_packed + bh * len_k * dim_v;
           for (Index r0 = 0; r0 < full; r0 += kRegRows)
             for (int r = 0; r < kRegRows; ++r) vp[r0 * len_k + j * kRegRows + r] = vrow[r0 + r];
           for (Index r0 = full; r0 < dim_v; ++r0) vp[r0 * len_k + j] = vrow[r0];
@@ -240,8 +238,9 @@ struct SdpaTiles {
 /// SdpaTiles (FlashAttention-2's online softmax; the algorithm is described there).
 ///
 /// Strided k and v read by several query blocks are first copied into contiguous rows
-/// (SdpaTiles::pack), O(B*H*S*(D+Dv)) memory; each thread has one scratch buffer of
-/// SdpaTiles::Scratch::size elements. Threaded over (batch, head, query block) units with
+/// (SdpaTiles::pack), O(B*H*S*(D+Dv)) memory (the modules project k and v head-major, which
+/// needs no copy); each thread has one scratch buffer of SdpaTiles::Scratch::size elements.
+/// Both come from the workspace (attn/core/workspace.hpp). Threaded over (batch, head, query block) units with
 /// for_each_block; bit-identical for every thread count.
 template <class T>
 void sdpa_tiled(const AttentionCall<T>& call) {
@@ -249,9 +248,10 @@ void sdpa_tiled(const AttentionCall<T>& call) {
   const AttentionDims d = call.dims();
   const Index dim = call.q.head_dim, dim_v = call.v.head_dim;
   if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || dim_v == 0) return;
-  Vector<T> k_packed, v_packed;
   const bool packed = K::packs(call.q, call.k, call.v);
-  if (packed) K::pack(call.k, call.v, k_packed, v_packed);
+  const WorkBuffer<T> k_packed(packed ? d.batch * d.heads * d.len_k * dim : 0),
+      v_packed(packed ? d.batch * d.heads * d.len_k * dim_v : 0);
+  if (packed) K::pack(call.k, call.v, k_packed.data(), v_packed.data());
   const auto head = [&](Index b, Index h) -> typename K::Head {
     const Index bh = b * d.heads + h;
     if (packed) return {k_packed.data() + bh * d.len_k * dim, dim, v_packed.data() + bh * d.len_k * dim_v, 0, true};

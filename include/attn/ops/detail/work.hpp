@@ -1,6 +1,6 @@
 #pragma once
 /// @file
-/// @brief How the kernels cut a call into work items, and each thread's scratch memory.
+/// @brief How the kernels cut a call into work items, with each thread's scratch memory.
 /// Not public API.
 ///
 /// Items are fixed by the problem's size alone (never by the thread count) and each is
@@ -9,11 +9,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstddef>
-#include <vector>
 
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/core/workspace.hpp"
 
 namespace attn {
 namespace detail {
@@ -61,57 +60,16 @@ struct QueryBlocks {
   Index rows_at(Index i0) const { return std::min(rows, length - i0); }
 };
 
-/// @brief One scratch buffer per thread of a parallel_for, allocated by its thread on
-/// first use and freed with this object. Construct it outside the parallel_for.
-template <class T>
-class ThreadScratch {
- public:
-  /// @param size elements of each thread's buffer
-  explicit ThreadScratch(Index size)
-      : size_(size), nested_(in_parallel()),
-        buffers_(static_cast<std::size_t>(nested_ ? 1 : std::max(get_num_threads(), 1))) {}
-
-  /// The calling thread's buffer (aligned for SIMD packets). A thread beyond the count
-  /// seen at construction (set_num_threads changed since) gets `spare`, resized.
-  T* get(Vector<T>& spare) {
-    const auto s = static_cast<std::size_t>(slot());
-    Vector<T>& buf = s < buffers_.size() ? buffers_[s] : spare;
-    if (buf.size() < size_) buf.resize(size_);
-    return buf.data();
-  }
-
- private:
-  static bool in_parallel() {
-#if defined(_OPENMP)
-    return omp_in_parallel() != 0;
-#else
-    return false;
-#endif
-  }
-  // parallel_for runs its items on a team of at most get_num_threads() threads of its own,
-  // or serially on the calling thread when called inside a parallel region.
-  int slot() const {
-#if defined(_OPENMP)
-    if (!nested_) return omp_get_thread_num();
-#endif
-    return 0;
-  }
-  Index size_;
-  bool nested_;
-  std::vector<Vector<T>> buffers_;
-};
-
 /// @brief Runs f(block, scratch) for every unit of `blocks` with parallel_for, in items
 /// that each hold at least kMinParallelWork (unit_cost multiply-adds per unit); scratch is
-/// the running thread's buffer of scratch_size elements, reused by its items.
+/// scratch_size elements of the running thread's workspace (attn/core/workspace.hpp), reused
+/// by every call on that thread.
 template <class T, class F>
 void for_each_block(const QueryBlocks& blocks, double unit_cost, Index scratch_size, F&& f) {
   const WorkSplit split = WorkSplit::of(blocks.count(), unit_cost);
-  ThreadScratch<T> scratch(scratch_size);
   parallel_for(split.items(), [&](Index item) {
-    Vector<T> spare;
-    T* buffer = scratch.get(spare);
-    for (Index u = split.begin(item); u < split.end(item); ++u) f(blocks[u], buffer);
+    const WorkBuffer<T> scratch(scratch_size);
+    for (Index u = split.begin(item); u < split.end(item); ++u) f(blocks[u], scratch.data());
   });
 }
 

@@ -1,0 +1,73 @@
+// The per-thread workspace (attn/core/workspace.hpp): buffers are given back in LIFO order,
+// a thread keeps the memory of its largest call and reuses it (a second call of the same
+// size allocates nothing), release_workspace() frees it, and results do not depend on it.
+#include <cstring>
+
+#include "support.hpp"
+
+namespace {
+
+using namespace attn_test;
+using attn::detail::WorkBuffer;
+using attn::detail::Workspace;
+
+TEST(Workspace, BuffersAreDisjointAlignedAndGivenBackInOrder) {
+  attn::release_workspace();
+  {
+    const WorkBuffer<float> a(100);
+    const WorkBuffer<double> b(1000);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(a.data()) % 64, 0u);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(b.data()) % 64, 0u);
+    const auto* a_end = reinterpret_cast<const char*>(a.data() + 100);
+    const auto* b_begin = reinterpret_cast<const char*>(b.data());
+    EXPECT_TRUE(b_begin >= a_end || reinterpret_cast<const char*>(b.data() + 1000) <= reinterpret_cast<const char*>(a.data()));
+    {
+      const WorkBuffer<float> c(1 << 20);  // does not fit: a second block
+      std::memset(c.data(), 0, sizeof(float) << 20);
+    }
+    const WorkBuffer<float> d(10);  // c's place again
+  }
+  // Nothing taken: the blocks were merged into one of their total size, which the same
+  // pattern of buffers now fits in without allocating.
+  const std::size_t kept = attn::workspace_bytes();
+  EXPECT_GE(kept, (sizeof(float) << 20) + 1000 * sizeof(double));
+  {
+    const WorkBuffer<float> a(100);
+    const WorkBuffer<double> b(1000);
+    const WorkBuffer<float> c(1 << 20);
+  }
+  EXPECT_EQ(attn::workspace_bytes(), kept);
+  attn::release_workspace();
+  EXPECT_EQ(attn::workspace_bytes(), 0u);
+}
+
+// A module's second forward pass of the same size allocates no workspace memory, and its
+// result is the same, bit for bit, whether the workspace was kept or released.
+template <class M>
+void check_reuse(const M& m, const Tensor<float>& x) {
+  attn::release_workspace();
+  const Tensor<float> first = m.forward(x);
+  const std::size_t kept = attn::workspace_bytes();
+  EXPECT_GT(kept, 0u);
+  const Tensor<float> second = m.forward(x);
+  EXPECT_EQ(attn::workspace_bytes(), kept);
+  EXPECT_TRUE(same_bits(first, second));
+  attn::release_workspace();
+  EXPECT_EQ(attn::workspace_bytes(), 0u);
+  EXPECT_TRUE(same_bits(m.forward(x), first));
+}
+
+TEST(Workspace, ModulesReuseItAcrossCalls) {
+  const Tensor<float> x = random_tensor<float>({2, 70, 32}, 1);
+  check_reuse(attn::TalkingHeadsAttention<float>(32, 4), x);
+  check_reuse(attn::TransformerEncoderLayer<float>(32, 64, 4), x);
+  check_reuse(attn::SelfAttention<float>(32), x);
+  check_reuse(attn::AttentionBlock<float>(70, 2), x);  // x as (N, C, L) = (2, 70, 32)
+  struct Mha {
+    attn::MultiHeadAttention<float> m{32, 4};
+    Tensor<float> forward(const Tensor<float>& in) const { return m.forward(in).output; }
+  };
+  check_reuse(Mha{}, x);
+}
+
+}  // namespace
