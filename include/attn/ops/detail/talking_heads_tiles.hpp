@@ -19,35 +19,54 @@ ATTN_PACKET_CODE_BEGIN
 namespace attn {
 namespace detail {
 
-/// mix_heads_linear for N packets of every head.
-template <class T, int N>
-void mix_heads_chunk(const T* w, const T* bias, Index nh, const T* in, Index in_stride, T* out, Index out_stride) {
+/// mix_heads_linear for output heads [g0, g0 + G) and V packets at x: each input packet is
+/// loaded once for the G heads, and every output is bias + sum_h w[g][h] in_h in h order.
+template <class T, int G, int V>
+EIGEN_ALWAYS_INLINE void mix_heads_block(const T* w, const T* bias, Index nh, Index g0, const T* in, Index in_stride,
+                                         T* out, Index out_stride) {
   using P = Packet<T>;
   constexpr int S = kPacketSize<T>;
-  for (Index g = 0; g < nh; ++g) {
-    P acc[N];
-    for (int c = 0; c < N; ++c) acc[c] = ei::pset1<P>(bias[g]);
-    for (Index h = 0; h < nh; ++h) {
-      const P wv = ei::pset1<P>(w[g * nh + h]);
-      const T* src = in + h * in_stride;
-      for (int c = 0; c < N; ++c) acc[c] = ei::pmadd(wv, ei::ploadu<P>(src + c * S), acc[c]);
+  P acc[G][V];
+  for (int i = 0; i < G; ++i)
+    for (int v = 0; v < V; ++v) acc[i][v] = ei::pset1<P>(bias[g0 + i]);
+  for (Index h = 0; h < nh; ++h) {
+    P a[V];
+    for (int v = 0; v < V; ++v) {
+      a[v] = ei::ploadu<P>(in + h * in_stride + v * S);
+      keep_in_register(a[v]);
     }
-    T* dst = out + g * out_stride;
-    for (int c = 0; c < N; ++c) ei::pstoreu(dst + c * S, acc[c]);
+    for (int i = 0; i < G; ++i) {
+      const P wv = ei::pset1<P>(w[(g0 + i) * nh + h]);
+      for (int v = 0; v < V; ++v) acc[i][v] = ei::pmadd(wv, a[v], acc[i][v]);
+    }
   }
+  for (int i = 0; i < G; ++i)
+    for (int v = 0; v < V; ++v) ei::pstoreu(out + (g0 + i) * out_stride + v * S, acc[i][v]);
 }
 
-/// @brief A Linear(H, H) across heads: out_g[x] = bias[g] + sum_h w[g][h] in_h[x] for x < n,
-/// n a multiple of the packet size.
+/// mix_heads_linear for output heads [g0, g0 + G), all n values.
+template <class T, int G>
+void mix_heads_group(const T* w, const T* bias, Index nh, Index g0, const T* in, Index in_stride, T* out,
+                     Index out_stride, Index n) {
+  constexpr int S = kPacketSize<T>;
+  Index x = 0;
+  for (; x + 2 * S <= n; x += 2 * S) mix_heads_block<T, G, 2>(w, bias, nh, g0, in + x, in_stride, out + x, out_stride);
+  for (; x < n; x += S) mix_heads_block<T, G, 1>(w, bias, nh, g0, in + x, in_stride, out + x, out_stride);
+}
+
+/// @brief A Linear(H, H) across heads: out_g[x] = bias[g] + sum_h w[g][h] in_h[x] for x < n, n a
+/// multiple of the packet size. Output heads go in groups of 8 (then 4, 2, 1), whose
+/// accumulators stay in registers while each input packet is loaded once for the group.
 /// @param w (H, H) row-major; head h's n inputs start at in + h * in_stride, head g's
 /// outputs at out + g * out_stride (not overlapping the inputs)
 template <class T>
 void mix_heads_linear(const T* w, const T* bias, Index nh, const T* in, Index in_stride, T* out, Index out_stride,
                       Index n) {
-  constexpr int S = kPacketSize<T>;  // 8 packets of independent accumulators hide the latency
-  Index x = 0;
-  for (; x + 8 * S <= n; x += 8 * S) mix_heads_chunk<T, 8>(w, bias, nh, in + x, in_stride, out + x, out_stride);
-  for (; x < n; x += S) mix_heads_chunk<T, 1>(w, bias, nh, in + x, in_stride, out + x, out_stride);
+  Index g = 0;
+  for (; g + 8 <= nh; g += 8) mix_heads_group<T, 8>(w, bias, nh, g, in, in_stride, out, out_stride, n);
+  if (g + 4 <= nh) mix_heads_group<T, 4>(w, bias, nh, g, in, in_stride, out, out_stride, n), g += 4;
+  if (g + 2 <= nh) mix_heads_group<T, 2>(w, bias, nh, g, in, in_stride, out, out_stride, n), g += 2;
+  if (g < nh) mix_heads_group<T, 1>(w, bias, nh, g, in, in_stride, out, out_stride, n);
 }
 
 /// mix_heads_per_row for N packets (N * P / R keys) of every head.
