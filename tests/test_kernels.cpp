@@ -72,6 +72,7 @@ TYPED_TEST(KernelsTyped, TiledMatchesReference) {
     Tensor<bool> kpm({p.b, p.lk}), am2({p.lq, p.lk}), am3({p.b * p.h, p.lq, p.lk});
     Tensor<T> kpm_add({p.b, p.lk}), am_add({p.lq, p.lk});
     const Tensor<T> noise = random_tensor<T>({p.b * p.h, p.lq, p.lk}, ++seed);
+    const Tensor<T> slopes = random_tensor<T>({p.h}, ++seed, 0.5);
     for (Index b = 0; b < p.b; ++b)
       for (Index j = 0; j < p.lk; ++j) {
         kpm(b, j) = b == 0 || j % 3 == 1;
@@ -107,6 +108,19 @@ TYPED_TEST(KernelsTyped, TiledMatchesReference) {
       o.causal = Causal::kBottomRight;
     });
     add("scale 0.5", [](auto& o) { o.scale = T(0.5); });
+    add("sliding window 5", [](auto& o) { o.sliding_window = 5; });
+    add("sliding window 150, top-left", [](auto& o) {
+      o.sliding_window = 150;
+      o.causal = Causal::kTopLeft;
+    });
+    add("softcap 2 + kpm", [&](auto& o) {
+      o.softcap = T(2);
+      o.key_padding_mask = Mask<T>::block_where_true(kpm);
+    });
+    add("alibi + window 40", [&](auto& o) {
+      o.alibi_slopes = slopes;
+      o.sliding_window = 40;
+    });
     attn::Generator gen(5);
     add("dropout", [&](auto& o) {
       o.dropout_p = T(0.3);
@@ -178,6 +192,53 @@ TYPED_TEST(KernelsTyped, TiledMatchesReferenceOnPackedStridedViews) {
       attn::detail::sdpa_tiled<T>(call);
       EXPECT_TRUE(AllClose(tiled.t, ref.t, tol));
     }
+  }
+}
+
+// Grouped-query heads: k and v with K heads serve H = g K query heads, query head h reading
+// key/value head h / g, as if k and v were repeated g times (HF's repeat_kv, PyTorch's
+// enable_gqa): the same bits as running on the repeated copies, on both kernels, with
+// strided (packed) and contiguous k and v, and K = 1 (multi-query).
+TYPED_TEST(KernelsTyped, GroupedQueryHeadsEqualRepeatedKeyValueHeads) {
+  using T = TypeParam;
+  for (const Index kv_heads : {1, 2}) {
+    const Index b = 2, h = 6, lq = 90, lk = 130, d = 12, g = h / kv_heads;
+    const Tensor<T> q = random_tensor<T>({b, h, lq, d}, 1, 3.0), k = random_tensor<T>({b, kv_heads, lk, d}, 2, 3.0),
+                    v = random_tensor<T>({b, kv_heads, lk, d}, 3);
+    Tensor<T> k_rep({b, h, lk, d}), v_rep({b, h, lk, d});
+    for (Index bb = 0; bb < b; ++bb)
+      for (Index hh = 0; hh < h; ++hh)
+        for (Index j = 0; j < lk * d; ++j) {
+          k_rep[((bb * h + hh) * lk) * d + j] = k[((bb * kv_heads + hh / g) * lk) * d + j];
+          v_rep[((bb * h + hh) * lk) * d + j] = v[((bb * kv_heads + hh / g) * lk) * d + j];
+        }
+    for (const bool weights : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "K = " << kv_heads << (weights ? ", weights path" : ", tiled path"));
+      attn::SdpaOptions<T> opt;
+      opt.causal = Causal::kBottomRight;
+      opt.sliding_window = 50;
+      Tensor<T> w1, w2;
+      if (weights) opt.attn_weights = &w1;
+      const Tensor<T> grouped = attn::scaled_dot_product_attention<T>(q, k, v, opt);
+      if (weights) opt.attn_weights = &w2;
+      const Tensor<T> repeated = attn::scaled_dot_product_attention<T>(q, k_rep, v_rep, opt);
+      EXPECT_TRUE(same_bits(grouped, repeated));
+      EXPECT_TRUE(same_bits(w1, w2));
+    }
+    // Strided k and v (columns of a (B*S, 2*K*D) buffer): the tiled kernel packs them per kv head.
+    const Tensor<T> kv = random_tensor<T>({b, lk, 2 * kv_heads * d}, 4);
+    using HV = attn::HeadsView<const T>;
+    const HV ks = HV::bnhd(kv.data(), b, lk, kv_heads, d, 2 * kv_heads * d),
+             vs = HV::bnhd(kv.data() + kv_heads * d, b, lk, kv_heads, d, 2 * kv_heads * d);
+    Tensor<T> k2({b, kv_heads, lk, d}), v2({b, kv_heads, lk, d}), out1({b, h, lq, d}), out2({b, h, lq, d});
+    for (Index bb = 0; bb < b; ++bb)
+      for (Index hh = 0; hh < kv_heads; ++hh) {
+        Eigen::Map<attn::RowMatrix<T>>(k2.data() + (bb * kv_heads + hh) * lk * d, lk, d) = ks.head(bb, hh);
+        Eigen::Map<attn::RowMatrix<T>>(v2.data() + (bb * kv_heads + hh) * lk * d, lk, d) = vs.head(bb, hh);
+      }
+    attn::scaled_dot_product_attention<T>(heads(q), ks, vs, heads(out1));
+    attn::scaled_dot_product_attention<T>(heads(q), heads(k2), heads(v2), heads(out2));
+    EXPECT_TRUE(same_bits(out1, out2)) << "K = " << kv_heads << ", packed strided k and v";
   }
 }
 

@@ -159,12 +159,26 @@ TEST(SdpaErrors, ShapesMasksAndDropout) {
   const Tensor<float> q({2, 3, 4, 8}), k({2, 3, 6, 8}), v({2, 3, 6, 5});
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, Tensor<float>({2, 3, 6, 7}), v); }, {"head dimension", "(2, 3, 6, 7)"});
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, Tensor<float>({2, 3, 5, 5})); }, {"same length", "(2, 3, 5, 5)"});
-  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, Tensor<float>({1, 3, 6, 8}), v); }, {"batch and heads"});
+  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, Tensor<float>({1, 3, 6, 8}), v); }, {"must agree in batch"});
+  // Grouped-query heads: q's 3 heads are no multiple of 2, and k and v must have as many.
+  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, Tensor<float>({2, 2, 6, 8}), Tensor<float>({2, 2, 6, 5})); },
+                {"multiple", "(2, 3, 4, 8)", "(2, 2, 6, 8)"});
+  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, Tensor<float>({2, 1, 6, 8}), v); }, {"k and v in heads"});
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(Tensor<float>({4, 8}), k, v); }, {"(4, 8)"});
   Tensor<bool> m({4, 5});
   attn::SdpaOptions<float> opt;
   opt.attn_mask = attn::Mask<float>::keep_where_true(m);
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"attn_mask", "(4, 5)", "(2, 3, 4, 6)", "(6, 4, 6)"});
+  opt = {};
+  opt.sliding_window = 0;
+  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"sliding_window", "at least 1", "0"});
+  opt = {};
+  opt.softcap = -1.0f;
+  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"softcap", "> 0", "-1"});
+  opt = {};
+  const Tensor<float> slopes({2});
+  opt.alibi_slopes = slopes;
+  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"alibi_slopes", "(2,)", "(3,)"});
   opt = {};
   opt.dropout_p = 0.2f;
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"Generator", "0.2"});

@@ -302,8 +302,11 @@ class MultiHeadAttention : public Module<T> {
                Index nb, Projections& p) const {
     const Index e = embed_dim_, nh = num_heads_, d = head_dim_, len_q = query.size(-2), len_k = key.size(-2);
     using Out = detail::GemmOutput<T>;
-    const Out q = Out::rows(0, e, p.qbuf.data(), e), k = Out::head_major(e, e, p.kbuf.data(), d, len_k),
-              v = Out::head_major(2 * e, e, p.vbuf.data(), d, len_k);
+    p.q = HeadsView<const T>::bnhd(p.qbuf.data(), nb, len_q, nh, d, e);
+    p.k = HeadsView<const T>::bhnd(p.kbuf.data(), nb, nh, len_k, d);
+    p.v = HeadsView<const T>::bhnd(p.vbuf.data(), nb, nh, len_k, d);
+    const Out q{0, HeadsView<T>::bnhd(p.qbuf.data(), nb, len_q, 1, e, e)},
+        k{e, HeadsView<T>::bhnd(p.kbuf.data(), nb, nh, len_k, d)}, v{2 * e, HeadsView<T>::bhnd(p.vbuf.data(), nb, nh, len_k, d)};
     if (same_tensor(query, key) && same_tensor(key, value) && same_embed_dims()) {
       project_rows(query, e, {q, k, v});
     } else {
@@ -315,15 +318,12 @@ class MultiHeadAttention : public Module<T> {
         project_rows(value, vdim_, {v});
       }
     }
-    p.q = HeadsView<const T>::bnhd(p.qbuf.data(), nb, len_q, nh, d, e);
-    p.k = HeadsView<const T>::bhnd(p.kbuf.data(), nb, nh, len_k, d);
-    p.v = HeadsView<const T>::bhnd(p.vbuf.data(), nb, nh, len_k, d);
   }
 
   /// x (rows, in) times rows of the stacked [W_q; W_k; W_v] (+ bias) into the outputs, whose
   /// features are rows of that stack, from the packed group that holds them (one GEMM).
   void project_rows(const TensorView<const T>& x, Index in, std::initializer_list<detail::GemmOutput<T>> outputs) const {
-    const Index first = outputs.begin()->first, last = (outputs.end() - 1)->first + (outputs.end() - 1)->count;
+    const Index first = outputs.begin()->first, last = (outputs.end() - 1)->first + (outputs.end() - 1)->count();
     for (const PackedRows& g : in_packed_)
       if (first >= g.first && last <= g.first + g.weight.rows()) {
         std::vector<detail::GemmOutput<T>> in_group(outputs);

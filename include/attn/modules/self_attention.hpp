@@ -49,8 +49,8 @@ class SelfAttention : public Module<T> {
     const Index n = x.size(-2);
     // q, k and v each as (B*N, E) rows (one head: head-major is the same), from one GEMM.
     const detail::WorkBuffer<T> q(x.numel()), k(x.numel()), v(x.numel());
-    using Out = detail::GemmOutput<T>;
-    qkv_.apply(x, {Out::rows(0, e, q.data(), e), Out::rows(e, e, k.data(), e), Out::rows(2 * e, e, v.data(), e)});
+    const auto rows = [&](const detail::WorkBuffer<T>& b) { return HeadsView<T>::bnhd(b.data(), nb, n, 1, e, e); };
+    qkv_.apply(x, {{0, rows(q)}, {e, rows(k)}, {2 * e, rows(v)}});
     auto out = Tensor<T>::uninitialized(x.shape());
     const SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
     using Heads = HeadsView<const T>;

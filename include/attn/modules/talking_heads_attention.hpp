@@ -76,9 +76,8 @@ class TalkingHeadsAttention : public Module<T> {
     this->require_generator(args.generator, std::max(attn_drop_, proj_drop_));
     // q as (B*N, C) rows, k and v head-major (B, H, N, D): the kernel reads them in place.
     const detail::WorkBuffer<T> q(x.numel()), k(x.numel()), v(x.numel()), mixed(x.numel());
-    using Out = detail::GemmOutput<T>;
-    qkv_.apply(x, {Out::rows(0, c, q.data(), c), Out::head_major(c, c, k.data(), d, n),
-                   Out::head_major(2 * c, c, v.data(), d, n)});
+    qkv_.apply(x, {{0, HeadsView<T>::bnhd(q.data(), nb, n, 1, c, c)}, {c, HeadsView<T>::bhnd(k.data(), nb, nh, n, d)},
+                   {2 * c, HeadsView<T>::bhnd(v.data(), nb, nh, n, d)}});
     SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
     opt.dropout_p = training ? static_cast<T>(attn_drop_) : T(0);
     const TalkingHeadsMix<T> mix{

@@ -11,6 +11,9 @@
 namespace attn {
 
 /// @brief Everything about one attention call besides q, k, v.
+///
+/// The logits go through, in this order: scale, softcap, ALiBi, key_padding_mask, attn_mask,
+/// causal and sliding-window masking, softmax, dropout.
 template <class T>
 struct SdpaOptions {
   /// Multiplies q k^T; default 1/sqrt(head_dim).
@@ -22,6 +25,18 @@ struct SdpaOptions {
   Mask<T> attn_mask;
   /// Causal masking (see Causal), applied after key_padding_mask and attn_mask; none by default.
   Causal causal = Causal::kNone;
+  /// @brief A sliding window of W keys: query i sees key j only when diag(i) - W < j <=
+  /// diag(i), its W most recent keys, itself included (Mistral's sliding_window;
+  /// FlashAttention's window_size = (W - 1, 0)). diag(i) is causal masking's diagonal:
+  /// i + S - L, or i with Causal::kTopLeft. A window implies causal masking (kNone is taken
+  /// as kBottomRight). W must be >= 1.
+  std::optional<Index> sliding_window;
+  /// @brief Logit soft-capping: logits = c * tanh(logits / c) after the scale, before ALiBi
+  /// and the masks (Gemma 2, Grok; FlashAttention's and ggml's softcap). c must be > 0.
+  std::optional<T> softcap;
+  /// @brief ALiBi: (H) per-head slopes; head h's logit (i, j) gets -slope_h * |i + S - L - j|
+  /// (FlashAttention's alibi_slopes), after soft-capping, before the masks. Empty: none.
+  TensorView<const T> alibi_slopes;
   /// Dropout on the attention weights, applied when > 0 (callers pass 0 in eval mode).
   T dropout_p = T(0);
   /// Source of the dropout mask; required when dropout_p > 0.

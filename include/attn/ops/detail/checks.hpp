@@ -68,8 +68,11 @@ void check_views(const char* where, const HeadsView<const T>& q, const HeadsView
                 !before(out_range.first, r.second),
             where, ": the output overlaps ", in.first, " in memory");
   }
-  require(k.batch == q.batch && v.batch == q.batch && k.heads == q.heads && v.heads == q.heads, where, ": q ",
-          q.shape(), ", k ", k.shape(), " and v ", v.shape(), " must agree in batch and heads");
+  require(k.batch == q.batch && v.batch == q.batch && k.heads == v.heads &&
+              (k.heads == 0 ? q.heads == 0 : q.heads % k.heads == 0),
+          where, ": q ", q.shape(), ", k ", k.shape(), " and v ", v.shape(),
+          " must agree in batch, k and v in heads, and q's heads must be a multiple of k's (grouped-query "
+          "attention: query head h reads key/value head h / (H / K))");
   require(k.head_dim == q.head_dim, where, ": q ", q.shape(), " and k ", k.shape(), " must have the same head dimension");
   require(k.length == v.length, where, ": k ", k.shape(), " and v ", v.shape(),
           " must have the same length (keys and values pair up)");
@@ -78,11 +81,24 @@ void check_views(const char* where, const HeadsView<const T>& q, const HeadsView
 }
 
 /// A call's masks checked against its size: key padding (B, S), attention mask
-/// broadcastable to (B, H, L, S), causal. The result refers to opt's masks.
+/// broadcastable to (B, H, L, S), ALiBi slopes (H), causal, a window of at least one key
+/// (which implies causal masking, bottom-right unless top-left is asked for). The result
+/// refers to opt's masks and slopes.
 template <class T>
 TileMasks<T> tile_masks(const char* where, const SdpaOptions<T>& opt, const AttentionDims& d) {
-  return {broadcast_key_padding(where, opt.key_padding_mask, d), broadcast_attn_mask(where, opt.attn_mask, d),
-          opt.causal};
+  TileMasks<T> m{broadcast_key_padding(where, opt.key_padding_mask, d), broadcast_attn_mask(where, opt.attn_mask, d),
+                 opt.causal};
+  if (opt.sliding_window) {
+    require(*opt.sliding_window >= 1, where, ": sliding_window must be at least 1 key, got ", *opt.sliding_window);
+    m.window = *opt.sliding_window;
+    if (m.causal == Causal::kNone) m.causal = Causal::kBottomRight;
+  }
+  if (!opt.alibi_slopes.empty()) {
+    require(opt.alibi_slopes.shape() == Shape{d.heads}, where, ": alibi_slopes has shape ", opt.alibi_slopes.shape(),
+            ", expected (heads) = ", Shape{d.heads});
+    m.alibi = opt.alibi_slopes.data();
+  }
+  return m;
 }
 template <class T>
 TileMasks<T> tile_masks(const char*, SdpaOptions<T>&&, const AttentionDims&) = delete;  // would dangle
@@ -96,10 +112,13 @@ struct AttentionCall {
   HeadsView<T> out;
   TileMasks<T> masks;
   T scale = T(1);           ///< multiplies q before the product
+  T softcap = T(0);         ///< logit soft-capping (0: none)
   T dropout_p = T(0);       ///< dropout on the weights (0: none)
   std::uint64_t dropout_key = 0;
 
   AttentionDims dims() const { return {q.batch, q.heads, q.length, k.length}; }
+  /// The key/value head query head h reads (grouped-query attention: H / K query heads share one).
+  Index kv_head(Index h) const { return h / (q.heads / k.heads); }
 };
 
 /// @brief Checks an attention call's arguments (views, masks, dropout, scale) and returns
@@ -115,7 +134,10 @@ AttentionCall<T> prepare_call(const char* where, const HeadsView<const T>& q, co
   require(opt.dropout_p == T(0) || opt.generator != nullptr, where, ": dropout_p = ", opt.dropout_p,
           " needs a Generator (SdpaOptions::generator)");
   if (opt.scale) require(std::isfinite(*opt.scale), where, ": scale must be finite");
+  if (opt.softcap)
+    require(*opt.softcap > T(0) && std::isfinite(*opt.softcap), where, ": softcap must be > 0, got ", *opt.softcap);
   call.scale = opt.scale ? *opt.scale : T(1) / std::sqrt(static_cast<T>(q.head_dim));
+  call.softcap = opt.softcap ? *opt.softcap : T(0);
   call.dropout_p = opt.dropout_p;
   if (opt.dropout_p > T(0)) call.dropout_key = opt.generator->next_key();
   return call;

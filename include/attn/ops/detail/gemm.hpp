@@ -23,6 +23,7 @@
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/packets.hpp"
 #include "attn/ops/detail/work.hpp"
+#include "attn/ops/heads_view.hpp"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
@@ -102,41 +103,44 @@ class PackedWeight {
   Index n_ = 0, k_ = 0, panels_ = 0;
 };
 
-/// @brief Where gemm writes output features [first, first + count) of a packed weight: rows
-/// of a plain matrix (row r, column j at data + r * ld + j), or head-major (B, H, S, D), the
-/// layout the attention kernels read k and v in (column j = h * D + d of row r = b * S + n
-/// at data + ((b * H + h) * S + n) * D + d).
+/// @brief Where gemm writes output features [first, first + target.heads * target.head_dim)
+/// of a packed weight: into a HeadsView whose (batch, length) enumerate the rows of x and
+/// whose (head, column) the features. A (B*N, E) matrix is one head of E columns
+/// (HeadsView::bnhd(data, B, N, 1, E, ld)); k and v for the attention kernels are
+/// head-major (HeadsView::bhnd), or a KV cache's next positions.
 template <class T>
 struct GemmOutput {
-  Index first = 0, count = 0;
-  T* data = nullptr;
-  Index ld = 0;                            ///< row stride (plain)
-  Index head_dim = 0, heads = 0, seq = 0;  ///< head-major when head_dim > 0
+  Index first = 0;
+  HeadsView<T> target;
 
-  /// Features [first, first + count) as the columns of a row-major matrix, rows ld apart.
-  static GemmOutput rows(Index first, Index count, T* data, Index ld) { return {first, count, data, ld}; }
-  /// Features [first, first + count) as count / head_dim heads of a (B, H, seq, head_dim) tensor.
-  static GemmOutput head_major(Index first, Index count, T* data, Index head_dim, Index seq) {
-    return {first, count, data, 0, head_dim, count / head_dim, seq};
-  }
-  /// Where column j of row r goes.
+  Index count() const { return target.heads * target.head_dim; }
+  /// Where feature first + j of row r goes.
   T* at(Index r, Index j) const {
-    if (head_dim == 0) return data + r * ld + j;
-    return data + (((r / seq) * heads + j / head_dim) * seq + r % seq) * head_dim + j % head_dim;
+    const HeadsView<T>& t = target;
+    return t.data + (r / t.length) * t.batch_stride + (j / t.head_dim) * t.head_stride + (r % t.length) * t.row_stride +
+           j % t.head_dim;
   }
-  /// How many columns from j on are contiguous in memory.
-  Index run(Index j) const { return head_dim == 0 ? count - j : std::min(count - j, head_dim - j % head_dim); }
+  /// How many features from first + j on are contiguous in memory (to the end of j's head).
+  Index run(Index j) const { return target.head_dim - j % target.head_dim; }
 };
 
-/// @brief The outputs of one panel of kNR features starting at feature f0. With a single
-/// plain output covering the whole panel, `direct` is where its column 0 of row 0 is.
+/// @brief The outputs of one panel of kNR features starting at feature f0. When the whole
+/// panel falls in one head of one output (`single`), a block of rows within one batch
+/// element is stored in place (`direct`).
 template <class T>
 struct GemmPanel {
   Index f0;
   const GemmOutput<T>* outputs;
   Index n_outputs;
-  T* direct;
-  Index ld;
+  const GemmOutput<T>* single = nullptr;
+
+  /// Where rows row0 .. row0 + rows - 1 of the panel go, rows_stride apart, or null if they
+  /// are not one contiguous-column block of one output.
+  T* direct(Index row0, Index rows, Index& ld) const {
+    if (!single || row0 / single->target.length != (row0 + rows - 1) / single->target.length) return nullptr;
+    ld = single->target.row_stride;
+    return single->at(row0, f0 - single->first);
+  }
 
   /// Calls f(address, panel column, columns) for every contiguous run of panel columns that
   /// row r sends to one place.
@@ -145,7 +149,7 @@ struct GemmPanel {
     constexpr Index kNR = GemmBlocking<T>::kNR;
     for (Index o = 0; o < n_outputs; ++o) {
       const GemmOutput<T>& out = outputs[o];
-      for (Index fe = std::max(f0, out.first); fe < std::min(f0 + kNR, out.first + out.count);) {
+      for (Index fe = std::max(f0, out.first); fe < std::min(f0 + kNR, out.first + out.count());) {
         const Index n = std::min(out.run(fe - out.first), f0 + kNR - fe);
         f(out.at(r, fe - out.first), fe - f0, n);
         fe += n;
@@ -175,11 +179,14 @@ void gemm_micro(const T* a, const T* b, Index kc, const GemmPanel<T>& panel, Ind
       for (int v = 0; v < NV; ++v) acc[i][v] = ei::pmadd(av, bv[v], acc[i][v]);
     }
   }
-  // A whole block of one plain output is stored in place; anything else goes through a tile.
-  const bool direct = panel.direct != nullptr && rows == MR;
+  // A full block of contiguous columns of one output is stored in place; anything else goes
+  // through a tile.
+  Index ld = BL::kNR;
+  T* const in_place = rows == MR ? panel.direct(row0, rows, ld) : nullptr;
+  const bool direct = in_place != nullptr;
   T tile[MR * BL::kNR];
-  T* out = direct ? panel.direct + row0 * panel.ld : tile;
-  const Index ld = direct ? panel.ld : BL::kNR;
+  T* out = direct ? in_place : tile;
+  if (!direct) ld = BL::kNR;
   if (!direct) {
     std::fill(tile, tile + MR * BL::kNR, T(0));
     if (accumulate)
@@ -222,11 +229,12 @@ std::vector<GemmPanel<T>> gemm_panels(const GemmOutput<T>* outputs, Index n_outp
   std::vector<GemmPanel<T>> panels;
   for (Index o = 0; o < n_outputs; ++o) {
     const GemmOutput<T>& out = outputs[o];
-    for (Index p = out.first / kNR; p * kNR < out.first + out.count; ++p) {
+    for (Index p = out.first / kNR; p * kNR < out.first + out.count(); ++p) {
       if (std::any_of(panels.begin(), panels.end(), [&](const GemmPanel<T>& q) { return q.f0 == p * kNR; })) continue;
-      const bool whole = n_outputs == 1 && out.head_dim == 0 && p * kNR >= out.first &&
-                         (p + 1) * kNR <= out.first + out.count;
-      panels.push_back({p * kNR, outputs, n_outputs, whole ? out.data + (p * kNR - out.first) : nullptr, out.ld});
+      const Index f0 = p * kNR, d = out.target.head_dim;
+      const bool one_head = f0 >= out.first && f0 + kNR <= out.first + out.count() &&
+                            (f0 - out.first) / d == (f0 + kNR - 1 - out.first) / d;
+      panels.push_back({f0, outputs, n_outputs, n_outputs == 1 && one_head ? &out : nullptr});
     }
   }
   return panels;
@@ -284,7 +292,8 @@ void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, const GemmOu
 template <class T>
 void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, T* c, Index ldc, Index first = 0,
           Index count = -1) {
-  const GemmOutput<T> out = GemmOutput<T>::rows(first, count < 0 ? w.rows() - first : count, c, ldc);
+  const Index n = count < 0 ? w.rows() - first : count;
+  const GemmOutput<T> out{first, HeadsView<T>::bnhd(c, 1, m, 1, n, ldc)};
   gemm(x, m, ldx, w, &out, 1);
 }
 

@@ -95,29 +95,53 @@ BroadcastMask<T> broadcast_key_padding(const char* where, const Mask<T>& m, cons
 template <class T>
 BroadcastMask<T> broadcast_key_padding(const char*, Mask<T>&&, const AttentionDims&) = delete;  // would dangle
 
-/// @brief Everything that masks the logits of one call, applied in PyTorch's order: the key
-/// padding mask, then the attention mask (both added), then causal masking (set to -inf).
+/// @brief Logit soft-capping in place: x = cap * tanh(x / cap) for n values (vectorised tanh
+/// where Eigen has one for T, std::tanh otherwise).
+template <class T>
+void softcap_inplace(T* x, Index n, T cap) {
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> a(x, n);
+  a = (a * (T(1) / cap)).tanh() * cap;
+}
+
+/// @brief Everything that biases or masks the logits of one call, applied in this order:
+/// ALiBi, the key padding mask, the attention mask (all added), then causal and
+/// sliding-window masking (set to -inf).
 template <class T>
 struct TileMasks {
   BroadcastMask<T> key_padding, attn;
   Causal causal = Causal::kNone;
+  Index window = 0;              ///< sliding window in keys (0: none); implies causal
+  const T* alibi = nullptr;      ///< (H) ALiBi slopes, or null
 
-  /// Whether any mask adds to the logits (causal masking aside).
-  bool adds_bias() const { return !key_padding.empty() || !attn.empty(); }
+  /// Whether anything adds to the logits (causal and window masking aside).
+  bool adds_bias() const { return !key_padding.empty() || !attn.empty() || alibi != nullptr; }
   /// Whether apply() would change something in this tile.
-  bool touch(const Tile& t) const { return adds_bias() || t.causal_cuts(causal); }
+  bool touch(const Tile& t) const { return adds_bias() || t.bounds_cut(causal, window); }
 
-  /// @brief Masks the tile's logits s: entry (r, c) is at s[r * qs + c * ks]. Causal
-  /// masking sets future keys to -inf rather than adding it, so that a NaN or +inf logit
-  /// of a key a query cannot see does not reach its row.
+  /// @brief Masks the tile's logits s: entry (r, c) is at s[r * qs + c * ks]. Causal and
+  /// window masking set keys to -inf rather than adding it, so that a NaN or +inf logit of
+  /// a key a query cannot see does not reach its row.
   void apply(const Tile& t, T* s, Index qs, Index ks) const {
+    constexpr T kHidden = -std::numeric_limits<T>::infinity();
     for (Index r = 0; r < t.rows; ++r) {
       T* row = s + r * qs;
+      if (alibi) add_alibi(t, r, row, ks);
       if (!key_padding.empty()) key_padding.add(t.b, t.h, t.i0 + r, t.j0, t.cols, row, ks);
       if (!attn.empty()) attn.add(t.b, t.h, t.i0 + r, t.j0, t.cols, row, ks);
+      for (Index c = 0; c < std::min(t.first_key(causal, window, r) - t.j0, t.cols); ++c) row[c * ks] = kHidden;
       if (causal != Causal::kNone)
-        for (Index c = std::max<Index>(t.last_key(causal, r) + 1 - t.j0, 0); c < t.cols; ++c)
-          row[c * ks] = -std::numeric_limits<T>::infinity();
+        for (Index c = std::max<Index>(t.last_key(causal, r) + 1 - t.j0, 0); c < t.cols; ++c) row[c * ks] = kHidden;
+    }
+  }
+
+ private:
+  /// row[c * ks] += -slope_h * |i + S - L - j| for keys j = j0 + c.
+  void add_alibi(const Tile& t, Index r, T* row, Index ks) const {
+    const T slope = alibi[t.h];
+    const Index at = t.i0 + r + t.dims.len_k - t.dims.len_q;
+    for (Index c = 0; c < t.cols; ++c) {
+      const Index distance = at - (t.j0 + c);
+      row[c * ks] -= slope * static_cast<T>(distance < 0 ? -distance : distance);
     }
   }
 };

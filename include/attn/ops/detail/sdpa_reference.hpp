@@ -45,11 +45,12 @@ void sdpa_reference(const AttentionCall<T>& call, T* weights) {
                       T* s_data = weights ? weights + ((u.b * d.heads + u.h) * d.len_q + u.i0) * d.len_k
                                           : buffer + tile.rows * dim;
                       Block s(s_data, tile.rows, d.len_k);
-                      s.noalias() = qs * call.k.head(u.b, u.h).transpose();
+                      s.noalias() = qs * call.k.head(u.b, call.kv_head(u.h)).transpose();
+                      if (call.softcap > T(0)) softcap_inplace(s.data(), s.size(), call.softcap);
                       if (call.masks.touch(tile)) call.masks.apply(tile, s.data(), d.len_k, 1);
                       softmax_rows_inplace(s);
                       if (call.dropout_p > T(0)) dropout_tile(tile, call.dropout_p, call.dropout_key, s.data(), d.len_k, 1);
-                      call.out.head(u.b, u.h).middleRows(u.i0, tile.rows).noalias() = s * call.v.head(u.b, u.h);
+                      call.out.head(u.b, u.h).middleRows(u.i0, tile.rows).noalias() = s * call.v.head(u.b, call.kv_head(u.h));
                     });
 }
 

@@ -76,7 +76,7 @@ struct SdpaTiles {
     return q.length > kQueries && (k.row_stride != k.head_dim || v.row_stride != v.head_dim);
   }
 
-  /// Copies every head's k into contiguous (S, D) rows and its v into panels of kRegRows
+  /// Copies every (key/value) head's k into contiguous (S, D) rows and its v into panels of kRegRows
   /// columns, each (S, kRegRows) row-major (and single columns for Dv % kRegRows), the
   /// layout accumulate() walks. Threaded over (batch, block of keys): each reads whole rows.
   /// k_packed and v_packed hold B*H*S*D and B*H*S*Dv elements.
@@ -116,18 +116,19 @@ struct SdpaTiles {
   template <int V>
   static void block_packets(const AttentionCall<T>& call, const Tile& tile, const Head& kv, const Scratch& w) {
     const Index dim_v = call.v.head_dim, key_end = tile.key_end(call.masks.causal);
+    // Causal or window masking: tiles no query of the block may see are skipped.
+    const Index key_begin = tile.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys;
     load_queries<V>(call, tile, w);
-    for (Index j0 = 0; j0 < key_end; j0 += kKeys) {  // causal: tiles wholly in the future are skipped
+    for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
       const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
       P tile_max[V];  // per query, taken as the scores are stored
       for (int c = 0; c < V; ++c) tile_max[c] = ei::pset1<P>(-std::numeric_limits<T>::infinity());
       outer_products<T, kRegRows, V, false>(kv.k + j0 * kv.k_stride, kv.k_stride, 1, t.cols, w.qt, kQueries,
                                             call.q.head_dim, w.s, kQueries,
                                             [&](int c, const P& p) { tile_max[c] = ei::pmax(tile_max[c], p); });
-      if (call.masks.touch(t)) {
-        call.masks.apply(t, w.s, 1, kQueries);
-        max_of_tile<V>(t, w, tile_max);
-      }
+      if (call.softcap > T(0)) softcap_inplace(w.s, t.cols * kQueries, call.softcap);
+      if (call.masks.touch(t)) call.masks.apply(t, w.s, 1, kQueries);
+      if (call.softcap > T(0) || call.masks.touch(t)) max_of_tile<V>(t, w, tile_max);
       online_softmax_step<V>(t, dim_v, tile_max, w);
       if (call.dropout_p > T(0)) dropout_tile(t, call.dropout_p, call.dropout_key, w.s, 1, kQueries);
       accumulate<V>(kv, t, dim_v, w);
@@ -249,15 +250,15 @@ void sdpa_tiled(const AttentionCall<T>& call) {
   const Index dim = call.q.head_dim, dim_v = call.v.head_dim;
   if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || dim_v == 0) return;
   const bool packed = K::packs(call.q, call.k, call.v);
-  const WorkBuffer<T> k_packed(packed ? d.batch * d.heads * d.len_k * dim : 0),
-      v_packed(packed ? d.batch * d.heads * d.len_k * dim_v : 0);
+  const WorkBuffer<T> k_packed(packed ? d.batch * call.k.heads * d.len_k * dim : 0),
+      v_packed(packed ? d.batch * call.k.heads * d.len_k * dim_v : 0);
   if (packed) K::pack(call.k, call.v, k_packed.data(), v_packed.data());
   const auto head = [&](Index b, Index h) -> typename K::Head {
-    const Index bh = b * d.heads + h;
+    const Index kvh = call.kv_head(h), bh = b * call.k.heads + kvh;
     if (packed) return {k_packed.data() + bh * d.len_k * dim, dim, v_packed.data() + bh * d.len_k * dim_v, 0, true};
     const auto &k = call.k, &v = call.v;
-    return {k.data + b * k.batch_stride + h * k.head_stride, k.row_stride,
-            v.data + b * v.batch_stride + h * v.head_stride, v.row_stride, false};
+    return {k.data + b * k.batch_stride + kvh * k.head_stride, k.row_stride,
+            v.data + b * v.batch_stride + kvh * v.head_stride, v.row_stride, false};
   };
   const QueryBlocks blocks{d.batch, d.heads, d.len_q, K::kQueries};
   for_each_block<T>(blocks, double(K::kQueries) * double(d.len_k) * double(dim + dim_v + 8), K::Scratch::size(dim, dim_v),

@@ -43,25 +43,29 @@ struct Tile {
     return t;
   }
 
-  /// @brief The last key query i0 + r may see under `causal` (S - 1 without causal
-  /// masking); negative when it sees none.
-  ///
-  /// kTopLeft: key j is visible to query i when j <= i. kBottomRight: when j <= i + S - L
-  /// (the diagonal ends at the last key, as for the last L queries of S keys).
-  Index last_key(Causal causal, Index r) const {
-    const Index i = i0 + r, last = dims.len_k - 1;
-    switch (causal) {
-      case Causal::kTopLeft: return std::min(i, last);
-      case Causal::kBottomRight: return std::min(i + dims.len_k - dims.len_q, last);
-      case Causal::kNone: break;
-    }
-    return last;
+  /// @brief The diagonal of query i0 + r: the last key it may see under causal masking, before
+  /// clamping to the keys there are. kTopLeft: i. kBottomRight (and a sliding window
+  /// without causal masking): i + S - L, the last query's diagonal at the last key.
+  Index diagonal(Causal causal, Index r) const {
+    return i0 + r + (causal == Causal::kTopLeft ? 0 : dims.len_k - dims.len_q);
   }
-  /// Keys [0, key_end) hold every key some query of the tile may see (kernels skip the rest).
+  /// The last key query i0 + r may see under `causal` (S - 1 without causal masking);
+  /// negative when it sees none.
+  Index last_key(Causal causal, Index r) const {
+    return causal == Causal::kNone ? dims.len_k - 1 : std::min(diagonal(causal, r), dims.len_k - 1);
+  }
+  /// The first key query i0 + r may see in a sliding window of `window` keys (0: no window).
+  Index first_key(Causal causal, Index window, Index r) const {
+    return window > 0 ? std::max<Index>(diagonal(causal, r) - window + 1, 0) : 0;
+  }
+  /// Keys [key_begin, key_end) hold every key some query of the tile may see (kernels skip
+  /// the rest: the first query sees the earliest keys, the last one the latest).
+  Index key_begin(Causal causal, Index window) const { return first_key(causal, window, 0); }
   Index key_end(Causal causal) const { return std::max<Index>(last_key(causal, rows - 1) + 1, 0); }
-  /// Whether causal masking hides some key of the tile from some of its queries (the
-  /// first query sees the fewest keys).
-  bool causal_cuts(Causal causal) const { return causal != Causal::kNone && j0 + cols - 1 > last_key(causal, 0); }
+  /// Whether causal or window masking hides some key of the tile from some of its queries.
+  bool bounds_cut(Causal causal, Index window) const {
+    return (causal != Causal::kNone && j0 + cols - 1 > last_key(causal, 0)) || j0 < first_key(causal, window, rows - 1);
+  }
 
   /// Element (b, h, i0 + r, j0 + c) of the logical (B, H, L, S) weights is element
   /// ((b*H + h)*L + i)*S + j of the dropout stream: the mask does not depend on tiling or threads.
