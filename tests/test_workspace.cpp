@@ -41,6 +41,27 @@ TEST(Workspace, BuffersAreDisjointAlignedAndGivenBackInOrder) {
   EXPECT_EQ(attn::workspace_bytes(), 0u);
 }
 
+// A pattern whose later buffer does not fit the unused blocks its earlier buffers left
+// (they are replaced by one block) keeps enough memory for the whole pattern: the second
+// run of it allocates nothing.
+TEST(Workspace, ReplacingTooSmallBlocksKeepsThePeak) {
+  attn::release_workspace();
+  const auto pattern = [] {
+    const WorkBuffer<float> a(1000);
+    {
+      const WorkBuffer<float> b(1000);
+      const WorkBuffer<float> c(1000);
+    }
+    const WorkBuffer<float> d(1500);
+  };
+  pattern();
+  const std::size_t kept = attn::workspace_bytes();
+  EXPECT_GE(kept, 3000 * sizeof(float));
+  pattern();
+  EXPECT_EQ(attn::workspace_bytes(), kept);
+  attn::release_workspace();
+}
+
 // A module's second forward pass of the same size allocates no workspace memory, and its
 // result is the same, bit for bit, whether the workspace was kept or released.
 template <class M>

@@ -49,9 +49,10 @@ class Workspace {
     while (blocks_[current_].size - blocks_[current_].used < bytes) {
       if (current_ + 1 < blocks_.size() && blocks_[current_ + 1].size >= bytes) {
         ++current_;  // the blocks after the current one are unused
-      } else {
-        blocks_.erase(blocks_.begin() + static_cast<std::ptrdiff_t>(current_) + 1, blocks_.end());  // unused, too small
-        blocks_.push_back(Block(std::max(bytes, reserved())));
+      } else {  // the unused blocks after the current one are too small: one as large as all
+        const std::size_t size = std::max(bytes, reserved());  // so the total never shrinks
+        blocks_.erase(blocks_.begin() + static_cast<std::ptrdiff_t>(current_) + 1, blocks_.end());
+        blocks_.push_back(Block(size));
         ++current_;
       }
     }
