@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 #include <Eigen/Core>
 
@@ -54,6 +55,22 @@ Tensor<T> relu(const TensorView<const T>& x) {
   Tensor<T> y(x);
   relu_inplace(y.flat());
   return y;
+}
+
+/// @brief The activation of a feed-forward network, by name (torch.nn.Transformer*Layer's
+/// `activation`: "relu" or "gelu", the exact erf GELU).
+enum class Activation {
+  kRelu,  ///< max(x, 0)
+  kGelu,  ///< 0.5 x (1 + erf(x / sqrt 2))
+};
+
+/// @brief The activation `a`, in place.
+template <class M>
+void activation_inplace(M&& m, Activation a) {
+  if (a == Activation::kRelu)
+    relu_inplace(std::forward<M>(m));
+  else
+    gelu_inplace(std::forward<M>(m));
 }
 
 /// @brief SiLU of a tensor.
