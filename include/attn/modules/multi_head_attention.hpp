@@ -18,6 +18,7 @@
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
 #include "attn/ops/heads_view.hpp"
+#include "attn/ops/kv_cache.hpp"
 #include "attn/ops/mask.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"
 
@@ -159,23 +160,90 @@ class MultiHeadAttention : public Module<T> {
     ExtraKeys extra;
     if (extra_keys() > 0) append_extra_keys(where, p, opt, extra);
 
-    MhaOutput<T> result;
-    if (args.need_weights) opt.attn_weights = &result.attn_weights;
-    const detail::WorkBuffer<T> attn_out(nb * len_q * embed_dim_);
-    detail::prefix_errors(where, [&] {
-      scaled_dot_product_attention<T>(p.q, p.k, p.v,
-                                      HeadsView<T>::bnhd(attn_out.data(), nb, len_q, num_heads_, head_dim_, embed_dim_), opt);
-    });
-    result.output = Tensor<T>::uninitialized(query.shape());
-    out_proj_.apply(Eigen::Map<const RowMatrix<T>>(attn_out.data(), nb * len_q, embed_dim_), result.output.matrix());
-    if (args.need_weights)
-      result.attn_weights = shape_weights(std::move(result.attn_weights), args.average_attn_weights, query.dim() == 2);
-    return result;
+    return attend(where, p.q, p.k, p.v, opt, args, query.shape());
   }
 
   /// Self-attention: forward(x, x, x, args).
   MhaOutput<T> forward(const TensorView<const T>& x, const MhaArgs<T>& args = {}) const {
     return forward(x, x, x, args);
+  }
+
+  /// @brief A cache for decoding with this layer: (batch, num_heads, capacity, head_dim).
+  KVCache<T> make_cache(Index batch, Index capacity) const { return KVCache<T>(batch, num_heads_, capacity, head_dim_); }
+
+  /// @brief Self-attention on a chunk of new tokens with a KV cache (autoregressive decoding):
+  /// only the chunk is projected, its keys and values are appended to the cache, and the
+  /// chunk's queries attend causally (bottom-right: to every cached key and to the chunk's
+  /// own earlier tokens) over the cache. Feeding a sequence chunk by chunk gives the outputs
+  /// of forward(x) with causal masking.
+  /// @param x (B, C, E): the chunk (C new tokens)
+  /// @param cache make_cache(B, capacity): keys and values of the tokens before the chunk
+  /// @param args key_padding_mask (B, S) over all S cached tokens after the append (ragged
+  /// prompts), attn_mask broadcastable to (B, H, C, S), generator, need_weights; causal is
+  /// bottom-right (kNone or kBottomRight only)
+  /// @throws std::invalid_argument, the cache unchanged, for shapes, masks, a cache that
+  /// does not fit the layer or the chunk, or add_bias_kv / add_zero_attn (PyTorch has no
+  /// cached form of them)
+  MhaOutput<T> forward(const TensorView<const T>& x, KVCache<T>& cache, const MhaArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::MultiHeadAttention::forward";
+    const Index nb = check_inputs(where, x, x, x, args);
+    detail::require(x.dim() == 3 && same_embed_dims() && extra_keys() == 0 && args.causal != Causal::kTopLeft, where,
+                    ": a KV cache needs batched (B, C, E) input, kdim = vdim = embed_dim, no add_bias_kv / add_zero_attn "
+                    "and bottom-right causal masking (x ", x.shape(), ")");
+    const Index len = x.size(1), before = cache.length();
+    check_cache(where, cache, nb, len);
+    SdpaOptions<T> opt = decode_options(where, args, nb, len, before + len);
+    const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
+    project_rows(x, embed_dim_, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)},
+                                 {embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
+    cache.commit(len);
+    try {
+      return attend(where, HeadsView<const T>::bnhd(qbuf.data(), nb, len, num_heads_, head_dim_, embed_dim_),
+                    cache.keys(), cache.values(), opt, args, x.shape());
+    } catch (...) {
+      cache.truncate(before);
+      throw;
+    }
+  }
+
+  /// @brief Cross-attention's keys and values of an encoder memory, projected once into a
+  /// cache (which is reset first) for forward_memory to reuse at every decoding step.
+  /// @param memory (B, S, kdim); key = value = memory, as in a transformer decoder
+  /// @param cache make_cache(B, capacity >= S)
+  /// @throws std::invalid_argument, the cache unchanged, for shapes or a cache that does not fit
+  void encode_memory(const TensorView<const T>& memory, KVCache<T>& cache) const {
+    constexpr const char* where = "attn::MultiHeadAttention::encode_memory";
+    const Index nb = detail::check_sequence(where, "memory", memory.shape(), kdim_);
+    detail::require(memory.dim() == 3 && kdim_ == vdim_, where, ": memory must be batched (B, S, kdim) and kdim = vdim",
+                    " (memory ", memory.shape(), ", kdim ", kdim_, ", vdim ", vdim_, ")");
+    const Index len = memory.size(1);
+    detail::require(len <= cache.capacity(), where, ": memory of ", len, " tokens does not fit a cache of capacity ",
+                    cache.capacity());
+    check_cache(where, cache, nb, 0);
+    cache.reset();
+    project_rows(memory, kdim_, {{embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
+    cache.commit(len);
+  }
+
+  /// @brief Cross-attention of query over the memory encode_memory put in the cache.
+  /// @param query (B, L, E); @param cache filled by encode_memory
+  /// @param args key_padding_mask (B, S) over the memory, attn_mask, causal, generator,
+  /// need_weights, as forward(query, memory, memory, args)
+  MhaOutput<T> forward_memory(const TensorView<const T>& query, const KVCache<T>& cache,
+                              const MhaArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::MultiHeadAttention::forward_memory";
+    const Index nb = detail::check_sequence(where, "query", query.shape(), embed_dim_);
+    detail::require(query.dim() == 3 && extra_keys() == 0, where,
+                    ": needs batched (B, L, E) queries and no add_bias_kv / add_zero_attn (query ", query.shape(), ")");
+    check_cache(where, cache, nb, 0);
+    this->require_generator(args.generator, options_.dropout);
+    const Index len = query.size(1);
+    const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
+    project_rows(query, embed_dim_, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)}});
+    SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, false, cache.length());
+    opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
+    return attend(where, HeadsView<const T>::bnhd(qbuf.data(), nb, len, num_heads_, head_dim_, embed_dim_),
+                  cache.keys(), cache.values(), opt, args, query.shape());
   }
 
   std::vector<ParameterSlot<T>> parameters() override {
@@ -290,6 +358,45 @@ class MultiHeadAttention : public Module<T> {
                     ": causal masking with add_bias_kv / add_zero_attn is ambiguous; pass an attn_mask");
     this->require_generator(args.generator, options_.dropout);
     return nb;
+  }
+
+  /// Attention of the projected heads, then the output projection: forward's common tail.
+  MhaOutput<T> attend(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
+                      const HeadsView<const T>& v, SdpaOptions<T>& opt, const MhaArgs<T>& args,
+                      const Shape& query_shape) const {
+    const Index nb = q.batch, len_q = q.length;
+    MhaOutput<T> result;
+    if (args.need_weights) opt.attn_weights = &result.attn_weights;
+    const detail::WorkBuffer<T> attn_out(nb * len_q * embed_dim_);
+    detail::prefix_errors(where, [&] {
+      scaled_dot_product_attention<T>(q, k, v, HeadsView<T>::bnhd(attn_out.data(), nb, len_q, num_heads_, head_dim_, embed_dim_),
+                                      opt);
+    });
+    result.output = Tensor<T>::uninitialized(query_shape);
+    out_proj_.apply(Eigen::Map<const RowMatrix<T>>(attn_out.data(), nb * len_q, embed_dim_), result.output.matrix());
+    if (args.need_weights)
+      result.attn_weights = shape_weights(std::move(result.attn_weights), args.average_attn_weights, query_shape.size() == 2);
+    return result;
+  }
+
+  /// Checks that a cache fits this layer, a batch of nb and `more` further tokens.
+  void check_cache(const char* where, const KVCache<T>& cache, Index nb, Index more) const {
+    detail::require(cache.batch() == nb && cache.kv_heads() == num_heads_ && cache.head_dim() == head_dim_, where,
+                    ": the cache is (batch ", cache.batch(), ", heads ", cache.kv_heads(), ", head_dim ", cache.head_dim(),
+                    "), the layer and input need (", nb, ", ", num_heads_, ", ", head_dim_, ")");
+    detail::require(more <= cache.capacity() - cache.length(), where, ": ", more, " more tokens do not fit the cache (length ",
+                    cache.length(), ", capacity ", cache.capacity(), ")");
+  }
+
+  /// The options of a decoding step, checked before anything is written to the cache: the
+  /// chunk of len queries attends bottom-right causally over `keys` cached keys.
+  SdpaOptions<T> decode_options(const char* where, const MhaArgs<T>& args, Index nb, Index len, Index keys) const {
+    this->require_generator(args.generator, options_.dropout);
+    SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, false, keys);
+    opt.causal = Causal::kBottomRight;
+    opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
+    detail::tile_masks(where, opt, detail::AttentionDims{nb, num_heads_, len, keys});
+    return opt;
   }
 
   /// Keys appended after the S real ones: bias_k / bias_v, then the zero key.
