@@ -12,6 +12,7 @@
 #include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/attention_block.hpp"
+#include "attn/modules/grouped_query_attention.hpp"
 #include "attn/modules/layer_norm.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"

@@ -1,0 +1,206 @@
+#pragma once
+/// @file
+/// @brief GroupedQueryAttention<T>: the attention layer of Llama, Mistral and Qwen2 (grouped
+/// key/value heads, rotary positions), full-sequence and incremental.
+
+#include <cmath>
+#include <optional>
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/core/workspace.hpp"
+#include "attn/modules/attention_args.hpp"
+#include "attn/modules/linear.hpp"
+#include "attn/modules/module.hpp"
+#include "attn/ops/heads_view.hpp"
+#include "attn/ops/kv_cache.hpp"
+#include "attn/ops/rotary.hpp"
+#include "attn/ops/scaled_dot_product_attention.hpp"
+
+namespace attn {
+
+/// @brief Constructor options of GroupedQueryAttention, named after HF's config fields.
+struct GqaOptions {
+  bool qkv_bias = false;                ///< q_proj / k_proj / v_proj biases (Qwen2: true; Llama, Mistral: false)
+  bool rope = true;                     ///< rotary position embedding of q and k (false: none)
+  RotaryOptions rotary;                 ///< rope_theta, partial rotary_dim, interleaved pairs
+  std::optional<Index> sliding_window;  ///< Mistral's sliding_window (keys), if any; >= 1
+  std::optional<double> softcap;        ///< attention logit soft-capping (Gemma 2), if any; > 0
+  double dropout = 0.0;                 ///< attention_dropout on the weights (training mode only)
+};
+
+/// @brief Grouped-query attention as in HF's LlamaAttention / MistralAttention / Qwen2Attention:
+/// q_proj (H*D, E), k_proj and v_proj (K*D, E), o_proj (E, H*D) without bias, q and k
+/// rotated by position, query head h reading key/value head h / (H / K) (no copy of k or v;
+/// K = 1 is multi-query attention), causal masking, scale 1/sqrt(D).
+///
+/// forward(x) runs a whole sequence at positions 0 .. L-1. forward(x, cache) runs a chunk of
+/// new tokens at positions cache.length() .. : it projects only the chunk, appends its keys
+/// and values to the cache and attends over everything cached; chunk by chunk it gives the
+/// full-sequence outputs.
+template <class T>
+class GroupedQueryAttention : public Module<T> {
+ public:
+  /// @param embed_dim E, hidden_size
+  /// @param num_heads H, num_attention_heads
+  /// @param num_kv_heads K, num_key_value_heads; H must be a multiple of K
+  /// @param head_dim D (0: E / H, which must then divide exactly)
+  /// @param options biases, rotary embedding, sliding window, softcap, dropout
+  /// @throws std::invalid_argument for sizes or options that do not fit
+  GroupedQueryAttention(Index embed_dim, Index num_heads, Index num_kv_heads, Index head_dim = 0,
+                        const GqaOptions& options = {})
+      : head_dim_(validated(embed_dim, num_heads, num_kv_heads, head_dim, options)),  // first member: checks run first
+        num_heads_(num_heads),
+        num_kv_heads_(num_kv_heads),
+        options_(options),
+        q_proj_(embed_dim, num_heads * head_dim_, options.qkv_bias, 41),
+        k_proj_(embed_dim, num_kv_heads * head_dim_, options.qkv_bias, 43),
+        v_proj_(embed_dim, num_kv_heads * head_dim_, options.qkv_bias, 45),
+        o_proj_(num_heads * head_dim_, embed_dim, false, 47) {}
+
+  Index embed_dim() const { return q_proj_.in_features(); }  ///< E
+  Index num_heads() const { return num_heads_; }              ///< H
+  Index num_kv_heads() const { return num_kv_heads_; }        ///< K
+  Index head_dim() const { return head_dim_; }                ///< D
+  const GqaOptions& options() const { return options_; }     ///< as constructed
+
+  /// @brief A cache for forward(x, cache): (batch, K, capacity, D).
+  KVCache<T> make_cache(Index batch, Index capacity) const {
+    return KVCache<T>(batch, num_kv_heads_, capacity, head_dim_);
+  }
+
+  /// @brief The whole sequence, causal.
+  /// @param x (B, L, E)
+  /// @param args key_padding_mask (B, L), attn_mask broadcastable to (B, H, L, L), generator
+  /// (training with dropout); masking is causal whatever args.causal says
+  /// @return (B, L, E)
+  Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::GroupedQueryAttention::forward";
+    const Index nb = check_input(where, x, args), len = x.size(1);
+    SdpaOptions<T> opt = attention_options(where, args, nb, len, len);
+    const WorkBuffer q(nb * len * num_heads_ * head_dim_), k(nb * num_kv_heads_ * len * head_dim_), v(k.size());
+    const HeadsView<T> kh = HeadsView<T>::bhnd(k.data(), nb, num_kv_heads_, len, head_dim_),
+                       vh = HeadsView<T>::bhnd(v.data(), nb, num_kv_heads_, len, head_dim_);
+    project(x, q.data(), kh, vh, 0);
+    return attend(where, x.shape(), q.data(), kh, vh, opt);
+  }
+
+  /// @brief A chunk of new tokens with a KV cache (decoding), at positions cache.length() ..
+  /// @param x (B, C, E); @param cache make_cache(B, capacity)
+  /// @param args key_padding_mask (B, S) over the S cached tokens after the append (ragged
+  /// prompts), attn_mask broadcastable to (B, H, C, S), generator; masking is causal
+  /// (bottom-right)
+  /// @return (B, C, E)
+  /// @throws std::invalid_argument, the cache unchanged, for shapes, masks, or a cache that
+  /// does not fit the layer or the chunk
+  Tensor<T> forward(const TensorView<const T>& x, KVCache<T>& cache, const AttentionArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::GroupedQueryAttention::forward";
+    const Index nb = check_input(where, x, args), len = x.size(1), before = cache.length();
+    detail::require(cache.batch() == nb && cache.kv_heads() == num_kv_heads_ && cache.head_dim() == head_dim_, where,
+                    ": the cache is (batch ", cache.batch(), ", kv_heads ", cache.kv_heads(), ", head_dim ",
+                    cache.head_dim(), "), the layer and input need (", nb, ", ", num_kv_heads_, ", ", head_dim_, ")");
+    detail::require(len <= cache.capacity() - before, where, ": ", len, " more tokens do not fit the cache (length ",
+                    before, ", capacity ", cache.capacity(), ")");
+    SdpaOptions<T> opt = attention_options(where, args, nb, len, before + len);
+    const WorkBuffer q(nb * len * num_heads_ * head_dim_);
+    project(x, q.data(), cache.next_keys(len), cache.next_values(len), before);  // k, v straight into the cache
+    cache.commit(len);
+    try {
+      return attend(where, x.shape(), q.data(), cache.keys(), cache.values(), opt);
+    } catch (...) {
+      cache.truncate(before);
+      throw;
+    }
+  }
+
+  std::vector<ParameterSlot<T>> parameters() override {
+    std::vector<ParameterSlot<T>> s;
+    detail::append_prefixed(s, q_proj_.parameters(), "q_proj.");
+    detail::append_prefixed(s, k_proj_.parameters(), "k_proj.");
+    detail::append_prefixed(s, v_proj_.parameters(), "v_proj.");
+    detail::append_prefixed(s, o_proj_.parameters(), "o_proj.");
+    return s;
+  }
+
+ protected:
+  const char* type_name() const override { return "attn::GroupedQueryAttention"; }
+  std::vector<Module<T>*> children() override { return {&q_proj_, &k_proj_, &v_proj_, &o_proj_}; }
+
+ private:
+  using WorkBuffer = detail::WorkBuffer<T>;
+
+  /// The options of one call, checked before anything is written: causal (bottom-right),
+  /// window, softcap, dropout, and the masks against len queries over `keys` keys.
+  SdpaOptions<T> attention_options(const char* where, const AttentionArgs<T>& args, Index nb, Index len,
+                                   Index keys) const {
+    SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale(), false, keys);
+    opt.causal = Causal::kBottomRight;
+    opt.sliding_window = options_.sliding_window;
+    if (options_.softcap) opt.softcap = static_cast<T>(*options_.softcap);
+    opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
+    detail::tile_masks(where, opt, detail::AttentionDims{nb, num_heads_, len, keys});
+    return opt;
+  }
+
+  /// q (B*L, H*D rows) = q_proj(x), k and v (B, K, L, D) = k_proj(x), v_proj(x), q and k
+  /// rotated for positions offset .. offset + L - 1 (cos and sin computed once for both).
+  void project(const TensorView<const T>& x, T* q, const HeadsView<T>& k, const HeadsView<T>& v, Index offset) const {
+    const Index nb = x.size(0), len = x.size(1), hd = num_heads_ * head_dim_;
+    q_proj_.apply(x, {{0, HeadsView<T>::bnhd(q, nb, len, 1, hd, hd)}});
+    k_proj_.apply(x, {{0, k}});
+    v_proj_.apply(x, {{0, v}});
+    if (!options_.rope) return;
+    const RotaryTable<T> table(options_.rotary, head_dim_, len, offset);
+    table.apply(HeadsView<T>::bnhd(q, nb, len, num_heads_, head_dim_, hd));
+    table.apply(k);
+  }
+
+  /// Attention of the projected q over (k, v), causal, then o_proj.
+  Tensor<T> attend(const char* where, const Shape& shape, const T* q, const HeadsView<const T>& k,
+                   const HeadsView<const T>& v, const SdpaOptions<T>& opt) const {
+    const Index nb = shape[0], len = shape[1], hd = num_heads_ * head_dim_;
+    const WorkBuffer out(nb * len * hd);
+    detail::prefix_errors(where, [&] {
+      scaled_dot_product_attention<T>(HeadsView<const T>::bnhd(q, nb, len, num_heads_, head_dim_, hd), k, v,
+                                      HeadsView<T>::bnhd(out.data(), nb, len, num_heads_, head_dim_, hd), opt);
+    });
+    auto y = Tensor<T>::uninitialized(shape);
+    o_proj_.apply(Eigen::Map<const RowMatrix<T>>(out.data(), nb * len, hd), y.matrix());
+    return y;
+  }
+
+  T scale() const { return T(1) / std::sqrt(static_cast<T>(head_dim_)); }
+
+  Index check_input(const char* where, const TensorView<const T>& x, const AttentionArgs<T>& args) const {
+    detail::require(x.dim() == 3 && x.size(2) == embed_dim(), where, ": x has shape ", x.shape(),
+                    ", expected (batch, length, ", embed_dim(), ")");
+    this->require_generator(args.generator, options_.dropout);
+    return x.size(0);
+  }
+
+  /// Checks the constructor arguments before anything is allocated; returns the head dim.
+  static Index validated(Index embed_dim, Index num_heads, Index num_kv_heads, Index head_dim, const GqaOptions& o) {
+    constexpr const char* where = "attn::GroupedQueryAttention";
+    detail::require(embed_dim > 0 && num_heads > 0 && num_kv_heads > 0 && head_dim >= 0, where, ": embed_dim (",
+                    embed_dim, "), num_heads (", num_heads, ") and num_kv_heads (", num_kv_heads,
+                    ") must be positive, head_dim (", head_dim, ") >= 0");
+    detail::require(num_heads % num_kv_heads == 0, where, ": num_heads (", num_heads,
+                    ") must be a multiple of num_kv_heads (", num_kv_heads, ")");
+    detail::require(head_dim > 0 || embed_dim % num_heads == 0, where, ": embed_dim (", embed_dim,
+                    ") is not divisible by num_heads (", num_heads, "): give head_dim");
+    const Index d = head_dim > 0 ? head_dim : embed_dim / num_heads;
+    detail::checked_numel({num_heads, d, embed_dim}, where);
+    if (o.rope) RotaryTable<T>(o.rotary, d, 0);  // checks rotary_dim and theta
+    detail::require(!o.sliding_window || *o.sliding_window >= 1, where, ": sliding_window must be >= 1, got ",
+                    o.sliding_window.value_or(0));
+    detail::require(!o.softcap || *o.softcap > 0, where, ": softcap must be > 0, got ", o.softcap.value_or(0.0));
+    detail::check_dropout_p(o.dropout, where);
+    return d;
+  }
+
+  Index head_dim_, num_heads_, num_kv_heads_;
+  GqaOptions options_;
+  Linear<T> q_proj_, k_proj_, v_proj_, o_proj_;
+};
+
+}  // namespace attn
