@@ -71,7 +71,7 @@ BENCHMARK(BM_MobileViTAttention)->ArgNames({"B", "N", "E", "H"})->Args({2, 14, 6
 
 void BM_MobileViTEncoderLayer(benchmark::State& state) {
   const Index b = state.range(0), n = state.range(1), c = state.range(2), f = state.range(3), h = state.range(4);
-  attn::TransformerEncoderLayer<float> m(c, f, h);
+  attn::MobileViTEncoderLayer<float> m(c, f, h);
   const auto x = input({b, n, c});
   run(state, attn_bench::encoder_flops(b, n, c, f, h), [&] { benchmark::DoNotOptimize(m.forward(x)); });
 }

@@ -3,17 +3,17 @@
 #include "example_util.hpp"
 
 int main() {
-  attn::TransformerEncoderLayer<float> layer(64, 128, 8, /*attn_dropout=*/0.1, /*dropout=*/0.1, /*ffn_dropout=*/0.1);
+  attn::MobileViTEncoderLayer<float> layer(64, 128, 8, /*attn_dropout=*/0.1, /*dropout=*/0.1, /*ffn_dropout=*/0.1);
   const attn::Tensor<float> x = example::rand<float>({2, 14, 64}, 4);
   attn::Tensor<float> y;
   const double ms = example::time_ms([&] { y = layer.forward(x); });  // eval mode: no dropout
-  example::report("TransformerEncoderLayer(64, 128, 8) eval", x.shape(), y, ms);
+  example::report("MobileViTEncoderLayer(64, 128, 8) eval", x.shape(), y, ms);
 
   layer.train();
   attn::Generator generator(2024);  // same seed, same dropout masks, on any thread count
   attn::AttentionArgs<float> args;
   args.generator = &generator;
   const attn::Tensor<float> y_train = layer.forward(x, args);
-  example::report("TransformerEncoderLayer(64, 128, 8) train", x.shape(), y_train, 0.0);
+  example::report("MobileViTEncoderLayer(64, 128, 8) train", x.shape(), y_train, 0.0);
   return y.shape() == x.shape() && y_train.shape() == x.shape() ? 0 : 1;
 }

@@ -177,7 +177,7 @@ class MobileViTAttention(nn.Module):
 
 class MobileViTTransformerEncoder(nn.Module):
     """MobileViT's pre-norm TransformerEncoder layer (apple/ml-cvnets,
-    cvnets/modules/transformer.py), attn::TransformerEncoderLayer:
+    cvnets/modules/transformer.py), attn::MobileViTEncoderLayer:
 
         x = x + Dropout(MobileViTAttention(LayerNorm(x)))
         x = x + Dropout(Linear(F, C)(Dropout(SiLU(Linear(C, F)(LayerNorm(x))))))

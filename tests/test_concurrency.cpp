@@ -120,8 +120,8 @@ TEST(Concurrency, AttentionBlock) {
   check_module(m, 16, true);
 }
 
-TEST(Concurrency, TransformerEncoderLayer) {
-  attn::TransformerEncoderLayer<float> m(16, 32, 4, 0.1, 0.2, 0.3);
+TEST(Concurrency, MobileViTEncoderLayer) {
+  attn::MobileViTEncoderLayer<float> m(16, 32, 4, 0.1, 0.2, 0.3);
   randomize(m, 4);
   check_module(m, 16);
 }

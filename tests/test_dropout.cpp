@@ -140,7 +140,7 @@ TYPED_TEST(DropoutTyped, ModulesAreDeterministicPerSeedAndIdentityInEval) {
     module.eval();
     EXPECT_TRUE(AllClose(module.forward(x, with_generator<T>(c)), eval_out, 0.0));
   };
-  attn::TransformerEncoderLayer<T> enc(12, 8, 3, 0.1, 0.2, 0.3);
+  attn::MobileViTEncoderLayer<T> enc(12, 8, 3, 0.1, 0.2, 0.3);
   attn::TalkingHeadsAttention<T> th(12, 3, true, 0.2, 0.1);
   check(enc);
   check(th);
@@ -344,7 +344,7 @@ struct EncoderSlot {
   static void run(Which which) {
     const Index e = 16;
     const Tensor<T> x = random_tensor<T>({2, 8, e}, 35);
-    attn::TransformerEncoderLayer<T> base(e, e, 4);
+    attn::MobileViTEncoderLayer<T> base(e, e, 4);
     randomize(base, 80);
     auto dict = base.state_dict();
     const bool ffn_branch = which == kResidualOfFfn || which == kFfnHidden;
@@ -365,11 +365,11 @@ struct EncoderSlot {
       const double attn_p = which == kAttentionWeights ? p : 0.0;
       const double res_p = which == kResidualOfAttention || which == kResidualOfFfn ? p : 0.0;
       const double ffn_p = which == kFfnHidden ? p : 0.0;
-      attn::TransformerEncoderLayer<T> m(e, e, 4, attn_p, res_p, ffn_p);
+      attn::MobileViTEncoderLayer<T> m(e, e, 4, attn_p, res_p, ffn_p);
       m.load_state_dict(dict);
       return m;
     };
-    auto out = [&](const attn::TransformerEncoderLayer<T>& m, attn::Generator* g) {
+    auto out = [&](const attn::MobileViTEncoderLayer<T>& m, attn::Generator* g) {
       return m.forward(x, g ? with_generator<T>(*g) : attn::AttentionArgs<T>{});
     };
     // A dropped residual branch or hidden unit leaves x exactly (x + 0); the attention

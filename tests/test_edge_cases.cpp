@@ -74,9 +74,9 @@ struct AttentionBlockCase {
   static Shape shape(Index b, Index n) { return {b, 8, n}; }  // (N, C, L)
 };
 struct EncoderLayerCase {
-  static constexpr const char* kName = "TransformerEncoderLayer";
+  static constexpr const char* kName = "MobileViTEncoderLayer";
   template <class T>
-  static attn::TransformerEncoderLayer<T> make() { return attn::TransformerEncoderLayer<T>(8, 16, 2); }
+  static attn::MobileViTEncoderLayer<T> make() { return attn::MobileViTEncoderLayer<T>(8, 16, 2); }
   template <class M, class T>
   static Tensor<T> run(const M& m, const Tensor<T>& x, const attn::AttentionArgs<T>& a) { return m.forward(x, a); }
   static Shape shape(Index b, Index n) { return {b, n, 8}; }
@@ -460,7 +460,7 @@ TEST(EdgeSizes, ModulesWhoseParameterCountOverflowsAreErrors) {
   attn_test::ExpectInvalid([] { attn::MultiHeadAttention<float> m(kHuge, 1); }, {"MultiHeadAttention"});
   attn_test::ExpectInvalid([] { attn::TalkingHeadsAttention<float> m(kHuge, 1); }, {"overflows"});
   attn_test::ExpectInvalid([] { attn::AttentionBlock<float> m(kHuge, 1); }, {"overflows"});
-  attn_test::ExpectInvalid([] { attn::TransformerEncoderLayer<float> m(8, Index(1) << 62, 2); }, {"overflows"});
+  attn_test::ExpectInvalid([] { attn::MobileViTEncoderLayer<float> m(8, Index(1) << 62, 2); }, {"overflows"});
   attn_test::ExpectInvalid([] { attn::Linear<float> m(kHuge, kHuge); }, {"overflows"});
   attn_test::ExpectInvalid([] { attn::SelfAttention<float> m(0); }, {"positive"});
   attn_test::ExpectInvalid([] { attn::MultiHeadAttention<float> m(8, 3); }, {"num_heads"});

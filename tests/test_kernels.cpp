@@ -308,7 +308,7 @@ TYPED_TEST(KernelsTyped, BitIdenticalForEveryThreadCount) {
   attn::MultiHeadAttentionOptions mo;
   mo.dropout = 0.1;
   attn::MultiHeadAttention<T> mha(64, 4, mo);
-  attn::TransformerEncoderLayer<T> layer(64, 128, 4);
+  attn::MobileViTEncoderLayer<T> layer(64, 128, 4);
 
   auto run = [&](int threads) {
     attn::set_num_threads(threads);

@@ -1,4 +1,4 @@
-// SelfAttention, TalkingHeadsAttention, AttentionBlock and TransformerEncoderLayer against
+// SelfAttention, TalkingHeadsAttention, AttentionBlock and MobileViTEncoderLayer against
 // their PyTorch definitions (examples/torch_reference.py).
 #include "support.hpp"
 
@@ -49,7 +49,7 @@ void check_case(const ModuleSpec& spec) {
     attn::AttentionBlock<T> ab(c.meta_int("embed_dim"), c.meta_int("num_heads"));
     check<T>(c, spec, ab);
   } else if (m == "transformer_encoder") {
-    attn::TransformerEncoderLayer<T> enc(c.meta_int("embed_dim"), c.meta_int("ffn_dim"), c.meta_int("num_heads"));
+    attn::MobileViTEncoderLayer<T> enc(c.meta_int("embed_dim"), c.meta_int("ffn_dim"), c.meta_int("num_heads"));
     check<T>(c, spec, enc);
   } else {
     FAIL() << "unexpected module " << m;
@@ -110,7 +110,7 @@ TYPED_TEST_SUITE(ModulesTyped, Scalars);
 
 // The encoder's MHA is seed 004's layer: a checkpoint maps one to one by name.
 TYPED_TEST(ModulesTyped, EncoderNamesAreMobileVitNames) {
-  attn::TransformerEncoderLayer<TypeParam> enc(16, 8, 4);
+  attn::MobileViTEncoderLayer<TypeParam> enc(16, 8, 4);
   std::vector<std::string> names;
   for (const auto& kv : enc.state_dict()) names.push_back(kv.first);
   EXPECT_EQ(names, (std::vector<std::string>{
@@ -127,7 +127,7 @@ TYPED_TEST(ModulesTyped, UnbatchedInputWorksEverywhere) {
   const Tensor<T> xb = Tensor<T>(x).reshaped({1, 5, 12});
   attn::SelfAttention<T> sa(12);
   attn::TalkingHeadsAttention<T> th(12, 3);
-  attn::TransformerEncoderLayer<T> enc(12, 6, 3);
+  attn::MobileViTEncoderLayer<T> enc(12, 6, 3);
   EXPECT_TRUE(AllClose(sa.forward(x).reshaped({1, 5, 12}), sa.forward(xb), 0.0));
   EXPECT_TRUE(AllClose(th.forward(x).reshaped({1, 5, 12}), th.forward(xb), 0.0));
   EXPECT_TRUE(AllClose(enc.forward(x).reshaped({1, 5, 12}), enc.forward(xb), 0.0));
@@ -154,9 +154,9 @@ TEST(ModuleErrors, Constructors) {
   ExpectInvalid([] { attn::TalkingHeadsAttention<float>(10, 4); }, {"dim (10)", "num_heads (4)", "divisible"});
   ExpectInvalid([] { attn::TalkingHeadsAttention<float>(8, 2, false, 1.5); }, {"dropout", "1.5"});
   ExpectInvalid([] { attn::AttentionBlock<float>(10, 3); }, {"embed_dim (10)", "num_heads (3)"});
-  ExpectInvalid([] { attn::TransformerEncoderLayer<float>(10, 8, 4); }, {"embed_dim (10)", "num_heads (4)"});
-  ExpectInvalid([] { attn::TransformerEncoderLayer<float>(8, 8, 2, 0.0, 1.0); }, {"dropout", "[0, 1)"});
-  ExpectInvalid([] { attn::TransformerEncoderLayer<float>(8, 0, 2); }, {"ffn_latent_dim", "0"});
+  ExpectInvalid([] { attn::MobileViTEncoderLayer<float>(10, 8, 4); }, {"embed_dim (10)", "num_heads (4)"});
+  ExpectInvalid([] { attn::MobileViTEncoderLayer<float>(8, 8, 2, 0.0, 1.0); }, {"dropout", "[0, 1)"});
+  ExpectInvalid([] { attn::MobileViTEncoderLayer<float>(8, 0, 2); }, {"ffn_latent_dim", "0"});
   ExpectInvalid([] { attn::SelfAttention<float>(0); }, {"embed_size", "0"});
 }
 
@@ -168,7 +168,7 @@ TEST(ModuleErrors, NegativeOrHugeSizesBeforeAllocation) {
   ExpectInvalid([] { attn::LayerNorm<float>(-1); }, {"LayerNorm", "-1"});
   ExpectInvalid([&] { attn::SelfAttention<float>{huge}; }, {"SelfAttention", "overflows"});
   ExpectInvalid([&] { attn::TalkingHeadsAttention<float>(huge, 1); }, {"TalkingHeadsAttention", "overflows"});
-  ExpectInvalid([] { attn::TransformerEncoderLayer<float>(-8, 16, 2); }, {"TransformerEncoderLayer", "embed_dim (-8)"});
+  ExpectInvalid([] { attn::MobileViTEncoderLayer<float>(-8, 16, 2); }, {"MobileViTEncoderLayer", "embed_dim (-8)"});
   attn::MultiHeadAttentionOptions o;
   o.kdim = huge;
   ExpectInvalid([&] { attn::MultiHeadAttention<float>(4, 2, o); }, {"MultiHeadAttention", "overflows"});
@@ -182,8 +182,8 @@ TEST(ModuleErrors, InputShapes) {
   ExpectInvalid([&] { th.forward(Tensor<float>({2, 3, 6})); }, {"TalkingHeadsAttention", "(2, 3, 6)"});
   attn::AttentionBlock<float> ab(8, 2);
   ExpectInvalid([&] { ab.forward(Tensor<float>({2, 6, 8})); }, {"AttentionBlock", "(2, 6, 8)", "(N, C, L)", "C = 8"});
-  attn::TransformerEncoderLayer<float> enc(8, 4, 2);
-  ExpectInvalid([&] { enc.forward(Tensor<float>({1, 2, 3, 8})); }, {"TransformerEncoderLayer", "(1, 2, 3, 8)"});
+  attn::MobileViTEncoderLayer<float> enc(8, 4, 2);
+  ExpectInvalid([&] { enc.forward(Tensor<float>({1, 2, 3, 8})); }, {"MobileViTEncoderLayer", "(1, 2, 3, 8)"});
   Tensor<bool> kpm({2, 4});
   attn::AttentionArgs<float> args;
   args.key_padding_mask = attn::Mask<float>::block_where_true(kpm);

@@ -59,11 +59,11 @@ TEST(Safetensors, RoundTripsFloatDoubleBoolAndMetadata) {
 
 TEST(Safetensors, ModuleStateDictRoundTrip) {
   const std::string path = temp_path("module");
-  attn::TransformerEncoderLayer<float> enc(8, 4, 2);
+  attn::MobileViTEncoderLayer<float> enc(8, 4, 2);
   attn::io::SafetensorsWriter w;
   w.add(enc.state_dict(), "transformer.0.");
   w.write(path);
-  attn::TransformerEncoderLayer<float> other(8, 4, 2);
+  attn::MobileViTEncoderLayer<float> other(8, 4, 2);
   auto dict = attn::io::SafetensorsFile(path).state_dict<float>("transformer.0.");
   other.load_state_dict(dict);
   const Tensor<float> x = random_tensor<float>({1, 3, 8}, 1);
@@ -169,7 +169,7 @@ TEST(Safetensors, LoadsOneSubmoduleOfABiggerFileByPrefix) {
   attn::TalkingHeadsAttention<float> block0(16, 4), block1(16, 4);
   for (auto& s : block1.parameters()) std::fill(s.data, s.data + attn::detail::checked_numel(s.shape, ""), 0.25f);
   block1.parameters_changed();
-  attn::TransformerEncoderLayer<double> enc(8, 4, 2);
+  attn::MobileViTEncoderLayer<double> enc(8, 4, 2);
   attn::io::SafetensorsWriter w;
   w.add("cls_token", Tensor<float>({1, 1, 16}, 1.0f));
   w.add(block0.state_dict("blocks.0.attn."));

@@ -81,7 +81,7 @@ void check_reuse(const M& m, const Tensor<float>& x) {
 TEST(Workspace, ModulesReuseItAcrossCalls) {
   const Tensor<float> x = random_tensor<float>({2, 70, 32}, 1);
   check_reuse(attn::TalkingHeadsAttention<float>(32, 4), x);
-  check_reuse(attn::TransformerEncoderLayer<float>(32, 64, 4), x);
+  check_reuse(attn::MobileViTEncoderLayer<float>(32, 64, 4), x);
   check_reuse(attn::SelfAttention<float>(32), x);
   check_reuse(attn::AttentionBlock<float>(70, 2), x);  // x as (N, C, L) = (2, 70, 32)
   struct Mha {

@@ -194,8 +194,8 @@ void load_modules(const attn::StateDict<float>& dict, const std::string& prefix)
             [&](const attn::TalkingHeadsAttention<float>& m) { m.forward(x8); });
   load_into(dict, prefix, [] { return attn::AttentionBlock<float>(8, 2); },
             [&](const attn::AttentionBlock<float>& m) { m.forward(ncl); });
-  load_into(dict, prefix, [] { return attn::TransformerEncoderLayer<float>(8, 16, 2); },
-            [&](const attn::TransformerEncoderLayer<float>& m) { m.forward(x8); });
+  load_into(dict, prefix, [] { return attn::MobileViTEncoderLayer<float>(8, 16, 2); },
+            [&](const attn::MobileViTEncoderLayer<float>& m) { m.forward(x8); });
 }
 #endif
 

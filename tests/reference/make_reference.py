@@ -591,7 +591,7 @@ def masked_mobilevit_attention(att: ref.MobileViTAttention, x, bias):
 
 def build_encoder(c: Case, shape, ffn, H, kpm=None, mask=None, causal="none", full_rows=()):
     """MobileViTTransformerEncoder; with masks (the module takes none) its attention adds them
-    to the logits, as attn's TransformerEncoderLayer does."""
+    to the logits, as attn's MobileViTEncoderLayer does."""
     B, L, E = shape
     m = reinit(ref.MobileViTTransformerEncoder(E, ffn, H).to(c.dtype))
     x = torch.randn(shape, dtype=c.dtype)

@@ -1,0 +1,184 @@
+#pragma once
+/// @file
+/// @brief TransformerDecoderLayer<T>: torch.nn.TransformerDecoderLayer (batch_first), full
+/// sequence and incremental (a self-attention KV cache and a cross-attention memory cache).
+
+#include "attn/core/error.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/modules/attention_args.hpp"
+#include "attn/modules/layer_norm.hpp"
+#include "attn/modules/linear.hpp"
+#include "attn/modules/module.hpp"
+#include "attn/modules/multi_head_attention.hpp"
+#include "attn/modules/transformer_encoder_layer.hpp"
+#include "attn/ops/kv_cache.hpp"
+
+namespace attn {
+
+/// @brief The per-call arguments of TransformerDecoderLayer::forward.
+template <class T>
+struct DecoderArgs {
+  /// Self-attention over tgt: attn_mask = PyTorch's tgt_mask, key_padding_mask =
+  /// tgt_key_padding_mask, causal = tgt_is_causal (with a cache: always bottom-right).
+  AttentionArgs<T> self;
+  /// Cross-attention over memory: attn_mask = memory_mask, key_padding_mask =
+  /// memory_key_padding_mask.
+  AttentionArgs<T> memory;
+  /// Dropout randomness; required in training mode when dropout > 0.
+  Generator* generator = nullptr;
+};
+
+/// @brief The caches of incremental decoding: the self-attention keys and values of the
+/// target tokens so far, and the cross-attention keys and values of the memory.
+template <class T>
+struct DecoderCache {
+  KVCache<T> self;    ///< (B, nhead, capacity, head_dim), grows by each chunk
+  KVCache<T> memory;  ///< (B, nhead, memory length, head_dim), written once by encode_memory
+};
+
+/// @brief torch.nn.TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout,
+/// activation, layer_norm_eps, batch_first=True, norm_first): post-norm x = norm1(x + sa(x));
+/// x = norm2(x + mha(x, memory)); x = norm3(x + ff(x)), or pre-norm with the norms inside
+/// (x = x + sa(norm1(x)) ...), each block followed by its dropout.
+///
+/// Parameters: self_attn.*, multihead_attn.* (nn.MultiheadAttention's names), linear1.*,
+/// linear2.*, norm1.*, norm2.*, norm3.*. forward(tgt, memory) runs a whole target sequence;
+/// with a DecoderCache, forward(tgt_chunk, cache) runs the next tokens only (causal), and
+/// chunk by chunk gives the outputs of the full causal pass.
+template <class T>
+class TransformerDecoderLayer : public Module<T> {
+ public:
+  /// @param d_model E; must be divisible by nhead
+  /// @param nhead attention heads (of both attentions)
+  /// @param options dim_feedforward (2048), dropout (0.1: attention weights of both
+  /// attentions, the feed-forward dropout and dropout1..3), activation (relu),
+  /// layer_norm_eps (1e-5), norm_first (false); the layer starts in eval mode
+  /// @throws std::invalid_argument for sizes or options that do not fit
+  TransformerDecoderLayer(Index d_model, Index nhead, const TransformerLayerOptions& options = {})
+      : options_(validated(d_model, nhead, options)),
+        self_attn_(d_model, nhead, detail::torch_layer_attention(options.dropout)),
+        multihead_attn_(d_model, nhead, detail::torch_layer_attention(options.dropout)),
+        linear1_(d_model, options.dim_feedforward, true, 61),
+        linear2_(options.dim_feedforward, d_model, true, 63),
+        norm1_(d_model, options.layer_norm_eps),
+        norm2_(d_model, options.layer_norm_eps),
+        norm3_(d_model, options.layer_norm_eps) {}
+
+  Index d_model() const { return self_attn_.embed_dim(); }               ///< E
+  Index nhead() const { return self_attn_.num_heads(); }                 ///< attention heads
+  const TransformerLayerOptions& options() const { return options_; }   ///< as constructed
+
+  /// @brief The whole target sequence.
+  /// @param tgt (B, T, E); @param memory (B, S, E)
+  /// @param args masks of both attentions (causal self-attention: args.self.causal), generator
+  /// @return (B, T, E)
+  Tensor<T> forward(const TensorView<const T>& tgt, const TensorView<const T>& memory,
+                    const DecoderArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::TransformerDecoderLayer::forward";
+    check(where, tgt, args);
+    detail::check_sequence(where, "memory", memory.shape(), d_model());
+    return layers(tgt, args, [&](const TensorView<const T>& z) { return self_attn_.forward(z, MhaArgs<T>(with(args.self, args))); },
+                  [&](const TensorView<const T>& z) {
+                    return multihead_attn_.forward(z, memory, memory, MhaArgs<T>(with(args.memory, args)));
+                  });
+  }
+
+  /// @brief Caches for incremental decoding of a batch of `batch`: up to `capacity` target
+  /// tokens, a memory of memory_length tokens.
+  DecoderCache<T> make_cache(Index batch, Index capacity, Index memory_length) const {
+    return {self_attn_.make_cache(batch, capacity), multihead_attn_.make_cache(batch, memory_length)};
+  }
+
+  /// @brief Projects the memory's keys and values once into cache.memory (and empties
+  /// cache.self): the start of decoding a new sequence.
+  /// @param memory (B, S, E)
+  void encode_memory(const TensorView<const T>& memory, DecoderCache<T>& cache) const {
+    multihead_attn_.encode_memory(memory, cache.memory);
+    cache.self.reset();
+  }
+
+  /// @brief The next target tokens: causal self-attention over cache.self (the chunk's keys
+  /// and values are appended) and cross-attention over cache.memory.
+  /// @param tgt_chunk (B, C, E); @param cache filled by encode_memory and earlier chunks
+  /// @param args masks (args.self.key_padding_mask covers every cached target token), generator
+  /// @return (B, C, E)
+  /// @throws std::invalid_argument, the caches unchanged, for shapes or masks that do not fit
+  Tensor<T> forward(const TensorView<const T>& tgt_chunk, DecoderCache<T>& cache, const DecoderArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::TransformerDecoderLayer::forward";
+    check(where, tgt_chunk, args);
+    const Index before = cache.self.length();
+    try {
+      return layers(
+          tgt_chunk, args,
+          [&](const TensorView<const T>& z) { return self_attn_.forward(z, cache.self, MhaArgs<T>(with(args.self, args))); },
+          [&](const TensorView<const T>& z) {
+            return multihead_attn_.forward_memory(z, cache.memory, MhaArgs<T>(with(args.memory, args)));
+          });
+    } catch (...) {
+      cache.self.truncate(before);  // e.g. a bad memory mask after the self-attention appended
+      throw;
+    }
+  }
+
+  std::vector<ParameterSlot<T>> parameters() override {
+    std::vector<ParameterSlot<T>> s;
+    detail::append_prefixed(s, self_attn_.parameters(), "self_attn.");
+    detail::append_prefixed(s, multihead_attn_.parameters(), "multihead_attn.");
+    detail::append_prefixed(s, linear1_.parameters(), "linear1.");
+    detail::append_prefixed(s, linear2_.parameters(), "linear2.");
+    detail::append_prefixed(s, norm1_.parameters(), "norm1.");
+    detail::append_prefixed(s, norm2_.parameters(), "norm2.");
+    detail::append_prefixed(s, norm3_.parameters(), "norm3.");
+    return s;
+  }
+
+ protected:
+  const char* type_name() const override { return "attn::TransformerDecoderLayer"; }
+  std::vector<Module<T>*> children() override {
+    return {&self_attn_, &multihead_attn_, &linear1_, &linear2_, &norm1_, &norm2_, &norm3_};
+  }
+
+ private:
+  /// The three residual steps; self_attend(z) and cross_attend(z) give the attention blocks' outputs.
+  template <class SelfAttend, class CrossAttend>
+  Tensor<T> layers(const TensorView<const T>& tgt, const DecoderArgs<T>& args, SelfAttend&& self_attend,
+                   CrossAttend&& cross_attend) const {
+    const detail::LayerContext<T> c{this->is_training(), options_.dropout, args.generator};
+    Tensor<T> x(tgt);
+    Eigen::Map<RowMatrix<T>> xm(x.data(), tgt.numel() / d_model(), d_model());
+    const auto block = [&](auto&& attend) {
+      return [&](const Eigen::Map<RowMatrix<T>>& z, Eigen::Map<RowMatrix<T>>& out) {
+        out = attend(TensorView<const T>(z.data(), tgt.shape())).output.matrix();
+      };
+    };
+    detail::residual_step(xm, norm1_, options_.norm_first, c, block(self_attend));
+    detail::residual_step(xm, norm2_, options_.norm_first, c, block(cross_attend));
+    detail::residual_step(xm, norm3_, options_.norm_first, c, [&](const auto& z, auto& out) {
+      detail::feed_forward(linear1_, linear2_, options_.activation, c, z, out);
+    });
+    return x;
+  }
+
+  void check(const char* where, const TensorView<const T>& tgt, const DecoderArgs<T>& args) const {
+    detail::check_sequence(where, "tgt", tgt.shape(), d_model());
+    this->require_generator(args.generator, options_.dropout);
+  }
+
+  /// The attention arguments with the layer's generator.
+  static AttentionArgs<T> with(AttentionArgs<T> a, const DecoderArgs<T>& args) {
+    a.generator = args.generator;
+    return a;
+  }
+
+  static TransformerLayerOptions validated(Index d_model, Index nhead, const TransformerLayerOptions& o) {
+    detail::check_transformer_layer("attn::TransformerDecoderLayer", d_model, nhead, o);
+    return o;
+  }
+
+  TransformerLayerOptions options_;
+  MultiHeadAttention<T> self_attn_, multihead_attn_;
+  Linear<T> linear1_, linear2_;
+  LayerNorm<T> norm1_, norm2_, norm3_;
+};
+
+}  // namespace attn
