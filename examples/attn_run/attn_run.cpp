@@ -11,6 +11,7 @@
 // a temporary name in the same directory and renamed only when complete.
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -42,9 +43,13 @@ using attn::Index;
 using attn::io::DType;
 
 const char* const kUsage =
-    "usage: attn_run --module self_attention|multi_head_attention|talking_heads|attention_block|transformer_encoder\n"
-    "                        |linear|sdpa\n"
+    "usage: attn_run --module self_attention|multi_head_attention|talking_heads|attention_block\n"
+    "                        |mobilevit_encoder_layer|transformer_encoder_layer|transformer_decoder_layer\n"
+    "                        |gqa_attention|linear|sdpa\n"
     "                --embed-dim E [--num-heads H] [--kdim K] [--vdim V] [--ffn-dim F]\n"
+    "                [--num-kv-heads K] [--head-dim D] [--rope-theta T | --no-rope] [--rotary-dim R]\n"
+    "                [--rope-interleaved] [--sliding-window W] [--softcap C]\n"
+    "                [--activation relu|gelu] [--norm-first] [--causal] [--incremental C]\n"
     "                [--in-features K --out-features N]\n"
     "                [--qkv-bias] [--no-bias] [--add-bias-kv] [--add-zero-attn]\n"
     "                --weights W.safetensors [--prefix P] --inputs X.safetensors --output Y.safetensors\n"
@@ -62,7 +67,19 @@ const char* const kUsage =
     "  talking_heads         timm TalkingHeadAttn(E, H = 8, qkv_bias): --embed-dim [--num-heads] [--qkv-bias]\n"
     "  attention_block       AttentionBlock(E, H) (MHA + residual + LayerNorm): --embed-dim --num-heads;\n"
     "                        x is (N, C, L)\n"
-    "  transformer_encoder   MobileViT's TransformerEncoder(E, F, H = 8): --embed-dim --ffn-dim [--num-heads]\n"
+    "                        --causal: causal self-attention; --incremental C: self-attention fed\n"
+    "                        through a KV cache C tokens at a time (causal)\n"
+    "  mobilevit_encoder_layer  MobileViT's TransformerEncoder(E, F, H = 8): --embed-dim --ffn-dim\n"
+    "                        [--num-heads]; also as transformer_encoder (its former name)\n"
+    "  transformer_encoder_layer  nn.TransformerEncoderLayer(E, H, F, dropout, activation,\n"
+    "                        norm_first, batch_first=True): --embed-dim --num-heads --ffn-dim\n"
+    "                        [--activation relu|gelu] [--norm-first]\n"
+    "  transformer_decoder_layer  nn.TransformerDecoderLayer(...), the same flags; inputs tgt and\n"
+    "                        memory, causal over tgt; [--incremental C]\n"
+    "  gqa_attention         Llama / Mistral / Qwen2 attention: --embed-dim --num-heads --num-kv-heads\n"
+    "                        [--head-dim D] [--rope-theta T | --no-rope] [--rotary-dim R]\n"
+    "                        [--rope-interleaved] [--qkv-bias] [--sliding-window W] [--softcap C]\n"
+    "                        [--incremental C]; input x, causal\n"
     "  linear                nn.Linear(K, N, bias): --in-features --out-features [--no-bias]; x is (..., K)\n"
     "  sdpa                  the attention core, softmax(q k^T / sqrt(D)) v, on query (B, H, L, D), key\n"
     "                        (B, H, S, D), value (B, H, S, Dv) (and the optional masks); no --weights\n"
@@ -95,7 +112,11 @@ struct UsageError : std::runtime_error {
 struct Options {
   std::string module;
   Index embed_dim = 0, num_heads = 0, kdim = 0, vdim = 0, ffn_dim = 0, in_features = 0, out_features = 0;
+  Index num_kv_heads = 0, head_dim = 0, rotary_dim = 0, sliding_window = 0, incremental = 0;
+  double rope_theta = 10000.0, softcap = 0.0;
+  std::string activation = "relu";
   bool qkv_bias = false, no_bias = false, add_bias_kv = false, add_zero_attn = false;
+  bool no_rope = false, rope_interleaved = false, norm_first = false, causal = false;
   std::string weights, prefix, inputs, output;
   bool need_weights = false, per_head_weights = false;
   int threads = 0;
@@ -120,6 +141,19 @@ long parse_number(const std::string& flag, const std::string& text, long min, lo
   return v;
 }
 
+double parse_positive(const std::string& flag, const std::string& text) {
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || !(v > 0) || !std::isfinite(v))
+    throw UsageError("--" + flag + " expects a number > 0, got '" + text + "'");
+  return v;
+}
+
 Options parse_args(int argc, char** argv) {
   Options o;
   constexpr long kMaxDim = 1L << 30;
@@ -132,6 +166,14 @@ Options parse_args(int argc, char** argv) {
       {"ffn-dim", [&](const std::string& v) { o.ffn_dim = parse_number("ffn-dim", v, 1, kMaxDim); }},
       {"in-features", [&](const std::string& v) { o.in_features = parse_number("in-features", v, 1, kMaxDim); }},
       {"out-features", [&](const std::string& v) { o.out_features = parse_number("out-features", v, 1, kMaxDim); }},
+      {"num-kv-heads", [&](const std::string& v) { o.num_kv_heads = parse_number("num-kv-heads", v, 1, kMaxDim); }},
+      {"head-dim", [&](const std::string& v) { o.head_dim = parse_number("head-dim", v, 1, kMaxDim); }},
+      {"rotary-dim", [&](const std::string& v) { o.rotary_dim = parse_number("rotary-dim", v, 1, kMaxDim); }},
+      {"sliding-window", [&](const std::string& v) { o.sliding_window = parse_number("sliding-window", v, 1, kMaxDim); }},
+      {"incremental", [&](const std::string& v) { o.incremental = parse_number("incremental", v, 1, kMaxDim); }},
+      {"rope-theta", [&](const std::string& v) { o.rope_theta = parse_positive("rope-theta", v); }},
+      {"softcap", [&](const std::string& v) { o.softcap = parse_positive("softcap", v); }},
+      {"activation", [&](const std::string& v) { o.activation = v; }},
       {"weights", [&](const std::string& v) { o.weights = v; }},
       {"prefix", [&](const std::string& v) { o.prefix = v; }},
       {"inputs", [&](const std::string& v) { o.inputs = v; }},
@@ -143,6 +185,8 @@ Options parse_args(int argc, char** argv) {
       {"qkv-bias", &o.qkv_bias},         {"no-bias", &o.no_bias},
       {"add-bias-kv", &o.add_bias_kv},   {"add-zero-attn", &o.add_zero_attn},
       {"need-weights", &o.need_weights}, {"per-head-weights", &o.per_head_weights},
+      {"no-rope", &o.no_rope},           {"rope-interleaved", &o.rope_interleaved},
+      {"norm-first", &o.norm_first},     {"causal", &o.causal},
   };
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -187,20 +231,48 @@ const std::map<std::string, ModuleFlags>& module_flags() {
       {"self_attention", {{"embed-dim"}, {"embed-dim"}}},
       {"multi_head_attention",
        {{"embed-dim", "num-heads", "kdim", "vdim", "no-bias", "add-bias-kv", "add-zero-attn", "need-weights",
-         "per-head-weights"},
+         "per-head-weights", "causal", "incremental"},
         {"embed-dim", "num-heads"}}},
       {"talking_heads", {{"embed-dim", "num-heads", "qkv-bias"}, {"embed-dim"}}},
       {"attention_block", {{"embed-dim", "num-heads"}, {"embed-dim", "num-heads"}}},
-      {"transformer_encoder", {{"embed-dim", "num-heads", "ffn-dim"}, {"embed-dim", "ffn-dim"}}},
+      {"mobilevit_encoder_layer", {{"embed-dim", "num-heads", "ffn-dim"}, {"embed-dim", "ffn-dim"}}},
+      {"transformer_encoder_layer",
+       {{"embed-dim", "num-heads", "ffn-dim", "activation", "norm-first"}, {"embed-dim", "num-heads", "ffn-dim"}}},
+      {"transformer_decoder_layer",
+       {{"embed-dim", "num-heads", "ffn-dim", "activation", "norm-first", "incremental"},
+        {"embed-dim", "num-heads", "ffn-dim"}}},
+      {"gqa_attention",
+       {{"embed-dim", "num-heads", "num-kv-heads", "head-dim", "rope-theta", "no-rope", "rotary-dim", "rope-interleaved",
+         "qkv-bias", "sliding-window", "softcap", "incremental"},
+        {"embed-dim", "num-heads", "num-kv-heads"}}},
       {"linear", {{"in-features", "out-features", "no-bias"}, {"in-features", "out-features"}}},
       {"sdpa", {{}, {}}},
   };
   return table;
 }
 
+/// The flags of the decoding modules that depend on each other.
+void validate_decoding_flags(const Options& o) {
+  if (o.no_rope && (o.given.count("rope-theta") || o.given.count("rotary-dim") || o.rope_interleaved))
+    throw UsageError("--no-rope excludes --rope-theta, --rotary-dim and --rope-interleaved");
+  if (o.given.count("num-kv-heads") && o.num_heads % o.num_kv_heads != 0)
+    throw UsageError("--num-heads " + std::to_string(o.num_heads) + " is not a multiple of --num-kv-heads " +
+                     std::to_string(o.num_kv_heads));
+  if (o.given.count("rotary-dim")) {
+    const Index d = o.given.count("head-dim") ? o.head_dim : o.embed_dim / std::max<Index>(o.num_heads, 1);
+    if (o.rotary_dim % 2 != 0 || o.rotary_dim > d)
+      throw UsageError("--rotary-dim " + std::to_string(o.rotary_dim) + " must be even and at most the head dim " +
+                       std::to_string(d));
+  }
+  if (o.activation != "relu" && o.activation != "gelu")
+    throw UsageError("--activation expects relu or gelu, got '" + o.activation + "'");
+  if (o.incremental > 0 && o.need_weights) throw UsageError("--incremental does not return attention weights");
+}
+
 /// Checks what parse_args cannot: required flags, flags the module does not take, and
 /// the constructor arguments. Fills in the modules' default head counts.
 void validate(Options& o) {
+  if (o.module == "transformer_encoder") o.module = "mobilevit_encoder_layer";  // its former name
   const bool sdpa = o.module == "sdpa";  // the attention core has no weights
   std::set<std::string> common{"module", "inputs", "output", "threads", "repeat"};
   if (!sdpa) common.insert({"weights", "prefix"});
@@ -211,7 +283,8 @@ void validate(Options& o) {
   if (it == module_flags().end())
     throw UsageError("unknown module '" + o.module +
                      "' (expected self_attention, multi_head_attention, talking_heads, attention_block, "
-                     "transformer_encoder, linear or sdpa)");
+                     "mobilevit_encoder_layer, transformer_encoder_layer, transformer_decoder_layer, gqa_attention, "
+                     "linear or sdpa)");
   for (const auto& f : o.given)
     if (!common.count(f) && !it->second.allowed.count(f)) {
       std::string hint;
@@ -222,7 +295,8 @@ void validate(Options& o) {
     if (!o.given.count(f)) throw UsageError("--module " + o.module + " needs --" + f);
   if (o.per_head_weights) o.need_weights = true;
   if (!o.given.count("num-heads")) o.num_heads = o.module == "self_attention" ? 1 : 8;  // PyTorch defaults
-  if (o.given.count("embed-dim") && o.embed_dim % o.num_heads != 0)
+  validate_decoding_flags(o);
+  if (o.given.count("embed-dim") && !o.given.count("head-dim") && o.embed_dim % o.num_heads != 0)
     throw UsageError("--num-heads " + std::to_string(o.num_heads) + " does not divide --embed-dim " +
                      std::to_string(o.embed_dim));
   if (o.output == o.weights || o.output == o.inputs)
@@ -281,6 +355,72 @@ bool same_values(const attn::Tensor<T>& a, const attn::Tensor<T>& b) {
          std::equal(a.data(), a.data() + a.numel(), b.data(), [](T x, T y) { return std::memcmp(&x, &y, sizeof(T)) == 0; });
 }
 
+/// A (B, L, E) sequence fed through f C tokens at a time (f(chunk) gives (B, c, E')), the
+/// outputs concatenated: what --incremental runs through a KV cache.
+template <class T, class F>
+attn::Tensor<T> chunked(const attn::Tensor<T>& x, Index c, F&& f) {
+  const Index nb = x.size(0), len = x.size(1), e = x.size(2);
+  attn::Tensor<T> out;
+  for (Index j0 = 0; j0 < len; j0 += c) {
+    const Index n = std::min(c, len - j0);
+    attn::Tensor<T> chunk({nb, n, e});
+    for (Index b = 0; b < nb; ++b) std::copy_n(x.data() + (b * len + j0) * e, n * e, chunk.data() + b * n * e);
+    const attn::Tensor<T> y = f(chunk);
+    const Index eo = y.size(2);
+    if (j0 == 0) out = attn::Tensor<T>({nb, len, eo});
+    for (Index b = 0; b < nb; ++b) std::copy_n(y.data() + b * n * eo, n * eo, out.data() + (b * len + j0) * eo);
+  }
+  return out;
+}
+
+attn::TransformerLayerOptions layer_options(const Options& o) {
+  attn::TransformerLayerOptions lo;
+  lo.dim_feedforward = o.ffn_dim;
+  lo.activation = o.activation == "gelu" ? attn::Activation::kGelu : attn::Activation::kRelu;
+  lo.norm_first = o.norm_first;
+  return lo;
+}
+
+/// gqa_attention: causal over x, whole or --incremental through a KV cache.
+template <class T>
+std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& x, const attn::AttentionArgs<T>& args,
+                                      const attn::StateDict<T>& weights) {
+  attn::GqaOptions go;
+  go.qkv_bias = o.qkv_bias;
+  go.rope = !o.no_rope;
+  go.rotary.theta = o.rope_theta;
+  go.rotary.rotary_dim = o.rotary_dim;
+  go.rotary.interleaved = o.rope_interleaved;
+  if (o.sliding_window > 0) go.sliding_window = o.sliding_window;
+  if (o.softcap > 0) go.softcap = o.softcap;
+  auto m = std::make_shared<attn::GroupedQueryAttention<T>>(o.embed_dim, o.num_heads, o.num_kv_heads, o.head_dim, go);
+  m->load_state_dict(weights);
+  if (o.incremental == 0) return [m, &x, args] { return Result<T>{m->forward(x, args), {}}; };
+  return [m, &x, args, c = o.incremental] {
+    attn::KVCache<T> cache = m->make_cache(x.size(0), x.size(1));
+    return Result<T>{chunked(x, c, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, args); }), {}};
+  };
+}
+
+/// transformer_decoder_layer: tgt over memory, causal over tgt, whole or --incremental.
+template <class T>
+std::function<Result<T>()> decoder_forward(const Options& o, const Inputs<T>& in, const attn::StateDict<T>& weights) {
+  for (const char* n : {"tgt", "memory"})
+    if (!in.values.count(n)) throw std::runtime_error(o.inputs + ": no tensor named '" + n + "'");
+  auto m = std::make_shared<attn::TransformerDecoderLayer<T>>(o.embed_dim, o.num_heads, layer_options(o));
+  m->load_state_dict(weights);
+  const attn::Tensor<T>&tgt = in.values.at("tgt"), &memory = in.values.at("memory");
+  attn::DecoderArgs<T> args;
+  args.self = in.args;
+  args.self.causal = attn::Causal::kBottomRight;
+  if (o.incremental == 0) return [m, &tgt, &memory, args] { return Result<T>{m->forward(tgt, memory, args), {}}; };
+  return [m, &tgt, &memory, args, c = o.incremental] {
+    attn::DecoderCache<T> cache = m->make_cache(tgt.size(0), tgt.size(1), memory.size(1));
+    m->encode_memory(memory, cache);
+    return Result<T>{chunked(tgt, c, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, args); }), {}};
+  };
+}
+
 /// The attention core on the inputs query, key, value (B, H, N, D) and the optional masks.
 template <class T>
 std::function<Result<T>()> sdpa_forward(const Options& o, const Inputs<T>& in) {
@@ -320,15 +460,24 @@ std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, c
       const attn::Tensor<T>& v = in.values.at("value");
       vp = same_values(v, k) ? &k : same_values(v, q) ? &q : &v;
     }
-    attn::MhaArgs<T> args;
-    static_cast<attn::AttentionArgs<T>&>(args) = in.args;
+    attn::MhaArgs<T> args(in.args);
     args.need_weights = o.need_weights;
     args.average_attn_weights = !o.per_head_weights;
+    if (o.causal || o.incremental > 0) args.causal = attn::Causal::kBottomRight;
+    if (o.incremental > 0) {
+      if (&k != &q || vp != &q)
+        throw std::runtime_error(o.inputs + ": --incremental is self-attention: key and value must be the query");
+      return [m, &q, args, c = o.incremental] {
+        attn::KVCache<T> cache = m->make_cache(q.size(0), q.size(1));
+        return Result<T>{chunked(q, c, [&](const attn::Tensor<T>& x) { return m->forward(x, cache, args).output; }), {}};
+      };
+    }
     return [m, &q, &k, vp, args] {
       attn::MhaOutput<T> r = m->forward(q, k, *vp, args);
       return Result<T>{std::move(r.output), std::move(r.attn_weights)};
     };
   }
+  if (o.module == "transformer_decoder_layer") return decoder_forward(o, in, weights);
   if (o.module == "sdpa") return sdpa_forward(o, in);
   if (!in.values.count("x")) throw std::runtime_error(o.inputs + ": no tensor named 'x'");
   const attn::Tensor<T>& x = in.values.at("x");
@@ -346,7 +495,10 @@ std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, c
   if (o.module == "talking_heads")
     return single(std::make_shared<attn::TalkingHeadsAttention<T>>(o.embed_dim, o.num_heads, o.qkv_bias));
   if (o.module == "attention_block") return single(std::make_shared<attn::AttentionBlock<T>>(o.embed_dim, o.num_heads));
-  return single(std::make_shared<attn::TransformerEncoderLayer<T>>(o.embed_dim, o.ffn_dim, o.num_heads));
+  if (o.module == "transformer_encoder_layer")
+    return single(std::make_shared<attn::TransformerEncoderLayer<T>>(o.embed_dim, o.num_heads, layer_options(o)));
+  if (o.module == "gqa_attention") return gqa_forward(o, x, args, weights);
+  return single(std::make_shared<attn::MobileViTEncoderLayer<T>>(o.embed_dim, o.ffn_dim, o.num_heads));
 }
 
 /// Writes to a temporary file next to `path`, then renames it: `path` exists only if
@@ -363,11 +515,17 @@ void write_atomically(const attn::io::SafetensorsWriter& writer, const std::stri
   }
 }
 
+/// The data inputs of a module, the one whose dtype the computation takes first.
+std::vector<std::string> input_names(const std::string& module) {
+  if (module == "multi_head_attention" || module == "sdpa") return {"query", "key", "value"};
+  if (module == "transformer_decoder_layer") return {"tgt", "memory"};
+  return {"x"};
+}
+
 template <class T>
 void run(const Options& o, const attn::io::SafetensorsFile& inputs_file) {
   const bool mha = o.module == "multi_head_attention" || o.module == "sdpa";
-  const Inputs<T> in(inputs_file, mha ? std::vector<std::string>{"query", "key", "value"} : std::vector<std::string>{"x"},
-                     o.module);
+  const Inputs<T> in(inputs_file, input_names(o.module), o.module);
   if (mha && inputs_file.contains("key") && inputs_file.info("key").dtype != inputs_file.info("query").dtype)
     throw std::runtime_error(o.inputs + ": key has dtype " + attn::io::dtype_name(inputs_file.info("key").dtype) +
                              ", query " + attn::io::dtype_name(inputs_file.info("query").dtype));
@@ -431,7 +589,7 @@ int main(int argc, char** argv) {
   try {
     attn::set_num_threads(o.threads);
     const attn::io::SafetensorsFile inputs(o.inputs);
-    const std::string main_input = o.module == "multi_head_attention" || o.module == "sdpa" ? "query" : "x";
+    const std::string main_input = input_names(o.module).front();
     if (!inputs.contains(main_input)) throw std::runtime_error(o.inputs + ": no tensor named '" + main_input + "'");
     const DType dtype = inputs.info(main_input).dtype;
     if (dtype == DType::kF32)
