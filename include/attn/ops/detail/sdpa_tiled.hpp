@@ -15,6 +15,7 @@
 #include "attn/ops/detail/checks.hpp"
 #include "attn/ops/detail/exp.hpp"
 #include "attn/ops/detail/outer_products.hpp"
+#include "attn/ops/detail/sdpa_rows.hpp"
 #include "attn/ops/detail/tile.hpp"
 #include "attn/ops/detail/work.hpp"
 #include "attn/ops/heads_view.hpp"
@@ -242,7 +243,9 @@ struct SdpaTiles {
 /// (SdpaTiles::pack), O(B*H*S*(D+Dv)) memory (the modules project k and v head-major, which
 /// needs no copy); each thread has one scratch buffer of SdpaTiles::Scratch::size elements.
 /// Both come from the workspace (attn/core/workspace.hpp). Threaded over (batch, head, query block) units with
-/// for_each_block; bit-identical for every thread count.
+/// for_each_block; bit-identical for every thread count. A call of at most
+/// SdpaRows::kMaxRows queries (a decode step) runs SdpaRows' query-major tiles instead, over
+/// (batch, group of heads sharing a key/value head) units.
 template <class T>
 void sdpa_tiled(const AttentionCall<T>& call) {
   using K = SdpaTiles<T>;
@@ -260,6 +263,18 @@ void sdpa_tiled(const AttentionCall<T>& call) {
     return {k.data + b * k.batch_stride + kvh * k.head_stride, k.row_stride,
             v.data + b * v.batch_stride + kvh * v.head_stride, v.row_stride, false};
   };
+  if (d.len_q <= SdpaRows<T>::kMaxRows) {  // decoding: a few queries, query-major, grouped heads together
+    using R = SdpaRows<T>;
+    const Index heads = R::heads_per_tile(call);
+    const QueryBlocks units{d.batch, d.heads / heads, d.len_q, d.len_q};
+    for_each_block<T>(units, double(heads * d.len_q) * double(d.len_k) * double(dim + dim_v + 8),
+                      R::Scratch::size(dim, dim_v), [&](const QueryBlock& u, T* scratch) {
+                        const typename K::Head kv = head(u.b, u.h * heads);
+                        R::block(call, Tile{d, u.b, u.h * heads, 0, d.len_q, 0, d.len_k}, heads, kv.k, kv.k_stride,
+                                 kv.v, kv.v_stride, typename R::Scratch(scratch, dim, dim_v));
+                      });
+    return;
+  }
   const QueryBlocks blocks{d.batch, d.heads, d.len_q, K::kQueries};
   for_each_block<T>(blocks, double(K::kQueries) * double(d.len_k) * double(dim + dim_v + 8), K::Scratch::size(dim, dim_v),
                     [&](const QueryBlock& u, T* scratch) {
