@@ -159,7 +159,8 @@ Decoded generate(const Tokens& prompt, Index count, Step&& step) {
 
 void print_tokens(const char* label, const Tokens& tokens) {
   std::printf("%s:", label);
-  for (std::size_t i = 0; i < tokens.size(); ++i) std::printf("%s%lld", i % 20 == 0 ? "\n  " : " ", (long long)tokens[i]);
+  for (std::size_t i = 0; i < tokens.size(); ++i)
+    std::printf("%s%lld", i % 20 == 0 ? "\n  " : " ", (long long)tokens[i]);
   std::printf("\n");
 }
 
@@ -207,7 +208,8 @@ bool run(const Config& c) {
   const Decoded cached = generate(prompt, c.new_tokens, [&](const Tokens& context, Index i) {
     return i == 0 ? model.next_logits(context, caches) : model.next_logits({context.back()}, caches);
   });
-  const Decoded full = generate(prompt, c.new_tokens, [&](const Tokens& context, Index) { return model.next_logits(context); });
+  const Decoded full =
+      generate(prompt, c.new_tokens, [&](const Tokens& context, Index) { return model.next_logits(context); });
 
   print_tokens("(a) with KV caches", cached.tokens);
   print_tokens("(b) recomputing the prefix", full.tokens);
@@ -218,7 +220,8 @@ bool run(const Config& c) {
   std::printf("speedup of the KV caches: %.1fx; smallest top-2 logit margin %.3g\n", b / a,
               std::min(cached.min_margin, full.min_margin));
   const bool same = cached.tokens == full.tokens;
-  std::printf("%s\n", same ? "the two ways generated the same tokens" : "MISMATCH: the two ways generated different tokens");
+  std::printf("%s\n", same ? "the two ways generated the same tokens"
+                           : "MISMATCH: the two ways generated different tokens");
   return same;
 }
 
