@@ -164,11 +164,12 @@ void print_tokens(const char* label, const Tokens& tokens) {
   std::printf("\n");
 }
 
+constexpr const char* kUsage =
+    "usage: greedy_decoding [--embed E] [--heads H] [--kv-heads K] [--layers N] [--ffn F] [--vocab V] "
+    "[--prompt P] [--new-tokens T] [--threads N]   (all positive integers)\n";
+
 [[noreturn]] void usage_error(const std::string& message) {
-  std::fprintf(stderr,
-               "greedy_decoding: %s\nusage: greedy_decoding [--embed E] [--heads H] [--kv-heads K] [--layers N] "
-               "[--ffn F] [--vocab V] [--prompt P] [--new-tokens T] [--threads N]   (all positive integers)\n",
-               message.c_str());
+  std::fprintf(stderr, "greedy_decoding: %s\n%s", message.c_str(), kUsage);
   std::exit(2);
 }
 
@@ -179,6 +180,10 @@ Config parse_args(int argc, char** argv) {
       {"--ffn", &c.ffn},     {"--vocab", &c.vocab}, {"--prompt", &c.prompt},     {"--new-tokens", &c.new_tokens},
       {"--threads", &c.threads}};
   for (int i = 1; i < argc; i += 2) {
+    if (std::strcmp(argv[i], "--help") == 0) {
+      std::printf("%s", kUsage);
+      std::exit(0);
+    }
     const auto* o = std::find_if(std::begin(options), std::end(options),
                                  [&](const auto& opt) { return std::strcmp(opt.first, argv[i]) == 0; });
     if (o == std::end(options)) usage_error(std::string("unknown argument '") + argv[i] + "'");
