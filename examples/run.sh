@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build and run every attn example (Release, tests and benchmarks off).
+# Build and run every attn example (Release, tests and benchmarks off), among them
+# greedy_decoding (KV-cache decoding against recomputation) and attention_heatmap (a PNG).
 # Usage: bash examples/run.sh     (from any directory; builds into <repo>/build)
 set -euo pipefail
 
@@ -18,5 +19,10 @@ cmake -S "$root" -B "$build" \
 cmake --build "$build" -j"$jobs"
 
 # run_examples prints "=== example: <name>" before each one and stops at the
-# first failure.
+# first failure. They run in build/examples/, where attention_heatmap writes its PNG.
 cmake --build "$build" --target run_examples
+
+heatmap="$build/examples/attention_heatmap.png"
+if [ -f "$heatmap" ]; then
+  echo "examples/run.sh: attention_heatmap's picture: $heatmap"
+fi
