@@ -205,7 +205,8 @@ def build_module(a, ref, torch):
     if a.module == "transformer_encoder":
         return ref.MobileViTTransformerEncoder(E, a.ffn_dim, H)
     if a.module in ("transformer_encoder_layer", "transformer_decoder_layer"):
-        cls = torch.nn.TransformerEncoderLayer if a.module.endswith("encoder_layer") else torch.nn.TransformerDecoderLayer
+        encoder = a.module == "transformer_encoder_layer"
+        cls = torch.nn.TransformerEncoderLayer if encoder else torch.nn.TransformerDecoderLayer
         return cls(E, H, a.ffn_dim, dropout=0.0, activation=a.activation or "relu", batch_first=True,
                    norm_first=a.norm_first)
     if a.module == "gqa_attention":

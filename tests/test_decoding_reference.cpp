@@ -48,11 +48,17 @@ Tensor<bool> first_columns(const Tensor<bool>& m, Index n) {
   return p;
 }
 
+/// A stored BOOL mask, or an empty tensor if the file has none of that name.
+Tensor<bool> stored_bools(const Case& c, const std::string& name) {
+  return c.has(name) ? c.file().get_bool(name) : Tensor<bool>();
+}
+
 /// The file's input masks, by tensor name ("input.<name>" without "input."), sorted, space-separated.
 ::testing::AssertionResult HasInputMasks(const Case& c, const std::string& spec) {
   std::vector<std::string> names;
   for (const auto& n : c.file().names())
-    if (n.rfind("input.", 0) == 0 && n.size() > 10 && n.compare(n.size() - 4, 4, "mask") == 0) names.push_back(n.substr(6));
+    if (n.rfind("input.", 0) == 0 && n.size() > 10 && n.compare(n.size() - 4, 4, "mask") == 0)
+      names.push_back(n.substr(6));
   std::sort(names.begin(), names.end());
   std::string found;
   for (const auto& n : names) found += (found.empty() ? "" : " ") + n;
@@ -65,7 +71,8 @@ Tensor<bool> first_columns(const Tensor<bool>& m, Index n) {
   if (value == 0) return c.MetaIs(key, "none");
   const double v = std::stod(c.meta(key));
   if (v == value) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << c.name() << ": metadata " << key << " is " << v << ", the test runs " << value;
+  return ::testing::AssertionFailure() << c.name() << ": metadata " << key << " is " << v << ", the test runs "
+                                       << value;
 }
 
 // ---------------------------------------------------------------------------
@@ -131,7 +138,7 @@ void check_gqa(const GqaSpec& spec, bool incremental) {
   const attn::GroupedQueryAttention<T> m = make_gqa<T>(c, spec);
   const Tensor<T> x = c.get<T>("input.x"), expected = c.get<T>("output.output");
   const double tol = tolerance<T>(c.is_double());
-  const Tensor<bool> kpm = c.has("input.key_padding_mask") ? c.file().get_bool("input.key_padding_mask") : Tensor<bool>();
+  const Tensor<bool> kpm = stored_bools(c, "input.key_padding_mask");
   if (!incremental) {
     attn::AttentionArgs<T> args;
     if (!kpm.empty()) args.key_padding_mask = attn::Mask<T>::block_where_true(kpm);
@@ -327,8 +334,8 @@ void check_decoder(const LayerSpec& spec, bool incremental) {
   attn::TransformerDecoderLayer<T> layer(c.meta_int("embed_dim"), c.meta_int("num_heads"), o);
   layer.load_state_dict(c.params<T>());
   const Tensor<T> tgt = c.get<T>("input.tgt"), memory = c.get<T>("input.memory"), expected = c.get<T>("output.output");
-  auto bools = [&](const char* name) { return c.has(name) ? c.file().get_bool(name) : Tensor<bool>(); };
-  const Tensor<bool> tgt_kpm = bools("input.tgt_key_padding_mask"), mem_kpm = bools("input.memory_key_padding_mask");
+  const Tensor<bool> tgt_kpm = stored_bools(c, "input.tgt_key_padding_mask"),
+                     mem_kpm = stored_bools(c, "input.memory_key_padding_mask");
   attn::DecoderArgs<T> args;
   if (!mem_kpm.empty()) args.memory.key_padding_mask = attn::Mask<T>::block_where_true(mem_kpm);
   const double tol = tolerance<T>(c.is_double());
@@ -394,7 +401,7 @@ void check_mha_incremental(const char* name, const char* masks) {
       << "a KV cache is self-attention";
   attn::MultiHeadAttention<T> mha(c.meta_int("embed_dim"), c.meta_int("num_heads"));
   mha.load_state_dict(c.params<T>());
-  const Tensor<bool> kpm = c.has("input.key_padding_mask") ? c.file().get_bool("input.key_padding_mask") : Tensor<bool>();
+  const Tensor<bool> kpm = stored_bools(c, "input.key_padding_mask");
   for (Index step : chunk_sizes(x.size(1))) {
     attn::KVCache<T> cache = mha.make_cache(x.size(0), x.size(1));
     const Tensor<T> y = chunked<T>(x, step, [&](const Tensor<T>& chunk, Index first, Index n) {
