@@ -725,7 +725,7 @@ def torch_layer_meta(E, H, ffn, activation, norm_first, eps, causal):
 
 def slow_path(module, *args, **kw):
     """A torch.nn transformer layer's forward with autograd on, so PyTorch 1.13 takes its
-    reference path (its eval fast path returns zeros at padded positions)."""
+    reference path, F.multi_head_attention_forward, rather than its fused eval fast path."""
     with torch.enable_grad():
         return module(*args, **kw).detach()
 
