@@ -32,7 +32,16 @@ Modules (the constructor flags are attn_run's, see attn_run --help):
     attention_block       AttentionBlock(E, H): nn.MultiheadAttention + residual + LayerNorm,
                           input (B, E, L)
     transformer_encoder   MobileViTTransformerEncoder(E, F, H=8): MobileViT's pre-norm layer
-All but nn.MultiheadAttention are defined in torch_reference.py, next to this script.
+    transformer_encoder_layer  nn.TransformerEncoderLayer(E, H, F, dropout=0, activation,
+                          batch_first=True, norm_first), input x
+    transformer_decoder_layer  nn.TransformerDecoderLayer(...) likewise, inputs tgt (B, L, E) and
+                          memory (B, S, E) (S: --source-length), causal tgt_mask
+    gqa_attention         LlamaAttention(E, H, K, head_dim, qkv_bias, rope, rotary_dim, rope_theta,
+                          interleaved, sliding_window, softcap): HF Llama / Mistral / Qwen2
+                          attention, causal
+All but nn.MultiheadAttention and the torch.nn layers are defined in torch_reference.py, next
+to this script. --incremental C is passed on to attn_run (gqa_attention and the decoder layer
+run through a KV cache C tokens at a time; PyTorch's reference is the full causal pass).
 
 Your own model: --state-dict FILE.pt (a state_dict or a whole module saved with torch.save)
 and, when the module is part of a bigger model, --prefix (e.g. blocks.0.attn.). The
@@ -57,7 +66,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_ATTN_RUN = REPO / "build" / "examples" / "attn_run" / "attn_run"
 
-MODULES = ("self_attention", "multi_head_attention", "talking_heads", "attention_block", "transformer_encoder")
+MODULES = ("self_attention", "multi_head_attention", "talking_heads", "attention_block", "transformer_encoder",
+           "transformer_encoder_layer", "transformer_decoder_layer", "gqa_attention")
+TORCH_LAYER_FLAGS = {"num_heads", "ffn_dim", "activation", "norm_first"}
 # Constructor flags each module takes (argparse dest names), as in attn_run.
 MODULE_FLAGS = {
     "self_attention": set(),
@@ -66,9 +77,18 @@ MODULE_FLAGS = {
     "talking_heads": {"num_heads", "qkv_bias"},
     "attention_block": {"num_heads"},
     "transformer_encoder": {"num_heads", "ffn_dim"},
+    "transformer_encoder_layer": TORCH_LAYER_FLAGS,
+    "transformer_decoder_layer": TORCH_LAYER_FLAGS | {"source_length", "incremental"},
+    "gqa_attention": {"num_heads", "num_kv_heads", "head_dim", "rope_theta", "no_rope", "rotary_dim",
+                      "rope_interleaved", "qkv_bias", "sliding_window", "softcap", "incremental"},
 }
 REQUIRED = {"multi_head_attention": {"num_heads"}, "attention_block": {"num_heads"},
-            "transformer_encoder": {"ffn_dim"}}
+            "transformer_encoder": {"ffn_dim"}, "transformer_encoder_layer": {"num_heads", "ffn_dim"},
+            "transformer_decoder_layer": {"num_heads", "ffn_dim"}, "gqa_attention": {"num_heads", "num_kv_heads"}}
+# Flags passed on to attn_run as they are: (dest, attn_run takes a value).
+PASSED_ON = [("num_kv_heads", True), ("head_dim", True), ("rope_theta", True), ("no_rope", False),
+             ("rotary_dim", True), ("rope_interleaved", False), ("sliding_window", True), ("softcap", True),
+             ("activation", True), ("norm_first", False), ("incremental", True)]
 TOLERANCE = {"F32": 1e-5, "F64": 1e-12}
 
 
@@ -184,6 +204,16 @@ def build_module(a, ref, torch):
         return ref.AttentionBlock(E, H)
     if a.module == "transformer_encoder":
         return ref.MobileViTTransformerEncoder(E, a.ffn_dim, H)
+    if a.module in ("transformer_encoder_layer", "transformer_decoder_layer"):
+        encoder = a.module == "transformer_encoder_layer"
+        cls = torch.nn.TransformerEncoderLayer if encoder else torch.nn.TransformerDecoderLayer
+        return cls(E, H, a.ffn_dim, dropout=0.0, activation=a.activation or "relu", batch_first=True,
+                   norm_first=a.norm_first)
+    if a.module == "gqa_attention":
+        return ref.LlamaAttention(E, H, a.num_kv_heads, a.head_dim, qkv_bias=a.qkv_bias, rope=not a.no_rope,
+                                  rotary_dim=a.rotary_dim, rope_theta=a.rope_theta or 10000.0,
+                                  interleaved=a.rope_interleaved, sliding_window=a.sliding_window,
+                                  attn_logit_softcapping=a.softcap)
     if a.layout == "separate":
         return ref.SeparateProjectionMultiHeadAttention(E, H)
     if a.layout == "mobilevit":
@@ -235,7 +265,8 @@ def draw_masks(a, torch, B, H, L, S, dtype):
 def check_args(a, p):
     given = {k for k, v in vars(a).items() if v not in (None, False)}
     for flag in ("num_heads", "kdim", "vdim", "ffn_dim", "qkv_bias", "no_bias", "add_bias_kv", "add_zero_attn",
-                 "layout", "source_length", "key_padding_mask", "attn_mask", "need_weights", "per_head_weights"):
+                 "layout", "source_length", "key_padding_mask", "attn_mask", "need_weights", "per_head_weights",
+                 *(f for f, _ in PASSED_ON)):
         if flag in given and flag not in MODULE_FLAGS[a.module]:
             p.error(f"--{flag.replace('_', '-')} does not apply to --module {a.module}")
     for flag in REQUIRED.get(a.module, ()):
@@ -243,8 +274,12 @@ def check_args(a, p):
             p.error(f"--module {a.module} needs --{flag.replace('_', '-')}")
     if a.num_heads is None:
         a.num_heads = 8 if a.module in ("talking_heads", "transformer_encoder") else 1
-    if a.embed_dim % a.num_heads:
+    if a.embed_dim % a.num_heads and a.head_dim is None:
         p.error(f"--num-heads {a.num_heads} does not divide --embed-dim {a.embed_dim}")
+    if a.module == "gqa_attention" and a.num_heads % a.num_kv_heads:
+        p.error(f"--num-heads {a.num_heads} is not a multiple of --num-kv-heads {a.num_kv_heads}")
+    if a.no_rope and (a.rope_theta or a.rotary_dim or a.rope_interleaved):
+        p.error("--no-rope excludes --rope-theta, --rotary-dim and --rope-interleaved")
     a.need_weights = a.need_weights or a.per_head_weights
     if a.module == "multi_head_attention":
         a.layout = a.layout or "torch"
@@ -305,6 +340,11 @@ def export(a, torch, ref):
             call = lambda: (module(query, key, value), None)  # noqa: E731
         else:
             call = lambda: (module(query), None)  # noqa: E731
+    elif a.module == "transformer_decoder_layer":
+        tgt, memory = torch.randn(B, L, E, dtype=dtype), torch.randn(B, a.source_length or L, E, dtype=dtype)
+        inputs = {"tgt": tgt, "memory": memory}
+        causal = torch.ones(L, L, dtype=torch.bool).triu(1)  # True = masked: attn_run's decoder is causal
+        call = lambda: (module(tgt, memory, tgt_mask=causal), None)  # noqa: E731
     else:
         x = torch.randn((B, E, L) if a.module == "attention_block" else (B, L, E), dtype=dtype)
         inputs = {"x": x}
@@ -361,6 +401,10 @@ def attn_run_command(a, out):
     for flag in ("qkv_bias", "no_bias", "add_bias_kv", "add_zero_attn"):
         if getattr(a, flag):
             cmd.append("--" + flag.replace("_", "-"))
+    for flag, takes_value in PASSED_ON:
+        value = getattr(a, flag)
+        if value not in (None, False):
+            cmd += ["--" + flag.replace("_", "-")] + ([str(value)] if takes_value else [])
     cmd += ["--weights", str(out / "weights.safetensors")]
     if a.prefix:
         cmd += ["--prefix", a.prefix]
@@ -382,6 +426,18 @@ def main(argv=None):
     p.add_argument("--vdim", type=int)
     p.add_argument("--ffn-dim", type=int)
     p.add_argument("--qkv-bias", action="store_true")
+    p.add_argument("--num-kv-heads", type=int, help="gqa_attention: key/value heads K")
+    p.add_argument("--head-dim", type=int, help="gqa_attention: head dim (default E / H)")
+    p.add_argument("--rope-theta", type=float, help="gqa_attention: rotary base (default 10000)")
+    p.add_argument("--no-rope", action="store_true", help="gqa_attention: no rotary embedding")
+    p.add_argument("--rotary-dim", type=int, help="gqa_attention: rotate the first R dims only")
+    p.add_argument("--rope-interleaved", action="store_true", help="gqa_attention: GPT-J pairs (2i, 2i+1)")
+    p.add_argument("--sliding-window", type=int, help="gqa_attention: Mistral's sliding window W")
+    p.add_argument("--softcap", type=float, help="gqa_attention: logit softcap c")
+    p.add_argument("--activation", choices=("relu", "gelu"), help="transformer_*_layer: default relu")
+    p.add_argument("--norm-first", action="store_true", help="transformer_*_layer: pre-norm")
+    p.add_argument("--incremental", type=int, metavar="C",
+                   help="gqa_attention, transformer_decoder_layer: attn_run decodes C tokens at a time")
     p.add_argument("--no-bias", action="store_true")
     p.add_argument("--add-bias-kv", action="store_true")
     p.add_argument("--add-zero-attn", action="store_true")
@@ -407,7 +463,8 @@ def main(argv=None):
         return compare(a.compare)
     if a.module is None or a.embed_dim is None or a.out_dir is None:
         p.error("--module, --embed-dim and --out-dir are required (or --compare DIR)")
-    for flag in ("embed_dim", "num_heads", "kdim", "vdim", "ffn_dim", "batch", "length", "source_length"):
+    for flag in ("embed_dim", "num_heads", "kdim", "vdim", "ffn_dim", "batch", "length", "source_length",
+                 "num_kv_heads", "head_dim", "rotary_dim", "sliding_window", "incremental"):
         if getattr(a, flag) is not None and getattr(a, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be positive")
     check_args(a, p)

@@ -7,7 +7,10 @@ everything they need. Each class mirrors one upstream model, with its parameter 
 parameter registration order (which fixes the order of a state_dict and of random
 initialisation) and numerical quirks; the docstrings say which.
 
-`torch.nn.MultiheadAttention(batch_first=True)` is PyTorch's own and is used as it is.
+`torch.nn.MultiheadAttention(batch_first=True)`, `torch.nn.TransformerEncoderLayer` and
+`torch.nn.TransformerDecoderLayer` are PyTorch's own and are used as they are. PyTorch 1.13 has
+no grouped-query attention, rotary embedding, sliding window, softcap or ALiBi: `LlamaAttention`
+and `attention_reference` below write them from the upstream formulas.
 
 Needs PyTorch (Debian: apt-get install python3-torch python3-numpy, then /usr/bin/python3).
 Run as a script, it prints the output shape of each module on a small input.
@@ -20,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["SingleHeadSelfAttention", "SeparateProjectionMultiHeadAttention", "TalkingHeadAttn",
-           "AttentionBlock", "MobileViTAttention", "MobileViTTransformerEncoder"]
+           "AttentionBlock", "MobileViTAttention", "MobileViTTransformerEncoder", "LlamaAttention",
+           "attention_reference", "softmax_policy", "causal_window_mask", "alibi_slopes"]
 
 
 class SingleHeadSelfAttention(nn.Module):
@@ -210,6 +214,158 @@ class MobileViTTransformerEncoder(nn.Module):
         return x + self.pre_norm_ffn(x)
 
 
+# ----------------------------------------------------------------------------
+# Decoding: grouped-query attention, rotary embedding, sliding window, softcap, ALiBi
+# ----------------------------------------------------------------------------
+
+def softmax_policy(logits: Tensor) -> Tensor:
+    """softmax over the last dim; a row whose logits are all -inf gets 0 (attn's fully-masked
+    policy, as PyTorch >= 2.5 SDPA and ONNX; PyTorch 1.13 gives NaN there). Other NaNs stay."""
+    w = logits.softmax(-1)
+    return w.masked_fill(torch.isneginf(logits).all(-1, keepdim=True), 0.0)
+
+
+def causal_window_mask(L: int, S: int, causal: str = "bottom_right", window: Optional[int] = None) -> Tensor:
+    """(L, S) bool, True = masked. Query i sees key j iff diag(i) - W < j <= diag(i), where
+    diag(i) = i + S - L ("bottom_right", FlashAttention's and decoding's alignment) or i
+    ("top_left", PyTorch's is_causal); no lower bound without a window (Mistral's
+    sliding_window W: the W most recent keys, the query's own included)."""
+    diag = torch.arange(L)[:, None] + (0 if causal == "top_left" else S - L)
+    j = torch.arange(S)[None, :]
+    masked = j > diag
+    if window is not None:
+        masked |= j <= diag - window
+    return masked
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi's head slopes (Press et al. 2022; BLOOM's build_alibi_tensor) for a power-of-two
+    number of heads: 2^(-8 (h + 1) / H)."""
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)], dtype=torch.float64)
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """HF's repeat_kv: (B, K, S, D) -> (B, K * n_rep, S, D), key/value head h // n_rep for query head h."""
+    b, k, s, d = x.shape
+    return x if n_rep == 1 else x[:, :, None].expand(b, k, n_rep, s, d).reshape(b, k * n_rep, s, d)
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, softcap: Optional[float] = None,
+                    bias: Optional[Tensor] = None) -> Tensor:
+    """HF's eager_attention_forward (modeling_llama / modeling_gemma2): q (B, H, L, D) over k,
+    v (B, K, S, D) repeated to H heads; logits = q k^T * scale, soft-capped c * tanh(logits / c),
+    plus an additive bias (ALiBi and masks, -inf = masked), softmax (softmax_policy), @ v."""
+    n_rep = q.shape[1] // k.shape[1]
+    logits = torch.matmul(q, repeat_kv(k, n_rep).transpose(-1, -2)) * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    if bias is not None:
+        logits = logits + bias
+    return torch.matmul(softmax_policy(logits), repeat_kv(v, n_rep))
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None, causal: str = "none",
+                        sliding_window: Optional[int] = None, softcap: Optional[float] = None,
+                        alibi: Optional[Tensor] = None, mask_bias: Optional[Tensor] = None) -> Tensor:
+    """The attention core with decoding's options, computed in float64, returned in q's dtype.
+
+    q (B, H, L, D); k, v (B, K, S, D) with H = g K (query head h reads key/value head h // g);
+    scale default 1/sqrt(D); logits soft-capped, then ALiBi -slope_h * |i + S - L - j| (alibi:
+    (H) slopes), then mask_bias (additive, broadcastable to (B, H, L, S)), then causal and
+    sliding-window masking (causal_window_mask; a window without causal is bottom-right)."""
+    H, L, D, S = q.shape[1], q.shape[2], q.shape[3], k.shape[2]
+    bias = torch.zeros(1, H, L, S, dtype=torch.float64)
+    if alibi is not None:
+        dist = (torch.arange(L)[:, None] + S - L - torch.arange(S)[None, :]).abs().double()
+        bias = bias - alibi.double()[None, :, None, None] * dist
+    if mask_bias is not None:
+        bias = bias + mask_bias.double()
+    if causal != "none" or sliding_window is not None:
+        bias = bias.masked_fill(causal_window_mask(L, S, causal, sliding_window), float("-inf"))
+    out = eager_attention(q.double(), k.double(), v.double(), D ** -0.5 if scale is None else scale, softcap, bias)
+    return out.to(q.dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """HF Llama / GPT-NeoX pairing: (x1, x2) halves -> (-x2, x1)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotate_every_two(x: Tensor) -> Tensor:
+    """GPT-J / Meta's original Llama pairing (interleaved): pairs (2i, 2i+1) -> (-x_{2i+1}, x_{2i})."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def rotary_cos_sin(positions: Tensor, rotary_dim: int, theta: float, interleaved: bool, dtype):
+    """cos, sin (L, rotary_dim) of angle position * theta^(-2i / rotary_dim) for pair i, laid out
+    for rotate_half (freqs repeated as two halves, HF) or interleaved (each freq twice, GPT-J).
+    The angles are computed in float64 and cos/sin rounded to dtype (HF computes the angles in
+    float32, which is off by ~1e-5 rad already at position 100)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+    freqs = positions.double()[:, None] * inv_freq[None, :]
+    emb = freqs.repeat_interleave(2, dim=-1) if interleaved else torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
+    """HF's apply_rotary_pos_emb on (B, H, L, D), rotating the first rotary_dim = cos.shape[-1]
+    dims only (partial rotary, GPT-NeoX / Phi) and passing the rest through."""
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    rotated = x_rot * cos + (rotate_every_two(x_rot) if interleaved else rotate_half(x_rot)) * sin
+    return torch.cat((rotated, x_pass), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    """HF transformers' LlamaAttention (models/llama/modeling_llama.py) with the options of its
+    relatives, attn::GroupedQueryAttention:
+
+    * q_proj (H*D, E), k_proj and v_proj (K*D, E), o_proj (E, H*D); no bias, or q/k/v biases
+      (qkv_bias: Qwen2Attention); o_proj never has one. Registered q, k, v, o (state_dict order).
+    * grouped key/value heads: query head h reads key/value head h // (H / K) (repeat_kv);
+      K = 1 is multi-query attention, K = H plain multi-head attention.
+    * rotary position embedding of q and k at positions 0 .. L-1 (rope=False: none), theta
+      (rope_theta), pairing rotate_half (HF Llama, GPT-NeoX) or interleaved (GPT-J), the first
+      rotary_dim dims only (partial rotary; default head_dim).
+    * causal masking; sliding_window W (MistralAttention: query i sees keys i-W < j <= i);
+      attn_logit_softcapping (Gemma2Attention: c * tanh(logits / c), after scaling, before
+      the masks); scale head_dim ** -0.5; optional key_padding_mask (B, L), True = padding.
+    Computes in the module's dtype (HF upcasts the softmax to float32; here float64 stays float64).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: Optional[int] = None,
+                 qkv_bias: bool = False, rope: bool = True, rotary_dim: Optional[int] = None,
+                 rope_theta: float = 10000.0, interleaved: bool = False, sliding_window: Optional[int] = None,
+                 attn_logit_softcapping: Optional[float] = None):
+        super().__init__()
+        assert num_heads % num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = head_dim or hidden_size // num_heads
+        self.rope, self.rotary_dim = rope, rotary_dim or self.head_dim
+        self.rope_theta, self.interleaved = rope_theta, interleaved
+        self.sliding_window, self.softcap = sliding_window, attn_logit_softcapping
+        self.q_proj = nn.Linear(hidden_size, num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
+
+    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope:
+            cos, sin = rotary_cos_sin(torch.arange(L), self.rotary_dim, self.rope_theta, self.interleaved, x.dtype)
+            q, k = apply_rotary(q, cos, sin, self.interleaved), apply_rotary(k, cos, sin, self.interleaved)
+        bias = torch.zeros(B, 1, L, L, dtype=x.dtype).masked_fill(
+            causal_window_mask(L, L, "bottom_right", self.sliding_window), float("-inf"))
+        if key_padding_mask is not None:
+            bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        out = eager_attention(q, k, v, self.head_dim ** -0.5, self.softcap, bias)
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim))
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     with torch.no_grad():
@@ -220,3 +376,4 @@ if __name__ == "__main__":
         print("AttentionBlock", tuple(AttentionBlock(32, 4)(x.transpose(1, 2)).shape))
         print("MobileViTAttention", tuple(MobileViTAttention(32, 4)(x).shape))
         print("MobileViTTransformerEncoder", tuple(MobileViTTransformerEncoder(32, 64, 4)(x).shape))
+        print("LlamaAttention", tuple(LlamaAttention(32, 4, 2, sliding_window=4)(x).shape))

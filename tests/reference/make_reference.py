@@ -191,7 +191,7 @@ def causal_mask(causal, L, S) -> Optional[torch.Tensor]:
     the diagonal aligned to the last key (bottom_right); None for "none"."""
     if causal == "none":
         return None
-    return torch.ones(L, S).tril(0 if causal == "top_left" else S - L) == 0
+    return ref.causal_window_mask(L, S, causal)
 
 
 def with_causal(attn_mask, causal, L, S):
@@ -255,11 +255,7 @@ def bias_of(kpm, attn_mask, causal, B, H, L, S, dtype) -> torch.Tensor:
     return additive_bias(kpm, with_causal(attn_mask, causal, L, S), B, H, L, S, dtype)
 
 
-def softmax_policy(logits: torch.Tensor) -> torch.Tensor:
-    """softmax over the last dim; a row whose logits are all -inf gets 0 (the library's
-    fully-masked policy; PyTorch 1.13 gives NaN there). Other NaNs stay NaN."""
-    w = logits.softmax(-1)
-    return w.masked_fill(torch.isneginf(logits).all(-1, keepdim=True), 0.0)
+softmax_policy = ref.softmax_policy  # a fully masked row gets weights 0 (the library's policy)
 
 
 def mask_tensors(kpm, attn_mask) -> Dict[str, torch.Tensor]:
@@ -664,6 +660,114 @@ def build_sdpa(c: Case, scale, kpm=None, mask=None, shape=(2, 3, 5, 7, 4, 6), we
     return tensors, {"scale": scale}
 
 
+# --- decoding: grouped-query attention, the attention core's options, torch.nn layers ---
+
+def opt_meta(value) -> str:
+    """An optional option as metadata: its value, or "none"."""
+    return "none" if value is None else s(value)
+
+
+def build_gqa(c: Case, B, L, E, H, K, D=None, kpm=None, q_gain=1.0, **opts):
+    """LlamaAttention (HF Llama / Mistral / Qwen2 / Gemma 2 attention), causal over x (B, L, E).
+    opts: qkv_bias, rope, rotary_dim, rope_theta, interleaved, sliding_window,
+    attn_logit_softcapping. q_gain (a power of two: exact) scales q_proj to spread the logits
+    where the softcap should bite. kpm: a bool key_padding_mask (ragged prompts)."""
+    m = reinit(ref.LlamaAttention(E, H, K, D, **opts).to(c.dtype))
+    m.q_proj.weight *= q_gain
+    x = torch.randn(B, L, E, dtype=c.dtype)
+    kp, _, _ = draw_case_masks(B, H, L, L, c.dtype, kpm, None, "bottom_right")
+    out = m(x, kp)
+    assert not out.isnan().any(), c.name
+    meta = {"embed_dim": E, "num_heads": H, "num_kv_heads": K, "head_dim": m.head_dim, "qkv_bias": s(opts.get(
+            "qkv_bias", False)), "rope": s(m.rope), "rotary_dim": m.rotary_dim if m.rope else 0,
+            "rope_theta": s(m.rope_theta), "rope_interleaved": s(m.interleaved),
+            "sliding_window": opt_meta(m.sliding_window), "softcap": opt_meta(m.softcap), "causal": "bottom_right"}
+    return {**params(m), "input.x": x, **mask_tensors(kp, None), "output.output": out}, meta
+
+
+def draw_unblocked_kpm(kind, B, H, L, S, dtype, blocked_ls) -> Optional[torch.Tensor]:
+    """A key_padding_mask (make_kpm) that, with the (L, S) bool mask blocked_ls, leaves every
+    query row some key."""
+    for _ in range(1000):
+        kp = make_kpm(kind, B, S, dtype)
+        if not fully_masked_rows(kp, blocked_ls, B, H, L, S).any():
+            return kp
+    raise RuntimeError("could not draw a key_padding_mask")
+
+
+def build_attention_core(c: Case, shape, causal="none", window=None, softcap=None, alibi=False, kpm=None,
+                         q_gain=1.0):
+    """attention_reference (float64) on q (B, H, L, D), k, v (B, K, S, D): grouped heads,
+    causal, sliding window, softcap, ALiBi (input.alibi_slopes, BLOOM's slopes), a bool
+    key_padding_mask; scale 1/sqrt(D). q_gain spreads the logits (softcap)."""
+    dt = c.dtype
+    B, H, K, L, S, D = shape
+    q = torch.randn(B, H, L, D, dtype=dt) * q_gain
+    k, v = torch.randn(B, K, S, D, dtype=dt), torch.randn(B, K, S, D, dtype=dt)
+    align = "bottom_right" if causal == "none" else causal
+    blocked_ls = ref.causal_window_mask(L, S, align, window) if causal != "none" or window else None
+    kp = draw_unblocked_kpm(kpm, B, H, L, S, dt, blocked_ls) if kpm else None
+    slopes = ref.alibi_slopes(H).to(dt) if alibi else None
+    out = ref.attention_reference(q, k, v, causal=causal, sliding_window=window, softcap=softcap, alibi=slopes,
+                                  mask_bias=None if kp is None else additive_bias(kp, None, B, H, L, S, dt))
+    tensors = {"input.query": q, "input.key": k, "input.value": v, **mask_tensors(kp, None), "output.output": out}
+    if alibi:
+        tensors["input.alibi_slopes"] = slopes
+    meta = {"num_heads": H, "num_kv_heads": K, "causal": causal, "sliding_window": opt_meta(window),
+            "softcap": opt_meta(softcap), "alibi": s(alibi), "scale": "default"}
+    return tensors, meta
+
+
+def torch_layer_meta(E, H, ffn, activation, norm_first, eps, causal):
+    return {"embed_dim": E, "num_heads": H, "ffn_dim": ffn, "activation": activation, "norm_first": s(norm_first),
+            "layer_norm_eps": s(eps), "causal": causal}
+
+
+def slow_path(module, *args, **kw):
+    """A torch.nn transformer layer's forward with autograd on, so PyTorch 1.13 takes its
+    reference path, F.multi_head_attention_forward, rather than its fused eval fast path."""
+    with torch.enable_grad():
+        return module(*args, **kw).detach()
+
+
+def build_torch_encoder_layer(c: Case, shape, H, ffn, activation="relu", norm_first=False, eps=1e-5, kpm=None,
+                              mask=None, causal="none"):
+    """torch.nn.TransformerEncoderLayer(batch_first=True, dropout 0) on src (B, L, E): src_mask
+    (causal merged in, not stored) and src_key_padding_mask."""
+    B, L, E = shape
+    m = reinit(nn.TransformerEncoderLayer(E, H, ffn, dropout=0.0, activation=activation, layer_norm_eps=eps,
+                                          batch_first=True, norm_first=norm_first).to(c.dtype))
+    src = torch.randn(shape, dtype=c.dtype)
+    kp, am, _ = draw_case_masks(B, H, L, L, c.dtype, kpm, mask, causal)
+    out = slow_path(m, src, src_mask=with_causal(am, causal, L, L), src_key_padding_mask=kp)
+    assert not out.isnan().any(), c.name
+    tensors = {**params(m), "input.src": src, "output.output": out}
+    for name, t in (("input.src_mask", am), ("input.src_key_padding_mask", kp)):
+        if t is not None:
+            tensors[name] = t
+    return tensors, torch_layer_meta(E, H, ffn, activation, norm_first, eps, causal)
+
+
+def build_torch_decoder_layer(c: Case, B, T, S, E, H, ffn, activation="relu", norm_first=False, eps=1e-5,
+                              tgt_kpm=None, memory_kpm=None, causal="top_left"):
+    """torch.nn.TransformerDecoderLayer(batch_first=True, dropout 0) on tgt (B, T, E) over memory
+    (B, S, E): tgt_mask = the causal mask (not stored), tgt_key_padding_mask,
+    memory_key_padding_mask."""
+    m = reinit(nn.TransformerDecoderLayer(E, H, ffn, dropout=0.0, activation=activation, layer_norm_eps=eps,
+                                          batch_first=True, norm_first=norm_first).to(c.dtype))
+    tgt, memory = torch.randn(B, T, E, dtype=c.dtype), torch.randn(B, S, E, dtype=c.dtype)
+    tkp, _, _ = draw_case_masks(B, H, T, T, c.dtype, tgt_kpm, None, causal)
+    mkp, _, _ = draw_case_masks(B, H, T, S, c.dtype, memory_kpm, None)
+    out = slow_path(m, tgt, memory, tgt_mask=causal_mask(causal, T, T), tgt_key_padding_mask=tkp,
+                    memory_key_padding_mask=mkp)
+    assert not out.isnan().any(), c.name
+    tensors = {**params(m), "input.tgt": tgt, "input.memory": memory, "output.output": out}
+    for name, t in (("input.tgt_key_padding_mask", tkp), ("input.memory_key_padding_mask", mkp)):
+        if t is not None:
+            tensors[name] = t
+    return tensors, torch_layer_meta(E, H, ffn, activation, norm_first, eps, causal)
+
+
 # ----------------------------------------------------------------------------
 # The cases (names are fixed: the C++ tests refer to them). A case renamed after its
 # data was made keeps its data with seed=<CRC-32 of the name it was made under>.
@@ -889,6 +993,99 @@ case("sdpa_long_f64", build_sdpa, "softmax(q @ k^T * 0.5 + bias) @ v in float64 
      shape=(1, 1, 200, 260, 10, 7), weights=False)
 
 
+# --- decoding (GitHub issue "Decoding"): grouped-query attention (LlamaAttention), the
+# attention core's window / softcap / ALiBi, torch.nn.TransformerEncoderLayer and
+# TransformerDecoderLayer. Lengths 70-130 cross the kernels' query blocks and key tiles.
+GQA, CORE, TEL, TDL = build_gqa, build_attention_core, build_torch_encoder_layer, build_torch_decoder_layer
+case("gqa_llama_f32", GQA, "LlamaAttention x (2,9,32), 4 heads over 2 kv heads (head_dim 8), rope rotate_half, "
+     "theta 1e4.", B=2, L=9, E=32, H=4, K=2)
+case("gqa_llama_f64", GQA, "LlamaAttention in float64, x (2,9,32), 4 heads over 2 kv heads, rope rotate_half.",
+     B=2, L=9, E=32, H=4, K=2)
+case("gqa_mqa_f64", GQA, "Multi-query attention (1 kv head for 4 query heads) in float64, x (2,11,32).",
+     B=2, L=11, E=32, H=4, K=1)
+case("gqa_mha_f32", GQA, "num_kv_heads = num_heads = 4 (plain multi-head attention with rope), x (2,8,32).",
+     B=2, L=8, E=32, H=4, K=4)
+case("gqa_interleaved_f32", GQA, "GPT-J pairing (interleaved), x (2,10,32), 4 heads over 2 kv heads.",
+     B=2, L=10, E=32, H=4, K=2, interleaved=True)
+case("gqa_partial_rotary_f64", GQA, "Partial rotary (GPT-NeoX / Phi): the first 4 of 8 dims rotated, rotate_half, "
+     "float64, x (2,10,32).", B=2, L=10, E=32, H=4, K=2, rotary_dim=4)
+case("gqa_partial_interleaved_f32", GQA, "Partial rotary with GPT-J pairing: the first 6 of 12 dims rotated, "
+     "interleaved, x (2,9,48), 4 heads over 2 kv heads.", B=2, L=9, E=48, H=4, K=2, rotary_dim=6, interleaved=True)
+case("gqa_no_rope_f32", GQA, "No rotary embedding, x (2,8,32), 4 heads over 2 kv heads.", B=2, L=8, E=32, H=4, K=2,
+     rope=False)
+case("gqa_theta_f64", GQA, "rope_theta 5e5 (Llama 3), float64, x (2,12,32), 4 heads over 1 kv head.",
+     B=2, L=12, E=32, H=4, K=1, rope_theta=500000.0)
+case("gqa_window_small_f32", GQA, "Mistral sliding window 4 over x (2,20,32), 4 heads over 2 kv heads.",
+     B=2, L=20, E=32, H=4, K=2, sliding_window=4)
+case("gqa_window_large_f64", GQA, "Sliding window 50 longer than the sequence x (2,20,32) (plain causal), float64.",
+     B=2, L=20, E=32, H=4, K=2, sliding_window=50)
+case("gqa_softcap_f32", GQA, "Gemma 2 logit softcap 5 with q_proj scaled by 4 (logits spread beyond the cap), x "
+     "(2,10,32), 4 heads over 2 kv heads.", B=2, L=10, E=32, H=4, K=2, attn_logit_softcapping=5.0, q_gain=4.0)
+case("gqa_qkv_bias_f32", GQA, "Qwen2 q/k/v biases, x (2,9,32), 4 heads over 2 kv heads.", B=2, L=9, E=32, H=4, K=2,
+     qkv_bias=True)
+case("gqa_head_dim_f64", GQA, "head_dim 10 != E/H, x (2,9,24), 4 heads over 2 kv heads, float64.",
+     B=2, L=9, E=24, H=4, K=2, D=10)
+case("gqa_kpm_f32", GQA, "Bool key_padding_mask (ragged prompts) with causal masking, x (2,12,32), 4 heads over 2 "
+     "kv heads.", B=2, L=12, E=32, H=4, K=2, kpm="bool")
+case("gqa_long_window_f32", GQA, "x (1,130,40), 4 heads over 2 kv heads (head_dim 10), rope, sliding window 48 "
+     "(several query blocks and key tiles).", B=1, L=130, E=40, H=4, K=2, sliding_window=48)
+case("gqa_long_combined_f64", GQA, "Everything at once in float64: x (2,100,24), 6 heads over 1 kv head, head_dim 12, "
+     "q/k/v biases, interleaved partial rotary (8 of 12), theta 5e5, window 37, softcap 6 (q_proj x4).",
+     B=2, L=100, E=24, H=6, K=1, D=12, qkv_bias=True, rotary_dim=8, interleaved=True, rope_theta=500000.0,
+     sliding_window=37, attn_logit_softcapping=6.0, q_gain=4.0)
+case("gqa_combined_f32", GQA, "x (1,70,32), 8 heads over 2 kv heads (head_dim 6), q/k/v biases, rotate_half partial "
+     "rotary (4 of 6), theta 1e6, window 20, softcap 8 (q_proj x4).", B=1, L=70, E=32, H=8, K=2, D=6,
+     qkv_bias=True, rotary_dim=4, rope_theta=1e6, sliding_window=20, attn_logit_softcapping=8.0, q_gain=4.0)
+
+case("core_gqa_f32", CORE, "Attention core q (2,6,9,8) over k, v (2,2,9,8): 3 query heads per kv head, no mask.",
+     shape=(2, 6, 2, 9, 9, 8))
+case("core_gqa_cross_f64", CORE, "q (2,4,5,8) over k, v (2,1,12,8) in float64 (multi-query, L != S), no mask.",
+     shape=(2, 4, 1, 5, 12, 8))
+case("core_window_f32", CORE, "Sliding window 5 (implies causal) over L = S = 20, 4 heads over 2.",
+     shape=(1, 4, 2, 20, 20, 8), window=5)
+case("core_window_bottom_right_f64", CORE, "Sliding window 6, causal bottom_right, q (2,2,7,8) over k, v (2,2,20,8).",
+     shape=(2, 2, 2, 7, 20, 8), causal="bottom_right", window=6)
+case("core_window_top_left_f32", CORE, "Sliding window 4 with causal top_left (diag(i) = i), q (2,2,7,8) over "
+     "(2,2,20,8).", shape=(2, 2, 2, 7, 20, 8), causal="top_left", window=4)
+case("core_softcap_f64", CORE, "Softcap 2 with q x 3 (logits beyond the cap), q (2,4,6,8) over (2,2,10,8).",
+     shape=(2, 4, 2, 6, 10, 8), softcap=2.0, q_gain=3.0)
+case("core_alibi_f32", CORE, "ALiBi alone (slopes 2^(-2(h+1)), 4 heads), L = S = 8, no causal masking.",
+     shape=(2, 4, 4, 8, 8, 8), alibi=True)
+case("core_alibi_bottom_right_f64", CORE, "ALiBi plus causal bottom_right, q (2,4,5,8) over (2,2,11,8).",
+     shape=(2, 4, 2, 5, 11, 8), alibi=True, causal="bottom_right")
+case("core_combined_f64", CORE, "GQA 6 over 3, window 7, softcap 3 (q x 3), ALiBi and a bool key_padding_mask, q "
+     "(2,6,9,8) over (2,3,15,8).", shape=(2, 6, 3, 9, 15, 8), window=7, softcap=3.0, alibi=True, kpm="bool",
+     q_gain=3.0)
+case("core_combined_long_f32", CORE, "GQA 4 over 2, window 40, softcap 4 (q x 3), ALiBi, causal bottom_right, q "
+     "(1,4,100,10) over (1,2,150,10) (several query blocks and key tiles).", shape=(1, 4, 2, 100, 150, 10),
+     causal="bottom_right", window=40, softcap=4.0, alibi=True, q_gain=3.0)
+
+case("tel_relu_post_f32", TEL, "nn.TransformerEncoderLayer src (2,9,16), 4 heads, ffn 24, relu, post-norm.",
+     shape=(2, 9, 16), H=4, ffn=24)
+case("tel_gelu_pre_f64", TEL, "nn.TransformerEncoderLayer in float64, src (2,9,16), 4 heads, ffn 24, gelu, "
+     "norm_first, layer_norm_eps 1e-6.", shape=(2, 9, 16), H=4, ffn=24, activation="gelu", norm_first=True, eps=1e-6)
+case("tel_kpm_f32", TEL, "src (2,10,24), 3 heads, ffn 16, gelu, post-norm, eps 1e-3, bool src_key_padding_mask.",
+     shape=(2, 10, 24), H=3, ffn=16, activation="gelu", eps=1e-3, kpm="bool")
+case("tel_masks_causal_f64", TEL, "float64 src (2,8,16), 2 heads, ffn 12, relu, norm_first, float src_mask (L,S) "
+     "with -inf, causal merged in (not stored), bool src_key_padding_mask.", shape=(2, 8, 16), H=2, ffn=12,
+     norm_first=True, kpm="bool", mask="float2d", causal="top_left")
+case("tel_long_f32", TEL, "src (1,130,20), 2 heads (head_dim 10), ffn 32, relu, norm_first, bool "
+     "src_key_padding_mask (tiled kernel).", shape=(1, 130, 20), H=2, ffn=32, norm_first=True, kpm="bool")
+case("tdl_relu_post_f32", TDL, "nn.TransformerDecoderLayer tgt (2,7,16) over memory (2,11,16), 4 heads, ffn 24, "
+     "relu, post-norm, causal tgt_mask.", B=2, T=7, S=11, E=16, H=4, ffn=24)
+case("tdl_gelu_pre_f64", TDL, "float64, tgt (2,8,16) over memory (2,6,16), 2 heads, ffn 20, gelu, norm_first, "
+     "layer_norm_eps 1e-6, causal.", B=2, T=8, S=6, E=16, H=2, ffn=20, activation="gelu", norm_first=True, eps=1e-6)
+case("tdl_masks_f32", TDL, "tgt (2,9,24) over memory (2,10,24), 3 heads, ffn 16, relu, post-norm, eps 1e-3, causal, "
+     "bool tgt_key_padding_mask and memory_key_padding_mask.", B=2, T=9, S=10, E=24, H=3, ffn=16, eps=1e-3,
+     tgt_kpm="bool", memory_kpm="bool")
+case("tdl_no_causal_f64", TDL, "float64, tgt (2,6,12) over memory (2,9,12), 2 heads, ffn 10, gelu, post-norm, no "
+     "causal mask, bool memory_key_padding_mask.", B=2, T=6, S=9, E=12, H=2, ffn=10, activation="gelu",
+     memory_kpm="bool", causal="none")
+case("tdl_long_f32", TDL, "tgt (1,100,20) over memory (1,140,20), 2 heads (head_dim 10), ffn 24, gelu, norm_first, "
+     "causal, bool memory_key_padding_mask (tiled kernel).", B=1, T=100, S=140, E=20, H=2, ffn=24,
+     activation="gelu", norm_first=True, memory_kpm="bool")
+
+
 # --- attn_mask shapes that broadcast to (B, H, L, S) ---------------------------------
 
 BROADCAST_SHAPES = ["L_S", "1_L_S", "H_L_S", "BH_L_S", "B_1_L_S", "1_H_L_S", "B_H_L_S", "B_1_1_S", "B_H_1_S",
@@ -971,7 +1168,9 @@ for _target in ("sdpa", "mha", "talking_heads"):
 
 MODULES = {SA: "self_attention", MHA: "multi_head_attention", SEP: "multi_head_attention",
            FUSED: "multi_head_attention", TH: "talking_heads", AB: "attention_block", ENC: "transformer_encoder",
-           build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes", build_broadcast: "mask_broadcast"}
+           build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes", build_broadcast: "mask_broadcast",
+           GQA: "gqa_attention", CORE: "attention_core", TEL: "transformer_encoder_layer",
+           TDL: "transformer_decoder_layer"}
 
 REQUIRED_META = {
     "self_attention": ["embed_dim", "causal"],
@@ -984,6 +1183,13 @@ REQUIRED_META = {
     "sdpa": ["scale"],
     "dtypes": [],
     "mask_broadcast": ["target", "mask_kind", "batch", "heads", "len_q", "len_k", "shapes"],
+    "gqa_attention": ["embed_dim", "num_heads", "num_kv_heads", "head_dim", "qkv_bias", "rope", "rotary_dim",
+                      "rope_theta", "rope_interleaved", "sliding_window", "softcap", "causal"],
+    "attention_core": ["num_heads", "num_kv_heads", "causal", "sliding_window", "softcap", "alibi", "scale"],
+    "transformer_encoder_layer": ["embed_dim", "num_heads", "ffn_dim", "activation", "norm_first", "layer_norm_eps",
+                                  "causal"],
+    "transformer_decoder_layer": ["embed_dim", "num_heads", "ffn_dim", "activation", "norm_first", "layer_norm_eps",
+                                  "causal"],
 }
 
 # Metadata that says which script and PyTorch made a file (every file has them). --verify

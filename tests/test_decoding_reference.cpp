@@ -1,0 +1,428 @@
+// The decoding features against PyTorch (tests/reference/make_reference.py): GroupedQueryAttention
+// against examples/torch_reference.py's LlamaAttention, the attention core's grouped heads,
+// sliding window, softcap and ALiBi against attention_reference, TransformerEncoderLayer and
+// TransformerDecoderLayer against torch.nn's own layers. GroupedQueryAttention, the decoder
+// layer and MultiHeadAttention self-attention also run incrementally through a KV cache, chunk
+// by chunk, and the concatenated outputs are compared with PyTorch's full-sequence outputs.
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+#include "support.hpp"
+
+namespace {
+
+using namespace attn_test;
+
+/// The chunk sizes of the incremental runs on a sequence of `len` tokens: 1, 3 and the
+/// first size from 7 on that does not divide len (the last chunk is shorter).
+std::vector<Index> chunk_sizes(Index len) {
+  Index odd = 7;
+  while (len % odd == 0) ++odd;
+  return {1, 3, odd};
+}
+
+/// x (B, L, E) fed through f(chunk (B, n, E), first, n) -> (B, n, E') `c` tokens at a time,
+/// the outputs concatenated to (B, L, E').
+template <class T>
+Tensor<T> chunked(const Tensor<T>& x, Index c, const std::function<Tensor<T>(const Tensor<T>&, Index, Index)>& f) {
+  const Index nb = x.size(0), len = x.size(1), e = x.size(2);
+  Tensor<T> out;
+  for (Index j0 = 0; j0 < len; j0 += c) {
+    const Index n = std::min(c, len - j0);
+    Tensor<T> chunk({nb, n, e});
+    for (Index b = 0; b < nb; ++b) std::copy_n(x.data() + (b * len + j0) * e, n * e, chunk.data() + b * n * e);
+    const Tensor<T> y = f(chunk, j0, n);
+    const Index eo = y.size(2);
+    if (j0 == 0) out = Tensor<T>({nb, len, eo});
+    for (Index b = 0; b < nb; ++b) std::copy_n(y.data() + b * n * eo, n * eo, out.data() + (b * len + j0) * eo);
+  }
+  return out;
+}
+
+/// The first n columns of a (B, S) key padding mask: what covers a cache of n tokens.
+Tensor<bool> first_columns(const Tensor<bool>& m, Index n) {
+  Tensor<bool> p({m.size(0), n});
+  for (Index b = 0; b < m.size(0); ++b)
+    for (Index j = 0; j < n; ++j) p(b, j) = m(b, j);
+  return p;
+}
+
+/// A stored BOOL mask, or an empty tensor if the file has none of that name.
+Tensor<bool> stored_bools(const Case& c, const std::string& name) {
+  return c.has(name) ? c.file().get_bool(name) : Tensor<bool>();
+}
+
+/// The file's input masks, by tensor name ("input.<name>" without "input."), sorted, space-separated.
+::testing::AssertionResult HasInputMasks(const Case& c, const std::string& spec) {
+  std::vector<std::string> names;
+  for (const auto& n : c.file().names())
+    if (n.rfind("input.", 0) == 0 && n.size() > 10 && n.compare(n.size() - 4, 4, "mask") == 0)
+      names.push_back(n.substr(6));
+  std::sort(names.begin(), names.end());
+  std::string found;
+  for (const auto& n : names) found += (found.empty() ? "" : " ") + n;
+  if (found == spec) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << c.name() << " holds masks \"" << found << "\", the test expects \"" << spec
+                                       << "\"";
+}
+
+::testing::AssertionResult MetaNumberIs(const Case& c, const std::string& key, double value) {
+  if (value == 0) return c.MetaIs(key, "none");
+  const double v = std::stod(c.meta(key));
+  if (v == value) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << c.name() << ": metadata " << key << " is " << v << ", the test runs "
+                                       << value;
+}
+
+// ---------------------------------------------------------------------------
+// GroupedQueryAttention vs LlamaAttention
+// ---------------------------------------------------------------------------
+
+/// A gqa_attention case and the options the test runs (asserted against the file).
+struct GqaSpec {
+  const char* name;
+  Index num_kv_heads;
+  const char* rope;  ///< "none", "half" (rotate_half) or "interleaved"
+  Index rotary_dim;  ///< 0: all of head_dim
+  double theta;
+  Index window;      ///< 0: none
+  double softcap;    ///< 0: none
+  bool qkv_bias;
+  Index head_dim;    ///< 0: E / H
+  const char* masks;
+};
+
+std::ostream& operator<<(std::ostream& os, const GqaSpec& s) { return os << s.name; }
+
+/// The layer a GqaSpec states, its sizes from the file, its weights loaded.
+template <class T>
+attn::GroupedQueryAttention<T> make_gqa(const Case& c, const GqaSpec& spec) {
+  attn::GqaOptions o;
+  o.qkv_bias = spec.qkv_bias;
+  o.rope = std::string(spec.rope) != "none";
+  o.rotary.rotary_dim = spec.rotary_dim;
+  o.rotary.theta = spec.theta;
+  o.rotary.interleaved = std::string(spec.rope) == "interleaved";
+  if (spec.window > 0) o.sliding_window = spec.window;
+  if (spec.softcap > 0) o.softcap = spec.softcap;
+  attn::GroupedQueryAttention<T> m(c.meta_int("embed_dim"), c.meta_int("num_heads"), spec.num_kv_heads,
+                                   spec.head_dim, o);
+  m.load_state_dict(c.params<T>());
+  return m;
+}
+
+void check_gqa_meta(const Case& c, const GqaSpec& spec) {
+  const bool rope = std::string(spec.rope) != "none";
+  ASSERT_TRUE(c.MetaIs("module", "gqa_attention"));
+  ASSERT_TRUE(c.MetaIs("causal", "bottom_right"));
+  ASSERT_TRUE(c.MetaIs("num_kv_heads", std::to_string(spec.num_kv_heads)));
+  ASSERT_TRUE(c.MetaIs("rope", rope ? "true" : "false"));
+  ASSERT_TRUE(c.MetaIs("rope_interleaved", std::string(spec.rope) == "interleaved" ? "true" : "false"));
+  const Index d = spec.head_dim > 0 ? spec.head_dim : c.meta_int("embed_dim") / c.meta_int("num_heads");
+  ASSERT_TRUE(c.MetaIs("head_dim", std::to_string(d)));
+  ASSERT_TRUE(c.MetaIs("rotary_dim", std::to_string(!rope ? 0 : spec.rotary_dim > 0 ? spec.rotary_dim : d)));
+  ASSERT_TRUE(MetaNumberIs(c, "rope_theta", spec.theta));
+  ASSERT_TRUE(MetaNumberIs(c, "sliding_window", double(spec.window)));
+  ASSERT_TRUE(MetaNumberIs(c, "softcap", spec.softcap));
+  ASSERT_TRUE(c.MetaIs("qkv_bias", spec.qkv_bias ? "true" : "false"));
+  ASSERT_TRUE(c.HasMasks(spec.masks));
+}
+
+template <class T>
+void check_gqa(const GqaSpec& spec, bool incremental) {
+  SCOPED_TRACE(spec.name);
+  const Case c(spec.name);
+  check_gqa_meta(c, spec);
+  if (::testing::Test::HasFatalFailure()) return;
+  const attn::GroupedQueryAttention<T> m = make_gqa<T>(c, spec);
+  const Tensor<T> x = c.get<T>("input.x"), expected = c.get<T>("output.output");
+  const double tol = tolerance<T>(c.is_double());
+  const Tensor<bool> kpm = stored_bools(c, "input.key_padding_mask");
+  if (!incremental) {
+    attn::AttentionArgs<T> args;
+    if (!kpm.empty()) args.key_padding_mask = attn::Mask<T>::block_where_true(kpm);
+    EXPECT_TRUE(AllClose(m.forward(x, args), expected, tol));
+    return;
+  }
+  for (Index step : chunk_sizes(x.size(1))) {
+    attn::KVCache<T> cache = m.make_cache(x.size(0), x.size(1));
+    const Tensor<T> y = chunked<T>(x, step, [&](const Tensor<T>& chunk, Index first, Index n) {
+      attn::AttentionArgs<T> args;
+      const Tensor<bool> seen = kpm.empty() ? Tensor<bool>() : first_columns(kpm, first + n);
+      if (!kpm.empty()) args.key_padding_mask = attn::Mask<T>::block_where_true(seen);
+      return m.forward(chunk, cache, args);
+    });
+    EXPECT_EQ(cache.length(), x.size(1));
+    EXPECT_TRUE(AllClose(y, expected, tol)) << "chunks of " << step;
+  }
+}
+
+const GqaSpec kGqaCases[] = {
+    // name                          K  rope           R  theta   W   cap  bias   D  masks
+    {"gqa_llama_f32", 2, "half", 0, 1e4, 0, 0, false, 0, ""},
+    {"gqa_llama_f64", 2, "half", 0, 1e4, 0, 0, false, 0, ""},
+    {"gqa_mqa_f64", 1, "half", 0, 1e4, 0, 0, false, 0, ""},
+    {"gqa_mha_f32", 4, "half", 0, 1e4, 0, 0, false, 0, ""},
+    {"gqa_interleaved_f32", 2, "interleaved", 0, 1e4, 0, 0, false, 0, ""},
+    {"gqa_partial_rotary_f64", 2, "half", 4, 1e4, 0, 0, false, 0, ""},
+    {"gqa_partial_interleaved_f32", 2, "interleaved", 6, 1e4, 0, 0, false, 0, ""},
+    {"gqa_no_rope_f32", 2, "none", 0, 1e4, 0, 0, false, 0, ""},
+    {"gqa_theta_f64", 1, "half", 0, 5e5, 0, 0, false, 0, ""},
+    {"gqa_window_small_f32", 2, "half", 0, 1e4, 4, 0, false, 0, ""},
+    {"gqa_window_large_f64", 2, "half", 0, 1e4, 50, 0, false, 0, ""},
+    {"gqa_softcap_f32", 2, "half", 0, 1e4, 0, 5, false, 0, ""},
+    {"gqa_qkv_bias_f32", 2, "half", 0, 1e4, 0, 0, true, 0, ""},
+    {"gqa_head_dim_f64", 2, "half", 0, 1e4, 0, 0, false, 10, ""},
+    {"gqa_kpm_f32", 2, "half", 0, 1e4, 0, 0, false, 0, "kpm:bool"},
+    {"gqa_long_window_f32", 2, "half", 0, 1e4, 48, 0, false, 0, ""},
+    {"gqa_long_combined_f64", 1, "interleaved", 8, 5e5, 37, 6, true, 12, ""},
+    {"gqa_combined_f32", 2, "half", 4, 1e6, 20, 8, true, 6, ""},
+};
+
+class GqaReference : public ::testing::TestWithParam<GqaSpec> {};
+TEST_P(GqaReference, Float) { check_gqa<float>(GetParam(), false); }
+TEST_P(GqaReference, Double) { check_gqa<double>(GetParam(), false); }
+TEST_P(GqaReference, IncrementalFloat) { check_gqa<float>(GetParam(), true); }
+TEST_P(GqaReference, IncrementalDouble) { check_gqa<double>(GetParam(), true); }
+
+INSTANTIATE_TEST_SUITE_P(PyTorch, GqaReference, ::testing::ValuesIn(kGqaCases),
+                         [](const ::testing::TestParamInfo<GqaSpec>& info) { return std::string(info.param.name); });
+
+// ---------------------------------------------------------------------------
+// The attention core: grouped heads, sliding window, softcap, ALiBi
+// ---------------------------------------------------------------------------
+
+struct CoreSpec {
+  const char* name;
+  Index num_kv_heads;
+  attn::Causal causal;
+  Index window;    ///< 0: none
+  double softcap;  ///< 0: none
+  bool alibi;
+  const char* masks;
+};
+
+std::ostream& operator<<(std::ostream& os, const CoreSpec& s) { return os << s.name; }
+
+template <class T>
+void check_core(const CoreSpec& spec) {
+  SCOPED_TRACE(spec.name);
+  const Case c(spec.name);
+  ASSERT_TRUE(c.MetaIs("module", "attention_core"));
+  ASSERT_TRUE(c.MetaIs("num_kv_heads", std::to_string(spec.num_kv_heads)));
+  ASSERT_TRUE(c.MetaIs("causal", causal_name(spec.causal)));
+  ASSERT_TRUE(MetaNumberIs(c, "sliding_window", double(spec.window)));
+  ASSERT_TRUE(MetaNumberIs(c, "softcap", spec.softcap));
+  ASSERT_TRUE(c.MetaIs("alibi", spec.alibi ? "true" : "false"));
+  ASSERT_TRUE(c.MetaIs("scale", "default"));
+  ASSERT_TRUE(c.HasMasks(spec.masks));
+  ASSERT_EQ(c.has("input.alibi_slopes"), spec.alibi);
+  const Tensor<T> q = c.get<T>("input.query"), k = c.get<T>("input.key"), v = c.get<T>("input.value");
+  ASSERT_EQ(k.size(1), spec.num_kv_heads);
+  const Tensor<T> slopes = spec.alibi ? c.get<T>("input.alibi_slopes") : Tensor<T>();
+  Tensor<bool> kb, ab;
+  Tensor<T> kf, af, weights;
+  attn::SdpaOptions<T> opt;
+  opt.key_padding_mask = c.mask<T>("input.key_padding_mask", kb, kf);
+  opt.causal = spec.causal;
+  if (spec.window > 0) opt.sliding_window = spec.window;
+  if (spec.softcap > 0) opt.softcap = static_cast<T>(spec.softcap);
+  if (spec.alibi) opt.alibi_slopes = slopes;
+  const double tol = tolerance<T>(c.is_double());
+  const Tensor<T> expected = c.get<T>("output.output");
+  EXPECT_TRUE(AllClose(attn::scaled_dot_product_attention<T>(q, k, v, opt), expected, tol)) << "tiled kernel";
+  opt.attn_weights = &weights;
+  EXPECT_TRUE(AllClose(attn::scaled_dot_product_attention<T>(q, k, v, opt), expected, tol)) << "with weights";
+}
+
+using attn::Causal;
+constexpr auto kNoCausal = Causal::kNone, kTopLeft = Causal::kTopLeft, kBottomRight = Causal::kBottomRight;
+
+const CoreSpec kCoreCases[] = {
+    {"core_gqa_f32", 2, kNoCausal, 0, 0, false, ""},
+    {"core_gqa_cross_f64", 1, kNoCausal, 0, 0, false, ""},
+    {"core_window_f32", 2, kNoCausal, 5, 0, false, ""},
+    {"core_window_bottom_right_f64", 2, kBottomRight, 6, 0, false, ""},
+    {"core_window_top_left_f32", 2, kTopLeft, 4, 0, false, ""},
+    {"core_softcap_f64", 2, kNoCausal, 0, 2, false, ""},
+    {"core_alibi_f32", 4, kNoCausal, 0, 0, true, ""},
+    {"core_alibi_bottom_right_f64", 2, kBottomRight, 0, 0, true, ""},
+    {"core_combined_f64", 3, kNoCausal, 7, 3, true, "kpm:bool"},
+    {"core_combined_long_f32", 2, kBottomRight, 40, 4, true, ""},
+};
+
+class AttentionCoreReference : public ::testing::TestWithParam<CoreSpec> {};
+TEST_P(AttentionCoreReference, Float) { check_core<float>(GetParam()); }
+TEST_P(AttentionCoreReference, Double) { check_core<double>(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(PyTorch, AttentionCoreReference, ::testing::ValuesIn(kCoreCases),
+                         [](const ::testing::TestParamInfo<CoreSpec>& info) { return std::string(info.param.name); });
+
+// ---------------------------------------------------------------------------
+// torch.nn.TransformerEncoderLayer and TransformerDecoderLayer
+// ---------------------------------------------------------------------------
+
+struct LayerSpec {
+  const char* name;
+  const char* activation;  ///< "relu" or "gelu"
+  bool norm_first;
+  double eps;
+  attn::Causal causal;
+  const char* masks;  ///< HasInputMasks spelling
+};
+
+std::ostream& operator<<(std::ostream& os, const LayerSpec& s) { return os << s.name; }
+
+/// Asserts the file's layer metadata; returns the options the spec states, sizes from the file.
+attn::TransformerLayerOptions layer_options(const Case& c, const LayerSpec& spec, const char* module) {
+  EXPECT_TRUE(c.MetaIs("module", module));
+  EXPECT_TRUE(c.MetaIs("activation", spec.activation));
+  EXPECT_TRUE(c.MetaIs("norm_first", spec.norm_first ? "true" : "false"));
+  EXPECT_TRUE(MetaNumberIs(c, "layer_norm_eps", spec.eps));
+  EXPECT_TRUE(c.MetaIs("causal", causal_name(spec.causal)));
+  EXPECT_TRUE(HasInputMasks(c, spec.masks));
+  attn::TransformerLayerOptions o;
+  o.dim_feedforward = c.meta_int("ffn_dim");
+  o.dropout = 0.0;
+  o.activation = std::string(spec.activation) == "gelu" ? attn::Activation::kGelu : attn::Activation::kRelu;
+  o.layer_norm_eps = spec.eps;
+  o.norm_first = spec.norm_first;
+  return o;
+}
+
+template <class T>
+void check_encoder(const LayerSpec& spec) {
+  SCOPED_TRACE(spec.name);
+  const Case c(spec.name);
+  const attn::TransformerLayerOptions o = layer_options(c, spec, "transformer_encoder_layer");
+  if (::testing::Test::HasFailure()) return;
+  attn::TransformerEncoderLayer<T> layer(c.meta_int("embed_dim"), c.meta_int("num_heads"), o);
+  layer.load_state_dict(c.params<T>());
+  Tensor<bool> kb, ab;
+  Tensor<T> kf, af;
+  attn::AttentionArgs<T> args;
+  args.key_padding_mask = c.mask<T>("input.src_key_padding_mask", kb, kf);
+  args.attn_mask = c.mask<T>("input.src_mask", ab, af);
+  args.causal = spec.causal;
+  EXPECT_TRUE(AllClose(layer.forward(c.get<T>("input.src"), args), c.get<T>("output.output"),
+                       tolerance<T>(c.is_double())));
+}
+
+const LayerSpec kEncoderCases[] = {
+    {"tel_relu_post_f32", "relu", false, 1e-5, kNoCausal, ""},
+    {"tel_gelu_pre_f64", "gelu", true, 1e-6, kNoCausal, ""},
+    {"tel_kpm_f32", "gelu", false, 1e-3, kNoCausal, "src_key_padding_mask"},
+    {"tel_masks_causal_f64", "relu", true, 1e-5, kTopLeft, "src_key_padding_mask src_mask"},
+    {"tel_long_f32", "relu", true, 1e-5, kNoCausal, "src_key_padding_mask"},
+};
+
+class EncoderLayerReference : public ::testing::TestWithParam<LayerSpec> {};
+TEST_P(EncoderLayerReference, Float) { check_encoder<float>(GetParam()); }
+TEST_P(EncoderLayerReference, Double) { check_encoder<double>(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(PyTorch, EncoderLayerReference, ::testing::ValuesIn(kEncoderCases),
+                         [](const ::testing::TestParamInfo<LayerSpec>& info) { return std::string(info.param.name); });
+
+/// The decoder's full forward, or (incremental) encode_memory then chunks through the caches.
+template <class T>
+void check_decoder(const LayerSpec& spec, bool incremental) {
+  SCOPED_TRACE(spec.name);
+  const Case c(spec.name);
+  const attn::TransformerLayerOptions o = layer_options(c, spec, "transformer_decoder_layer");
+  if (::testing::Test::HasFailure()) return;
+  attn::TransformerDecoderLayer<T> layer(c.meta_int("embed_dim"), c.meta_int("num_heads"), o);
+  layer.load_state_dict(c.params<T>());
+  const Tensor<T> tgt = c.get<T>("input.tgt"), memory = c.get<T>("input.memory"), expected = c.get<T>("output.output");
+  const Tensor<bool> tgt_kpm = stored_bools(c, "input.tgt_key_padding_mask"),
+                     mem_kpm = stored_bools(c, "input.memory_key_padding_mask");
+  attn::DecoderArgs<T> args;
+  if (!mem_kpm.empty()) args.memory.key_padding_mask = attn::Mask<T>::block_where_true(mem_kpm);
+  const double tol = tolerance<T>(c.is_double());
+  if (!incremental) {
+    if (!tgt_kpm.empty()) args.self.key_padding_mask = attn::Mask<T>::block_where_true(tgt_kpm);
+    args.self.causal = spec.causal;
+    EXPECT_TRUE(AllClose(layer.forward(tgt, memory, args), expected, tol));
+    return;
+  }
+  ASSERT_NE(spec.causal, kNoCausal) << "a cache decodes causally";
+  for (Index step : chunk_sizes(tgt.size(1))) {
+    attn::DecoderCache<T> cache = layer.make_cache(tgt.size(0), tgt.size(1), memory.size(1));
+    layer.encode_memory(memory, cache);
+    const Tensor<T> y = chunked<T>(tgt, step, [&](const Tensor<T>& chunk, Index first, Index n) {
+      attn::DecoderArgs<T> a = args;
+      const Tensor<bool> seen = tgt_kpm.empty() ? Tensor<bool>() : first_columns(tgt_kpm, first + n);
+      if (!tgt_kpm.empty()) a.self.key_padding_mask = attn::Mask<T>::block_where_true(seen);
+      return layer.forward(chunk, cache, a);
+    });
+    EXPECT_TRUE(AllClose(y, expected, tol)) << "chunks of " << step;
+  }
+}
+
+const LayerSpec kDecoderCases[] = {
+    {"tdl_relu_post_f32", "relu", false, 1e-5, kTopLeft, ""},
+    {"tdl_gelu_pre_f64", "gelu", true, 1e-6, kTopLeft, ""},
+    {"tdl_masks_f32", "relu", false, 1e-3, kTopLeft, "memory_key_padding_mask tgt_key_padding_mask"},
+    {"tdl_long_f32", "gelu", true, 1e-5, kTopLeft, "memory_key_padding_mask"},
+};
+const LayerSpec kDecoderNoncausalCases[] = {
+    {"tdl_no_causal_f64", "gelu", false, 1e-5, kNoCausal, "memory_key_padding_mask"},
+};
+
+class DecoderLayerReference : public ::testing::TestWithParam<LayerSpec> {};
+TEST_P(DecoderLayerReference, Float) { check_decoder<float>(GetParam(), false); }
+TEST_P(DecoderLayerReference, Double) { check_decoder<double>(GetParam(), false); }
+class DecoderLayerIncremental : public ::testing::TestWithParam<LayerSpec> {};
+TEST_P(DecoderLayerIncremental, Float) { check_decoder<float>(GetParam(), true); }
+TEST_P(DecoderLayerIncremental, Double) { check_decoder<double>(GetParam(), true); }
+
+auto layer_name = [](const ::testing::TestParamInfo<LayerSpec>& info) { return std::string(info.param.name); };
+INSTANTIATE_TEST_SUITE_P(PyTorch, DecoderLayerReference, ::testing::ValuesIn(kDecoderCases), layer_name);
+INSTANTIATE_TEST_SUITE_P(PyTorchNoncausal, DecoderLayerReference, ::testing::ValuesIn(kDecoderNoncausalCases),
+                         layer_name);
+INSTANTIATE_TEST_SUITE_P(PyTorch, DecoderLayerIncremental, ::testing::ValuesIn(kDecoderCases), layer_name);
+
+// ---------------------------------------------------------------------------
+// MultiHeadAttention self-attention through a KV cache vs nn.MultiheadAttention, causal
+// ---------------------------------------------------------------------------
+
+template <class T>
+void check_mha_incremental(const char* name, const char* masks) {
+  SCOPED_TRACE(name);
+  const Case c(name);
+  ASSERT_TRUE(c.MetaIs("module", "multi_head_attention"));
+  ASSERT_TRUE(c.MetaIs("layout", "torch"));
+  ASSERT_TRUE(c.MetaIs("causal", "top_left"));  // L == S: the same as bottom-right
+  ASSERT_TRUE(c.MetaIs("add_bias_kv", "false"));
+  ASSERT_TRUE(c.MetaIs("add_zero_attn", "false"));
+  ASSERT_TRUE(c.HasMasks(masks));
+  const Tensor<T> x = c.get<T>("input.query");
+  ASSERT_TRUE(x.flat() == c.get<T>("input.key").flat() && x.flat() == c.get<T>("input.value").flat())
+      << "a KV cache is self-attention";
+  attn::MultiHeadAttention<T> mha(c.meta_int("embed_dim"), c.meta_int("num_heads"));
+  mha.load_state_dict(c.params<T>());
+  const Tensor<bool> kpm = stored_bools(c, "input.key_padding_mask");
+  for (Index step : chunk_sizes(x.size(1))) {
+    attn::KVCache<T> cache = mha.make_cache(x.size(0), x.size(1));
+    const Tensor<T> y = chunked<T>(x, step, [&](const Tensor<T>& chunk, Index first, Index n) {
+      attn::MhaArgs<T> args;
+      args.causal = attn::Causal::kBottomRight;
+      const Tensor<bool> seen = kpm.empty() ? Tensor<bool>() : first_columns(kpm, first + n);
+      if (!kpm.empty()) args.key_padding_mask = attn::Mask<T>::block_where_true(seen);
+      return mha.forward(chunk, cache, args).output;
+    });
+    EXPECT_TRUE(AllClose(y, c.get<T>("output.output"), tolerance<T>(c.is_double()))) << "chunks of " << step;
+  }
+}
+
+template <class T>
+class MhaIncremental : public ::testing::Test {};
+TYPED_TEST_SUITE(MhaIncremental, Scalars);
+
+TYPED_TEST(MhaIncremental, MatchesCausalPyTorch) {
+  check_mha_incremental<TypeParam>("mha_causal_top_left_f32", "");
+  check_mha_incremental<TypeParam>("mha_fast_causal_top_left_f32", "");
+  check_mha_incremental<TypeParam>("mha_fast_causal_kpm_f64", "kpm:bool");
+}
+
+}  // namespace
