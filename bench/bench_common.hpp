@@ -118,9 +118,10 @@ inline void init_peak() {
 
 /// Runs f once per iteration, timed by wall clock (attn threads with OpenMP, so the main
 /// thread's CPU time would be wrong; register with ->UseManualTime()). Sets the counters
-/// GFLOP/s (flops per call / wall time) and peak_frac (GFLOP/s / measured peak).
+/// GFLOP/s (flops per call / wall time) and peak_frac (GFLOP/s / measured peak). Returns the
+/// mean wall time of a call in seconds.
 template <class F>
-void run(benchmark::State& state, double flops, F&& f) {
+double run(benchmark::State& state, double flops, F&& f) {
   using clock = std::chrono::steady_clock;
   double total = 0.0;
   for (auto _ : state) {
@@ -134,6 +135,7 @@ void run(benchmark::State& state, double flops, F&& f) {
   state.counters["GFLOP/s"] = gflops;
   state.counters["peak_frac"] = setup().peak_gflops > 0.0 ? gflops / setup().peak_gflops : 0.0;
   state.counters["threads"] = setup().threads;
+  return state.iterations() > 0 ? total / double(state.iterations()) : 0.0;
 }
 
 /// Deterministic inputs in [0, 1).

@@ -88,6 +88,11 @@ def encoder_flops(b, n, c, f, h):
     return mha_flops(b, n, c, h) + linear_flops(b * n, c, f) + linear_flops(b * n, f, c)
 
 
+def gqa_prefill_flops(b, n, e, h, k, d):
+    """Projections to H + 2K heads and back, and the causal core (n (n + 1) / 2 pairs)."""
+    return linear_flops(b * n, e, (2 * h + 2 * k) * d) + core_flops(b, h, n, (n + 1) / 2, d, d)
+
+
 # ---------------------------------------------------------------------------------------
 # safetensors (no safetensors package on Debian 12): written with the fixture generator's
 # writer, tests/reference/make_reference.py; read with the reader below, which accepts
@@ -196,6 +201,18 @@ def linear(rows, k, n):
         ort=OrtModel(lambda state, x: onnx_models.linear_model(state, x["x"].shape)))
 
 
+def gqa_prefill(n, e, h, k, d):
+    """A Llama-3-8B-shaped attention layer over a prompt of n tokens (causal, RoPE), against HF's
+    eager LlamaAttention (torch_reference.LlamaAttention, float32)."""
+    return Workload(
+        f"GQA prefill (1, {n}, {e}), {h} heads, {k} kv heads",
+        lambda: ref.LlamaAttention(e, h, k, d, rope_theta=500000.0),
+        lambda: {"x": randn(1, n, e)},
+        ["--module", "gqa_attention", "--embed-dim", str(e), "--num-heads", str(h), "--num-kv-heads", str(k),
+         "--head-dim", str(d), "--rope-theta", "500000"],
+        gqa_prefill_flops(1, n, e, h, k, d), 2.0)
+
+
 def workloads(need_weights):
     """The speed-target workloads, the attention cores and the projection GEMM that ORT is
     compared on, and every module of torch_reference.py at a typical shape."""
@@ -212,6 +229,7 @@ def workloads(need_weights):
                label="multi-head (64, 10, 128), 8 heads (nn.MultiheadAttention)"),
         *(core(1, 8, n, d) for n, d in ((2048, 64), (4096, 64), (1024, 128), (4096, 8), (4096, 16))),
         linear(2048, 512, 1536),
+        gqa_prefill(2048, 4096, 32, 8, 128),
         Workload("SeparateProjectionMultiHeadAttention (64, 10, 128), 8 heads",
                  lambda: ref.SeparateProjectionMultiHeadAttention(128, 8),
                  lambda: {"query": randn(64, 10, 128)},

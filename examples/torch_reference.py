@@ -15,7 +15,7 @@ and `attention_reference` below write them from the upstream formulas.
 Needs PyTorch (Debian: apt-get install python3-torch python3-numpy, then /usr/bin/python3).
 Run as a script, it prints the output shape of each module on a small input.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -351,20 +351,33 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        return self.step(x, None, key_padding_mask)[0]
+
+    def step(self, x: Tensor, past: Optional[Tuple[Tensor, Tensor]] = None,
+             key_padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        """Decoding, as HF runs it with past_key_values: x (B, L, E) at positions S0 .. S0 + L - 1
+        after a cache past = (keys, values) (B, K, S0, D) of rotated keys (None: S0 = 0); the
+        new keys and values are appended with torch.cat (a new tensor every step) and the
+        queries attend bottom-right causally over all S = S0 + L. key_padding_mask is (B, S).
+        Returns (output (B, L, E), (keys, values) (B, K, S, D))."""
         B, L, _ = x.shape
+        start = 0 if past is None else past[0].shape[2]
         q = self.q_proj(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.rope:
-            cos, sin = rotary_cos_sin(torch.arange(L), self.rotary_dim, self.rope_theta, self.interleaved, x.dtype)
+            cos, sin = rotary_cos_sin(torch.arange(start, start + L), self.rotary_dim, self.rope_theta,
+                                      self.interleaved, x.dtype)
             q, k = apply_rotary(q, cos, sin, self.interleaved), apply_rotary(k, cos, sin, self.interleaved)
-        bias = torch.zeros(B, 1, L, L, dtype=x.dtype).masked_fill(
-            causal_window_mask(L, L, "bottom_right", self.sliding_window), float("-inf"))
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+        S = k.shape[2]
+        bias = torch.zeros(B, 1, L, S, dtype=x.dtype).masked_fill(
+            causal_window_mask(L, S, "bottom_right", self.sliding_window), float("-inf"))
         if key_padding_mask is not None:
             bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
         out = eager_attention(q, k, v, self.head_dim ** -0.5, self.softcap, bias)
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim))
-
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim)), (k, v)
 
 if __name__ == "__main__":
     torch.manual_seed(0)

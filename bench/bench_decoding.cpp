@@ -1,0 +1,190 @@
+// Decoding benchmarks: a Llama-3-8B-shaped grouped-query attention layer (E 4096, H 32,
+// K 8, D 128, RoPE) stepping one token at a time over a KV cache, its prefill, the
+// attention core with grouped vs full key/value heads, and 256 decoded tokens with the
+// cache vs recomputing the prefix. bench/README.md says what each counter means.
+#include <algorithm>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "bench_common.hpp"
+
+namespace {
+
+using attn::Index;
+using attn_bench::run;
+
+// ---- memory read bandwidth, measured here: the roof of a decode step ------------------------
+
+/// GB/s of summing a 1 GiB buffer with all of attn's threads (best of 5 passes after one that
+/// faults the pages in): the rate at which a decode step can stream weights and cache.
+double read_bandwidth_gbs() {
+  static const double gbs = [] {
+    const Index n = Index(1) << 28;  // floats: 1 GiB
+    std::vector<float> buffer(static_cast<std::size_t>(n), 1.0f);
+    double best = 0.0, sink = 0.0;
+    for (int pass = 0; pass < 6; ++pass) {
+      const auto t0 = std::chrono::steady_clock::now();
+      double sum = 0.0;
+#pragma omp parallel for reduction(+ : sum) num_threads(attn_bench::setup().threads) schedule(static)
+      for (Index c = 0; c < 64; ++c)
+        sum += Eigen::Map<const Eigen::ArrayXf>(buffer.data() + c * (n / 64), n / 64).sum();
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      sink += sum;
+      if (pass > 0) best = std::max(best, double(n) * sizeof(float) / secs * 1e-9);
+    }
+    benchmark::DoNotOptimize(sink);
+    return best;
+  }();
+  return gbs;
+}
+
+void BM_ReadBandwidth(benchmark::State& state) {
+  for (auto _ : state) state.SetIterationTime(1.0);
+  state.counters["read_GB/s"] = read_bandwidth_gbs();
+}
+BENCHMARK(BM_ReadBandwidth)->Iterations(1)->UseManualTime();
+
+// ---- the layer ----------------------------------------------------------------------------
+
+struct LayerShape {
+  Index e, h, k, d;
+};
+
+/// The layer of the benchmarks: GroupedQueryAttention(E, H, K, D), RoPE theta 500000 (Llama 3).
+attn::GroupedQueryAttention<float> make_layer(const LayerShape& s) {
+  attn::GqaOptions o;
+  o.rotary.theta = 500000.0;
+  return attn::GroupedQueryAttention<float>(s.e, s.h, s.k, s.d, o);
+}
+
+/// Bytes of the four projection weights.
+double weight_bytes(const LayerShape& s) { return 4.0 * double(s.e) * double((2 * s.h + 2 * s.k) * s.d); }
+
+/// Fills the first `length` positions of a cache with deterministic values.
+void fill_cache(attn::KVCache<float>& cache, Index length) {
+  const attn::HeadsView<float> k = cache.next_keys(length), v = cache.next_values(length);
+  for (Index b = 0; b < k.batch; ++b)
+    for (Index h = 0; h < k.heads; ++h) {
+      k.head(b, h).setRandom();
+      v.head(b, h).setRandom();
+    }
+  cache.commit(length);
+}
+
+/// The counters of a decode step that read `bytes` and yielded `tokens` in `secs`.
+void step_counters(benchmark::State& state, double bytes, Index tokens, double secs) {
+  if (secs <= 0.0) return;
+  state.counters["ms/step"] = secs * 1e3;
+  state.counters["tokens/s"] = double(tokens) / secs;
+  state.counters["MB/step"] = bytes * 1e-6;
+  state.counters["GB/s"] = bytes / secs * 1e-9;
+  state.counters["bw_frac"] = bytes / secs * 1e-9 / read_bandwidth_gbs();
+}
+
+// ---- one decode step ----------------------------------------------------------------------
+
+/// One new token per sequence at context `ctx` (the cache holds ctx positions; each step
+/// appends one, then the cache is rolled back). Counters: ms per step (each step yields B
+/// tokens), bytes read per step (weights + the cache's keys and values) / time, and that as a
+/// fraction of the measured read bandwidth.
+void BM_DecodeStep(benchmark::State& state) {
+  const LayerShape s{state.range(0), state.range(1), state.range(2), state.range(3)};
+  const Index b = state.range(4), ctx = state.range(5);
+  const auto layer = make_layer(s);
+  attn::KVCache<float> cache = layer.make_cache(b, ctx + 1);
+  fill_cache(cache, ctx);
+  const auto x = attn_bench::input({b, 1, s.e});
+  const double flops = attn_bench::linear_flops(b, s.e, double((2 * s.h + 2 * s.k) * s.d)) +
+                       attn_bench::core_flops(b, s.h, 1, ctx + 1, s.d, s.d);
+  const double secs = run(state, flops, [&] {
+    cache.truncate(ctx);
+    benchmark::DoNotOptimize(layer.forward(x, cache));
+  });
+  step_counters(state, weight_bytes(s) + 8.0 * double(b * s.k * (ctx + 1) * s.d), b, secs);
+}
+BENCHMARK(BM_DecodeStep)
+    ->ArgNames({"E", "H", "K", "D", "B", "ctx"})
+    ->ArgsProduct({{4096}, {32}, {8}, {128}, {1, 8}, {512, 4096, 16384}})
+    ->Args({256, 8, 2, 32, 1, 64})  // a small layer: the ctest smoke case
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+// ---- prefill: the whole prompt in one causal pass ----------------------------------------
+
+/// Causal attention computes about half of the (L x L) scores: FLOPs counted as L (L + 1) / 2 pairs.
+double causal_core_flops(Index b, Index h, Index l, Index d) {
+  return attn_bench::core_flops(b, h, l, double(l + 1) / 2.0, d, d);
+}
+
+void BM_GqaPrefill(benchmark::State& state) {
+  const LayerShape s{state.range(0), state.range(1), state.range(2), state.range(3)};
+  const Index b = state.range(4), len = state.range(5);
+  const auto layer = make_layer(s);
+  const auto x = attn_bench::input({b, len, s.e});
+  run(state,
+      attn_bench::linear_flops(b * len, s.e, double((2 * s.h + 2 * s.k) * s.d)) + causal_core_flops(b, s.h, len, s.d),
+      [&] { benchmark::DoNotOptimize(layer.forward(x)); });
+}
+BENCHMARK(BM_GqaPrefill)
+    ->ArgNames({"E", "H", "K", "D", "B", "L"})
+    ->Args({4096, 32, 8, 128, 1, 2048})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+/// The causal attention core of that prefill, q (1, 32, L, 128) over k and v with K heads:
+/// K = 8 (grouped, each key/value head read by 4 query heads) against K = 32 (MHA).
+void BM_CausalCore(benchmark::State& state) {
+  const Index h = state.range(0), k = state.range(1), len = state.range(2), d = state.range(3);
+  const auto q = attn_bench::input({1, h, len, d}, 1), kk = attn_bench::input({1, k, len, d}, 2),
+             v = attn_bench::input({1, k, len, d}, 3);
+  attn::SdpaOptions<float> opt;
+  opt.causal = attn::Causal::kBottomRight;
+  run(state, causal_core_flops(1, h, len, d),
+      [&] { benchmark::DoNotOptimize(attn::scaled_dot_product_attention<float>(q, kk, v, opt)); });
+}
+BENCHMARK(BM_CausalCore)
+    ->ArgNames({"H", "K", "L", "D"})
+    ->Args({32, 8, 2048, 128})
+    ->Args({32, 32, 2048, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+// ---- 256 tokens: KV cache vs recomputing the prefix ---------------------------------------
+
+/// Decodes `count` tokens after a prompt of `ctx`: with a cache (the prompt in one chunk, then
+/// one token per step) or recomputing the whole prefix at each token (forward over ctx + t
+/// tokens). Both include the prompt's pass. The inputs are fixed rows (no sampling): the
+/// layer's work is what is timed.
+void BM_Decode256(benchmark::State& state) {
+  const LayerShape s{state.range(0), state.range(1), state.range(2), state.range(3)};
+  const Index ctx = state.range(4), count = state.range(5);
+  const bool cached = state.range(6) != 0;
+  const auto layer = make_layer(s);
+  const auto x = attn_bench::input({1, ctx + count, s.e});
+  const auto prefix = [&](Index begin, Index n) {
+    return attn::TensorView<const float>(x.data() + begin * s.e, {1, n, s.e});
+  };
+  attn::KVCache<float> cache = layer.make_cache(1, ctx + count);
+  const double secs = run(state, 0.0, [&] {
+    if (cached) {
+      cache.reset();
+      benchmark::DoNotOptimize(layer.forward(prefix(0, ctx), cache));
+      for (Index t = 1; t < count; ++t) benchmark::DoNotOptimize(layer.forward(prefix(ctx + t - 1, 1), cache));
+    } else {
+      for (Index t = 0; t < count; ++t) benchmark::DoNotOptimize(layer.forward(prefix(0, ctx + t)));
+    }
+  });
+  state.counters["ms/token"] = secs * 1e3 / double(count);
+}
+BENCHMARK(BM_Decode256)
+    ->ArgNames({"E", "H", "K", "D", "ctx", "tokens", "cache"})
+    ->Args({512, 8, 2, 64, 2048, 256, 1})
+    ->Args({512, 8, 2, 64, 2048, 256, 0})
+    ->Iterations(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+ATTN_BENCHMARK_MAIN()
