@@ -40,8 +40,10 @@ Modules (the constructor flags are attn_run's, see attn_run --help):
                           interleaved, sliding_window, softcap): HF Llama / Mistral / Qwen2
                           attention, causal
 All but nn.MultiheadAttention and the torch.nn layers are defined in torch_reference.py, next
-to this script. --incremental C is passed on to attn_run (gqa_attention and the decoder layer
-run through a KV cache C tokens at a time; PyTorch's reference is the full causal pass).
+to this script. --incremental C is passed on to attn_run (gqa_attention, the decoder layer and
+multi_head_attention with --causal run through a KV cache C tokens at a time; PyTorch's
+reference is the full causal pass). gqa_attention and multi_head_attention take
+--key-padding-mask, which attn_run's incremental runs cut to the tokens cached so far.
 
 Your own model: --state-dict FILE.pt (a state_dict or a whole module saved with torch.save)
 and, when the module is part of a bigger model, --prefix (e.g. blocks.0.attn.). The
@@ -73,14 +75,15 @@ TORCH_LAYER_FLAGS = {"num_heads", "ffn_dim", "activation", "norm_first"}
 MODULE_FLAGS = {
     "self_attention": set(),
     "multi_head_attention": {"num_heads", "kdim", "vdim", "no_bias", "add_bias_kv", "add_zero_attn", "layout",
-                             "source_length", "key_padding_mask", "attn_mask", "need_weights", "per_head_weights"},
+                             "source_length", "key_padding_mask", "attn_mask", "need_weights", "per_head_weights",
+                             "causal", "incremental"},
     "talking_heads": {"num_heads", "qkv_bias"},
     "attention_block": {"num_heads"},
     "transformer_encoder": {"num_heads", "ffn_dim"},
     "transformer_encoder_layer": TORCH_LAYER_FLAGS,
     "transformer_decoder_layer": TORCH_LAYER_FLAGS | {"source_length", "incremental"},
     "gqa_attention": {"num_heads", "num_kv_heads", "head_dim", "rope_theta", "no_rope", "rotary_dim",
-                      "rope_interleaved", "qkv_bias", "sliding_window", "softcap", "incremental"},
+                      "rope_interleaved", "qkv_bias", "sliding_window", "softcap", "incremental", "key_padding_mask"},
 }
 REQUIRED = {"multi_head_attention": {"num_heads"}, "attention_block": {"num_heads"},
             "transformer_encoder": {"ffn_dim"}, "transformer_encoder_layer": {"num_heads", "ffn_dim"},
@@ -88,7 +91,7 @@ REQUIRED = {"multi_head_attention": {"num_heads"}, "attention_block": {"num_head
 # Flags passed on to attn_run as they are: (dest, attn_run takes a value).
 PASSED_ON = [("num_kv_heads", True), ("head_dim", True), ("rope_theta", True), ("no_rope", False),
              ("rotary_dim", True), ("rope_interleaved", False), ("sliding_window", True), ("softcap", True),
-             ("activation", True), ("norm_first", False), ("incremental", True)]
+             ("activation", True), ("norm_first", False), ("incremental", True), ("causal", False)]
 TOLERANCE = {"F32": 1e-5, "F64": 1e-12}
 
 
@@ -276,6 +279,8 @@ def check_args(a, p):
         a.num_heads = 8 if a.module in ("talking_heads", "transformer_encoder") else 1
     if a.embed_dim % a.num_heads and a.head_dim is None:
         p.error(f"--num-heads {a.num_heads} does not divide --embed-dim {a.embed_dim}")
+    if a.module == "gqa_attention" and a.key_padding_mask == "float":
+        p.error("--key-padding-mask float: LlamaAttention takes a bool key padding mask")
     if a.module == "gqa_attention" and a.num_heads % a.num_kv_heads:
         p.error(f"--num-heads {a.num_heads} is not a multiple of --num-kv-heads {a.num_kv_heads}")
     if a.no_rope and (a.rope_theta or a.rotary_dim or a.rope_interleaved):
@@ -291,9 +296,15 @@ def check_args(a, p):
                 p.error("--no-bias: SeparateProjectionMultiHeadAttention always has biases")
             if a.layout == "mobilevit" and a.source_length is not None:
                 p.error("--source-length: MobileViTAttention is self-attention only")
-        if a.key_padding_mask == "float" and a.attn_mask:
-            p.error("a float --key-padding-mask with an --attn-mask: PyTorch 1.13 ORs them (any nonzero "
-                    "float masks), PyTorch >= 2.0 and attn add them; give one of them only")
+        if (a.causal or a.incremental) and (a.layout != "torch" or a.source_length is not None or a.kdim or a.vdim
+                                            or a.attn_mask or a.add_bias_kv or a.add_zero_attn):
+            p.error("--causal / --incremental: self-attention with --layout torch, no --attn-mask, "
+                    "--add-bias-kv or --add-zero-attn")
+        if a.incremental and not a.causal:
+            p.error("--incremental: multi_head_attention decodes causally; give --causal")
+        if a.key_padding_mask == "float" and (a.attn_mask or a.causal):
+            p.error("a float --key-padding-mask with an --attn-mask or --causal: PyTorch 1.13 ORs them (any "
+                    "nonzero float masks), PyTorch >= 2.0 and attn add them; give one of them only")
 
 
 def export(a, torch, ref):
@@ -333,6 +344,8 @@ def export(a, torch, ref):
                 inputs["key_padding_mask"] = kpm
             if am is not None:
                 inputs["attn_mask"] = am
+            if a.causal:  # attn_run --causal masks by itself: not an input
+                am = torch.ones(L, L, dtype=torch.bool).triu(1)
             kw = dict(key_padding_mask=kpm, attn_mask=am, need_weights=a.need_weights,
                       average_attn_weights=not a.per_head_weights)
             call = lambda: module(query, key, value, **kw)  # noqa: E731
@@ -345,6 +358,11 @@ def export(a, torch, ref):
         inputs = {"tgt": tgt, "memory": memory}
         causal = torch.ones(L, L, dtype=torch.bool).triu(1)  # True = masked: attn_run's decoder is causal
         call = lambda: (module(tgt, memory, tgt_mask=causal), None)  # noqa: E731
+    elif a.module == "gqa_attention":
+        x = torch.randn(B, L, E, dtype=dtype)
+        kpm = draw_masks(a, torch, B, a.num_heads, L, L, dtype)[0]
+        inputs = {"x": x, **({"key_padding_mask": kpm} if kpm is not None else {})}
+        call = lambda: (module(x, key_padding_mask=kpm), None)  # noqa: E731
     else:
         x = torch.randn((B, E, L) if a.module == "attention_block" else (B, L, E), dtype=dtype)
         inputs = {"x": x}
@@ -437,7 +455,9 @@ def main(argv=None):
     p.add_argument("--activation", choices=("relu", "gelu"), help="transformer_*_layer: default relu")
     p.add_argument("--norm-first", action="store_true", help="transformer_*_layer: pre-norm")
     p.add_argument("--incremental", type=int, metavar="C",
-                   help="gqa_attention, transformer_decoder_layer: attn_run decodes C tokens at a time")
+                   help="gqa_attention, transformer_decoder_layer, multi_head_attention --causal: attn_run "
+                        "decodes C tokens at a time")
+    p.add_argument("--causal", action="store_true", help="multi_head_attention: causal self-attention")
     p.add_argument("--no-bias", action="store_true")
     p.add_argument("--add-bias-kv", action="store_true")
     p.add_argument("--add-zero-attn", action="store_true")

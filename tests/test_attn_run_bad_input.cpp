@@ -374,6 +374,41 @@ TEST_F(AttnRunBadInput, BadCommandLines) {
                  "--output");
 }
 
+TEST_F(AttnRunBadInput, DecodingFlagsAndInputs) {
+  const std::string w = path("mha_weights"), q = path("query");
+  // --incremental: the key padding mask must cover the whole sequence (it is cut per chunk);
+  // an attn_mask has no incremental meaning; no attention weights.
+  SafetensorsWriter m;
+  m.add("query", Tensor<float>({2, 3, 8}, 0.25f));
+  m.add("attn_mask", Tensor<bool>({3, 3}, false));
+  m.write(path("query_am"));
+  expect_failure(mha_args(w, path("query_am"), {"--incremental", "2"}), 1, "attn_mask");
+  SafetensorsWriter k;
+  k.add("query", Tensor<float>({2, 3, 8}, 0.25f));
+  k.add("key_padding_mask", Tensor<bool>({2, 4}, false));
+  k.write(path("query_kpm"));
+  expect_failure(mha_args(w, path("query_kpm"), {"--incremental", "2"}), 1, "key_padding_mask");
+  expect_failure(mha_args(w, q, {"--incremental", "2", "--need-weights"}), 2, "--incremental");
+  expect_failure(mha_args(w, q, {"--incremental", "0"}), 2, "--incremental");
+  // gqa_attention's options, checked before any file is read.
+  const auto gqa = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a{"--module", "gqa_attention", "--embed-dim", "8", "--num-heads", "4",
+                               "--weights", w, "--inputs", q, "--output", output()};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  expect_failure(gqa({"--num-kv-heads", "3"}), 2, "--num-kv-heads 3");
+  expect_failure(gqa({"--num-kv-heads", "2", "--rotary-dim", "1"}), 2, "--rotary-dim 1");
+  expect_failure(gqa({"--num-kv-heads", "2", "--rotary-dim", "4"}), 2, "--rotary-dim 4");  // > head_dim 2
+  expect_failure(gqa({"--num-kv-heads", "2", "--no-rope", "--rope-theta", "500"}), 2, "--no-rope");
+  expect_failure(gqa({"--num-kv-heads", "2", "--sliding-window", "0"}), 2, "--sliding-window");
+  expect_failure(gqa({"--num-kv-heads", "2", "--softcap", "-1"}), 2, "--softcap");
+  expect_failure(gqa({"--num-kv-heads", "2", "--activation", "gelu"}), 2, "--activation");
+  expect_failure({"--module", "transformer_encoder_layer", "--embed-dim", "8", "--num-heads", "2", "--ffn-dim", "4",
+                  "--activation", "tanh", "--weights", w, "--inputs", q, "--output", output()},
+                 2, "--activation");
+}
+
 #else
 
 TEST(AttnRunBadInput, Skipped) { GTEST_SKIP() << "attn_run is not built in this tree (needs examples and attn::io)"; }

@@ -355,8 +355,9 @@ bool same_values(const attn::Tensor<T>& a, const attn::Tensor<T>& b) {
          std::equal(a.data(), a.data() + a.numel(), b.data(), [](T x, T y) { return std::memcmp(&x, &y, sizeof(T)) == 0; });
 }
 
-/// A (B, L, E) sequence fed through f C tokens at a time (f(chunk) gives (B, c, E')), the
-/// outputs concatenated: what --incremental runs through a KV cache.
+/// A (B, L, E) sequence fed through f C tokens at a time (f(chunk, end) gives (B, c, E') for
+/// the chunk of positions end - c .. end - 1), the outputs concatenated: what --incremental
+/// runs through a KV cache.
 template <class T, class F>
 attn::Tensor<T> chunked(const attn::Tensor<T>& x, Index c, F&& f) {
   const Index nb = x.size(0), len = x.size(1), e = x.size(2);
@@ -365,13 +366,46 @@ attn::Tensor<T> chunked(const attn::Tensor<T>& x, Index c, F&& f) {
     const Index n = std::min(c, len - j0);
     attn::Tensor<T> chunk({nb, n, e});
     for (Index b = 0; b < nb; ++b) std::copy_n(x.data() + (b * len + j0) * e, n * e, chunk.data() + b * n * e);
-    const attn::Tensor<T> y = f(chunk);
+    const attn::Tensor<T> y = f(chunk, j0 + n);
     const Index eo = y.size(2);
     if (j0 == 0) out = attn::Tensor<T>({nb, len, eo});
     for (Index b = 0; b < nb; ++b) std::copy_n(y.data() + b * n * eo, n * eo, out.data() + (b * len + j0) * eo);
   }
   return out;
 }
+
+/// The key padding mask (B, L) of an incremental run, cut for each chunk to the keys cached
+/// so far (the first `end`); an attn_mask has no incremental meaning here and is refused.
+template <class T>
+class ChunkMasks {
+ public:
+  ChunkMasks(const attn::AttentionArgs<T>& args, Index batch, Index len) : mask_(args.key_padding_mask) {
+    if (!args.attn_mask.empty()) throw std::runtime_error("--incremental takes a key_padding_mask but no attn_mask");
+    if (!mask_.empty() && mask_.shape() != attn::Shape{batch, len})
+      throw std::runtime_error("--incremental: key_padding_mask has shape " + attn::to_string(mask_.shape()) +
+                               ", expected (batch, length) = " + attn::to_string({batch, len}));
+  }
+
+  /// The mask of keys 0 .. end - 1 (empty if there is none).
+  attn::Mask<T> upto(Index end) {
+    if (mask_.empty()) return mask_;
+    const Index nb = mask_.shape()[0], len = mask_.shape()[1];
+    if (mask_.kind() == attn::Mask<T>::Kind::kAdditive) {
+      additive_ = attn::Tensor<T>({nb, end});
+      for (Index b = 0; b < nb; ++b) std::copy_n(mask_.additive_data() + b * len, end, additive_.data() + b * end);
+      return attn::Mask<T>::additive(additive_.view());
+    }
+    bools_ = attn::Tensor<bool>({nb, end});
+    for (Index b = 0; b < nb; ++b) std::copy_n(mask_.bool_data() + b * len, end, bools_.data() + b * end);
+    return mask_.kind() == attn::Mask<T>::Kind::kKeepWhereTrue ? attn::Mask<T>::keep_where_true(bools_.view())
+                                                                : attn::Mask<T>::block_where_true(bools_.view());
+  }
+
+ private:
+  attn::Mask<T> mask_;
+  attn::Tensor<T> additive_;
+  attn::Tensor<bool> bools_;
+};
 
 attn::TransformerLayerOptions layer_options(const Options& o) {
   attn::TransformerLayerOptions lo;
@@ -398,7 +432,14 @@ std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& 
   if (o.incremental == 0) return [m, &x, args] { return Result<T>{m->forward(x, args), {}}; };
   return [m, &x, args, c = o.incremental] {
     attn::KVCache<T> cache = m->make_cache(x.size(0), x.size(1));
-    return Result<T>{chunked(x, c, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, args); }), {}};
+    ChunkMasks<T> masks(args, x.size(0), x.size(1));
+    return Result<T>{chunked(x, c,
+                             [&](const attn::Tensor<T>& chunk, Index end) {
+                               attn::AttentionArgs<T> a = args;
+                               a.key_padding_mask = masks.upto(end);
+                               return m->forward(chunk, cache, a);
+                             }),
+                     {}};
   };
 }
 
@@ -417,7 +458,14 @@ std::function<Result<T>()> decoder_forward(const Options& o, const Inputs<T>& in
   return [m, &tgt, &memory, args, c = o.incremental] {
     attn::DecoderCache<T> cache = m->make_cache(tgt.size(0), tgt.size(1), memory.size(1));
     m->encode_memory(memory, cache);
-    return Result<T>{chunked(tgt, c, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, args); }), {}};
+    ChunkMasks<T> masks(args.self, tgt.size(0), tgt.size(1));
+    return Result<T>{chunked(tgt, c,
+                             [&](const attn::Tensor<T>& chunk, Index end) {
+                               attn::DecoderArgs<T> a = args;
+                               a.self.key_padding_mask = masks.upto(end);
+                               return m->forward(chunk, cache, a);
+                             }),
+                     {}};
   };
 }
 
@@ -469,7 +517,14 @@ std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, c
         throw std::runtime_error(o.inputs + ": --incremental is self-attention: key and value must be the query");
       return [m, &q, args, c = o.incremental] {
         attn::KVCache<T> cache = m->make_cache(q.size(0), q.size(1));
-        return Result<T>{chunked(q, c, [&](const attn::Tensor<T>& x) { return m->forward(x, cache, args).output; }), {}};
+        ChunkMasks<T> masks(args, q.size(0), q.size(1));
+        return Result<T>{chunked(q, c,
+                                 [&](const attn::Tensor<T>& x, Index end) {
+                                   attn::MhaArgs<T> a = args;
+                                   a.key_padding_mask = masks.upto(end);
+                                   return m->forward(x, cache, a).output;
+                                 }),
+                         {}};
       };
     }
     return [m, &q, &k, vp, args] {
