@@ -1,0 +1,369 @@
+// Decoding: KVCache, rotary position embedding, and the incremental (KV-cached) forward
+// passes of MultiHeadAttention, GroupedQueryAttention and TransformerDecoderLayer.
+// Self-consistency only (PyTorch references live elsewhere):
+//   - the cache holds what was appended, rejects what does not fit and stays unchanged;
+//   - rotary is a rotation by position (norms kept, relative positions, both pairings);
+//   - chunk by chunk equals the one-shot causal pass, for any chunk size;
+//   - errors on the incremental paths leave the caches as they were (length and contents);
+//   - ragged prompts through a key padding mask equal unpadded runs;
+//   - a decode loop neither grows the workspace nor reallocates the caches.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "support.hpp"
+
+namespace {
+
+using namespace attn_test;
+using attn::HeadsView;
+using attn::KVCache;
+using attn::RotaryOptions;
+using attn::Shape;
+
+template <class T>
+class Decoding : public ::testing::Test {};
+TYPED_TEST_SUITE(Decoding, Scalars);
+
+/// Incremental vs one-shot: the same sums in another order, a few ulps relative to max |ref|.
+template <class T>
+double tight() {
+  return std::is_same<T, float>::value ? 1e-5 : 1e-12;
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers: views, copies and slices.
+// ---------------------------------------------------------------------------------------
+
+/// A contiguous (B, H, N, D) tensor as a heads view.
+template <class T>
+HeadsView<const T> heads_of(const Tensor<T>& t) {
+  return HeadsView<const T>::bhnd(t.data(), t.size(0), t.size(1), t.size(2), t.size(3));
+}
+
+/// The contents of a heads view as a contiguous (B, H, N, D) tensor.
+template <class T>
+Tensor<T> copy_heads(const HeadsView<const T>& v) {
+  Tensor<T> t({v.batch, v.heads, v.length, v.head_dim});
+  for (Index b = 0; b < v.batch; ++b)
+    for (Index h = 0; h < v.heads; ++h)
+      Eigen::Map<attn::RowMatrix<T>>(t.data() + (b * v.heads + h) * v.length * v.head_dim, v.length, v.head_dim) =
+          v.head(b, h);
+  return t;
+}
+
+/// x[b0 : b0 + nb, from : from + count, :] of a (B, L, E) tensor.
+template <class T>
+Tensor<T> part(const Tensor<T>& x, Index b0, Index nb, Index from, Index count) {
+  const Index len = x.size(1), e = x.size(2);
+  Tensor<T> y({nb, count, e});
+  for (Index b = 0; b < nb; ++b)
+    std::copy_n(x.data() + ((b0 + b) * len + from) * e, count * e, y.data() + b * count * e);
+  return y;
+}
+
+/// y[:, from : from + chunk.size(1), :] = chunk.
+template <class T>
+void paste(Tensor<T>& y, const Tensor<T>& chunk, Index from) {
+  const Index len = y.size(1), e = y.size(2), c = chunk.size(1);
+  for (Index b = 0; b < y.size(0); ++b) std::copy_n(chunk.data() + b * c * e, c * e, y.data() + (b * len + from) * e);
+}
+
+/// step(chunk) on consecutive chunks of x (B, L, E) of `chunk` tokens (the last one shorter),
+/// the outputs put back together.
+template <class T, class Step>
+Tensor<T> in_chunks(const Tensor<T>& x, Index chunk, Step&& step) {
+  Tensor<T> y(x.shape());
+  for (Index from = 0; from < x.size(1); from += chunk) {
+    const Tensor<T> out = step(part(x, 0, x.size(0), from, std::min(chunk, x.size(1) - from)));
+    EXPECT_EQ(out.shape(), Shape({x.size(0), std::min(chunk, x.size(1) - from), x.size(2)}));
+    paste(y, out, from);
+  }
+  return y;
+}
+
+/// A cache's length and contents, to check that a failed call left it as it was.
+template <class T>
+struct CacheState {
+  explicit CacheState(const KVCache<T>& c) : length(c.length()), keys(copy_heads(c.keys())), values(copy_heads(c.values())) {}
+  Index length;
+  Tensor<T> keys, values;
+};
+
+template <class T>
+::testing::AssertionResult Unchanged(const KVCache<T>& c, const CacheState<T>& before) {
+  if (c.length() != before.length)
+    return ::testing::AssertionFailure() << "length " << c.length() << ", was " << before.length;
+  if (!same_bits(copy_heads(c.keys()), before.keys)) return ::testing::AssertionFailure() << "keys changed";
+  if (!same_bits(copy_heads(c.values()), before.values)) return ::testing::AssertionFailure() << "values changed";
+  return ::testing::AssertionSuccess();
+}
+
+/// Appends `count` random positions to a cache.
+template <class T>
+void fill(KVCache<T>& c, Index count, std::uint64_t seed) {
+  const Shape s{c.batch(), c.kv_heads(), count, c.head_dim()};
+  const Tensor<T> k = random_tensor<T>(s, seed), v = random_tensor<T>(s, seed + 1);
+  c.append(heads_of(k), heads_of(v));
+}
+
+// ---------------------------------------------------------------------------------------
+// KVCache
+// ---------------------------------------------------------------------------------------
+
+// Chunks appended (one contiguous, one a strided view of a (B, C, K*D) projection output)
+// come back in order from keys() and values().
+TYPED_TEST(Decoding, CacheAppendKeepsChunksInOrder) {
+  using T = TypeParam;
+  KVCache<T> c(2, 3, 10, 4);
+  const Tensor<T> k1 = random_tensor<T>({2, 3, 3, 4}, 1), v1 = random_tensor<T>({2, 3, 3, 4}, 2);
+  const Tensor<T> k2 = random_tensor<T>({2, 4, 12}, 3), v2 = random_tensor<T>({2, 4, 12}, 4);  // (B, C, K*D)
+  c.append(heads_of(k1), heads_of(v1));
+  c.append(HeadsView<const T>::bnhd(k2.data(), 2, 4, 3, 4, 12), HeadsView<const T>::bnhd(v2.data(), 2, 4, 3, 4, 12));
+  ASSERT_EQ(c.length(), 7);
+  const Tensor<T> keys = copy_heads(c.keys()), values = copy_heads(c.values());
+  ASSERT_EQ(keys.shape(), Shape({2, 3, 7, 4}));
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 3; ++h)
+      for (Index n = 0; n < 7; ++n)
+        for (Index d = 0; d < 4; ++d) {
+          const T want_k = n < 3 ? k1(b, h, n, d) : k2(b, n - 3, h * 4 + d);
+          const T want_v = n < 3 ? v1(b, h, n, d) : v2(b, n - 3, h * 4 + d);
+          ASSERT_EQ(keys(b, h, n, d), want_k) << b << " " << h << " " << n << " " << d;
+          ASSERT_EQ(values(b, h, n, d), want_v) << b << " " << h << " " << n << " " << d;
+        }
+}
+
+// next_keys / next_values write in place; only commit makes the positions part of the cache.
+TYPED_TEST(Decoding, CacheNextKeysAndCommit) {
+  using T = TypeParam;
+  KVCache<T> c(1, 2, 5, 3);
+  fill(c, 2, 5);
+  const CacheState<T> before(c);
+  const HeadsView<T> k = c.next_keys(2), v = c.next_values(2);
+  ASSERT_EQ(k.shape(), Shape({1, 2, 2, 3}));
+  const Tensor<T> nk = random_tensor<T>({1, 2, 2, 3}, 7), nv = random_tensor<T>({1, 2, 2, 3}, 8);
+  for (Index h = 0; h < 2; ++h) {
+    k.head(0, h) = heads_of(nk).head(0, h);
+    v.head(0, h) = heads_of(nv).head(0, h);
+  }
+  EXPECT_TRUE(Unchanged(c, before));  // written, not committed
+  c.commit(2);
+  ASSERT_EQ(c.length(), 4);
+  for (Index h = 0; h < 2; ++h) {
+    EXPECT_EQ(c.keys().head(0, h).topRows(2), heads_of(before.keys).head(0, h)) << h;
+    EXPECT_EQ(c.keys().head(0, h).bottomRows(2), heads_of(nk).head(0, h)) << h;
+    EXPECT_EQ(c.values().head(0, h).bottomRows(2), heads_of(nv).head(0, h)) << h;
+  }
+  ExpectInvalid([&] { c.next_keys(2); }, {"2 more positions do not fit", "length 4", "capacity 5"});
+  ExpectInvalid([&] { c.next_values(-1); }, {"-1 more positions"});
+  ExpectInvalid([&] { c.commit(2); }, {"2 more positions do not fit"});
+  EXPECT_EQ(c.length(), 4);
+}
+
+// truncate keeps the first positions, reset forgets all; neither frees or moves memory, and
+// appending after them overwrites from the new end.
+TYPED_TEST(Decoding, CacheTruncateResetAndBytes) {
+  using T = TypeParam;
+  KVCache<T> c(2, 3, 8, 4);
+  EXPECT_EQ(c.bytes(), 2 * sizeof(T) * 2 * 3 * 8 * 4);
+  const T* base = c.keys().data;
+  fill(c, 5, 11);
+  const CacheState<T> five(c);
+  c.truncate(3);
+  ASSERT_EQ(c.length(), 3);
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 3; ++h) EXPECT_EQ(c.keys().head(b, h), heads_of(five.keys).head(b, h).topRows(3));
+  ExpectInvalid([&] { c.truncate(4); }, {"truncate", "length 4", "current length 3"});
+  ExpectInvalid([&] { c.truncate(-1); }, {"truncate", "-1"});
+  EXPECT_EQ(c.length(), 3);
+  fill(c, 5, 13);  // fills to capacity again
+  EXPECT_EQ(c.length(), 8);
+  c.reset();
+  EXPECT_EQ(c.length(), 0);
+  EXPECT_EQ(c.keys().shape(), Shape({2, 3, 0, 4}));
+  EXPECT_EQ(c.bytes(), 2 * sizeof(T) * 2 * 3 * 8 * 4);
+  fill(c, 8, 17);
+  EXPECT_EQ(c.keys().data, base);  // never reallocated
+}
+
+// Every misfit is std::invalid_argument naming it, and leaves length and contents as they
+// were; the memory is allocated once (keys() never moves).
+TYPED_TEST(Decoding, CacheRejectsMisfitsUnchanged) {
+  using T = TypeParam;
+  KVCache<T> c(2, 3, 6, 4);
+  const T* base = c.keys().data;
+  fill(c, 4, 21);
+  const CacheState<T> before(c);
+  const auto chunk = [](Shape s, std::uint64_t seed) { return random_tensor<T>(std::move(s), seed); };
+  const auto append = [&](const Tensor<T>& k, const Tensor<T>& v) { c.append(heads_of(k), heads_of(v)); };
+  const Tensor<T> ok = chunk({2, 3, 2, 4}, 23);
+  ExpectInvalid([&] { append(chunk({2, 3, 3, 4}, 1), chunk({2, 3, 3, 4}, 2)); },
+                {"3 more positions do not fit", "length 4", "capacity 6"});
+  ExpectInvalid([&] { append(chunk({1, 3, 2, 4}, 1), chunk({1, 3, 2, 4}, 2)); }, {"append", "k (1, 3, 2, 4)", "batch"});
+  ExpectInvalid([&] { append(chunk({2, 2, 2, 4}, 1), chunk({2, 2, 2, 4}, 2)); }, {"append", "k (2, 2, 2, 4)", "kv_heads"});
+  ExpectInvalid([&] { append(chunk({2, 3, 2, 5}, 1), chunk({2, 3, 2, 5}, 2)); }, {"append", "k (2, 3, 2, 5)", "head_dim"});
+  ExpectInvalid([&] { append(ok, chunk({2, 3, 1, 4}, 2)); }, {"append", "v (2, 3, 1, 4)", "(2, 3, 2, 4)"});
+  ExpectInvalid([&] { append(ok, chunk({2, 3, 2, 3}, 2)); }, {"append", "v (2, 3, 2, 3)"});
+  EXPECT_TRUE(Unchanged(c, before));
+  append(ok, ok);  // fits exactly
+  EXPECT_EQ(c.length(), 6);
+  EXPECT_EQ(c.keys().data, base);
+  ExpectInvalid([] { KVCache<T>(2, -1, 4, 4); }, {"kv_heads (-1)"});
+}
+
+// ---------------------------------------------------------------------------------------
+// Rotary position embedding
+// ---------------------------------------------------------------------------------------
+
+RotaryOptions rotary(Index rotary_dim, bool interleaved, double theta = 10000.0) {
+  RotaryOptions o;
+  o.rotary_dim = rotary_dim;
+  o.interleaved = interleaved;
+  o.theta = theta;
+  return o;
+}
+
+/// The (i, j) pairs a rotary embedding turns together.
+std::vector<std::pair<Index, Index>> rotary_pairs(Index rotary_dim, bool interleaved) {
+  std::vector<std::pair<Index, Index>> p;
+  for (Index i = 0; i < rotary_dim / 2; ++i)
+    p.emplace_back(interleaved ? 2 * i : i, interleaved ? 2 * i + 1 : i + rotary_dim / 2);
+  return p;
+}
+
+TEST(Rotary, RejectsBadOptionsAndViews) {
+  const Tensor<float> x = random_tensor<float>({1, 2, 5, 8}, 1);
+  ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(3, false)); }, {"rotary_dim (3)", "even", "head_dim (8)"});
+  ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(10, true)); }, {"rotary_dim (10)", "at most head_dim (8)"});
+  ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(-2, false)); }, {"rotary_dim (-2)"});
+  for (double theta : {0.0, -1.0, std::numeric_limits<double>::infinity()})
+    ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(0, false, theta)); }, {"theta must be > 0"});
+  ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(0, false), -1); }, {"position_offset (-1)"});
+  const Tensor<float> x3 = random_tensor<float>({2, 5, 8}, 1);
+  ExpectInvalid([&] { attn::apply_rotary<float>(x3, rotary(0, false)); }, {"(B, H, L, D)", "(2, 5, 8)"});
+
+  Tensor<float> y = x;
+  const HeadsView<float> view = HeadsView<float>::bhnd(y.data(), 1, 2, 5, 8);
+  const attn::RotaryTable<float> len4(rotary(0, false), 8, 4), dim6(rotary(0, false), 6, 5);
+  ExpectInvalid([&] { len4.apply(view); }, {"apply_rotary", "view (1, 2, 5, 8)", "length 4"});
+  ExpectInvalid([&] { dim6.apply(view); }, {"apply_rotary", "view (1, 2, 5, 8)", "head_dim 6"});
+  const Tensor<std::int64_t> pos3({3, 5}, std::int64_t(0));
+  const attn::RotaryTable<float> batch3(rotary(0, false), 8, pos3);
+  ExpectInvalid([&] { batch3.apply(view); }, {"apply_rotary", "batch 3"});
+  const Tensor<std::int64_t> pos3d({1, 1, 5}, std::int64_t(0));
+  ExpectInvalid([&] { attn::RotaryTable<float>(rotary(0, false), 8, pos3d); }, {"positions has shape (1, 1, 5)"});
+  EXPECT_TRUE(same_bits(y, x));  // no failed apply touched it
+}
+
+// Each pair keeps its norm; dimensions past rotary_dim pass through bit for bit; the
+// rotated ones do change (position > 0).
+TYPED_TEST(Decoding, RotaryTurnsPairsAndPassesTheRestThrough) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({2, 3, 6, 10}, 31);
+  for (bool interleaved : {false, true})
+    for (Index rd : {10, 4}) {
+      SCOPED_TRACE(std::string(interleaved ? "interleaved" : "rotate_half") + " rotary_dim " + std::to_string(rd));
+      const Tensor<T> y = attn::apply_rotary<T>(x, rotary(rd, interleaved), 5);
+      double worst = 0;
+      bool moved = false;
+      for (Index r = 0; r < 2 * 3 * 6; ++r) {
+        const T* a = x.data() + r * 10;
+        const T* b = y.data() + r * 10;
+        for (auto [i, j] : rotary_pairs(rd, interleaved)) {
+          worst = std::max(worst, std::abs(std::hypot(double(a[i]), double(a[j])) - std::hypot(double(b[i]), double(b[j]))));
+          moved = moved || a[i] != b[i];
+        }
+        for (Index d = rd; d < 10; ++d) ASSERT_EQ(a[d], b[d]) << "row " << r << " dim " << d;
+      }
+      EXPECT_LE(worst, tight<T>());
+      EXPECT_TRUE(moved);
+    }
+}
+
+// An offset p is the explicit positions p .. p+L-1; per-batch positions (B, L) rotate each
+// batch element by its own row; a strided (B, L, H*D) view rotates as its (B, H, L, D) copy.
+TYPED_TEST(Decoding, RotaryPositionsOffsetsAndPerBatchRows) {
+  using T = TypeParam;
+  const Index len = 5, p = 7;
+  const RotaryOptions opt = rotary(6, false);
+  const Tensor<T> x = random_tensor<T>({2, 3, len, 8}, 33);
+  const Tensor<std::int64_t> shared({len}, {p, p + 1, p + 2, p + 3, p + 4});
+  Tensor<T> y = x;
+  attn::RotaryTable<T>(opt, 8, shared).apply(HeadsView<T>::bhnd(y.data(), 2, 3, len, 8));
+  EXPECT_TRUE(same_bits(y, attn::apply_rotary<T>(x, opt, p)));
+  EXPECT_FALSE(same_bits(y, attn::apply_rotary<T>(x, opt, p + 1)));
+
+  const Tensor<std::int64_t> rows({2, len}, {3, 4, 5, 6, 7, 40, 0, 0, 9, 2});
+  Tensor<T> per_batch = x;
+  attn::RotaryTable<T>(opt, 8, rows).apply(HeadsView<T>::bhnd(per_batch.data(), 2, 3, len, 8));
+  for (Index b = 0; b < 2; ++b) {
+    Tensor<T> alone = Tensor<T>::from_data({1, 3, len, 8}, x.data() + b * 3 * len * 8);
+    const Tensor<std::int64_t> row = Tensor<std::int64_t>::from_data({len}, rows.data() + b * len);
+    attn::RotaryTable<T>(opt, 8, row).apply(HeadsView<T>::bhnd(alone.data(), 1, 3, len, 8));
+    EXPECT_TRUE(std::equal(alone.data(), alone.data() + alone.numel(), per_batch.data() + b * alone.numel())) << b;
+  }
+  EXPECT_TRUE(std::equal(per_batch.data(), per_batch.data() + 3 * len * 8, attn::apply_rotary<T>(x, opt, 3).data()));
+
+  Tensor<T> bnhd({2, len, 3 * 8});  // x as (B, L, H*D) rows
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 3; ++h)
+      for (Index n = 0; n < len; ++n)
+        for (Index d = 0; d < 8; ++d) bnhd(b, n, h * 8 + d) = x(b, h, n, d);
+  attn::apply_rotary(HeadsView<T>::bnhd(bnhd.data(), 2, len, 3, 8, 24), opt, p);
+  EXPECT_TRUE(same_bits(copy_heads(HeadsView<const T>::bnhd(bnhd.data(), 2, len, 3, 8, 24)), attn::apply_rotary<T>(x, opt, p)));
+}
+
+/// <R_m q, R_n k> for head vectors q, k (1, 1, 1, D).
+template <class T>
+double rotated_dot(const Tensor<T>& q, const Tensor<T>& k, const RotaryOptions& opt, Index m, Index n) {
+  const Tensor<T> a = attn::apply_rotary<T>(q, opt, m), b = attn::apply_rotary<T>(k, opt, n);
+  double s = 0;
+  for (Index d = 0; d < q.numel(); ++d) s += double(a[d]) * double(b[d]);
+  return s;
+}
+
+// The score of q at position m and k at position n depends on m - n only (both pairings,
+// partial rotary too), and m = n gives the unrotated q . k.
+TYPED_TEST(Decoding, RotaryScoresDependOnRelativePositionOnly) {
+  using T = TypeParam;
+  const Tensor<T> q = random_tensor<T>({1, 1, 1, 8}, 35), k = random_tensor<T>({1, 1, 1, 8}, 36);
+  double qk = 0;
+  for (Index d = 0; d < 8; ++d) qk += double(q[d]) * double(k[d]);
+  for (bool interleaved : {false, true})
+    for (Index rd : {8, 6}) {
+      SCOPED_TRACE(std::string(interleaved ? "interleaved" : "rotate_half") + " rotary_dim " + std::to_string(rd));
+      const RotaryOptions opt = rotary(rd, interleaved);
+      const double base = rotated_dot(q, k, opt, 7, 3);
+      for (auto [m, n] : {std::pair<Index, Index>{4, 0}, {104, 100}, {1003, 999}})
+        EXPECT_NEAR(rotated_dot(q, k, opt, m, n), base, 10 * tight<T>()) << m << " " << n;
+      EXPECT_GT(std::abs(rotated_dot(q, k, opt, 8, 3) - base), 1e-3);  // another distance, another score
+      EXPECT_NEAR(rotated_dot(q, k, opt, 50, 50), qk, 10 * tight<T>());
+    }
+}
+
+// Pairs (2i, 2i+1) and pairs (i, i + R/2) are the same rotation with the dimensions permuted.
+TYPED_TEST(Decoding, RotaryPairingsArePermutationsOfEachOther) {
+  using T = TypeParam;
+  const Index rd = 6, dim = 8;
+  const Tensor<T> x = random_tensor<T>({2, 2, 4, dim}, 37);
+  std::vector<Index> to_half(dim);  // interleaved dim j sits at to_half[j] in rotate_half order
+  for (Index j = 0; j < dim; ++j) to_half[j] = j >= rd ? j : (j % 2 == 0 ? j / 2 : j / 2 + rd / 2);
+  const auto permuted = [&](const Tensor<T>& t) {
+    Tensor<T> out(t.shape());
+    for (Index r = 0; r < t.numel() / dim; ++r)
+      for (Index j = 0; j < dim; ++j) out[r * dim + to_half[j]] = t[r * dim + j];
+    return out;
+  };
+  const Tensor<T> interleaved = attn::apply_rotary<T>(x, rotary(rd, true), 11);
+  const Tensor<T> half = attn::apply_rotary<T>(permuted(x), rotary(rd, false), 11);
+  EXPECT_TRUE(same_bits(permuted(interleaved), half));
+  EXPECT_FALSE(same_bits(interleaved, attn::apply_rotary<T>(x, rotary(rd, false), 11)));
+}
+}  // namespace
