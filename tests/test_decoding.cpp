@@ -366,4 +366,118 @@ TYPED_TEST(Decoding, RotaryPairingsArePermutationsOfEachOther) {
   EXPECT_TRUE(same_bits(permuted(interleaved), half));
   EXPECT_FALSE(same_bits(interleaved, attn::apply_rotary<T>(x, rotary(rd, false), 11)));
 }
+
+// ---------------------------------------------------------------------------------------
+// Incremental == one-shot
+// ---------------------------------------------------------------------------------------
+
+/// One decoding step of either attention layer, returning the output only.
+template <class T>
+Tensor<T> decode(const attn::MultiHeadAttention<T>& m, const Tensor<T>& x, KVCache<T>& cache,
+                 const attn::AttentionArgs<T>& args = {}) {
+  return m.forward(x, cache, attn::MhaArgs<T>(args)).output;
+}
+template <class T>
+Tensor<T> decode(const attn::GroupedQueryAttention<T>& m, const Tensor<T>& x, KVCache<T>& cache,
+                 const attn::AttentionArgs<T>& args = {}) {
+  return m.forward(x, cache, args);
+}
+
+/// `full` (the one-shot outputs for x) against x fed chunk by chunk through a fresh cache,
+/// for chunk sizes 1, 3 and 4 (neither divides 10 or 37).
+template <class T, class Model>
+void expect_chunks_match(const Model& m, const Tensor<T>& x, const Tensor<T>& full) {
+  for (Index chunk : {1, 3, 4}) {
+    SCOPED_TRACE("length " + std::to_string(x.size(1)) + ", chunk " + std::to_string(chunk));
+    KVCache<T> cache = m.make_cache(x.size(0), x.size(1) + 1);
+    const Tensor<T> inc = in_chunks(x, chunk, [&](const Tensor<T>& c) { return decode(m, c, cache); });
+    EXPECT_EQ(cache.length(), x.size(1));
+    EXPECT_TRUE(AllClose(inc, full, tight<T>()));
+  }
+}
+
+TYPED_TEST(Decoding, MhaIncrementalMatchesCausalForward) {
+  using T = TypeParam;
+  attn::MultiHeadAttention<T> m(16, 4);
+  randomize(m, 41);
+  attn::MhaArgs<T> causal;
+  causal.causal = attn::Causal::kBottomRight;
+  for (Index len : {10, 37}) {
+    const Tensor<T> x = random_tensor<T>({2, len, 16}, 43);
+    expect_chunks_match(m, x, m.forward(x, x, x, causal).output);
+  }
+}
+
+struct GqaCase {
+  const char* name;
+  Index embed, heads, kv_heads, head_dim;
+  attn::GqaOptions options;
+};
+
+std::vector<GqaCase> gqa_cases() {
+  attn::GqaOptions half, inter, partial, none, window, cap;
+  inter.rotary.interleaved = true;
+  partial.rotary.rotary_dim = 4;
+  partial.qkv_bias = true;
+  none.rope = false;
+  window.sliding_window = 3;
+  window.rotary.interleaved = true;
+  cap.softcap = 0.3;
+  return {{"multi-query K=1", 16, 4, 1, 0, half},  {"K=H interleaved", 16, 4, 4, 0, inter},
+          {"K=2 of H=6", 24, 6, 2, 0, half},         {"partial rotary 4 of 8, biases", 16, 4, 2, 8, partial},
+          {"no rope", 16, 4, 2, 0, none},            {"sliding window 3", 16, 4, 2, 0, window},
+          {"softcap 0.3, head_dim 6", 16, 4, 2, 6, cap}};
+}
+
+TYPED_TEST(Decoding, GqaIncrementalMatchesFullSequence) {
+  using T = TypeParam;
+  for (const GqaCase& c : gqa_cases()) {
+    SCOPED_TRACE(c.name);
+    attn::GroupedQueryAttention<T> m(c.embed, c.heads, c.kv_heads, c.head_dim, c.options);
+    randomize(m, 47);
+    for (Index len : {10, 37}) {
+      const Tensor<T> x = random_tensor<T>({2, len, c.embed}, 49);
+      expect_chunks_match(m, x, m.forward(x));
+    }
+  }
+}
+
+/// A small decoder layer with random parameters.
+template <class T>
+attn::TransformerDecoderLayer<T> decoder_layer(bool norm_first) {
+  attn::TransformerLayerOptions o;
+  o.dim_feedforward = 32;
+  o.norm_first = norm_first;
+  o.activation = norm_first ? attn::Activation::kGelu : attn::Activation::kRelu;
+  attn::TransformerDecoderLayer<T> layer(16, 4, o);
+  randomize(layer, 51);
+  return layer;
+}
+
+// After encode_memory, the target chunk by chunk (with a memory key padding mask) equals
+// forward(tgt, memory) with causal self-attention.
+TYPED_TEST(Decoding, DecoderIncrementalMatchesFullSequence) {
+  using T = TypeParam;
+  const Tensor<T> memory = random_tensor<T>({2, 7, 16}, 53);
+  Tensor<bool> padded({2, 7}, false);
+  padded(1, 5) = padded(1, 6) = true;
+  attn::DecoderArgs<T> args, causal;
+  args.memory.key_padding_mask = attn::Mask<T>::block_where_true(padded);
+  causal = args;
+  causal.self.causal = attn::Causal::kTopLeft;
+  for (bool norm_first : {false, true}) {
+    const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(norm_first);
+    for (Index len : {10, 37}) {
+      const Tensor<T> tgt = random_tensor<T>({2, len, 16}, 55), full = layer.forward(tgt, memory, causal);
+      for (Index chunk : {1, 3, 4}) {
+        SCOPED_TRACE("norm_first " + std::to_string(norm_first) + ", length " + std::to_string(len) + ", chunk " +
+                     std::to_string(chunk));
+        attn::DecoderCache<T> cache = layer.make_cache(2, len, 7);
+        layer.encode_memory(memory, cache);
+        const Tensor<T> inc = in_chunks(tgt, chunk, [&](const Tensor<T>& c) { return layer.forward(c, cache, args); });
+        EXPECT_TRUE(AllClose(inc, full, tight<T>()));
+      }
+    }
+  }
+}
 }  // namespace
