@@ -480,4 +480,109 @@ TYPED_TEST(Decoding, DecoderIncrementalMatchesFullSequence) {
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// Errors on the incremental paths: std::invalid_argument, the caches unchanged
+// ---------------------------------------------------------------------------------------
+
+TEST(DecodingErrors, GqaRejectsBadConstructorArguments) {
+  using G = attn::GroupedQueryAttention<float>;
+  ExpectInvalid([] { G(16, 4, 3); }, {"num_heads (4)", "multiple of num_kv_heads (3)"});
+  ExpectInvalid([] { G(16, 4, 0); }, {"num_kv_heads (0)", "positive"});
+  attn::GqaOptions o;
+  o.rotary.rotary_dim = 3;
+  ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"rotary_dim (3)", "even"});
+  o.rotary.rotary_dim = 6;
+  ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"rotary_dim (6)", "head_dim (4)"});
+  o.rotary = {};
+  o.rotary.theta = 0;
+  ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"theta must be > 0"});
+  o.rotary = {};
+  for (Index w : {0, -2}) {
+    o.sliding_window = w;
+    ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"sliding_window must be >= 1", std::to_string(w).c_str()});
+  }
+  o.sliding_window.reset();
+  for (double cap : {0.0, -1.0}) {
+    o.softcap = cap;
+    ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"softcap must be > 0"});
+  }
+}
+
+/// decode(m, x[:, from:], cache) against the one-shot outputs `full` of x from there on.
+template <class T, class Model>
+void expect_resumes(const Model& m, const Tensor<T>& x, KVCache<T>& cache, const Tensor<T>& full) {
+  const Index nb = x.size(0), from = cache.length(), rest = x.size(1) - from;
+  EXPECT_TRUE(AllClose(decode(m, part(x, 0, nb, from, rest), cache), part(full, 0, nb, from, rest), tight<T>()));
+}
+
+/// Misfits both attention layers reject on the incremental path (x (2, 8, E), `full` its
+/// one-shot outputs): each leaves the cache as it was, and decoding then resumes exactly.
+template <class T, class Model>
+void expect_misfits_leave_cache_unchanged(const Model& m, Index kv_heads, Index head_dim, const Tensor<T>& x,
+                                          const Tensor<T>& full) {
+  KVCache<T> cache = m.make_cache(2, 8);
+  decode(m, part(x, 0, 2, 0, 3), cache);
+  const CacheState<T> before(cache);
+  const Tensor<T> next = part(x, 0, 2, 3, 2);
+  ExpectInvalid([&] { decode(m, part(x, 0, 2, 2, 6), cache); }, {"6 more tokens do not fit", "length 3", "capacity 8"});
+  const Tensor<bool> four({2, 4}, false), rows({3, 5}, false);  // 5 keys after the append
+  attn::AttentionArgs<T> bad;
+  bad.key_padding_mask = attn::Mask<T>::block_where_true(four);
+  ExpectInvalid([&] { decode(m, next, cache, bad); }, {"key_padding_mask", "(2, 4)"});
+  bad = {};
+  bad.attn_mask = attn::Mask<T>::block_where_true(rows);
+  ExpectInvalid([&] { decode(m, next, cache, bad); }, {"attn_mask", "(3, 5)"});
+  ExpectInvalid([&] { decode(m, part(x, 0, 1, 3, 2), cache); }, {"the cache is (batch 2"});
+  EXPECT_TRUE(Unchanged(cache, before));
+  for (Index nb : {2, 3})
+    for (Index nk : {kv_heads, kv_heads + 1})
+      for (Index d : {head_dim, head_dim + 2}) {
+        if (nb == 2 && nk == kv_heads && d == head_dim) continue;
+        KVCache<T> other(nb, nk, 8, d);
+        fill(other, 3, 61);
+        const CacheState<T> was(other);
+        const std::string is = "(batch " + std::to_string(nb) + ", ", dim = "head_dim " + std::to_string(d) + ")";
+        ExpectInvalid([&] { decode(m, next, other); }, {"the cache is", is.c_str(), dim.c_str()});
+        EXPECT_TRUE(Unchanged(other, was));
+      }
+  expect_resumes(m, x, cache, full);
+}
+
+TYPED_TEST(Decoding, GqaMisfitsLeaveTheCacheUnchanged) {
+  using T = TypeParam;
+  attn::GroupedQueryAttention<T> m(16, 4, 2);
+  randomize(m, 63);
+  const Tensor<T> x = random_tensor<T>({2, 8, 16}, 65);
+  expect_misfits_leave_cache_unchanged(m, 2, 4, x, m.forward(x));
+}
+
+TYPED_TEST(Decoding, MhaMisfitsLeaveTheCacheUnchanged) {
+  using T = TypeParam;
+  attn::MultiHeadAttention<T> m(16, 4);
+  randomize(m, 67);
+  const Tensor<T> x = random_tensor<T>({2, 8, 16}, 69);
+  attn::MhaArgs<T> causal;
+  causal.causal = attn::Causal::kBottomRight;
+  expect_misfits_leave_cache_unchanged(m, 4, 4, x, m.forward(x, x, x, causal).output);
+}
+
+// What MultiHeadAttention cannot decode: top-left causal chunks, extra keys, kdim != embed_dim.
+TEST(DecodingErrors, MhaRejectsWhatACacheCannotHold) {
+  const Tensor<float> x = random_tensor<float>({2, 3, 16}, 71);
+  attn::MultiHeadAttention<float> m(16, 4);
+  KVCache<float> cache = m.make_cache(2, 8);
+  fill(cache, 2, 73);
+  const CacheState<float> before(cache);
+  attn::MhaArgs<float> top_left;
+  top_left.causal = attn::Causal::kTopLeft;
+  ExpectInvalid([&] { m.forward(x, cache, top_left); }, {"bottom-right"});
+  attn::MultiHeadAttentionOptions o;
+  o.add_bias_kv = true;
+  ExpectInvalid([&] { attn::MultiHeadAttention<float>(16, 4, o).forward(x, cache); }, {"add_bias_kv"});
+  o = {};
+  o.kdim = 8;
+  ExpectInvalid([&] { attn::MultiHeadAttention<float>(16, 4, o).forward(x, cache); }, {"key has shape (2, 3, 16)", "8 features"});
+  EXPECT_TRUE(Unchanged(cache, before));
+}
 }  // namespace
