@@ -585,4 +585,43 @@ TEST(DecodingErrors, MhaRejectsWhatACacheCannotHold) {
   ExpectInvalid([&] { attn::MultiHeadAttention<float>(16, 4, o).forward(x, cache); }, {"key has shape (2, 3, 16)", "8 features"});
   EXPECT_TRUE(Unchanged(cache, before));
 }
+
+/// Both caches of a decoder unchanged since `self` and `memory` were taken.
+template <class T>
+::testing::AssertionResult Unchanged(const attn::DecoderCache<T>& c, const CacheState<T>& self, const CacheState<T>& memory) {
+  if (auto r = Unchanged(c.self, self); !r) return r << " (self-attention cache)";
+  if (auto r = Unchanged(c.memory, memory); !r) return r << " (memory cache)";
+  return ::testing::AssertionSuccess();
+}
+
+// A bad memory mask fails in the cross-attention, after the self-attention appended the
+// chunk: the layer rolls the self cache back. Other misfits leave both caches as they were,
+// and decoding then resumes to the one-shot outputs.
+TYPED_TEST(Decoding, DecoderErrorsLeaveBothCachesUnchanged) {
+  using T = TypeParam;
+  const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(false);
+  const Tensor<T> memory = random_tensor<T>({2, 7, 16}, 75), tgt = random_tensor<T>({2, 9, 16}, 77);
+  attn::DecoderArgs<T> causal;
+  causal.self.causal = attn::Causal::kTopLeft;
+  const Tensor<T> full = layer.forward(tgt, memory, causal);
+  attn::DecoderCache<T> cache = layer.make_cache(2, 9, 7);
+  layer.encode_memory(memory, cache);
+  layer.forward(part(tgt, 0, 2, 0, 4), cache);
+  const CacheState<T> self(cache.self), mem(cache.memory);
+  const Tensor<T> next = part(tgt, 0, 2, 4, 2);
+  const Tensor<bool> six({2, 6}, false), five({2, 5}, false);
+  attn::DecoderArgs<T> bad;
+  bad.memory.key_padding_mask = attn::Mask<T>::block_where_true(six);  // the memory has 7 tokens
+  ExpectInvalid([&] { layer.forward(next, cache, bad); }, {"forward_memory", "key_padding_mask", "(2, 6)"});
+  EXPECT_TRUE(Unchanged(cache, self, mem));
+  bad = {};
+  bad.self.key_padding_mask = attn::Mask<T>::block_where_true(five);  // 6 target tokens after the append
+  ExpectInvalid([&] { layer.forward(next, cache, bad); }, {"key_padding_mask", "(2, 5)"});
+  ExpectInvalid([&] { layer.forward(part(tgt, 0, 2, 3, 6), cache); }, {"6 more tokens do not fit"});
+  ExpectInvalid([&] { layer.forward(part(tgt, 0, 1, 4, 2), cache); }, {"the cache is (batch 2"});
+  ExpectInvalid([&] { layer.encode_memory(random_tensor<T>({2, 8, 16}, 79), cache); }, {"8 tokens", "capacity 7"});
+  ExpectInvalid([&] { layer.encode_memory(part(memory, 0, 1, 0, 7), cache); }, {"the cache is (batch 2"});
+  EXPECT_TRUE(Unchanged(cache, self, mem));
+  EXPECT_TRUE(AllClose(layer.forward(part(tgt, 0, 2, 4, 5), cache), part(full, 0, 2, 4, 5), tight<T>()));
+}
 }  // namespace
