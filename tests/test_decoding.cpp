@@ -676,4 +676,48 @@ TYPED_TEST(Decoding, RaggedPromptsMatchUnpaddedRunsGqa) {
     expect_ragged_matches_alone<T>(m, 16, tight<T>());
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// A decode loop's memory
+// ---------------------------------------------------------------------------------------
+
+/// A prompt of 4 tokens through step(4), then 64 single tokens through step(1): from the
+/// first single token on, the calling thread's workspace keeps its size (the prompt's
+/// scratch is reused; nothing grows with the cached length), and the caches never move
+/// (addresses() gives where their memory is).
+template <class Step, class Addresses>
+void expect_steady_memory(Step&& step, Addresses&& addresses) {
+  attn::release_workspace();
+  const auto where = addresses();
+  step(4);
+  const std::size_t after_prompt = attn::workspace_bytes();
+  step(1);
+  const std::size_t kept = attn::workspace_bytes();
+  EXPECT_GT(kept, 0u);
+  EXPECT_EQ(kept, after_prompt);
+  for (Index i = 1; i < 64; ++i) {
+    step(1);
+    ASSERT_EQ(attn::workspace_bytes(), kept) << "token " << i;
+    ASSERT_EQ(addresses(), where) << "token " << i;
+  }
+}
+
+TYPED_TEST(Decoding, DecodeLoopAllocatesNothingNew) {
+  using T = TypeParam;
+  attn::GroupedQueryAttention<T> gqa(16, 4, 2);
+  randomize(gqa, 87);
+  KVCache<T> cache = gqa.make_cache(2, 68);
+  const auto gqa_step = [&](Index c) { gqa.forward(random_tensor<T>({2, c, 16}, 89), cache); };
+  expect_steady_memory(gqa_step, [&] { return std::vector<const T*>{cache.keys().data, cache.values().data}; });
+  EXPECT_EQ(cache.length(), 68);
+
+  const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(true);
+  attn::DecoderCache<T> dc = layer.make_cache(2, 68, 7);
+  layer.encode_memory(random_tensor<T>({2, 7, 16}, 91), dc);
+  const auto layer_step = [&](Index c) { layer.forward(random_tensor<T>({2, c, 16}, 93), dc); };
+  expect_steady_memory(layer_step, [&] {
+    return std::vector<const T*>{dc.self.keys().data, dc.self.values().data, dc.memory.keys().data, dc.memory.values().data};
+  });
+  EXPECT_EQ(dc.self.length(), 68);
+}
 }  // namespace
