@@ -681,13 +681,17 @@ TYPED_TEST(Decoding, RaggedPromptsMatchUnpaddedRunsGqa) {
 // A decode loop's memory
 // ---------------------------------------------------------------------------------------
 
-/// A prompt of 4 tokens through step(4), then 64 single tokens through step(1): from the
-/// first single token on, the calling thread's workspace keeps its size (the prompt's
+/// A prompt of 4 tokens through step(4), then 64 single tokens through step(1), on one
+/// thread: from the first single token on, the workspace keeps its size (the prompt's
 /// scratch is reused; nothing grows with the cached length), and the caches never move
 /// (addresses() gives where their memory is).
 template <class Step, class Addresses>
 void expect_steady_memory(Step&& step, Addresses&& addresses) {
   attn::release_workspace();
+  attn::set_num_threads(1);  // every scratch buffer on the calling thread, where workspace_bytes() sees it
+  struct Restore {
+    ~Restore() { attn::set_num_threads(0); }
+  } restore;
   const auto where = addresses();
   step(4);
   const std::size_t after_prompt = attn::workspace_bytes();
