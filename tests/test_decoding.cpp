@@ -476,6 +476,11 @@ TYPED_TEST(Decoding, DecoderIncrementalMatchesFullSequence) {
         layer.encode_memory(memory, cache);
         const Tensor<T> inc = in_chunks(tgt, chunk, [&](const Tensor<T>& c) { return layer.forward(c, cache, args); });
         EXPECT_TRUE(AllClose(inc, full, tight<T>()));
+        // The full pass's arguments (tgt_is_causal: top-left) work as they are: with a
+        // cache the self-attention is bottom-right causal whatever args.self.causal says.
+        layer.encode_memory(memory, cache);
+        const Tensor<T> same = in_chunks(tgt, chunk, [&](const Tensor<T>& c) { return layer.forward(c, cache, causal); });
+        EXPECT_TRUE(same_bits(same, inc));
       }
     }
   }
