@@ -442,6 +442,44 @@ TYPED_TEST(Decoding, GqaIncrementalMatchesFullSequence) {
   }
 }
 
+/// Rows [from, from + c) of an (L, L) mask over the first from + c keys: the mask of that
+/// chunk with a cache.
+template <class T>
+Tensor<T> mask_rows(const Tensor<T>& mask, Index from, Index c) {
+  Tensor<T> m({c, from + c});
+  for (Index i = 0; i < c; ++i)
+    for (Index j = 0; j < from + c; ++j) m(i, j) = mask(from + i, j);
+  return m;
+}
+
+/// An attention mask: chunk by chunk with the chunk's rows of it equals the one-shot pass
+/// `full` with all of it.
+template <class T, class Model>
+void expect_masked_chunks_match(const Model& m, const Tensor<T>& x, const Tensor<T>& mask, const Tensor<T>& full) {
+  KVCache<T> cache = m.make_cache(x.size(0), x.size(1));
+  const Tensor<T> inc = in_chunks(x, 3, [&](const Tensor<T>& c) {
+    const Tensor<T> rows = mask_rows(mask, cache.length(), c.size(1));
+    attn::AttentionArgs<T> args;
+    args.attn_mask = attn::Mask<T>::additive(rows);
+    return decode(m, c, cache, args);
+  });
+  EXPECT_TRUE(AllClose(inc, full, tight<T>()));
+}
+
+TYPED_TEST(Decoding, AttentionMaskRowsPerChunkMatchOneShot) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({2, 10, 16}, 95), mask = random_tensor<T>({10, 10}, 97, 2.0);
+  attn::MultiHeadAttention<T> mha(16, 4);
+  randomize(mha, 99);
+  attn::MhaArgs<T> args;
+  args.attn_mask = attn::Mask<T>::additive(mask);
+  args.causal = attn::Causal::kBottomRight;
+  expect_masked_chunks_match(mha, x, mask, mha.forward(x, x, x, args).output);
+  attn::GroupedQueryAttention<T> gqa(16, 4, 2);
+  randomize(gqa, 101);
+  expect_masked_chunks_match(gqa, x, mask, gqa.forward(x, args));
+}
+
 /// A small decoder layer with random parameters.
 template <class T>
 attn::TransformerDecoderLayer<T> decoder_layer(bool norm_first) {
@@ -483,6 +521,25 @@ TYPED_TEST(Decoding, DecoderIncrementalMatchesFullSequence) {
         EXPECT_TRUE(same_bits(same, inc));
       }
     }
+  }
+}
+
+// encode_memory starts a new sequence: a memory shorter than the cache's capacity, then
+// another memory and target through the same caches, each equal to its one-shot pass.
+TYPED_TEST(Decoding, DecoderEncodeMemoryStartsANewSequence) {
+  using T = TypeParam;
+  const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(false);
+  attn::DecoderArgs<T> causal;
+  causal.self.causal = attn::Causal::kTopLeft;
+  attn::DecoderCache<T> cache = layer.make_cache(2, 12, 9);
+  for (Index s : {5, 9}) {
+    SCOPED_TRACE("memory of " + std::to_string(s));
+    const Tensor<T> memory = random_tensor<T>({2, s, 16}, 103 + s), tgt = random_tensor<T>({2, 12 - s, 16}, 107 + s);
+    layer.encode_memory(memory, cache);
+    EXPECT_EQ(cache.self.length(), 0);
+    EXPECT_EQ(cache.memory.length(), s);
+    const Tensor<T> inc = in_chunks(tgt, 2, [&](const Tensor<T>& c) { return layer.forward(c, cache); });
+    EXPECT_TRUE(AllClose(inc, layer.forward(tgt, memory, causal), tight<T>()));
   }
 }
 
