@@ -107,10 +107,12 @@ class TransformerDecoderLayer : public Module<T> {
     constexpr const char* where = "attn::TransformerDecoderLayer::forward";
     check(where, tgt_chunk, args);
     const Index before = cache.self.length();
+    AttentionArgs<T> cached_self = with(args.self, args);
+    cached_self.causal = Causal::kBottomRight;  // as documented: whatever args.self.causal (tgt_is_causal) says
     try {
       return layers(
           tgt_chunk, args,
-          [&](const TensorView<const T>& z) { return self_attn_.forward(z, cache.self, MhaArgs<T>(with(args.self, args))); },
+          [&](const TensorView<const T>& z) { return self_attn_.forward(z, cache.self, MhaArgs<T>(cached_self)); },
           [&](const TensorView<const T>& z) {
             return multihead_attn_.forward_memory(z, cache.memory, MhaArgs<T>(with(args.memory, args)));
           });

@@ -1,0 +1,789 @@
+// Decoding: KVCache, rotary position embedding, and the incremental (KV-cached) forward
+// passes of MultiHeadAttention, GroupedQueryAttention and TransformerDecoderLayer.
+// Self-consistency only (PyTorch references live elsewhere):
+//   - the cache holds what was appended, rejects what does not fit and stays unchanged;
+//   - rotary is a rotation by position (norms kept, relative positions, both pairings);
+//   - chunk by chunk equals the one-shot causal pass, for any chunk size;
+//   - errors on the incremental paths leave the caches as they were (length and contents);
+//   - ragged prompts through a key padding mask equal unpadded runs;
+//   - a decode loop neither grows the workspace nor reallocates the caches.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "support.hpp"
+
+namespace {
+
+using namespace attn_test;
+using attn::HeadsView;
+using attn::KVCache;
+using attn::RotaryOptions;
+using attn::Shape;
+
+template <class T>
+class Decoding : public ::testing::Test {};
+TYPED_TEST_SUITE(Decoding, Scalars);
+
+/// Incremental vs one-shot: the same sums in another order, a few ulps relative to max |ref|.
+template <class T>
+double tight() {
+  return std::is_same<T, float>::value ? 1e-5 : 1e-12;
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers: views, copies and slices.
+// ---------------------------------------------------------------------------------------
+
+/// A contiguous (B, H, N, D) tensor as a heads view.
+template <class T>
+HeadsView<const T> heads_of(const Tensor<T>& t) {
+  return HeadsView<const T>::bhnd(t.data(), t.size(0), t.size(1), t.size(2), t.size(3));
+}
+
+/// The contents of a heads view as a contiguous (B, H, N, D) tensor.
+template <class T>
+Tensor<T> copy_heads(const HeadsView<const T>& v) {
+  Tensor<T> t({v.batch, v.heads, v.length, v.head_dim});
+  for (Index b = 0; b < v.batch; ++b)
+    for (Index h = 0; h < v.heads; ++h)
+      Eigen::Map<attn::RowMatrix<T>>(t.data() + (b * v.heads + h) * v.length * v.head_dim, v.length, v.head_dim) =
+          v.head(b, h);
+  return t;
+}
+
+/// x[b0 : b0 + nb, from : from + count, :] of a (B, L, E) tensor.
+template <class T>
+Tensor<T> part(const Tensor<T>& x, Index b0, Index nb, Index from, Index count) {
+  const Index len = x.size(1), e = x.size(2);
+  Tensor<T> y({nb, count, e});
+  for (Index b = 0; b < nb; ++b)
+    std::copy_n(x.data() + ((b0 + b) * len + from) * e, count * e, y.data() + b * count * e);
+  return y;
+}
+
+/// y[:, from : from + chunk.size(1), :] = chunk.
+template <class T>
+void paste(Tensor<T>& y, const Tensor<T>& chunk, Index from) {
+  const Index len = y.size(1), e = y.size(2), c = chunk.size(1);
+  for (Index b = 0; b < y.size(0); ++b) std::copy_n(chunk.data() + b * c * e, c * e, y.data() + (b * len + from) * e);
+}
+
+/// step(chunk) on consecutive chunks of x (B, L, E) of `chunk` tokens (the last one shorter),
+/// the outputs put back together.
+template <class T, class Step>
+Tensor<T> in_chunks(const Tensor<T>& x, Index chunk, Step&& step) {
+  Tensor<T> y(x.shape());
+  for (Index from = 0; from < x.size(1); from += chunk) {
+    const Tensor<T> out = step(part(x, 0, x.size(0), from, std::min(chunk, x.size(1) - from)));
+    EXPECT_EQ(out.shape(), Shape({x.size(0), std::min(chunk, x.size(1) - from), x.size(2)}));
+    paste(y, out, from);
+  }
+  return y;
+}
+
+/// A cache's length and contents, to check that a failed call left it as it was.
+template <class T>
+struct CacheState {
+  explicit CacheState(const KVCache<T>& c) : length(c.length()), keys(copy_heads(c.keys())), values(copy_heads(c.values())) {}
+  Index length;
+  Tensor<T> keys, values;
+};
+
+template <class T>
+::testing::AssertionResult Unchanged(const KVCache<T>& c, const CacheState<T>& before) {
+  if (c.length() != before.length)
+    return ::testing::AssertionFailure() << "length " << c.length() << ", was " << before.length;
+  if (!same_bits(copy_heads(c.keys()), before.keys)) return ::testing::AssertionFailure() << "keys changed";
+  if (!same_bits(copy_heads(c.values()), before.values)) return ::testing::AssertionFailure() << "values changed";
+  return ::testing::AssertionSuccess();
+}
+
+/// Appends `count` random positions to a cache.
+template <class T>
+void fill(KVCache<T>& c, Index count, std::uint64_t seed) {
+  const Shape s{c.batch(), c.kv_heads(), count, c.head_dim()};
+  const Tensor<T> k = random_tensor<T>(s, seed), v = random_tensor<T>(s, seed + 1);
+  c.append(heads_of(k), heads_of(v));
+}
+
+// ---------------------------------------------------------------------------------------
+// KVCache
+// ---------------------------------------------------------------------------------------
+
+// Chunks appended (one contiguous, one a strided view of a (B, C, K*D) projection output)
+// come back in order from keys() and values().
+TYPED_TEST(Decoding, CacheAppendKeepsChunksInOrder) {
+  using T = TypeParam;
+  KVCache<T> c(2, 3, 10, 4);
+  const Tensor<T> k1 = random_tensor<T>({2, 3, 3, 4}, 1), v1 = random_tensor<T>({2, 3, 3, 4}, 2);
+  const Tensor<T> k2 = random_tensor<T>({2, 4, 12}, 3), v2 = random_tensor<T>({2, 4, 12}, 4);  // (B, C, K*D)
+  c.append(heads_of(k1), heads_of(v1));
+  c.append(HeadsView<const T>::bnhd(k2.data(), 2, 4, 3, 4, 12), HeadsView<const T>::bnhd(v2.data(), 2, 4, 3, 4, 12));
+  ASSERT_EQ(c.length(), 7);
+  const Tensor<T> keys = copy_heads(c.keys()), values = copy_heads(c.values());
+  ASSERT_EQ(keys.shape(), Shape({2, 3, 7, 4}));
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 3; ++h)
+      for (Index n = 0; n < 7; ++n)
+        for (Index d = 0; d < 4; ++d) {
+          const T want_k = n < 3 ? k1(b, h, n, d) : k2(b, n - 3, h * 4 + d);
+          const T want_v = n < 3 ? v1(b, h, n, d) : v2(b, n - 3, h * 4 + d);
+          ASSERT_EQ(keys(b, h, n, d), want_k) << b << " " << h << " " << n << " " << d;
+          ASSERT_EQ(values(b, h, n, d), want_v) << b << " " << h << " " << n << " " << d;
+        }
+}
+
+// next_keys / next_values write in place; only commit makes the positions part of the cache.
+TYPED_TEST(Decoding, CacheNextKeysAndCommit) {
+  using T = TypeParam;
+  KVCache<T> c(1, 2, 5, 3);
+  fill(c, 2, 5);
+  const CacheState<T> before(c);
+  const HeadsView<T> k = c.next_keys(2), v = c.next_values(2);
+  ASSERT_EQ(k.shape(), Shape({1, 2, 2, 3}));
+  const Tensor<T> nk = random_tensor<T>({1, 2, 2, 3}, 7), nv = random_tensor<T>({1, 2, 2, 3}, 8);
+  for (Index h = 0; h < 2; ++h) {
+    k.head(0, h) = heads_of(nk).head(0, h);
+    v.head(0, h) = heads_of(nv).head(0, h);
+  }
+  EXPECT_TRUE(Unchanged(c, before));  // written, not committed
+  c.commit(2);
+  ASSERT_EQ(c.length(), 4);
+  for (Index h = 0; h < 2; ++h) {
+    EXPECT_EQ(c.keys().head(0, h).topRows(2), heads_of(before.keys).head(0, h)) << h;
+    EXPECT_EQ(c.keys().head(0, h).bottomRows(2), heads_of(nk).head(0, h)) << h;
+    EXPECT_EQ(c.values().head(0, h).bottomRows(2), heads_of(nv).head(0, h)) << h;
+  }
+  ExpectInvalid([&] { c.next_keys(2); }, {"2 more positions do not fit", "length 4", "capacity 5"});
+  ExpectInvalid([&] { c.next_values(-1); }, {"-1 more positions"});
+  ExpectInvalid([&] { c.commit(2); }, {"2 more positions do not fit"});
+  EXPECT_EQ(c.length(), 4);
+}
+
+// truncate keeps the first positions, reset forgets all; neither frees or moves memory, and
+// appending after them overwrites from the new end.
+TYPED_TEST(Decoding, CacheTruncateResetAndBytes) {
+  using T = TypeParam;
+  KVCache<T> c(2, 3, 8, 4);
+  EXPECT_EQ(c.bytes(), 2 * sizeof(T) * 2 * 3 * 8 * 4);
+  const T* base = c.keys().data;
+  fill(c, 5, 11);
+  const CacheState<T> five(c);
+  c.truncate(3);
+  ASSERT_EQ(c.length(), 3);
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 3; ++h) EXPECT_EQ(c.keys().head(b, h), heads_of(five.keys).head(b, h).topRows(3));
+  ExpectInvalid([&] { c.truncate(4); }, {"truncate", "length 4", "current length 3"});
+  ExpectInvalid([&] { c.truncate(-1); }, {"truncate", "-1"});
+  EXPECT_EQ(c.length(), 3);
+  fill(c, 5, 13);  // fills to capacity again
+  EXPECT_EQ(c.length(), 8);
+  c.reset();
+  EXPECT_EQ(c.length(), 0);
+  EXPECT_EQ(c.keys().shape(), Shape({2, 3, 0, 4}));
+  EXPECT_EQ(c.bytes(), 2 * sizeof(T) * 2 * 3 * 8 * 4);
+  fill(c, 8, 17);
+  EXPECT_EQ(c.keys().data, base);  // never reallocated
+}
+
+// Every misfit is std::invalid_argument naming it, and leaves length and contents as they
+// were; the memory is allocated once (keys() never moves).
+TYPED_TEST(Decoding, CacheRejectsMisfitsUnchanged) {
+  using T = TypeParam;
+  KVCache<T> c(2, 3, 6, 4);
+  const T* base = c.keys().data;
+  fill(c, 4, 21);
+  const CacheState<T> before(c);
+  const auto chunk = [](Shape s, std::uint64_t seed) { return random_tensor<T>(std::move(s), seed); };
+  const auto append = [&](const Tensor<T>& k, const Tensor<T>& v) { c.append(heads_of(k), heads_of(v)); };
+  const Tensor<T> ok = chunk({2, 3, 2, 4}, 23);
+  ExpectInvalid([&] { append(chunk({2, 3, 3, 4}, 1), chunk({2, 3, 3, 4}, 2)); },
+                {"3 more positions do not fit", "length 4", "capacity 6"});
+  ExpectInvalid([&] { append(chunk({1, 3, 2, 4}, 1), chunk({1, 3, 2, 4}, 2)); }, {"append", "k (1, 3, 2, 4)", "batch"});
+  ExpectInvalid([&] { append(chunk({2, 2, 2, 4}, 1), chunk({2, 2, 2, 4}, 2)); }, {"append", "k (2, 2, 2, 4)", "kv_heads"});
+  ExpectInvalid([&] { append(chunk({2, 3, 2, 5}, 1), chunk({2, 3, 2, 5}, 2)); }, {"append", "k (2, 3, 2, 5)", "head_dim"});
+  ExpectInvalid([&] { append(ok, chunk({2, 3, 1, 4}, 2)); }, {"append", "v (2, 3, 1, 4)", "(2, 3, 2, 4)"});
+  ExpectInvalid([&] { append(ok, chunk({2, 3, 2, 3}, 2)); }, {"append", "v (2, 3, 2, 3)"});
+  EXPECT_TRUE(Unchanged(c, before));
+  append(ok, ok);  // fits exactly
+  EXPECT_EQ(c.length(), 6);
+  EXPECT_EQ(c.keys().data, base);
+  ExpectInvalid([] { KVCache<T>(2, -1, 4, 4); }, {"kv_heads (-1)"});
+}
+
+// ---------------------------------------------------------------------------------------
+// Rotary position embedding
+// ---------------------------------------------------------------------------------------
+
+RotaryOptions rotary(Index rotary_dim, bool interleaved, double theta = 10000.0) {
+  RotaryOptions o;
+  o.rotary_dim = rotary_dim;
+  o.interleaved = interleaved;
+  o.theta = theta;
+  return o;
+}
+
+/// The (i, j) pairs a rotary embedding turns together.
+std::vector<std::pair<Index, Index>> rotary_pairs(Index rotary_dim, bool interleaved) {
+  std::vector<std::pair<Index, Index>> p;
+  for (Index i = 0; i < rotary_dim / 2; ++i)
+    p.emplace_back(interleaved ? 2 * i : i, interleaved ? 2 * i + 1 : i + rotary_dim / 2);
+  return p;
+}
+
+TEST(Rotary, RejectsBadOptionsAndViews) {
+  const Tensor<float> x = random_tensor<float>({1, 2, 5, 8}, 1);
+  ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(3, false)); }, {"rotary_dim (3)", "even", "head_dim (8)"});
+  ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(10, true)); }, {"rotary_dim (10)", "at most head_dim (8)"});
+  ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(-2, false)); }, {"rotary_dim (-2)"});
+  for (double theta : {0.0, -1.0, std::numeric_limits<double>::infinity()})
+    ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(0, false, theta)); }, {"theta must be > 0"});
+  ExpectInvalid([&] { attn::apply_rotary<float>(x, rotary(0, false), -1); }, {"position_offset (-1)"});
+  const Tensor<float> x3 = random_tensor<float>({2, 5, 8}, 1);
+  ExpectInvalid([&] { attn::apply_rotary<float>(x3, rotary(0, false)); }, {"(B, H, L, D)", "(2, 5, 8)"});
+
+  Tensor<float> y = x;
+  const HeadsView<float> view = HeadsView<float>::bhnd(y.data(), 1, 2, 5, 8);
+  const attn::RotaryTable<float> len4(rotary(0, false), 8, 4), dim6(rotary(0, false), 6, 5);
+  ExpectInvalid([&] { len4.apply(view); }, {"apply_rotary", "view (1, 2, 5, 8)", "length 4"});
+  ExpectInvalid([&] { dim6.apply(view); }, {"apply_rotary", "view (1, 2, 5, 8)", "head_dim 6"});
+  const Tensor<std::int64_t> pos3({3, 5}, std::int64_t(0));
+  const attn::RotaryTable<float> batch3(rotary(0, false), 8, pos3);
+  ExpectInvalid([&] { batch3.apply(view); }, {"apply_rotary", "batch 3"});
+  const Tensor<std::int64_t> pos3d({1, 1, 5}, std::int64_t(0));
+  ExpectInvalid([&] { attn::RotaryTable<float>(rotary(0, false), 8, pos3d); }, {"positions has shape (1, 1, 5)"});
+  EXPECT_TRUE(same_bits(y, x));  // no failed apply touched it
+}
+
+// Each pair keeps its norm; dimensions past rotary_dim pass through bit for bit; the
+// rotated ones do change (position > 0).
+TYPED_TEST(Decoding, RotaryTurnsPairsAndPassesTheRestThrough) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({2, 3, 6, 10}, 31);
+  for (bool interleaved : {false, true})
+    for (Index rd : {10, 4}) {
+      SCOPED_TRACE(std::string(interleaved ? "interleaved" : "rotate_half") + " rotary_dim " + std::to_string(rd));
+      const Tensor<T> y = attn::apply_rotary<T>(x, rotary(rd, interleaved), 5);
+      double worst = 0;
+      bool moved = false;
+      for (Index r = 0; r < 2 * 3 * 6; ++r) {
+        const T* a = x.data() + r * 10;
+        const T* b = y.data() + r * 10;
+        for (auto [i, j] : rotary_pairs(rd, interleaved)) {
+          worst = std::max(worst, std::abs(std::hypot(double(a[i]), double(a[j])) - std::hypot(double(b[i]), double(b[j]))));
+          moved = moved || a[i] != b[i];
+        }
+        for (Index d = rd; d < 10; ++d) ASSERT_EQ(a[d], b[d]) << "row " << r << " dim " << d;
+      }
+      EXPECT_LE(worst, tight<T>());
+      EXPECT_TRUE(moved);
+    }
+}
+
+// An offset p is the explicit positions p .. p+L-1; per-batch positions (B, L) rotate each
+// batch element by its own row; a strided (B, L, H*D) view rotates as its (B, H, L, D) copy.
+TYPED_TEST(Decoding, RotaryPositionsOffsetsAndPerBatchRows) {
+  using T = TypeParam;
+  const Index len = 5, p = 7;
+  const RotaryOptions opt = rotary(6, false);
+  const Tensor<T> x = random_tensor<T>({2, 3, len, 8}, 33);
+  const Tensor<std::int64_t> shared({len}, {p, p + 1, p + 2, p + 3, p + 4});
+  Tensor<T> y = x;
+  attn::RotaryTable<T>(opt, 8, shared).apply(HeadsView<T>::bhnd(y.data(), 2, 3, len, 8));
+  EXPECT_TRUE(same_bits(y, attn::apply_rotary<T>(x, opt, p)));
+  EXPECT_FALSE(same_bits(y, attn::apply_rotary<T>(x, opt, p + 1)));
+
+  const Tensor<std::int64_t> rows({2, len}, {3, 4, 5, 6, 7, 40, 0, 0, 9, 2});
+  Tensor<T> per_batch = x;
+  attn::RotaryTable<T>(opt, 8, rows).apply(HeadsView<T>::bhnd(per_batch.data(), 2, 3, len, 8));
+  for (Index b = 0; b < 2; ++b) {
+    Tensor<T> alone = Tensor<T>::from_data({1, 3, len, 8}, x.data() + b * 3 * len * 8);
+    const Tensor<std::int64_t> row = Tensor<std::int64_t>::from_data({len}, rows.data() + b * len);
+    attn::RotaryTable<T>(opt, 8, row).apply(HeadsView<T>::bhnd(alone.data(), 1, 3, len, 8));
+    EXPECT_TRUE(std::equal(alone.data(), alone.data() + alone.numel(), per_batch.data() + b * alone.numel())) << b;
+  }
+  EXPECT_TRUE(std::equal(per_batch.data(), per_batch.data() + 3 * len * 8, attn::apply_rotary<T>(x, opt, 3).data()));
+
+  Tensor<T> bnhd({2, len, 3 * 8});  // x as (B, L, H*D) rows
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 3; ++h)
+      for (Index n = 0; n < len; ++n)
+        for (Index d = 0; d < 8; ++d) bnhd(b, n, h * 8 + d) = x(b, h, n, d);
+  attn::apply_rotary(HeadsView<T>::bnhd(bnhd.data(), 2, len, 3, 8, 24), opt, p);
+  EXPECT_TRUE(same_bits(copy_heads(HeadsView<const T>::bnhd(bnhd.data(), 2, len, 3, 8, 24)), attn::apply_rotary<T>(x, opt, p)));
+}
+
+/// <R_m q, R_n k> for head vectors q, k (1, 1, 1, D).
+template <class T>
+double rotated_dot(const Tensor<T>& q, const Tensor<T>& k, const RotaryOptions& opt, Index m, Index n) {
+  const Tensor<T> a = attn::apply_rotary<T>(q, opt, m), b = attn::apply_rotary<T>(k, opt, n);
+  double s = 0;
+  for (Index d = 0; d < q.numel(); ++d) s += double(a[d]) * double(b[d]);
+  return s;
+}
+
+// The score of q at position m and k at position n depends on m - n only (both pairings,
+// partial rotary too), and m = n gives the unrotated q . k.
+TYPED_TEST(Decoding, RotaryScoresDependOnRelativePositionOnly) {
+  using T = TypeParam;
+  const Tensor<T> q = random_tensor<T>({1, 1, 1, 8}, 35), k = random_tensor<T>({1, 1, 1, 8}, 36);
+  double qk = 0;
+  for (Index d = 0; d < 8; ++d) qk += double(q[d]) * double(k[d]);
+  for (bool interleaved : {false, true})
+    for (Index rd : {8, 6}) {
+      SCOPED_TRACE(std::string(interleaved ? "interleaved" : "rotate_half") + " rotary_dim " + std::to_string(rd));
+      const RotaryOptions opt = rotary(rd, interleaved);
+      const double base = rotated_dot(q, k, opt, 7, 3);
+      for (auto [m, n] : {std::pair<Index, Index>{4, 0}, {104, 100}, {1003, 999}})
+        EXPECT_NEAR(rotated_dot(q, k, opt, m, n), base, 10 * tight<T>()) << m << " " << n;
+      EXPECT_GT(std::abs(rotated_dot(q, k, opt, 8, 3) - base), 1e-3);  // another distance, another score
+      EXPECT_NEAR(rotated_dot(q, k, opt, 50, 50), qk, 10 * tight<T>());
+    }
+}
+
+// Pairs (2i, 2i+1) and pairs (i, i + R/2) are the same rotation with the dimensions permuted.
+TYPED_TEST(Decoding, RotaryPairingsArePermutationsOfEachOther) {
+  using T = TypeParam;
+  const Index rd = 6, dim = 8;
+  const Tensor<T> x = random_tensor<T>({2, 2, 4, dim}, 37);
+  std::vector<Index> to_half(dim);  // interleaved dim j sits at to_half[j] in rotate_half order
+  for (Index j = 0; j < dim; ++j) to_half[j] = j >= rd ? j : (j % 2 == 0 ? j / 2 : j / 2 + rd / 2);
+  const auto permuted = [&](const Tensor<T>& t) {
+    Tensor<T> out(t.shape());
+    for (Index r = 0; r < t.numel() / dim; ++r)
+      for (Index j = 0; j < dim; ++j) out[r * dim + to_half[j]] = t[r * dim + j];
+    return out;
+  };
+  const Tensor<T> interleaved = attn::apply_rotary<T>(x, rotary(rd, true), 11);
+  const Tensor<T> half = attn::apply_rotary<T>(permuted(x), rotary(rd, false), 11);
+  EXPECT_TRUE(same_bits(permuted(interleaved), half));
+  EXPECT_FALSE(same_bits(interleaved, attn::apply_rotary<T>(x, rotary(rd, false), 11)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Incremental == one-shot
+// ---------------------------------------------------------------------------------------
+
+/// One decoding step of either attention layer, returning the output only.
+template <class T>
+Tensor<T> decode(const attn::MultiHeadAttention<T>& m, const Tensor<T>& x, KVCache<T>& cache,
+                 const attn::AttentionArgs<T>& args = {}) {
+  return m.forward(x, cache, attn::MhaArgs<T>(args)).output;
+}
+template <class T>
+Tensor<T> decode(const attn::GroupedQueryAttention<T>& m, const Tensor<T>& x, KVCache<T>& cache,
+                 const attn::AttentionArgs<T>& args = {}) {
+  return m.forward(x, cache, args);
+}
+
+/// `full` (the one-shot outputs for x) against x fed chunk by chunk through a fresh cache,
+/// for chunk sizes 1, 3 and 4 (neither divides 10 or 37).
+template <class T, class Model>
+void expect_chunks_match(const Model& m, const Tensor<T>& x, const Tensor<T>& full) {
+  for (Index chunk : {1, 3, 4}) {
+    SCOPED_TRACE("length " + std::to_string(x.size(1)) + ", chunk " + std::to_string(chunk));
+    KVCache<T> cache = m.make_cache(x.size(0), x.size(1) + 1);
+    const Tensor<T> inc = in_chunks(x, chunk, [&](const Tensor<T>& c) { return decode(m, c, cache); });
+    EXPECT_EQ(cache.length(), x.size(1));
+    EXPECT_TRUE(AllClose(inc, full, tight<T>()));
+  }
+}
+
+TYPED_TEST(Decoding, MhaIncrementalMatchesCausalForward) {
+  using T = TypeParam;
+  attn::MultiHeadAttention<T> m(16, 4);
+  randomize(m, 41);
+  attn::MhaArgs<T> causal;
+  causal.causal = attn::Causal::kBottomRight;
+  for (Index len : {10, 37}) {
+    const Tensor<T> x = random_tensor<T>({2, len, 16}, 43);
+    expect_chunks_match(m, x, m.forward(x, x, x, causal).output);
+  }
+}
+
+struct GqaCase {
+  const char* name;
+  Index embed, heads, kv_heads, head_dim;
+  attn::GqaOptions options;
+};
+
+std::vector<GqaCase> gqa_cases() {
+  attn::GqaOptions half, inter, partial, none, window, cap;
+  inter.rotary.interleaved = true;
+  partial.rotary.rotary_dim = 4;
+  partial.qkv_bias = true;
+  none.rope = false;
+  window.sliding_window = 3;
+  window.rotary.interleaved = true;
+  cap.softcap = 0.3;
+  return {{"multi-query K=1", 16, 4, 1, 0, half},  {"K=H interleaved", 16, 4, 4, 0, inter},
+          {"K=2 of H=6", 24, 6, 2, 0, half},         {"partial rotary 4 of 8, biases", 16, 4, 2, 8, partial},
+          {"no rope", 16, 4, 2, 0, none},            {"sliding window 3", 16, 4, 2, 0, window},
+          {"softcap 0.3, head_dim 6", 16, 4, 2, 6, cap}};
+}
+
+TYPED_TEST(Decoding, GqaIncrementalMatchesFullSequence) {
+  using T = TypeParam;
+  for (const GqaCase& c : gqa_cases()) {
+    SCOPED_TRACE(c.name);
+    attn::GroupedQueryAttention<T> m(c.embed, c.heads, c.kv_heads, c.head_dim, c.options);
+    randomize(m, 47);
+    for (Index len : {10, 37}) {
+      const Tensor<T> x = random_tensor<T>({2, len, c.embed}, 49);
+      expect_chunks_match(m, x, m.forward(x));
+    }
+  }
+}
+
+/// Rows [from, from + c) of an (L, L) mask over the first from + c keys: the mask of that
+/// chunk with a cache.
+template <class T>
+Tensor<T> mask_rows(const Tensor<T>& mask, Index from, Index c) {
+  Tensor<T> m({c, from + c});
+  for (Index i = 0; i < c; ++i)
+    for (Index j = 0; j < from + c; ++j) m(i, j) = mask(from + i, j);
+  return m;
+}
+
+/// An attention mask: chunk by chunk with the chunk's rows of it equals the one-shot pass
+/// `full` with all of it.
+template <class T, class Model>
+void expect_masked_chunks_match(const Model& m, const Tensor<T>& x, const Tensor<T>& mask, const Tensor<T>& full) {
+  KVCache<T> cache = m.make_cache(x.size(0), x.size(1));
+  const Tensor<T> inc = in_chunks(x, 3, [&](const Tensor<T>& c) {
+    const Tensor<T> rows = mask_rows(mask, cache.length(), c.size(1));
+    attn::AttentionArgs<T> args;
+    args.attn_mask = attn::Mask<T>::additive(rows);
+    return decode(m, c, cache, args);
+  });
+  EXPECT_TRUE(AllClose(inc, full, tight<T>()));
+}
+
+TYPED_TEST(Decoding, AttentionMaskRowsPerChunkMatchOneShot) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({2, 10, 16}, 95), mask = random_tensor<T>({10, 10}, 97, 2.0);
+  attn::MultiHeadAttention<T> mha(16, 4);
+  randomize(mha, 99);
+  attn::MhaArgs<T> args;
+  args.attn_mask = attn::Mask<T>::additive(mask);
+  args.causal = attn::Causal::kBottomRight;
+  expect_masked_chunks_match(mha, x, mask, mha.forward(x, x, x, args).output);
+  attn::GroupedQueryAttention<T> gqa(16, 4, 2);
+  randomize(gqa, 101);
+  expect_masked_chunks_match(gqa, x, mask, gqa.forward(x, args));
+}
+
+/// A small decoder layer with random parameters.
+template <class T>
+attn::TransformerDecoderLayer<T> decoder_layer(bool norm_first) {
+  attn::TransformerLayerOptions o;
+  o.dim_feedforward = 32;
+  o.norm_first = norm_first;
+  o.activation = norm_first ? attn::Activation::kGelu : attn::Activation::kRelu;
+  attn::TransformerDecoderLayer<T> layer(16, 4, o);
+  randomize(layer, 51);
+  return layer;
+}
+
+// After encode_memory, the target chunk by chunk (with a memory key padding mask) equals
+// forward(tgt, memory) with causal self-attention.
+TYPED_TEST(Decoding, DecoderIncrementalMatchesFullSequence) {
+  using T = TypeParam;
+  const Tensor<T> memory = random_tensor<T>({2, 7, 16}, 53);
+  Tensor<bool> padded({2, 7}, false);
+  padded(1, 5) = padded(1, 6) = true;
+  attn::DecoderArgs<T> args, causal;
+  args.memory.key_padding_mask = attn::Mask<T>::block_where_true(padded);
+  causal = args;
+  causal.self.causal = attn::Causal::kTopLeft;
+  for (bool norm_first : {false, true}) {
+    const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(norm_first);
+    for (Index len : {10, 37}) {
+      const Tensor<T> tgt = random_tensor<T>({2, len, 16}, 55), full = layer.forward(tgt, memory, causal);
+      for (Index chunk : {1, 3, 4}) {
+        SCOPED_TRACE("norm_first " + std::to_string(norm_first) + ", length " + std::to_string(len) + ", chunk " +
+                     std::to_string(chunk));
+        attn::DecoderCache<T> cache = layer.make_cache(2, len, 7);
+        layer.encode_memory(memory, cache);
+        const Tensor<T> inc = in_chunks(tgt, chunk, [&](const Tensor<T>& c) { return layer.forward(c, cache, args); });
+        EXPECT_TRUE(AllClose(inc, full, tight<T>()));
+        // The full pass's arguments (tgt_is_causal: top-left) work as they are: with a
+        // cache the self-attention is bottom-right causal whatever args.self.causal says.
+        layer.encode_memory(memory, cache);
+        const Tensor<T> same = in_chunks(tgt, chunk, [&](const Tensor<T>& c) { return layer.forward(c, cache, causal); });
+        EXPECT_TRUE(same_bits(same, inc));
+      }
+    }
+  }
+}
+
+// encode_memory starts a new sequence: a memory shorter than the cache's capacity, then
+// another memory and target through the same caches, each equal to its one-shot pass.
+TYPED_TEST(Decoding, DecoderEncodeMemoryStartsANewSequence) {
+  using T = TypeParam;
+  const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(false);
+  attn::DecoderArgs<T> causal;
+  causal.self.causal = attn::Causal::kTopLeft;
+  attn::DecoderCache<T> cache = layer.make_cache(2, 12, 9);
+  for (Index s : {5, 9}) {
+    SCOPED_TRACE("memory of " + std::to_string(s));
+    const Tensor<T> memory = random_tensor<T>({2, s, 16}, 103 + s), tgt = random_tensor<T>({2, 12 - s, 16}, 107 + s);
+    layer.encode_memory(memory, cache);
+    EXPECT_EQ(cache.self.length(), 0);
+    EXPECT_EQ(cache.memory.length(), s);
+    const Tensor<T> inc = in_chunks(tgt, 2, [&](const Tensor<T>& c) { return layer.forward(c, cache); });
+    EXPECT_TRUE(AllClose(inc, layer.forward(tgt, memory, causal), tight<T>()));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors on the incremental paths: std::invalid_argument, the caches unchanged
+// ---------------------------------------------------------------------------------------
+
+TEST(DecodingErrors, GqaRejectsBadConstructorArguments) {
+  using G = attn::GroupedQueryAttention<float>;
+  ExpectInvalid([] { G(16, 4, 3); }, {"num_heads (4)", "multiple of num_kv_heads (3)"});
+  ExpectInvalid([] { G(16, 4, 0); }, {"num_kv_heads (0)", "positive"});
+  attn::GqaOptions o;
+  o.rotary.rotary_dim = 3;
+  ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"rotary_dim (3)", "even"});
+  o.rotary.rotary_dim = 6;
+  ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"rotary_dim (6)", "head_dim (4)"});
+  o.rotary = {};
+  o.rotary.theta = 0;
+  ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"theta must be > 0"});
+  o.rotary = {};
+  for (Index w : {0, -2}) {
+    o.sliding_window = w;
+    ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"sliding_window must be >= 1", std::to_string(w).c_str()});
+  }
+  o.sliding_window.reset();
+  for (double cap : {0.0, -1.0}) {
+    o.softcap = cap;
+    ExpectInvalid([&] { G(16, 4, 2, 0, o); }, {"softcap must be > 0"});
+  }
+}
+
+/// decode(m, x[:, from:], cache) against the one-shot outputs `full` of x from there on.
+template <class T, class Model>
+void expect_resumes(const Model& m, const Tensor<T>& x, KVCache<T>& cache, const Tensor<T>& full) {
+  const Index nb = x.size(0), from = cache.length(), rest = x.size(1) - from;
+  EXPECT_TRUE(AllClose(decode(m, part(x, 0, nb, from, rest), cache), part(full, 0, nb, from, rest), tight<T>()));
+}
+
+/// Misfits both attention layers reject on the incremental path (x (2, 8, E), `full` its
+/// one-shot outputs): each leaves the cache as it was, and decoding then resumes exactly.
+template <class T, class Model>
+void expect_misfits_leave_cache_unchanged(const Model& m, Index kv_heads, Index head_dim, const Tensor<T>& x,
+                                          const Tensor<T>& full) {
+  KVCache<T> cache = m.make_cache(2, 8);
+  decode(m, part(x, 0, 2, 0, 3), cache);
+  const CacheState<T> before(cache);
+  const Tensor<T> next = part(x, 0, 2, 3, 2);
+  ExpectInvalid([&] { decode(m, part(x, 0, 2, 2, 6), cache); }, {"6 more tokens do not fit", "length 3", "capacity 8"});
+  const Tensor<bool> four({2, 4}, false), rows({3, 5}, false);  // 5 keys after the append
+  attn::AttentionArgs<T> bad;
+  bad.key_padding_mask = attn::Mask<T>::block_where_true(four);
+  ExpectInvalid([&] { decode(m, next, cache, bad); }, {"key_padding_mask", "(2, 4)"});
+  bad = {};
+  bad.attn_mask = attn::Mask<T>::block_where_true(rows);
+  ExpectInvalid([&] { decode(m, next, cache, bad); }, {"attn_mask", "(3, 5)"});
+  ExpectInvalid([&] { decode(m, part(x, 0, 1, 3, 2), cache); }, {"the cache is (batch 2"});
+  EXPECT_TRUE(Unchanged(cache, before));
+  for (Index nb : {2, 3})
+    for (Index nk : {kv_heads, kv_heads + 1})
+      for (Index d : {head_dim, head_dim + 2}) {
+        if (nb == 2 && nk == kv_heads && d == head_dim) continue;
+        KVCache<T> other(nb, nk, 8, d);
+        fill(other, 3, 61);
+        const CacheState<T> was(other);
+        const std::string is = "(batch " + std::to_string(nb) + ", ", dim = "head_dim " + std::to_string(d) + ")";
+        ExpectInvalid([&] { decode(m, next, other); }, {"the cache is", is.c_str(), dim.c_str()});
+        EXPECT_TRUE(Unchanged(other, was));
+      }
+  expect_resumes(m, x, cache, full);
+}
+
+TYPED_TEST(Decoding, GqaMisfitsLeaveTheCacheUnchanged) {
+  using T = TypeParam;
+  attn::GroupedQueryAttention<T> m(16, 4, 2);
+  randomize(m, 63);
+  const Tensor<T> x = random_tensor<T>({2, 8, 16}, 65);
+  expect_misfits_leave_cache_unchanged(m, 2, 4, x, m.forward(x));
+}
+
+TYPED_TEST(Decoding, MhaMisfitsLeaveTheCacheUnchanged) {
+  using T = TypeParam;
+  attn::MultiHeadAttention<T> m(16, 4);
+  randomize(m, 67);
+  const Tensor<T> x = random_tensor<T>({2, 8, 16}, 69);
+  attn::MhaArgs<T> causal;
+  causal.causal = attn::Causal::kBottomRight;
+  expect_misfits_leave_cache_unchanged(m, 4, 4, x, m.forward(x, x, x, causal).output);
+}
+
+// What MultiHeadAttention cannot decode: top-left causal chunks, extra keys, kdim != embed_dim.
+TEST(DecodingErrors, MhaRejectsWhatACacheCannotHold) {
+  const Tensor<float> x = random_tensor<float>({2, 3, 16}, 71);
+  attn::MultiHeadAttention<float> m(16, 4);
+  KVCache<float> cache = m.make_cache(2, 8);
+  fill(cache, 2, 73);
+  const CacheState<float> before(cache);
+  attn::MhaArgs<float> top_left;
+  top_left.causal = attn::Causal::kTopLeft;
+  ExpectInvalid([&] { m.forward(x, cache, top_left); }, {"bottom-right"});
+  attn::MultiHeadAttentionOptions o;
+  o.add_bias_kv = true;
+  ExpectInvalid([&] { attn::MultiHeadAttention<float>(16, 4, o).forward(x, cache); }, {"add_bias_kv"});
+  o = {};
+  o.kdim = 8;
+  ExpectInvalid([&] { attn::MultiHeadAttention<float>(16, 4, o).forward(x, cache); }, {"key has shape (2, 3, 16)", "8 features"});
+  EXPECT_TRUE(Unchanged(cache, before));
+}
+
+/// Both caches of a decoder unchanged since `self` and `memory` were taken.
+template <class T>
+::testing::AssertionResult Unchanged(const attn::DecoderCache<T>& c, const CacheState<T>& self, const CacheState<T>& memory) {
+  if (auto r = Unchanged(c.self, self); !r) return r << " (self-attention cache)";
+  if (auto r = Unchanged(c.memory, memory); !r) return r << " (memory cache)";
+  return ::testing::AssertionSuccess();
+}
+
+// A bad memory mask fails in the cross-attention, after the self-attention appended the
+// chunk: the layer rolls the self cache back. Other misfits leave both caches as they were,
+// and decoding then resumes to the one-shot outputs.
+TYPED_TEST(Decoding, DecoderErrorsLeaveBothCachesUnchanged) {
+  using T = TypeParam;
+  const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(false);
+  const Tensor<T> memory = random_tensor<T>({2, 7, 16}, 75), tgt = random_tensor<T>({2, 9, 16}, 77);
+  attn::DecoderArgs<T> causal;
+  causal.self.causal = attn::Causal::kTopLeft;
+  const Tensor<T> full = layer.forward(tgt, memory, causal);
+  attn::DecoderCache<T> cache = layer.make_cache(2, 9, 7);
+  layer.encode_memory(memory, cache);
+  layer.forward(part(tgt, 0, 2, 0, 4), cache);
+  const CacheState<T> self(cache.self), mem(cache.memory);
+  const Tensor<T> next = part(tgt, 0, 2, 4, 2);
+  const Tensor<bool> six({2, 6}, false), five({2, 5}, false);
+  attn::DecoderArgs<T> bad;
+  bad.memory.key_padding_mask = attn::Mask<T>::block_where_true(six);  // the memory has 7 tokens
+  ExpectInvalid([&] { layer.forward(next, cache, bad); }, {"forward_memory", "key_padding_mask", "(2, 6)"});
+  EXPECT_TRUE(Unchanged(cache, self, mem));
+  bad = {};
+  bad.self.key_padding_mask = attn::Mask<T>::block_where_true(five);  // 6 target tokens after the append
+  ExpectInvalid([&] { layer.forward(next, cache, bad); }, {"key_padding_mask", "(2, 5)"});
+  ExpectInvalid([&] { layer.forward(part(tgt, 0, 2, 3, 6), cache); }, {"6 more tokens do not fit"});
+  ExpectInvalid([&] { layer.forward(part(tgt, 0, 1, 4, 2), cache); }, {"the cache is (batch 2"});
+  ExpectInvalid([&] { layer.encode_memory(random_tensor<T>({2, 8, 16}, 79), cache); }, {"8 tokens", "capacity 7"});
+  ExpectInvalid([&] { layer.encode_memory(part(memory, 0, 1, 0, 7), cache); }, {"the cache is (batch 2"});
+  EXPECT_TRUE(Unchanged(cache, self, mem));
+  EXPECT_TRUE(AllClose(layer.forward(part(tgt, 0, 2, 4, 5), cache), part(full, 0, 2, 4, 5), tight<T>()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Ragged prompts: left padding masked by a key padding mask over every cached position
+// ---------------------------------------------------------------------------------------
+
+/// Batch of two: a prompt of 6 tokens, and one of 4 left-padded by 2 (masked), prefilled
+/// in one chunk, then 5 tokens decoded one at a time. Each element's real tokens give what
+/// the element alone, unpadded, gives in one chunk.
+template <class T, class Model>
+void expect_ragged_matches_alone(const Model& m, Index embed, double tol) {
+  const Index pad = 2, prompt = 6, total = prompt + 5;
+  const Tensor<T> x = random_tensor<T>({2, total, embed}, 81);
+  KVCache<T> cache = m.make_cache(2, total);
+  Tensor<T> y({2, total, embed});
+  for (Index from = 0, c = prompt; from < total; from += c, c = 1) {
+    Tensor<bool> padding({2, from + c}, false);
+    for (Index n = 0; n < pad; ++n) padding(1, n) = true;
+    attn::AttentionArgs<T> args;
+    args.key_padding_mask = attn::Mask<T>::block_where_true(padding);
+    paste(y, decode(m, part(x, 0, 2, from, c), cache, args), from);
+  }
+  for (Index b = 0; b < 2; ++b) {
+    SCOPED_TRACE("batch element " + std::to_string(b));
+    const Index skip = b == 1 ? pad : 0;
+    KVCache<T> alone = m.make_cache(1, total);
+    const Tensor<T> want = decode(m, part(x, b, 1, skip, total - skip), alone);
+    EXPECT_TRUE(AllClose(part(y, b, 1, skip, total - skip), want, tol));
+  }
+}
+
+TYPED_TEST(Decoding, RaggedPromptsMatchUnpaddedRunsMha) {
+  using T = TypeParam;
+  attn::MultiHeadAttention<T> m(16, 4);
+  randomize(m, 83);
+  expect_ragged_matches_alone<T>(m, 16, tight<T>());
+}
+
+// forward(x, cache) puts every batch element at positions cache.length() .. (no per-element
+// positions), so the padded element's real tokens sit 2 positions later than alone. Without
+// rope that changes nothing; with rope only the relative positions enter the scores, so
+// the outputs agree up to the rounding of other angles.
+TYPED_TEST(Decoding, RaggedPromptsMatchUnpaddedRunsGqa) {
+  using T = TypeParam;
+  attn::GqaOptions none;
+  none.rope = false;
+  for (const attn::GqaOptions& o : {none, attn::GqaOptions{}}) {
+    SCOPED_TRACE(o.rope ? "rope" : "no rope");
+    attn::GroupedQueryAttention<T> m(16, 4, 2, 0, o);
+    randomize(m, 85);
+    expect_ragged_matches_alone<T>(m, 16, tight<T>());
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// A decode loop's memory
+// ---------------------------------------------------------------------------------------
+
+/// A prompt of 4 tokens through step(4), then 64 single tokens through step(1), on one
+/// thread: from the first single token on, the workspace keeps its size (the prompt's
+/// scratch is reused; nothing grows with the cached length), and the caches never move
+/// (addresses() gives where their memory is).
+template <class Step, class Addresses>
+void expect_steady_memory(Step&& step, Addresses&& addresses) {
+  attn::release_workspace();
+  attn::set_num_threads(1);  // every scratch buffer on the calling thread, where workspace_bytes() sees it
+  struct Restore {
+    ~Restore() { attn::set_num_threads(0); }
+  } restore;
+  const auto where = addresses();
+  step(4);
+  const std::size_t after_prompt = attn::workspace_bytes();
+  step(1);
+  const std::size_t kept = attn::workspace_bytes();
+  EXPECT_GT(kept, 0u);
+  EXPECT_EQ(kept, after_prompt);
+  for (Index i = 1; i < 64; ++i) {
+    step(1);
+    ASSERT_EQ(attn::workspace_bytes(), kept) << "token " << i;
+    ASSERT_EQ(addresses(), where) << "token " << i;
+  }
+}
+
+TYPED_TEST(Decoding, DecodeLoopAllocatesNothingNew) {
+  using T = TypeParam;
+  attn::GroupedQueryAttention<T> gqa(16, 4, 2);
+  randomize(gqa, 87);
+  KVCache<T> cache = gqa.make_cache(2, 68);
+  const auto gqa_step = [&](Index c) { gqa.forward(random_tensor<T>({2, c, 16}, 89), cache); };
+  expect_steady_memory(gqa_step, [&] { return std::vector<const T*>{cache.keys().data, cache.values().data}; });
+  EXPECT_EQ(cache.length(), 68);
+
+  const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(true);
+  attn::DecoderCache<T> dc = layer.make_cache(2, 68, 7);
+  layer.encode_memory(random_tensor<T>({2, 7, 16}, 91), dc);
+  const auto layer_step = [&](Index c) { layer.forward(random_tensor<T>({2, c, 16}, 93), dc); };
+  expect_steady_memory(layer_step, [&] {
+    return std::vector<const T*>{dc.self.keys().data, dc.self.values().data, dc.memory.keys().data, dc.memory.values().data};
+  });
+  EXPECT_EQ(dc.self.length(), 68);
+}
+}  // namespace
