@@ -150,6 +150,22 @@ BENCHMARK(BM_CausalCore)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
+/// The attention core of one decode step: a query per head (1, 32, 1, 128) over a cache of
+/// ctx keys and values with 8 heads; counters GB/s (the cache's bytes / time) and bw_frac.
+void BM_DecodeCore(benchmark::State& state) {
+  const Index h = state.range(0), k = state.range(1), ctx = state.range(2), d = state.range(3);
+  const auto q = attn_bench::input({1, h, 1, d}, 1), kk = attn_bench::input({1, k, ctx, d}, 2),
+             v = attn_bench::input({1, k, ctx, d}, 3);
+  const double secs = run(state, attn_bench::core_flops(1, h, 1, ctx, d, d),
+                          [&] { benchmark::DoNotOptimize(attn::scaled_dot_product_attention<float>(q, kk, v)); });
+  step_counters(state, 8.0 * double(k * ctx * d), 1, secs);
+}
+BENCHMARK(BM_DecodeCore)
+    ->ArgNames({"H", "K", "ctx", "D"})
+    ->Args({32, 8, 16384, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
 // ---- 256 tokens: KV cache vs recomputing the prefix ---------------------------------------
 
 /// Decodes `count` tokens after a prompt of `ctx`: with a cache (the prompt in one chunk, then

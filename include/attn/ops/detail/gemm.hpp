@@ -173,6 +173,7 @@ void gemm_micro(const T* a, const T* b, Index kc, const GemmPanel<T>& panel, Ind
     for (int v = 0; v < NV; ++v) acc[i][v] = ei::pset1<P>(T(0));
   for (Index k = 0; k < kc; ++k) {
     P bv[NV];
+    for (int v = 0; v < NV; ++v) prefetch(b + (k + 16) * BL::kNR + v * S);
     for (int v = 0; v < NV; ++v) bv[v] = ei::ploadu<P>(b + k * BL::kNR + v * S);
     for (int i = 0; i < MR; ++i) {
       const P av = ei::pset1<P>(a[k * MR + i]);

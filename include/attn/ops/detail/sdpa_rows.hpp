@@ -35,6 +35,7 @@ struct SdpaRows {
   static constexpr int kP = kPacketSize<T>;
   static constexpr Index kMaxRows = 4;  ///< queries per tile at most
   static constexpr Index kKeys = 128;   ///< keys per score tile
+  static constexpr Index kAhead = 16;    ///< rows of k and v prefetched ahead of their use
 
   /// One tile's buffers, query-major: q (rows, D) scaled, the scores (rows, kKeys), the
   /// accumulator (rows, Dv), and each query's running max and sum.
@@ -130,6 +131,7 @@ struct SdpaRows {
     Index d = 0;
     for (; d + kP <= dim; d += kP)
       for (int x = 0; x < N; ++x) {
+        prefetch(k + (x + kAhead) * ks + d);
         const P kd = ei::ploadu<P>(k + x * ks + d);
         for (int r = 0; r < R; ++r) acc[r][x] = ei::pmadd(ei::ploadu<P>(w.q + r * dim + d), kd, acc[r][x]);
       }
@@ -161,6 +163,7 @@ struct SdpaRows {
       for (int x = 0; x < C; ++x) a[r][x] = ei::ploadu<P>(acc + r * dim_v + x * kP);
     for (Index j = 0; j < cols; ++j)
       for (int x = 0; x < C; ++x) {
+        prefetch(v + (j + kAhead) * vs + x * kP);
         const P vp = ei::ploadu<P>(v + j * vs + x * kP);
         for (int r = 0; r < R; ++r) a[r][x] = ei::pmadd(ei::pset1<P>(w.s[r * kKeys + j]), vp, a[r][x]);
       }
