@@ -667,6 +667,8 @@ TYPED_TEST(Decoding, DecoderErrorsLeaveBothCachesUnchanged) {
   causal.self.causal = attn::Causal::kTopLeft;
   const Tensor<T> full = layer.forward(tgt, memory, causal);
   attn::DecoderCache<T> cache = layer.make_cache(2, 9, 7);
+  ExpectInvalid([&] { layer.forward(part(tgt, 0, 2, 0, 4), cache); }, {"encode_memory", "first"});
+  EXPECT_EQ(cache.self.length(), 0);
   layer.encode_memory(memory, cache);
   layer.forward(part(tgt, 0, 2, 0, 4), cache);
   const CacheState<T> self(cache.self), mem(cache.memory);

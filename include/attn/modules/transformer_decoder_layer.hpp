@@ -102,10 +102,13 @@ class TransformerDecoderLayer : public Module<T> {
   /// @param tgt_chunk (B, C, E); @param cache filled by encode_memory and earlier chunks
   /// @param args masks (args.self.key_padding_mask covers every cached target token), generator
   /// @return (B, C, E)
-  /// @throws std::invalid_argument, the caches unchanged, for shapes or masks that do not fit
+  /// @throws std::invalid_argument, the caches unchanged, for shapes or masks that do not fit,
+  /// or a cache whose memory was never encoded
   Tensor<T> forward(const TensorView<const T>& tgt_chunk, DecoderCache<T>& cache, const DecoderArgs<T>& args = {}) const {
     constexpr const char* where = "attn::TransformerDecoderLayer::forward";
     check(where, tgt_chunk, args);
+    detail::require(cache.memory.length() > 0, where,
+                    ": cache.memory holds no memory: call encode_memory(memory, cache) first");
     const Index before = cache.self.length();
     AttentionArgs<T> cached_self = with(args.self, args);
     cached_self.causal = Causal::kBottomRight;  // as documented: whatever args.self.causal (tgt_is_causal) says
