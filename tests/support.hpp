@@ -178,4 +178,36 @@ void ExpectInvalid(F&& f, std::initializer_list<const char*> parts) {
   }
 }
 
+/// x[b0 : b0 + nb, from : from + count, :] of a (B, L, E) tensor.
+template <class T>
+Tensor<T> part(const Tensor<T>& x, Index b0, Index nb, Index from, Index count) {
+  const Index len = x.size(1), e = x.size(2);
+  Tensor<T> y({nb, count, e});
+  for (Index b = 0; b < nb; ++b)
+    std::copy_n(x.data() + ((b0 + b) * len + from) * e, count * e, y.data() + b * count * e);
+  return y;
+}
+
+/// y[:, from : from + chunk.size(1), :] = chunk.
+template <class T>
+void paste(Tensor<T>& y, const Tensor<T>& chunk, Index from) {
+  const Index len = y.size(1), e = y.size(2), c = chunk.size(1);
+  for (Index b = 0; b < y.size(0); ++b) std::copy_n(chunk.data() + b * c * e, c * e, y.data() + (b * len + from) * e);
+}
+
+/// step(chunk, from) on consecutive chunks of x (B, L, E) of `chunk` tokens (the last one
+/// shorter; `from` is its first position), the (B, n, E) outputs put back together: a
+/// sequence decoded chunk by chunk through a KV cache.
+template <class T, class Step>
+Tensor<T> in_chunks(const Tensor<T>& x, Index chunk, Step&& step) {
+  Tensor<T> y(x.shape());
+  for (Index from = 0; from < x.size(1); from += chunk) {
+    const Index n = std::min(chunk, x.size(1) - from);
+    const Tensor<T> out = step(part(x, 0, x.size(0), from, n), from);
+    EXPECT_EQ(out.shape(), attn::Shape({x.size(0), n, x.size(2)}));
+    paste(y, out, from);
+  }
+  return y;
+}
+
 }  // namespace attn_test

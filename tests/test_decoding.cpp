@@ -58,36 +58,6 @@ Tensor<T> copy_heads(const HeadsView<const T>& v) {
   return t;
 }
 
-/// x[b0 : b0 + nb, from : from + count, :] of a (B, L, E) tensor.
-template <class T>
-Tensor<T> part(const Tensor<T>& x, Index b0, Index nb, Index from, Index count) {
-  const Index len = x.size(1), e = x.size(2);
-  Tensor<T> y({nb, count, e});
-  for (Index b = 0; b < nb; ++b)
-    std::copy_n(x.data() + ((b0 + b) * len + from) * e, count * e, y.data() + b * count * e);
-  return y;
-}
-
-/// y[:, from : from + chunk.size(1), :] = chunk.
-template <class T>
-void paste(Tensor<T>& y, const Tensor<T>& chunk, Index from) {
-  const Index len = y.size(1), e = y.size(2), c = chunk.size(1);
-  for (Index b = 0; b < y.size(0); ++b) std::copy_n(chunk.data() + b * c * e, c * e, y.data() + (b * len + from) * e);
-}
-
-/// step(chunk) on consecutive chunks of x (B, L, E) of `chunk` tokens (the last one shorter),
-/// the outputs put back together.
-template <class T, class Step>
-Tensor<T> in_chunks(const Tensor<T>& x, Index chunk, Step&& step) {
-  Tensor<T> y(x.shape());
-  for (Index from = 0; from < x.size(1); from += chunk) {
-    const Tensor<T> out = step(part(x, 0, x.size(0), from, std::min(chunk, x.size(1) - from)));
-    EXPECT_EQ(out.shape(), Shape({x.size(0), std::min(chunk, x.size(1) - from), x.size(2)}));
-    paste(y, out, from);
-  }
-  return y;
-}
-
 /// A cache's length and contents, to check that a failed call left it as it was.
 template <class T>
 struct CacheState {
@@ -390,7 +360,7 @@ void expect_chunks_match(const Model& m, const Tensor<T>& x, const Tensor<T>& fu
   for (Index chunk : {1, 3, 4}) {
     SCOPED_TRACE("length " + std::to_string(x.size(1)) + ", chunk " + std::to_string(chunk));
     KVCache<T> cache = m.make_cache(x.size(0), x.size(1) + 1);
-    const Tensor<T> inc = in_chunks(x, chunk, [&](const Tensor<T>& c) { return decode(m, c, cache); });
+    const Tensor<T> inc = in_chunks(x, chunk, [&](const Tensor<T>& c, Index) { return decode(m, c, cache); });
     EXPECT_EQ(cache.length(), x.size(1));
     EXPECT_TRUE(AllClose(inc, full, tight<T>()));
   }
@@ -457,7 +427,7 @@ Tensor<T> mask_rows(const Tensor<T>& mask, Index from, Index c) {
 template <class T, class Model>
 void expect_masked_chunks_match(const Model& m, const Tensor<T>& x, const Tensor<T>& mask, const Tensor<T>& full) {
   KVCache<T> cache = m.make_cache(x.size(0), x.size(1));
-  const Tensor<T> inc = in_chunks(x, 3, [&](const Tensor<T>& c) {
+  const Tensor<T> inc = in_chunks(x, 3, [&](const Tensor<T>& c, Index) {
     const Tensor<T> rows = mask_rows(mask, cache.length(), c.size(1));
     attn::AttentionArgs<T> args;
     args.attn_mask = attn::Mask<T>::additive(rows);
@@ -512,12 +482,12 @@ TYPED_TEST(Decoding, DecoderIncrementalMatchesFullSequence) {
                      std::to_string(chunk));
         attn::DecoderCache<T> cache = layer.make_cache(2, len, 7);
         layer.encode_memory(memory, cache);
-        const Tensor<T> inc = in_chunks(tgt, chunk, [&](const Tensor<T>& c) { return layer.forward(c, cache, args); });
+        const Tensor<T> inc = in_chunks(tgt, chunk, [&](const Tensor<T>& c, Index) { return layer.forward(c, cache, args); });
         EXPECT_TRUE(AllClose(inc, full, tight<T>()));
         // The full pass's arguments (tgt_is_causal: top-left) work as they are: with a
         // cache the self-attention is bottom-right causal whatever args.self.causal says.
         layer.encode_memory(memory, cache);
-        const Tensor<T> same = in_chunks(tgt, chunk, [&](const Tensor<T>& c) { return layer.forward(c, cache, causal); });
+        const Tensor<T> same = in_chunks(tgt, chunk, [&](const Tensor<T>& c, Index) { return layer.forward(c, cache, causal); });
         EXPECT_TRUE(same_bits(same, inc));
       }
     }
@@ -538,7 +508,7 @@ TYPED_TEST(Decoding, DecoderEncodeMemoryStartsANewSequence) {
     layer.encode_memory(memory, cache);
     EXPECT_EQ(cache.self.length(), 0);
     EXPECT_EQ(cache.memory.length(), s);
-    const Tensor<T> inc = in_chunks(tgt, 2, [&](const Tensor<T>& c) { return layer.forward(c, cache); });
+    const Tensor<T> inc = in_chunks(tgt, 2, [&](const Tensor<T>& c, Index) { return layer.forward(c, cache); });
     EXPECT_TRUE(AllClose(inc, layer.forward(tgt, memory, causal), tight<T>()));
   }
 }

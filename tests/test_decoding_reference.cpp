@@ -5,7 +5,6 @@
 // layer and MultiHeadAttention self-attention also run incrementally through a KV cache, chunk
 // by chunk, and the concatenated outputs are compared with PyTorch's full-sequence outputs.
 #include <algorithm>
-#include <functional>
 #include <vector>
 
 #include "support.hpp"
@@ -20,24 +19,6 @@ std::vector<Index> chunk_sizes(Index len) {
   Index odd = 7;
   while (len % odd == 0) ++odd;
   return {1, 3, odd};
-}
-
-/// x (B, L, E) fed through f(chunk (B, n, E), first, n) -> (B, n, E') `c` tokens at a time,
-/// the outputs concatenated to (B, L, E').
-template <class T>
-Tensor<T> chunked(const Tensor<T>& x, Index c, const std::function<Tensor<T>(const Tensor<T>&, Index, Index)>& f) {
-  const Index nb = x.size(0), len = x.size(1), e = x.size(2);
-  Tensor<T> out;
-  for (Index j0 = 0; j0 < len; j0 += c) {
-    const Index n = std::min(c, len - j0);
-    Tensor<T> chunk({nb, n, e});
-    for (Index b = 0; b < nb; ++b) std::copy_n(x.data() + (b * len + j0) * e, n * e, chunk.data() + b * n * e);
-    const Tensor<T> y = f(chunk, j0, n);
-    const Index eo = y.size(2);
-    if (j0 == 0) out = Tensor<T>({nb, len, eo});
-    for (Index b = 0; b < nb; ++b) std::copy_n(y.data() + b * n * eo, n * eo, out.data() + (b * len + j0) * eo);
-  }
-  return out;
 }
 
 /// The first n columns of a (B, S) key padding mask: what covers a cache of n tokens.
@@ -147,9 +128,9 @@ void check_gqa(const GqaSpec& spec, bool incremental) {
   }
   for (Index step : chunk_sizes(x.size(1))) {
     attn::KVCache<T> cache = m.make_cache(x.size(0), x.size(1));
-    const Tensor<T> y = chunked<T>(x, step, [&](const Tensor<T>& chunk, Index first, Index n) {
+    const Tensor<T> y = in_chunks(x, step, [&](const Tensor<T>& chunk, Index first) {
       attn::AttentionArgs<T> args;
-      const Tensor<bool> seen = kpm.empty() ? Tensor<bool>() : first_columns(kpm, first + n);
+      const Tensor<bool> seen = kpm.empty() ? Tensor<bool>() : first_columns(kpm, first + chunk.size(1));
       if (!kpm.empty()) args.key_padding_mask = attn::Mask<T>::block_where_true(seen);
       return m.forward(chunk, cache, args);
     });
@@ -349,9 +330,9 @@ void check_decoder(const LayerSpec& spec, bool incremental) {
   for (Index step : chunk_sizes(tgt.size(1))) {
     attn::DecoderCache<T> cache = layer.make_cache(tgt.size(0), tgt.size(1), memory.size(1));
     layer.encode_memory(memory, cache);
-    const Tensor<T> y = chunked<T>(tgt, step, [&](const Tensor<T>& chunk, Index first, Index n) {
+    const Tensor<T> y = in_chunks(tgt, step, [&](const Tensor<T>& chunk, Index first) {
       attn::DecoderArgs<T> a = args;
-      const Tensor<bool> seen = tgt_kpm.empty() ? Tensor<bool>() : first_columns(tgt_kpm, first + n);
+      const Tensor<bool> seen = tgt_kpm.empty() ? Tensor<bool>() : first_columns(tgt_kpm, first + chunk.size(1));
       if (!tgt_kpm.empty()) a.self.key_padding_mask = attn::Mask<T>::block_where_true(seen);
       return layer.forward(chunk, cache, a);
     });
@@ -404,10 +385,10 @@ void check_mha_incremental(const char* name, const char* masks) {
   const Tensor<bool> kpm = stored_bools(c, "input.key_padding_mask");
   for (Index step : chunk_sizes(x.size(1))) {
     attn::KVCache<T> cache = mha.make_cache(x.size(0), x.size(1));
-    const Tensor<T> y = chunked<T>(x, step, [&](const Tensor<T>& chunk, Index first, Index n) {
+    const Tensor<T> y = in_chunks(x, step, [&](const Tensor<T>& chunk, Index first) {
       attn::MhaArgs<T> args;
       args.causal = attn::Causal::kBottomRight;
-      const Tensor<bool> seen = kpm.empty() ? Tensor<bool>() : first_columns(kpm, first + n);
+      const Tensor<bool> seen = kpm.empty() ? Tensor<bool>() : first_columns(kpm, first + chunk.size(1));
       if (!kpm.empty()) args.key_padding_mask = attn::Mask<T>::block_where_true(seen);
       return mha.forward(chunk, cache, args).output;
     });
