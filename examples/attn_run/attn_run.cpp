@@ -481,57 +481,62 @@ std::function<Result<T>()> sdpa_forward(const Options& o, const Inputs<T>& in) {
   return [&q, &k, &v, opt] { return Result<T>{attn::scaled_dot_product_attention<T>(q, k, v, opt), {}}; };
 }
 
+/// multi_head_attention: query, key and value (key and value may be the query), whole or
+/// --incremental through a KV cache (self-attention).
+template <class T>
+std::function<Result<T>()> mha_forward(const Options& o, const Inputs<T>& in, const attn::StateDict<T>& weights) {
+  attn::MultiHeadAttentionOptions mo;
+  mo.bias = !o.no_bias;
+  mo.add_bias_kv = o.add_bias_kv;
+  mo.add_zero_attn = o.add_zero_attn;
+  mo.kdim = o.kdim;
+  mo.vdim = o.vdim;
+  auto m = std::make_shared<attn::MultiHeadAttention<T>>(o.embed_dim, o.num_heads, mo);
+  m->load_state_dict(weights);
+  if (!in.values.count("query")) throw std::runtime_error(o.inputs + ": no tensor named 'query'");
+  const bool has_k = in.values.count("key") != 0, has_v = in.values.count("value") != 0;
+  if (has_k != has_v)
+    throw std::runtime_error(o.inputs + ": has '" + std::string(has_k ? "key" : "value") + "' but not '" +
+                             (has_k ? "value" : "key") + "' (give both, or neither for self-attention)");
+  const attn::Tensor<T>& q = in.values.at("query");
+  // Key / value equal to query (or value equal to key) are passed as the same tensor, as
+  // PyTorch is called with mha(x, x, x): attn then projects them with one GEMM.
+  const attn::Tensor<T>& k = has_k && !same_values(in.values.at("key"), q) ? in.values.at("key") : q;
+  const attn::Tensor<T>* vp = &q;
+  if (has_v) {
+    const attn::Tensor<T>& v = in.values.at("value");
+    vp = same_values(v, k) ? &k : same_values(v, q) ? &q : &v;
+  }
+  attn::MhaArgs<T> args(in.args);
+  args.need_weights = o.need_weights;
+  args.average_attn_weights = !o.per_head_weights;
+  if (o.causal || o.incremental > 0) args.causal = attn::Causal::kBottomRight;
+  if (o.incremental > 0) {
+    if (&k != &q || vp != &q)
+      throw std::runtime_error(o.inputs + ": --incremental is self-attention: key and value must be the query");
+    return [m, &q, args, c = o.incremental] {
+      attn::KVCache<T> cache = m->make_cache(q.size(0), q.size(1));
+      ChunkMasks<T> masks(args, q.size(0), q.size(1));
+      return Result<T>{chunked(q, c,
+                               [&](const attn::Tensor<T>& x, Index end) {
+                                 attn::MhaArgs<T> a = args;
+                                 a.key_padding_mask = masks.upto(end);
+                                 return m->forward(x, cache, a).output;
+                               }),
+                       {}};
+    };
+  }
+  return [m, &q, &k, vp, args] {
+    attn::MhaOutput<T> r = m->forward(q, k, *vp, args);
+    return Result<T>{std::move(r.output), std::move(r.attn_weights)};
+  };
+}
+
 /// Loads the weights (strict) and returns the forward pass as a function.
 template <class T>
 std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, const attn::StateDict<T>& weights) {
   auto load = [&](attn::Module<T>& m) { m.load_state_dict(weights); };
-  if (o.module == "multi_head_attention") {
-    attn::MultiHeadAttentionOptions mo;
-    mo.bias = !o.no_bias;
-    mo.add_bias_kv = o.add_bias_kv;
-    mo.add_zero_attn = o.add_zero_attn;
-    mo.kdim = o.kdim;
-    mo.vdim = o.vdim;
-    auto m = std::make_shared<attn::MultiHeadAttention<T>>(o.embed_dim, o.num_heads, mo);
-    load(*m);
-    if (!in.values.count("query")) throw std::runtime_error(o.inputs + ": no tensor named 'query'");
-    const bool has_k = in.values.count("key") != 0, has_v = in.values.count("value") != 0;
-    if (has_k != has_v)
-      throw std::runtime_error(o.inputs + ": has '" + std::string(has_k ? "key" : "value") + "' but not '" +
-                               (has_k ? "value" : "key") + "' (give both, or neither for self-attention)");
-    const attn::Tensor<T>& q = in.values.at("query");
-    // Key / value equal to query (or value equal to key) are passed as the same tensor, as
-    // PyTorch is called with mha(x, x, x): attn then projects them with one GEMM.
-    const attn::Tensor<T>& k = has_k && !same_values(in.values.at("key"), q) ? in.values.at("key") : q;
-    const attn::Tensor<T>* vp = &q;
-    if (has_v) {
-      const attn::Tensor<T>& v = in.values.at("value");
-      vp = same_values(v, k) ? &k : same_values(v, q) ? &q : &v;
-    }
-    attn::MhaArgs<T> args(in.args);
-    args.need_weights = o.need_weights;
-    args.average_attn_weights = !o.per_head_weights;
-    if (o.causal || o.incremental > 0) args.causal = attn::Causal::kBottomRight;
-    if (o.incremental > 0) {
-      if (&k != &q || vp != &q)
-        throw std::runtime_error(o.inputs + ": --incremental is self-attention: key and value must be the query");
-      return [m, &q, args, c = o.incremental] {
-        attn::KVCache<T> cache = m->make_cache(q.size(0), q.size(1));
-        ChunkMasks<T> masks(args, q.size(0), q.size(1));
-        return Result<T>{chunked(q, c,
-                                 [&](const attn::Tensor<T>& x, Index end) {
-                                   attn::MhaArgs<T> a = args;
-                                   a.key_padding_mask = masks.upto(end);
-                                   return m->forward(x, cache, a).output;
-                                 }),
-                         {}};
-      };
-    }
-    return [m, &q, &k, vp, args] {
-      attn::MhaOutput<T> r = m->forward(q, k, *vp, args);
-      return Result<T>{std::move(r.output), std::move(r.attn_weights)};
-    };
-  }
+  if (o.module == "multi_head_attention") return mha_forward(o, in, weights);
   if (o.module == "transformer_decoder_layer") return decoder_forward(o, in, weights);
   if (o.module == "sdpa") return sdpa_forward(o, in);
   if (!in.values.count("x")) throw std::runtime_error(o.inputs + ": no tensor named 'x'");
