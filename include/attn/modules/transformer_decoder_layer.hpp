@@ -92,6 +92,8 @@ class TransformerDecoderLayer : public Module<T> {
   /// @brief Projects the memory's keys and values once into cache.memory (and empties
   /// cache.self): the start of decoding a new sequence.
   /// @param memory (B, S, E)
+  /// @param cache make_cache(B, capacity, memory length >= S)
+  /// @throws std::invalid_argument, the caches unchanged, for shapes that do not fit
   void encode_memory(const TensorView<const T>& memory, DecoderCache<T>& cache) const {
     multihead_attn_.encode_memory(memory, cache.memory);
     cache.self.reset();

@@ -44,8 +44,11 @@ class RotaryTable {
     fill([&](Index, Index n) { return position_offset + n; });
   }
 
+  /// @param opt rotary_dim, theta, pairing
+  /// @param head_dim the head dimension of the views it will rotate
   /// @param positions (L) positions shared by the batch, or (B, L) per batch element (ragged
   /// prompts; HF's position_ids)
+  /// @throws std::invalid_argument for a bad rotary_dim, theta or positions shape
   RotaryTable(const RotaryOptions& opt, Index head_dim, const TensorView<const std::int64_t>& positions)
       : opt_(checked(opt, head_dim)), head_dim_(head_dim) {
     detail::require(positions.dim() == 1 || positions.dim() == 2, "attn::RotaryTable: positions has shape ",
@@ -117,12 +120,17 @@ class RotaryTable {
 
 /// @brief Rotates every head of x in place: row n is at position position_offset + n.
 /// @param x (B, H, L, D), any strides (e.g. q or k columns of a projection's output)
+/// @param opt rotary_dim, theta, pairing
+/// @param position_offset position of row 0 (the length of a KV cache, decoding)
 template <class T>
 void apply_rotary(const HeadsView<T>& x, const RotaryOptions& opt, Index position_offset = 0) {
   RotaryTable<T>(opt, x.head_dim, x.length, position_offset).apply(x);
 }
 
 /// @brief Tensor form: a rotated copy of x (B, H, L, D).
+/// @param x (B, H, L, D)
+/// @param opt rotary_dim, theta, pairing
+/// @param position_offset position of row 0
 template <class T>
 Tensor<T> apply_rotary(const TensorView<const T>& x, const RotaryOptions& opt, Index position_offset = 0) {
   detail::require(x.dim() == 4, "attn::apply_rotary: x must be (B, H, L, D), got ", x.shape());
