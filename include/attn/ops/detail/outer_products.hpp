@@ -49,7 +49,7 @@ EIGEN_ALWAYS_INLINE void outer_product_block(const T* a, Index a_row, Index a_st
     P bv[V];
     for (int v = 0; v < V; ++v) {
       bv[v] = ei::ploadu<P>(b + m * b_stride + v * S);
-      if (I > 1 && V >= 4) keep_in_register(bv[v]);  // measured: V = 2 (talking heads) is better without
+      if (kPinRowPackets && I > 1 && V >= 4) keep_in_register(bv[v]);  // measured: V = 2 (talking heads) is better without
     }
     for (int i = 0; i < I; ++i) {
       const P av = ei::pset1<P>(a[i * a_row + m * a_step]);
