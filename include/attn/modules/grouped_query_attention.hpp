@@ -96,11 +96,7 @@ class GroupedQueryAttention : public Module<T> {
   Tensor<T> forward(const TensorView<const T>& x, KVCache<T>& cache, const AttentionArgs<T>& args = {}) const {
     constexpr const char* where = "attn::GroupedQueryAttention::forward";
     const Index nb = check_input(where, x, args), len = x.size(1), before = cache.length();
-    detail::require(cache.batch() == nb && cache.kv_heads() == num_kv_heads_ && cache.head_dim() == head_dim_, where,
-                    ": the cache is (batch ", cache.batch(), ", kv_heads ", cache.kv_heads(), ", head_dim ",
-                    cache.head_dim(), "), the layer and input need (", nb, ", ", num_kv_heads_, ", ", head_dim_, ")");
-    detail::require(len <= cache.capacity() - before, where, ": ", len, " more tokens do not fit the cache (length ",
-                    before, ", capacity ", cache.capacity(), ")");
+    cache.require_fits(where, nb, num_kv_heads_, head_dim_, len);
     SdpaOptions<T> opt = attention_options(where, args, nb, len, before + len);
     const WorkBuffer q(nb * len * num_heads_ * head_dim_);
     project(x, q.data(), cache.next_keys(len), cache.next_values(len), before);  // k, v straight into the cache

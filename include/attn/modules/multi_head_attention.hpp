@@ -191,7 +191,7 @@ class MultiHeadAttention : public Module<T> {
                     ": a KV cache needs batched (B, C, E) input, kdim = vdim = embed_dim, no add_bias_kv / add_zero_attn "
                     "and bottom-right causal masking (x ", x.shape(), ")");
     const Index len = x.size(1), before = cache.length();
-    check_cache(where, cache, nb, len);
+    cache.require_fits(where, nb, num_heads_, head_dim_, len);
     SdpaOptions<T> opt = decode_options(where, args, nb, len, before + len);
     const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
     project_rows(x, embed_dim_, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)},
@@ -219,7 +219,7 @@ class MultiHeadAttention : public Module<T> {
     const Index len = memory.size(1);
     detail::require(len <= cache.capacity(), where, ": memory of ", len, " tokens does not fit a cache of capacity ",
                     cache.capacity());
-    check_cache(where, cache, nb, 0);
+    cache.require_fits(where, nb, num_heads_, head_dim_, 0);
     cache.reset();
     project_rows(memory, kdim_, {{embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
     cache.commit(len);
@@ -235,7 +235,7 @@ class MultiHeadAttention : public Module<T> {
     const Index nb = detail::check_sequence(where, "query", query.shape(), embed_dim_);
     detail::require(query.dim() == 3 && extra_keys() == 0, where,
                     ": needs batched (B, L, E) queries and no add_bias_kv / add_zero_attn (query ", query.shape(), ")");
-    check_cache(where, cache, nb, 0);
+    cache.require_fits(where, nb, num_heads_, head_dim_, 0);
     this->require_generator(args.generator, options_.dropout);
     const Index len = query.size(1);
     const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
@@ -377,15 +377,6 @@ class MultiHeadAttention : public Module<T> {
     if (args.need_weights)
       result.attn_weights = shape_weights(std::move(result.attn_weights), args.average_attn_weights, query_shape.size() == 2);
     return result;
-  }
-
-  /// Checks that a cache fits this layer, a batch of nb and `more` further tokens.
-  void check_cache(const char* where, const KVCache<T>& cache, Index nb, Index more) const {
-    detail::require(cache.batch() == nb && cache.kv_heads() == num_heads_ && cache.head_dim() == head_dim_, where,
-                    ": the cache is (batch ", cache.batch(), ", heads ", cache.kv_heads(), ", head_dim ", cache.head_dim(),
-                    "), the layer and input need (", nb, ", ", num_heads_, ", ", head_dim_, ")");
-    detail::require(more <= cache.capacity() - cache.length(), where, ": ", more, " more tokens do not fit the cache (length ",
-                    cache.length(), ", capacity ", cache.capacity(), ")");
   }
 
   /// The options of a decoding step, checked before anything is written to the cache: the

@@ -44,6 +44,20 @@ class KVCache {
   /// Bytes of keys and values allocated (the whole capacity).
   std::size_t bytes() const { return sizeof(T) * static_cast<std::size_t>(keys_.size() + values_.size()); }
 
+  /// @brief Checks that the cache suits a layer's call: `batch` sequences, `kv_heads` heads of
+  /// `head_dim`, and room for `more` positions.
+  /// @param where the caller's name, which starts the message
+  /// @param batch B of the call; @param kv_heads K of the layer; @param head_dim D of the layer
+  /// @param more positions the call will append
+  /// @throws std::invalid_argument naming both shapes, or the length and capacity
+  void require_fits(const char* where, Index batch, Index kv_heads, Index head_dim, Index more) const {
+    detail::require(batch_ == batch && heads_ == kv_heads && head_dim_ == head_dim, where, ": the cache is (batch ",
+                    batch_, ", kv_heads ", heads_, ", head_dim ", head_dim_, "), the layer and input need (", batch,
+                    ", ", kv_heads, ", ", head_dim, ")");
+    detail::require(more <= capacity_ - length_, where, ": ", more, " more tokens do not fit the cache (length ",
+                    length_, ", capacity ", capacity_, ")");
+  }
+
   /// Forgets every position (the memory is kept).
   void reset() { length_ = 0; }
   /// @brief Forgets the positions from `length` on (rolls back to a shorter cache).
