@@ -407,6 +407,18 @@ class ChunkMasks {
   attn::Tensor<bool> bools_;
 };
 
+/// --incremental: x fed through a KV cache `c` tokens at a time by step(chunk); before each
+/// chunk, the key padding mask in `self` (the arguments step passes on) is cut to the tokens
+/// cached after it.
+template <class T, class Step>
+attn::Tensor<T> incremental(const attn::Tensor<T>& x, Index c, attn::AttentionArgs<T>& self, Step&& step) {
+  ChunkMasks<T> masks(self, x.size(0), x.size(1));
+  return chunked(x, c, [&](const attn::Tensor<T>& chunk, Index end) {
+    self.key_padding_mask = masks.upto(end);
+    return step(chunk);
+  });
+}
+
 attn::TransformerLayerOptions layer_options(const Options& o) {
   attn::TransformerLayerOptions lo;
   lo.dim_feedforward = o.ffn_dim;
@@ -432,13 +444,8 @@ std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& 
   if (o.incremental == 0) return [m, &x, args] { return Result<T>{m->forward(x, args), {}}; };
   return [m, &x, args, c = o.incremental] {
     attn::KVCache<T> cache = m->make_cache(x.size(0), x.size(1));
-    ChunkMasks<T> masks(args, x.size(0), x.size(1));
-    return Result<T>{chunked(x, c,
-                             [&](const attn::Tensor<T>& chunk, Index end) {
-                               attn::AttentionArgs<T> a = args;
-                               a.key_padding_mask = masks.upto(end);
-                               return m->forward(chunk, cache, a);
-                             }),
+    attn::AttentionArgs<T> a = args;
+    return Result<T>{incremental(x, c, a, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a); }),
                      {}};
   };
 }
@@ -458,14 +465,9 @@ std::function<Result<T>()> decoder_forward(const Options& o, const Inputs<T>& in
   return [m, &tgt, &memory, args, c = o.incremental] {
     attn::DecoderCache<T> cache = m->make_cache(tgt.size(0), tgt.size(1), memory.size(1));
     m->encode_memory(memory, cache);
-    ChunkMasks<T> masks(args.self, tgt.size(0), tgt.size(1));
-    return Result<T>{chunked(tgt, c,
-                             [&](const attn::Tensor<T>& chunk, Index end) {
-                               attn::DecoderArgs<T> a = args;
-                               a.self.key_padding_mask = masks.upto(end);
-                               return m->forward(chunk, cache, a);
-                             }),
-                     {}};
+    attn::DecoderArgs<T> a = args;
+    return Result<T>{
+        incremental(tgt, c, a.self, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a); }), {}};
   };
 }
 
@@ -516,14 +518,9 @@ std::function<Result<T>()> mha_forward(const Options& o, const Inputs<T>& in, co
       throw std::runtime_error(o.inputs + ": --incremental is self-attention: key and value must be the query");
     return [m, &q, args, c = o.incremental] {
       attn::KVCache<T> cache = m->make_cache(q.size(0), q.size(1));
-      ChunkMasks<T> masks(args, q.size(0), q.size(1));
-      return Result<T>{chunked(q, c,
-                               [&](const attn::Tensor<T>& x, Index end) {
-                                 attn::MhaArgs<T> a = args;
-                                 a.key_padding_mask = masks.upto(end);
-                                 return m->forward(x, cache, a).output;
-                               }),
-                       {}};
+      attn::MhaArgs<T> a = args;
+      return Result<T>{
+          incremental(q, c, a, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a).output; }), {}};
     };
   }
   return [m, &q, &k, vp, args] {
