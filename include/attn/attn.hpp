@@ -3,8 +3,11 @@
 /// @brief attn: PyTorch's attention layers as header-only Eigen classes. Includes every
 /// public header except io/ (which needs nlohmann-json: include <attn/io/safetensors.hpp>).
 
+#include "attn/core/attention_options.hpp"
 #include "attn/core/error.hpp"
 #include "attn/core/generator.hpp"
+#include "attn/core/heads_view.hpp"
+#include "attn/core/mask.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/random.hpp"
 #include "attn/core/state_dict.hpp"
@@ -23,14 +26,11 @@
 #include "attn/modules/transformer_decoder_layer.hpp"
 #include "attn/modules/transformer_encoder_layer.hpp"
 #include "attn/ops/activations.hpp"
-#include "attn/ops/attention_options.hpp"
 #include "attn/ops/dropout.hpp"
 #include "attn/ops/head_mixing.hpp"
-#include "attn/ops/heads_view.hpp"
 #include "attn/ops/kv_cache.hpp"
 #include "attn/ops/layer_norm.hpp"
 #include "attn/ops/linear.hpp"
-#include "attn/ops/mask.hpp"
 #include "attn/ops/rotary.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"
 #include "attn/ops/softmax.hpp"

@@ -5,10 +5,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "attn/core/tensor.hpp"
+#include "attn/core/attention_options.hpp"
 #include "attn/core/generator.hpp"
-#include "attn/ops/attention_options.hpp"
-#include "attn/ops/mask.hpp"
+#include "attn/core/mask.hpp"
+#include "attn/core/tensor.hpp"
 
 namespace attn {
 

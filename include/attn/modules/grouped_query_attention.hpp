@@ -7,12 +7,12 @@
 #include <optional>
 
 #include "attn/core/error.hpp"
+#include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
-#include "attn/ops/heads_view.hpp"
 #include "attn/ops/kv_cache.hpp"
 #include "attn/ops/rotary.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"

@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "attn/core/error.hpp"
-#include "attn/core/state_dict.hpp"
-#include "attn/core/tensor.hpp"
 #include "attn/core/generator.hpp"
 #include "attn/core/random.hpp"
+#include "attn/core/state_dict.hpp"
+#include "attn/core/tensor.hpp"
 
 namespace attn {
 

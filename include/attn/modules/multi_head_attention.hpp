@@ -12,14 +12,14 @@
 #include <Eigen/Core>
 
 #include "attn/core/error.hpp"
+#include "attn/core/heads_view.hpp"
+#include "attn/core/mask.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
-#include "attn/ops/heads_view.hpp"
 #include "attn/ops/kv_cache.hpp"
-#include "attn/ops/mask.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"
 
 namespace attn {

@@ -5,12 +5,12 @@
 #include <cmath>
 
 #include "attn/core/error.hpp"
+#include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/core/workspace.hpp"
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
-#include "attn/ops/heads_view.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"
 
 namespace attn {

@@ -11,32 +11,10 @@
 
 #include <Eigen/Core>
 
-#include "attn/core/error.hpp"
 #include "attn/core/generator.hpp"
 #include "attn/core/tensor.hpp"
 
 namespace attn {
-
-namespace detail {
-
-template <class T>
-void check_dropout_p(T p, const char* where) {
-  require(p >= T(0) && p < T(1), where, ": dropout probability must be in [0, 1), got ", p);
-}
-
-/// @brief The one dropout rule: element i of data (at data[i * stride]), which is element
-/// first + i of stream `key`, is zeroed when its uniform number is below p, else scaled by
-/// 1/(1-p).
-template <class T>
-void dropout_span(T* data, Index n, Index stride, T p, std::uint64_t key, std::uint64_t first) {
-  const T scale = T(1) / (T(1) - p);
-  for (Index i = 0; i < n; ++i) {
-    T& x = data[i * stride];
-    x = uniform(key, first + static_cast<std::uint64_t>(i)) < static_cast<double>(p) ? T(0) : x * scale;
-  }
-}
-
-}  // namespace detail
 
 /// @brief Inverted dropout in place on n elements: each is zeroed with probability p, the
 /// others scaled by 1/(1-p). Takes one key from the generator when p > 0.

@@ -6,8 +6,8 @@
 #include <cstddef>
 
 #include "attn/core/error.hpp"
+#include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
-#include "attn/ops/heads_view.hpp"
 
 namespace attn {
 

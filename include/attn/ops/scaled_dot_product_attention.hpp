@@ -6,11 +6,11 @@
 #include <Eigen/Core>
 
 #include "attn/core/error.hpp"
+#include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
 #include "attn/ops/detail/sdpa_reference.hpp"
 #include "attn/ops/detail/sdpa_tiled.hpp"
-#include "attn/ops/heads_view.hpp"
 
 namespace attn {
 

@@ -10,6 +10,7 @@
 #include <Eigen/Core>
 
 #include "attn/core/error.hpp"
+#include "attn/core/heads_view.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
@@ -17,7 +18,6 @@
 #include "attn/ops/detail/talking_heads_tiles.hpp"
 #include "attn/ops/detail/tile.hpp"
 #include "attn/ops/detail/work.hpp"
-#include "attn/ops/heads_view.hpp"
 
 namespace attn {
 

@@ -10,13 +10,13 @@
 #include <iterator>
 #include <utility>
 
+#include "attn/core/attention_options.hpp"
 #include "attn/core/error.hpp"
+#include "attn/core/generator.hpp"
+#include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
-#include "attn/ops/attention_options.hpp"
 #include "attn/ops/detail/masks.hpp"
 #include "attn/ops/detail/tile.hpp"
-#include "attn/ops/dropout.hpp"
-#include "attn/ops/heads_view.hpp"
 
 namespace attn {
 namespace detail {

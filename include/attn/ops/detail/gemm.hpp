@@ -19,11 +19,11 @@
 #include <cstddef>
 #include <vector>
 
+#include "attn/core/heads_view.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/packets.hpp"
 #include "attn/ops/detail/work.hpp"
-#include "attn/ops/heads_view.hpp"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>

@@ -8,9 +8,9 @@
 #include <string>
 
 #include "attn/core/error.hpp"
+#include "attn/core/mask.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/tile.hpp"
-#include "attn/ops/mask.hpp"
 
 namespace attn {
 namespace detail {

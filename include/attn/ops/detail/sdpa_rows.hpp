@@ -9,12 +9,12 @@
 
 #include <Eigen/Core>
 
+#include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
 #include "attn/ops/detail/exp.hpp"
 #include "attn/ops/detail/packets.hpp"
 #include "attn/ops/detail/tile.hpp"
-#include "attn/ops/heads_view.hpp"
 
 ATTN_PACKET_CODE_BEGIN
 

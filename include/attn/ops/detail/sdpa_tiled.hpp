@@ -10,6 +10,7 @@
 
 #include <Eigen/Core>
 
+#include "attn/core/heads_view.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
@@ -18,7 +19,6 @@
 #include "attn/ops/detail/sdpa_rows.hpp"
 #include "attn/ops/detail/tile.hpp"
 #include "attn/ops/detail/work.hpp"
-#include "attn/ops/heads_view.hpp"
 
 ATTN_PACKET_CODE_BEGIN
 

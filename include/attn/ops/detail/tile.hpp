@@ -7,9 +7,9 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "attn/core/generator.hpp"
+#include "attn/core/mask.hpp"
 #include "attn/core/tensor.hpp"
-#include "attn/ops/dropout.hpp"
-#include "attn/ops/mask.hpp"
 
 namespace attn {
 namespace detail {

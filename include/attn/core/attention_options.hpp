@@ -5,8 +5,8 @@
 #include <optional>
 
 #include "attn/core/generator.hpp"
+#include "attn/core/mask.hpp"
 #include "attn/core/tensor.hpp"
-#include "attn/ops/mask.hpp"
 
 namespace attn {
 
