@@ -302,8 +302,9 @@ TYPED_TEST(KernelsTyped, NanLogitsPropagateToTheirRowOnly) {
     for (Index c = 0; c < 8; ++c) EXPECT_EQ(std::isnan(out(0, 0, i, c)), i == 66) << i << ", " << c;
 }
 
-// Every fast path gives the same bits on 1, 2 and 3 threads: SDPA (tiled and with
-// weights), MultiHeadAttention with masks and dropout, linear, the encoder layer.
+// Every kernel gives the same bits on 1, 2 and 3 threads: SDPA (tiled, with weights, and the
+// decode tile over a long cache, with grouped heads and dropout), linear, and
+// MultiHeadAttention with masks and dropout. (Every module: test_threads.cpp.)
 TYPED_TEST(KernelsTyped, BitIdenticalForEveryThreadCount) {
   using T = TypeParam;
   ThreadGuard guard;
@@ -316,6 +317,8 @@ TYPED_TEST(KernelsTyped, BitIdenticalForEveryThreadCount) {
   mo.dropout = 0.1;
   attn::MultiHeadAttention<T> mha(64, 4, mo);
   attn::MobileViTEncoderLayer<T> layer(64, 128, 4);
+  const Tensor<T> q1 = random_tensor<T>({2, 8, 1, 64}, 7, 2.0), k_long = random_tensor<T>({2, 2, 4096, 64}, 8, 2.0),
+                  v_long = random_tensor<T>({2, 2, 4096, 64}, 9);
 
   auto run = [&](int threads) {
     attn::set_num_threads(threads);
@@ -342,6 +345,12 @@ TYPED_TEST(KernelsTyped, BitIdenticalForEveryThreadCount) {
     args.need_weights = false;
     r.push_back(training.forward(x, args).output);
     r.push_back(layer.forward(x));
+    attn::SdpaOptions<T> decode;  // one query per head: 4 units of 4 grouped heads, each an item
+    attn::Generator decode_gen(5);
+    decode.dropout_p = T(0.1);
+    decode.generator = &decode_gen;
+    decode.causal = Causal::kBottomRight;
+    r.push_back(attn::scaled_dot_product_attention<T>(q1, k_long, v_long, decode));
     return r;
   };
   const auto one = run(1);

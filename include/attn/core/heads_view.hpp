@@ -45,9 +45,12 @@ struct HeadsView {
     return {data, b, h, n, d, n * row_stride, d, row_stride};
   }
 
+  /// Row n of head h of batch element b: the address of element (b, h, n, 0).
+  T* row(Index b, Index h, Index n = 0) const { return data + b * batch_stride + h * head_stride + n * row_stride; }
+
   /// Head h of batch b as a (length, head_dim) row-major map with row stride row_stride.
   StridedMap<T> head(Index b, Index h) const {
-    return StridedMap<T>(data + b * batch_stride + h * head_stride, length, head_dim,
+    return StridedMap<T>(row(b, h), length, head_dim,
                          Eigen::OuterStride<>(row_stride));
   }
 

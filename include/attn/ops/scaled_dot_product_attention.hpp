@@ -48,6 +48,17 @@ void scaled_dot_product_attention(const HeadsView<const T>& q, const HeadsView<c
   }
 }
 
+/// @brief Checks opt against a call of `batch` x `heads` queries heads of `len_q` queries over
+/// `len_k` keys without running it: the masks' shapes, the sliding window, softcap, ALiBi
+/// slopes, dropout probability and generator, and the scale, as scaled_dot_product_attention
+/// checks them first. For callers that want every argument checked before they compute q,
+/// k and v (the modules do).
+/// @throws std::invalid_argument naming attn::scaled_dot_product_attention, as the call would
+template <class T>
+void check_sdpa_options(const SdpaOptions<T>& opt, Index batch, Index heads, Index len_q, Index len_k) {
+  detail::check_options("attn::scaled_dot_product_attention", opt, detail::AttentionDims{batch, heads, len_q, len_k});
+}
+
 /// @brief Tensor form, like torch.nn.functional.scaled_dot_product_attention.
 /// @param q (B, H, L, D) or (B, L, D); @param k (B, H, S, D) or (B, S, D);
 /// @param v (B, H, S, Dv) or (B, S, Dv)

@@ -2,22 +2,21 @@
 /// @file
 /// @brief Numerically stable softmax over the last dimension.
 
-#include <cmath>
-#include <limits>
 #include <type_traits>
 
 #include <Eigen/Core>
 
 #include "attn/core/tensor.hpp"
-#include "attn/ops/detail/exp.hpp"
+#include "attn/ops/detail/online_softmax.hpp"
 
 namespace attn {
 
 /// @brief Softmax of every row, in place: exp(x - max) / sum.
 ///
 /// Subtracting the row max keeps exp finite for any finite logits (logits of 1e4 are fine).
-/// Every softmax in attn, the attention kernels' included, takes its exp from the same
-/// function (detail/exp.hpp: within 1 ulp in float, 2 ulp in double).
+/// Every softmax in attn, the attention kernels' included, is built from the same online
+/// softmax pieces (detail/online_softmax.hpp) and exp (detail/exp.hpp: within 1 ulp in float,
+/// 2 ulp in double).
 /// @note A row whose every entry is -inf (every key masked) becomes all zeros, not NaN:
 /// PyTorch 1.13 returns NaN there, PyTorch >= 2.5's scaled_dot_product_attention and ONNX
 /// return 0, which is what a caller can use. NaN in a row propagates to that row;
@@ -32,20 +31,15 @@ void softmax_rows_inplace(M&& m) {
   Vector<T> buffer;  // a row whose elements are not contiguous is normalised in a copy
   for (Index i = 0; i < m.rows(); ++i) {
     auto row = m.row(i);
-    const T mx = row.cols() > 0 ? row.template maxCoeff<Eigen::PropagateNaN>() : -std::numeric_limits<T>::infinity();
-    if (mx == -std::numeric_limits<T>::infinity()) {
-      row.setZero();
-      continue;
-    }
     if constexpr (kDirect) {
       if (row.innerStride() == 1) {
-        row /= detail::exp_shifted_inplace(row.data(), row.cols(), mx);
+        detail::softmax_row_inplace(row.data(), row.cols());
         continue;
       }
     }
     buffer = row.transpose();
-    const T sum = detail::exp_shifted_inplace(buffer.data(), buffer.size(), mx);
-    row = buffer.transpose() / sum;
+    detail::softmax_row_inplace(buffer.data(), buffer.size());
+    row = buffer.transpose();
   }
 }
 

@@ -119,23 +119,50 @@ struct AttentionCall {
   AttentionDims dims() const { return {q.batch, q.heads, q.length, k.length}; }
   /// The key/value head query head h reads (grouped-query attention: H / K query heads share one).
   Index kv_head(Index h) const { return h / (q.heads / k.heads); }
+
+  /// Whether adjust_logits would change something in tile t.
+  bool adjusts(const Tile& t) const { return softcap > T(0) || masks.touch(t); }
+  /// @brief What happens to a tile's logits between q k^T and the softmax, in this order:
+  /// soft-capping, then the masks (TileMasks::apply). Logit (r, c) of tile t is at
+  /// s[r * qs + c * ks]. Every kernel calls this one compiled copy (never inlined).
+  EIGEN_DONT_INLINE void adjust_logits(const Tile& t, T* s, Index qs, Index ks) const {
+    if (softcap > T(0)) {  // on lines of contiguous logits: query rows, or key columns
+      if (ks == 1)
+        for (Index r = 0; r < t.rows; ++r) softcap_inplace(s + r * qs, t.cols, softcap);
+      else if (qs == 1)
+        for (Index c = 0; c < t.cols; ++c) softcap_inplace(s + c * ks, t.rows, softcap);
+      else
+        for (Index r = 0; r < t.rows; ++r)
+          for (Index c = 0; c < t.cols; ++c) softcap_inplace(s + r * qs + c * ks, 1, softcap);
+    }
+    if (masks.touch(t)) masks.apply(t, s, qs, ks);
+  }
 };
 
-/// @brief Checks an attention call's arguments (views, masks, dropout, scale) and returns
-/// its AttentionCall. Takes one key from opt.generator when opt.dropout_p > 0 (after every
-/// check: a call that throws leaves the generator as it was).
+/// @brief Checks everything in opt against a call of size d: the masks and ALiBi slopes
+/// (tile_masks), the dropout probability and its generator, the scale and the softcap.
+/// Returns the call's TileMasks (referring to opt's masks).
 template <class T>
-AttentionCall<T> prepare_call(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
-                              const HeadsView<const T>& v, const HeadsView<T>& out, const SdpaOptions<T>& opt) {
-  check_views(where, q, k, v, out);
-  AttentionCall<T> call{q, k, v, out, {}};
-  call.masks = tile_masks(where, opt, call.dims());
+TileMasks<T> check_options(const char* where, const SdpaOptions<T>& opt, const AttentionDims& d) {
+  TileMasks<T> masks = tile_masks(where, opt, d);
   check_dropout_p(opt.dropout_p, where);
   require(opt.dropout_p == T(0) || opt.generator != nullptr, where, ": dropout_p = ", opt.dropout_p,
           " needs a Generator (SdpaOptions::generator)");
   if (opt.scale) require(std::isfinite(*opt.scale), where, ": scale must be finite");
   if (opt.softcap)
     require(*opt.softcap > T(0) && std::isfinite(*opt.softcap), where, ": softcap must be > 0, got ", *opt.softcap);
+  return masks;
+}
+
+/// @brief Checks an attention call's arguments (views, then check_options) and returns its
+/// AttentionCall. Takes one key from opt.generator when opt.dropout_p > 0 (after every
+/// check: a call that throws leaves the generator as it was).
+template <class T>
+AttentionCall<T> prepare_call(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
+                              const HeadsView<const T>& v, const HeadsView<T>& out, const SdpaOptions<T>& opt) {
+  check_views(where, q, k, v, out);
+  AttentionCall<T> call{q, k, v, out, {}};
+  call.masks = check_options(where, opt, call.dims());
   call.scale = opt.scale ? *opt.scale : T(1) / std::sqrt(static_cast<T>(q.head_dim));
   call.softcap = opt.softcap ? *opt.softcap : T(0);
   call.dropout_p = opt.dropout_p;

@@ -1,8 +1,8 @@
 #pragma once
 /// @file
 /// @brief The one exp of attn's softmaxes: exp of a non-positive argument (x - row max),
-/// exactly 0 at -inf. Every softmax in attn (the public softmax, the straightforward and
-/// the tiled attention kernels, talking heads) takes its exp from here. Not public API.
+/// exactly 0 at -inf. Every softmax in attn goes through online_softmax.hpp, which takes its
+/// exp from here. Not public API.
 ///
 /// Accuracy contract (tests/test_kernels.cpp, VectorisedExpAccuracy, checks it against the
 /// correctly rounded exp wherever the result is a normal number): float within 1 ulp,
@@ -40,7 +40,7 @@ struct has_integer_packet<P, std::void_t<typename ei::unpacket_traits<P>::intege
 /// double (and float on targets without integer packets): Eigen's pexp, with arguments
 /// below the normal range (and -inf) selected to 0.
 template <class P>
-P exp_nonpositive(const P& x) {
+EIGEN_ALWAYS_INLINE P exp_nonpositive(const P& x) {
   using Scalar = typename ei::unpacket_traits<P>::type;
   if constexpr (std::is_same<Scalar, float>::value && ei::unpacket_traits<P>::size > 1 &&
                 has_integer_packet<P>::value) {
@@ -69,19 +69,10 @@ P exp_nonpositive(const P& x) {
   }
 }
 
-/// @brief The shift of a softmax whose running max is m: m itself, or 0 where m is -inf
-/// (every logit so far masked), so that exp_nonpositive(x - shift) of a masked x = -inf is
-/// exp(-inf) = 0 rather than exp(NaN).
-template <class P>
-P softmax_shift(const P& m) {
-  using Scalar = typename ei::unpacket_traits<P>::type;
-  return ei::pselect(ei::pcmp_eq(m, ei::pset1<P>(-std::numeric_limits<Scalar>::infinity())), ei::pset1<P>(Scalar(0)), m);
-}
-
 /// The lanes of p added in lane order (not predux, whose AVX-512 form trips GCC 12's
 /// -Wuninitialized).
 template <class P>
-typename ei::unpacket_traits<P>::type sum_lanes(const P& p) {
+EIGEN_ALWAYS_INLINE typename ei::unpacket_traits<P>::type sum_lanes(const P& p) {
   using Scalar = typename ei::unpacket_traits<P>::type;
   constexpr int kSize = ei::unpacket_traits<P>::size;
   Scalar lanes[kSize];
@@ -89,32 +80,6 @@ typename ei::unpacket_traits<P>::type sum_lanes(const P& p) {
   Scalar total = Scalar(0);
   for (int t = 0; t < kSize; ++t) total += lanes[t];
   return total;
-}
-
-/// @brief x[j] = exp(x[j] - shift) for j < n, in place (exp_nonpositive, a packet at a
-/// time; the last partial packet is padded with -inf so every element takes the same
-/// path); returns the sum of the results. shift is meant to be the max of x: a NaN or +inf
-/// shift makes the sum NaN, as softmax does.
-template <class T>
-T exp_shifted_inplace(T* x, Index n, T shift) {
-  using P = Packet<T>;
-  constexpr int kSize = kPacketSize<T>;
-  const P vshift = ei::pset1<P>(shift);
-  P sum = ei::pset1<P>(T(0));
-  auto step = [&](T* at) {
-    const P e = exp_nonpositive(ei::psub(ei::ploadu<P>(at), vshift));
-    ei::pstoreu(at, e);
-    sum = ei::padd(sum, e);
-  };
-  Index j = 0;
-  for (; j + kSize <= n; j += kSize) step(x + j);
-  if (j < n) {
-    T tail[kSize];
-    for (int t = 0; t < kSize; ++t) tail[t] = j + t < n ? x[j + t] : -std::numeric_limits<T>::infinity();
-    step(tail);
-    std::copy(tail, tail + (n - j), x + j);
-  }
-  return sum_lanes(sum);
 }
 
 }  // namespace detail

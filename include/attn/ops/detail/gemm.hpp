@@ -23,6 +23,7 @@
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/packets.hpp"
+#include "attn/ops/detail/register_tile.hpp"
 #include "attn/ops/detail/work.hpp"
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -110,8 +111,8 @@ class PackedWeight {
 /// head-major (HeadsView::bhnd), or a KV cache's next positions.
 template <class T>
 struct GemmOutput {
-  Index first = 0;
-  HeadsView<T> target;
+  Index first = 0;       ///< the first output feature written
+  HeadsView<T> target;  ///< where features first .. go
 
   Index count() const { return target.heads * target.head_dim; }
   /// Where feature first + j of row r goes.
@@ -160,26 +161,20 @@ struct GemmPanel {
 
 /// @brief The micro-kernel: an MR x kNR block (+)= a_panel^T b_panel over kc, of which rows
 /// [0, rows) are written (as output rows row0..) to the panel's outputs. a is a packed panel
-/// of x (a[k * MR + i]), b a packed panel of W (b[k * kNR + j]). With `accumulate` the
-/// outputs' values are the starting sums; `bias` (kNR values), if given, is added at the end.
+/// of x (a[k * MR + i]), b a packed panel of W (b[k * kNR + j]); the products are one
+/// register_tile, b's rows prefetched 16 ahead. With `accumulate` the outputs' values are
+/// the starting sums; `bias` (kNR values), if given, is added at the end. Never inlined, so
+/// its register allocation is the same in every caller and translation unit.
 template <class T, int MR>
-void gemm_micro(const T* a, const T* b, Index kc, const GemmPanel<T>& panel, Index row0, Index rows,
-                bool accumulate, const T* bias) {
+EIGEN_DONT_INLINE void gemm_micro(const T* a, const T* b, Index kc, const GemmPanel<T>& panel, Index row0, Index rows,
+                                  bool accumulate, const T* bias) {
   using P = Packet<T>;
   using BL = GemmBlocking<T>;
   constexpr int S = kPacketSize<T>, NV = BL::kNV;
   P acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = ei::pset1<P>(T(0));
-  for (Index k = 0; k < kc; ++k) {
-    P bv[NV];
-    for (int v = 0; v < NV; ++v) prefetch(b + (k + 16) * BL::kNR + v * S);
-    for (int v = 0; v < NV; ++v) bv[v] = ei::ploadu<P>(b + k * BL::kNR + v * S);
-    for (int i = 0; i < MR; ++i) {
-      const P av = ei::pset1<P>(a[k * MR + i]);
-      for (int v = 0; v < NV; ++v) acc[i][v] = ei::pmadd(av, bv[v], acc[i][v]);
-    }
-  }
+  register_tile<T, MR, NV>(a, 1, MR, b, BL::kNR, kc, acc, {0, 16});
   // A full block of contiguous columns of one output is stored in place; anything else goes
   // through a tile.
   Index ld = BL::kNR;

@@ -4,13 +4,17 @@
 /// four strides (0 on broadcast dimensions), the one routine that turns a mask's entries
 /// into logit biases, and the order in which a call's masks reach a tile. Not public API.
 
+#include <cmath>
 #include <limits>
 #include <string>
 
 #include "attn/core/error.hpp"
 #include "attn/core/mask.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/ops/detail/packets.hpp"
 #include "attn/ops/detail/tile.hpp"
+
+ATTN_PACKET_CODE_BEGIN
 
 namespace attn {
 namespace detail {
@@ -88,19 +92,32 @@ BroadcastMask<T> broadcast_attn_mask(const char*, Mask<T>&&, const AttentionDims
 /// every head and query.
 template <class T>
 BroadcastMask<T> broadcast_key_padding(const char* where, const Mask<T>& m, const AttentionDims& d) {
-  require(m.empty() || m.shape() == Shape{d.batch, d.len_k}, where, ": key_padding_mask has shape ", m.shape(),
-          ", expected (batch, keys) = ", Shape{d.batch, d.len_k});
+  const Shape& s = m.shape();  // (compared in place: no allocation on every call)
+  if (!m.empty() && !(s.size() == 2 && s[0] == d.batch && s[1] == d.len_k))
+    throw std::invalid_argument(message(where, ": key_padding_mask has shape ", s, ", expected (batch, keys) = ",
+                                        Shape{d.batch, d.len_k}));
   return {&m, d.len_k, 0, 0, 1};
 }
 template <class T>
 BroadcastMask<T> broadcast_key_padding(const char*, Mask<T>&&, const AttentionDims&) = delete;  // would dangle
 
-/// @brief Logit soft-capping in place: x = cap * tanh(x / cap) for n values (vectorised tanh
-/// where Eigen has one for T, std::tanh otherwise).
+/// @brief Logit soft-capping in place: x = cap * tanh(x / cap) for n contiguous values. Where
+/// Eigen has a vectorised tanh for T (float), every value goes through it (the last partial
+/// packet padded), else through std::tanh: a value's result never depends on its position.
 template <class T>
 void softcap_inplace(T* x, Index n, T cap) {
-  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> a(x, n);
-  a = (a * (T(1) / cap)).tanh() * cap;
+  using P = Packet<T>;
+  constexpr int kP = kPacketSize<T>;
+  const T inv = T(1) / cap;
+  if constexpr (ei::packet_traits<T>::HasTanh && kP > 1) {
+    const P pinv = ei::pset1<P>(inv), pcap = ei::pset1<P>(cap);
+    const auto capped = [&](const P& v) { return ei::pmul(ei::ptanh(ei::pmul(v, pinv)), pcap); };
+    Index j = 0;
+    for (; j + kP <= n; j += kP) ei::pstoreu(x + j, capped(ei::ploadu<P>(x + j)));
+    if (j < n) store_partial(x + j, capped(load_partial(x + j, n - j)), n - j);
+  } else {
+    for (Index j = 0; j < n; ++j) x[j] = std::tanh(x[j] * inv) * cap;
+  }
 }
 
 /// @brief Everything that biases or masks the logits of one call, applied in this order:
@@ -148,3 +165,5 @@ struct TileMasks {
 
 }  // namespace detail
 }  // namespace attn
+
+ATTN_PACKET_CODE_END

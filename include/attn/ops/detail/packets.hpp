@@ -5,6 +5,8 @@
 
 #include <Eigen/Core>
 
+#include "attn/core/tensor.hpp"
+
 static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "attn needs Eigen >= 3.4 (its packet math and PropagateNaN)");
 
 // Eigen's packet types (__m512 ...) carry attributes that GCC warns about when they are
@@ -17,6 +19,13 @@ static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "attn needs Eigen >= 3.4 (its pac
 #else
 #define ATTN_PACKET_CODE_BEGIN
 #define ATTN_PACKET_CODE_END
+#endif
+
+/// Marks a lambda always inlined (after its parameter list), as EIGEN_ALWAYS_INLINE a function.
+#if defined(__GNUC__) || defined(__clang__)
+#define ATTN_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define ATTN_INLINE_LAMBDA
 #endif
 
 ATTN_PACKET_CODE_BEGIN
@@ -41,17 +50,31 @@ constexpr int kVectorRegisters = 32;
 constexpr int kVectorRegisters = 16;
 #endif
 
-/// @brief Whether the SDPA tile's micro-kernel pins a row of b's packets in registers
-/// (keep_in_register) instead of letting the compiler fold each load into its multiply-adds.
-/// Measured on the two machine kinds attn is tuned on: AMD Zen 4 (512-bit operations on
-/// 256-bit units) gains from pinning; Intel Sapphire Rapids (full-width 512-bit units) loses
-/// 16% with it (the core at head_dim 64, N = 1024: 7.8 ms without, 9.2 ms with). Of the two,
-/// only Sapphire Rapids has AVX512-FP16, which is how a -march=native build tells them apart.
-#if defined(__AVX512FP16__)
+/// @brief Whether a register tile pins its row of b's packets in registers (keep_in_register)
+/// instead of letting the compiler fold each load into its multiply-adds. Measured on the two
+/// machine kinds attn is tuned on: AMD Zen 4 (512-bit operations on 256-bit units) gains from
+/// pinning; Intel Sapphire Rapids (full-width 512-bit units) loses 16% with it (the core at
+/// head_dim 64, N = 1024: 7.8 ms without, 9.2 ms with). Of the two, only Sapphire Rapids has
+/// AVX512-FP16, which is how a -march=native build tells them apart. Pinning changes register
+/// allocation only, never a result; -DATTN_PIN_ROW_PACKETS=0 or 1 overrides the choice (the
+/// test stages build both on whichever machine they run on).
+#if defined(ATTN_PIN_ROW_PACKETS)
+constexpr bool kPinRowPackets = ATTN_PIN_ROW_PACKETS != 0;
+#elif defined(__AVX512FP16__)
 constexpr bool kPinRowPackets = false;
 #else
 constexpr bool kPinRowPackets = true;
 #endif
+
+/// @brief The one register-pinning policy of the register tiles (register_tile.hpp): a tile of
+/// I rows and V packets pins its loaded row where several rows reuse a wide row and the
+/// accumulators leave room for it (at most half the registers). Measured on Zen 5: the
+/// attention tiles (4 x 4) gain; the GEMM's 6 x 4 tile is 2.5x slower pinned (spills); V = 2
+/// (the talking-heads tiles) is better without.
+template <int I, int V>
+constexpr bool pins_row_packets() {
+  return kPinRowPackets && I > 1 && V >= 4 && I * V <= kVectorRegisters / 2;
+}
 
 /// @brief Keeps packet p in a register: a micro-kernel loads a row of packets once and uses
 /// each packet several times; without this, GCC folds the load into every multiply-add that
@@ -74,6 +97,24 @@ EIGEN_ALWAYS_INLINE void prefetch(const void* p) {
 #else
   (void)p;
 #endif
+}
+
+/// @brief The first n (< kPacketSize<T>) elements at p as a packet whose other lanes are 0: a
+/// row's tail goes through the same packet operations as its full packets, so no element is
+/// computed by scalar code whose rounding (fused or not) the compiler would choose.
+template <class T>
+EIGEN_ALWAYS_INLINE Packet<T> load_partial(const T* p, Index n) {
+  T lanes[kPacketSize<T>] = {};
+  for (Index i = 0; i < n; ++i) lanes[i] = p[i];
+  return ei::ploadu<Packet<T>>(lanes);
+}
+
+/// Stores the first n (< kPacketSize<T>) lanes of x at p.
+template <class T>
+EIGEN_ALWAYS_INLINE void store_partial(T* p, const Packet<T>& x, Index n) {
+  T lanes[kPacketSize<T>];
+  ei::pstoreu(lanes, x);
+  for (Index i = 0; i < n; ++i) p[i] = lanes[i];
 }
 
 }  // namespace detail

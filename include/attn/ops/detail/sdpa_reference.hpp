@@ -11,9 +11,9 @@
 
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
+#include "attn/ops/detail/online_softmax.hpp"
 #include "attn/ops/detail/tile.hpp"
 #include "attn/ops/detail/work.hpp"
-#include "attn/ops/softmax.hpp"
 
 namespace attn {
 namespace detail {
@@ -40,15 +40,13 @@ void sdpa_reference(const AttentionCall<T>& call, T* weights) {
   for_each_block<T>(blocks, double(rows_max) * double(d.len_k) * double(dim + call.v.head_dim + 8), scratch,
                     [&](const QueryBlock& u, T* buffer) {
                       const Tile tile{d, u.b, u.h, u.i0, blocks.rows_at(u.i0), 0, d.len_k};
-                      Block qs(buffer, tile.rows, dim);
-                      qs = call.q.head(u.b, u.h).middleRows(u.i0, tile.rows) * call.scale;
+                      load_scaled_queries(call.q, u.b, u.h, u.i0, tile.rows, tile.rows, call.scale, buffer, dim, 1);
                       T* s_data = weights ? weights + ((u.b * d.heads + u.h) * d.len_q + u.i0) * d.len_k
                                           : buffer + tile.rows * dim;
                       Block s(s_data, tile.rows, d.len_k);
-                      s.noalias() = qs * call.k.head(u.b, call.kv_head(u.h)).transpose();
-                      if (call.softcap > T(0)) softcap_inplace(s.data(), s.size(), call.softcap);
-                      if (call.masks.touch(tile)) call.masks.apply(tile, s.data(), d.len_k, 1);
-                      softmax_rows_inplace(s);
+                      s.noalias() = Block(buffer, tile.rows, dim) * call.k.head(u.b, call.kv_head(u.h)).transpose();
+                      if (call.adjusts(tile)) call.adjust_logits(tile, s_data, d.len_k, 1);
+                      for (Index r = 0; r < tile.rows; ++r) softmax_row_inplace(s_data + r * d.len_k, d.len_k);
                       if (call.dropout_p > T(0)) dropout_tile(tile, call.dropout_p, call.dropout_key, s.data(), d.len_k, 1);
                       call.out.head(u.b, u.h).middleRows(u.i0, tile.rows).noalias() = s * call.v.head(u.b, call.kv_head(u.h));
                     });

@@ -14,8 +14,8 @@
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
-#include "attn/ops/detail/exp.hpp"
-#include "attn/ops/detail/outer_products.hpp"
+#include "attn/ops/detail/online_softmax.hpp"
+#include "attn/ops/detail/register_tile.hpp"
 #include "attn/ops/detail/sdpa_rows.hpp"
 #include "attn/ops/detail/tile.hpp"
 #include "attn/ops/detail/work.hpp"
@@ -29,18 +29,10 @@ namespace detail {
 ///
 /// A tile holds the scores transposed, one row per key and one column per query (the
 /// "key-major" layout), so every step is vectorised across queries: scores and p v are
-/// register blocks of outer products (outer_products.hpp), and the softmax statistics
-/// (max, sum) of a query are one lane of a packet, with no horizontal reductions.
-///
-/// The online softmax (FlashAttention-2), which talking heads' exact two-sweep softmax
-/// (talking_heads_tiles.hpp) is a variant of: per query a running max m and sum l, and
-/// an accumulator acc of (Dv) values. For each key tile, after the masks:
-///   m' = max(m, max_j s_j);  alpha = exp(m - m')  (0 while nothing was accumulated);
-///   p_j = exp(s_j - m')     (exactly 0 where masked);
-///   l = alpha l + sum_j p_j;  acc = alpha acc + sum_j p_j v_j  (rescaled only if alpha != 1);
-/// dropout zeroes or scales p_j after l took it, so the result is dropout applied to the
-/// probabilities. At the end out = acc / l; a query that saw no key (m = -inf) gets 0, one
-/// whose logits hold NaN (or +inf: inf - inf) gets NaN, as softmax gives.
+/// register tiles (register_tile.hpp), and the softmax statistics (max, sum) of a query are
+/// one lane of a packet, with no horizontal reductions. The online softmax is
+/// online_softmax.hpp's, in its lanes form; dropout zeroes or scales p after the sum took
+/// it, so the result is dropout applied to the probabilities.
 template <class T>
 struct SdpaTiles {
   using P = Packet<T>;
@@ -91,9 +83,9 @@ struct SdpaTiles {
       for (Index j = j_begin; j < j_end; ++j)
         for (Index h = 0; h < nh; ++h) {
           const Index bh = b * nh + h;
-          const T* krow = k.data + b * k.batch_stride + h * k.head_stride + j * k.row_stride;
+          const T* krow = k.row(b, h, j);
           std::copy(krow, krow + dim, k_packed + (bh * len_k + j) * dim);
-          const T* vrow = v.data + b * v.batch_stride + h * v.head_stride + j * v.row_stride;
+          const T* vrow = v.row(b, h, j);
           T* vp = v_packed + bh * len_k * dim_v;
           for (Index r0 = 0; r0 < full; r0 += kRegRows)
             for (int r = 0; r < kRegRows; ++r) vp[r0 * len_k + j * kRegRows + r] = vrow[r0 + r];
@@ -115,11 +107,15 @@ struct SdpaTiles {
   }
 
   template <int V>
-  static void block_packets(const AttentionCall<T>& call, const Tile& tile, const Head& kv, const Scratch& w) {
+  static EIGEN_DONT_INLINE void block_packets(const AttentionCall<T>& call, const Tile& tile, const Head& kv,
+                                              const Scratch& w) {
     const Index dim_v = call.v.head_dim, key_end = tile.key_end(call.masks.causal);
     // Causal or window masking: tiles no query of the block may see are skipped.
     const Index key_begin = tile.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys;
-    load_queries<V>(call, tile, w);
+    load_scaled_queries(call.q, tile.b, tile.h, tile.i0, tile.rows, V * kP, call.scale, w.qt, 1, kQueries);
+    for (Index dv = 0; dv < dim_v; ++dv) std::fill(w.acc + dv * kQueries, w.acc + dv * kQueries + V * kP, T(0));
+    std::fill(w.row_max, w.row_max + kQueries, -std::numeric_limits<T>::infinity());
+    std::fill(w.row_sum, w.row_sum + kQueries, T(0));
     for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
       const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
       P tile_max[V];  // per query, taken as the scores are stored
@@ -127,68 +123,25 @@ struct SdpaTiles {
       outer_products<T, kRegRows, V, false>(kv.k + j0 * kv.k_stride, kv.k_stride, 1, t.cols, w.qt, kQueries,
                                             call.q.head_dim, w.s, kQueries,
                                             [&](int c, const P& p) { tile_max[c] = ei::pmax(tile_max[c], p); });
-      if (call.softcap > T(0)) softcap_inplace(w.s, t.cols * kQueries, call.softcap);
-      if (call.masks.touch(t)) call.masks.apply(t, w.s, 1, kQueries);
-      if (call.softcap > T(0) || call.masks.touch(t)) max_of_tile<V>(t, w, tile_max);
-      online_softmax_step<V>(t, dim_v, tile_max, w);
+      if (call.adjusts(t)) {
+        call.adjust_logits(t, w.s, 1, kQueries);
+        lanes_max<T, V>(w.s, t.cols, kQueries, tile_max);
+      }
+      if (lanes_online_step<T, V>(w.s, t.cols, kQueries, tile_max, w.row_max, w.row_sum, w.alpha))
+        rescale<V>(dim_v, w);
       if (call.dropout_p > T(0)) dropout_tile(t, call.dropout_p, call.dropout_key, w.s, 1, kQueries);
       accumulate<V>(kv, t, dim_v, w);
     }
-    store<V>(call.out, tile, w);
-  }
-
-  /// q^T of the block, scaled (queries past its end are zero columns whose results are
-  /// unused), and an empty accumulator.
-  template <int V>
-  static void load_queries(const AttentionCall<T>& call, const Tile& tile, const Scratch& w) {
-    constexpr Index kCols = V * kP;
-    const auto& q = call.q;
-    const T* qrow = q.data + tile.b * q.batch_stride + tile.h * q.head_stride + tile.i0 * q.row_stride;
-    for (Index c = 0; c < kCols; ++c)
-      for (Index d = 0; d < q.head_dim; ++d)
-        w.qt[d * kQueries + c] = c < tile.rows ? qrow[c * q.row_stride + d] * call.scale : T(0);
-    for (Index dv = 0; dv < call.v.head_dim; ++dv) std::fill(w.acc + dv * kQueries, w.acc + dv * kQueries + kCols, T(0));
-    std::fill(w.row_max, w.row_max + kQueries, -std::numeric_limits<T>::infinity());
-    std::fill(w.row_sum, w.row_sum + kQueries, T(0));
-  }
-
-  /// The max per query of the tile's scores (after the masks changed them).
-  template <int V>
-  static void max_of_tile(const Tile& t, const Scratch& w, P* tile_max) {
-    for (int c = 0; c < V; ++c) tile_max[c] = ei::pset1<P>(-std::numeric_limits<T>::infinity());
-    for (Index j = 0; j < t.cols; ++j)
-      for (int c = 0; c < V; ++c) tile_max[c] = ei::pmax(tile_max[c], ei::ploadu<P>(w.s + j * kQueries + c * kP));
-  }
-
-  /// The online softmax step of one key tile (see the struct's description): new max,
-  /// alpha, p = exp(s - max) in place, sums, and the accumulator rescaled where alpha != 1.
-  /// (NaN need not propagate through the max: exp(NaN - max) is NaN and makes the sum NaN.)
-  template <int V>
-  static void online_softmax_step(const Tile& t, Index dim_v, const P* tile_max, const Scratch& w) {
-    const P neg_inf = ei::pset1<P>(-std::numeric_limits<T>::infinity()), zero = ei::pset1<P>(T(0));
-    P shift[V], sum[V];
-    for (int c = 0; c < V; ++c) {
-      const P old_max = ei::ploadu<P>(w.row_max + c * kP), new_max = ei::pmax(old_max, tile_max[c]);
-      const P alpha = ei::pselect(ei::pcmp_eq(old_max, neg_inf), zero, exp_nonpositive(ei::psub(old_max, new_max)));
-      shift[c] = softmax_shift(new_max);  // a query that sees no key yet gets p = 0
-      ei::pstoreu(w.alpha + c * kP, alpha);
-      ei::pstoreu(w.row_max + c * kP, new_max);
-      ei::pstoreu(w.row_sum + c * kP, ei::pmul(ei::ploadu<P>(w.row_sum + c * kP), alpha));
-      sum[c] = zero;
+    lanes_finalise<T, V>(w.acc, dim_v, kQueries, w.row_max, w.row_sum);
+    for (Index c = 0; c < tile.rows; ++c) {
+      T* out = call.out.row(tile.b, tile.h, tile.i0 + c);
+      for (Index dv = 0; dv < dim_v; ++dv) out[dv] = w.acc[dv * kQueries + c];
     }
-    for (Index j = 0; j < t.cols; ++j)
-      for (int c = 0; c < V; ++c) {
-        T* at = w.s + j * kQueries + c * kP;
-        const P e = exp_nonpositive(ei::psub(ei::ploadu<P>(at), shift[c]));
-        ei::pstoreu(at, e);
-        sum[c] = ei::padd(sum[c], e);
-      }
-    bool rescale = false;
-    for (int c = 0; c < V; ++c) {
-      ei::pstoreu(w.row_sum + c * kP, ei::padd(ei::ploadu<P>(w.row_sum + c * kP), sum[c]));
-      for (int x = 0; x < kP; ++x) rescale = rescale || !(w.alpha[c * kP + x] == T(1));
-    }
-    if (!rescale) return;
+  }
+
+  /// acc *= alpha for every query of the block.
+  template <int V>
+  static EIGEN_DONT_INLINE void rescale(Index dim_v, const Scratch& w) {
     for (Index dv = 0; dv < dim_v; ++dv)
       for (int c = 0; c < V; ++c) {
         T* at = w.acc + dv * kQueries + c * kP;
@@ -204,35 +157,21 @@ struct SdpaTiles {
                                            w.acc, kQueries);
       return;
     }
-    const Index len_k = t.dims.len_k, full = dim_v - dim_v % kRegRows;
-    Index r = 0;
-    for (; r < full; r += kRegRows)
-      outer_product_block<T, kRegRows, V, true>(kv.v + r * len_k + t.j0 * kRegRows, 1, kRegRows, w.s, kQueries,
-                                                t.cols, w.acc + r * kQueries, kQueries);
-    for (; r < dim_v; ++r)
-      outer_product_block<T, 1, V, true>(kv.v + r * len_k + t.j0, 1, 1, w.s, kQueries, t.cols, w.acc + r * kQueries,
-                                         kQueries);
+    panels<V>(kv.v, t.dims.len_k, t.j0, t.cols, dim_v, w);
   }
 
-  /// out = acc / sum for the block's queries; 0 for a query that saw no key, NaN for one
-  /// whose sum is NaN.
+  /// accumulate() for v in panels (see pack()): one register tile per panel of kRegRows columns.
   template <int V>
-  static void store(const HeadsView<T>& out, const Tile& tile, const Scratch& w) {
-    for (Index dv = 0; dv < out.head_dim; ++dv)
-      for (int c = 0; c < V; ++c) {
-        T* at = w.acc + dv * kQueries + c * kP;
-        ei::pstoreu(at, ei::pdiv(ei::ploadu<P>(at), ei::ploadu<P>(w.row_sum + c * kP)));
-      }
-    T* orow = out.data + tile.b * out.batch_stride + tile.h * out.head_stride + tile.i0 * out.row_stride;
-    for (Index c = 0; c < tile.rows; ++c, orow += out.row_stride) {
-      const T m = w.row_max[c], l = w.row_sum[c];
-      if (std::isnan(l) || std::isnan(m))
-        std::fill(orow, orow + out.head_dim, std::numeric_limits<T>::quiet_NaN());
-      else if (m == -std::numeric_limits<T>::infinity())
-        std::fill(orow, orow + out.head_dim, T(0));
-      else
-        for (Index dv = 0; dv < out.head_dim; ++dv) orow[dv] = w.acc[dv * kQueries + c];
-    }
+  static EIGEN_DONT_INLINE void panels(const T* v, Index len_k, Index j0, Index cols, Index dim_v, const Scratch& w) {
+    const Index full = dim_v - dim_v % kRegRows;
+    NoSeen none;
+    Index r = 0;
+    for (; r < full; r += kRegRows)
+      outer_product_block<T, kRegRows, V, true>(v + r * len_k + j0 * kRegRows, 1, kRegRows, w.s, kQueries, cols,
+                                                w.acc + r * kQueries, kQueries, none);
+    for (; r < dim_v; ++r)
+      outer_product_block<T, 1, V, true>(v + r * len_k + j0, 1, 1, w.s, kQueries, cols, w.acc + r * kQueries, kQueries,
+                                         none);
   }
 };
 
@@ -259,9 +198,7 @@ void sdpa_tiled(const AttentionCall<T>& call) {
   const auto head = [&](Index b, Index h) -> typename K::Head {
     const Index kvh = call.kv_head(h), bh = b * call.k.heads + kvh;
     if (packed) return {k_packed.data() + bh * d.len_k * dim, dim, v_packed.data() + bh * d.len_k * dim_v, 0, true};
-    const auto &k = call.k, &v = call.v;
-    return {k.data + b * k.batch_stride + kvh * k.head_stride, k.row_stride,
-            v.data + b * v.batch_stride + kvh * v.head_stride, v.row_stride, false};
+    return {call.k.row(b, kvh), call.k.row_stride, call.v.row(b, kvh), call.v.row_stride, false};
   };
   if (d.len_q <= SdpaRows<T>::kMaxRows) {  // decoding: a few queries, query-major, grouped heads together
     using R = SdpaRows<T>;

@@ -6,13 +6,14 @@
 /// element (key j, query row r) is at [j * R + r], so the R rows of one key form a short
 /// contiguous vector of R / P SIMD packets. Softmax reductions over the keys are
 /// element-wise maxima and sums of those vectors; the head mixes are element-wise
-/// multiply-adds across heads; q k^T and p v are outer_products (outer_products.hpp).
+/// multiply-adds across heads; q k^T and p v are register tiles (register_tile.hpp).
 
 #include <algorithm>
 #include <limits>
 
 #include "attn/core/tensor.hpp"
-#include "attn/ops/detail/exp.hpp"
+#include "attn/ops/detail/online_softmax.hpp"
+#include "attn/ops/detail/packets.hpp"
 
 ATTN_PACKET_CODE_BEGIN
 
@@ -60,8 +61,8 @@ void mix_heads_group(const T* w, const T* bias, Index nh, Index g0, const T* in,
 /// @param w (H, H) row-major; head h's n inputs start at in + h * in_stride, head g's
 /// outputs at out + g * out_stride (not overlapping the inputs)
 template <class T>
-void mix_heads_linear(const T* w, const T* bias, Index nh, const T* in, Index in_stride, T* out, Index out_stride,
-                      Index n) {
+EIGEN_DONT_INLINE void mix_heads_linear(const T* w, const T* bias, Index nh, const T* in, Index in_stride, T* out,
+                                        Index out_stride, Index n) {
   Index g = 0;
   for (; g + 8 <= nh; g += 8) mix_heads_group<T, 8>(w, bias, nh, g, in, in_stride, out, out_stride, n);
   if (g + 4 <= nh) mix_heads_group<T, 4>(w, bias, nh, g, in, in_stride, out, out_stride, n), g += 4;
@@ -95,8 +96,8 @@ void mix_heads_per_row_chunk(const T* w, const T* bias, Index nh, const T* in, I
 /// @param w (H, H, R); head g's (nk, R) inputs start at in + g * in_stride, head f's
 /// outputs at out + f * out_stride
 template <class T, int R>
-void mix_heads_per_row(const T* w, const T* bias, Index nh, const T* in, Index in_stride, T* out, Index out_stride,
-                       Index nk) {
+EIGEN_DONT_INLINE void mix_heads_per_row(const T* w, const T* bias, Index nh, const T* in, Index in_stride, T* out,
+                                         Index out_stride, Index nk) {
   constexpr int S = kPacketSize<T>, V = R / S, N = std::max(8, V);
   const Index n = nk * R;
   Index x = 0;
@@ -107,47 +108,37 @@ void mix_heads_per_row(const T* w, const T* bias, Index nh, const T* in, Index i
 
 /// @brief Softmax numerators of one key tile: m[r] = max_j x[j][r], e[j][r] =
 /// exp(x[j][r] - m[r]) (0 where x is -inf; a row that is all -inf has m = -inf and e = 0),
-/// l[r] = sum_j e[j][r].
+/// l[r] = sum_j e[j][r]: online_softmax.hpp's lanes steps.
 template <class T, int R>
 void softmax_numerators(const T* x, Index nk, T* e, T* m, T* l) {
   using P = Packet<T>;
   constexpr int S = kPacketSize<T>, V = R / S;
   P mv[V], shift[V], sum[V];
-  for (int v = 0; v < V; ++v) mv[v] = ei::pset1<P>(-std::numeric_limits<T>::infinity());
-  for (Index j = 0; j < nk; ++j)
-    for (int v = 0; v < V; ++v) mv[v] = ei::pmax(mv[v], ei::ploadu<P>(x + j * R + v * S));
-  for (int v = 0; v < V; ++v) shift[v] = softmax_shift(mv[v]), sum[v] = ei::pset1<P>(T(0));
-  for (Index j = 0; j < nk; ++j)
-    for (int v = 0; v < V; ++v) {
-      const P ev = exp_nonpositive(ei::psub(ei::ploadu<P>(x + j * R + v * S), shift[v]));
-      ei::pstoreu(e + j * R + v * S, ev);
-      sum[v] = ei::padd(sum[v], ev);
-    }
+  lanes_max<T, V>(x, nk, R, mv);
+  for (int v = 0; v < V; ++v) shift[v] = softmax_shift(mv[v]);
+  lanes_exp_sum<T, V>(x, e, nk, R, shift, sum);
   for (int v = 0; v < V; ++v) ei::pstoreu(m + v * S, mv[v]), ei::pstoreu(l + v * S, sum[v]);
 }
 
 /// @brief Turns the per-tile maxima m (nt, R) and sums l (nt, R) of softmax_numerators into
-/// the factors that normalise each tile: c[t][r] = exp(m[t][r] - M[r]) / sum_t' l[t'][r]
-/// exp(m[t'][r] - M[r]), M the row maximum; written over m. A row with no unmasked key
-/// gets c = 0.
+/// the factors that normalise each tile: c[t][r] = exp(m[t][r] - M[r]) / L[r], M the row
+/// maximum and L[r] = sum_t l[t][r] exp(m[t][r] - M[r]), finalised as every softmax is
+/// (0 for a row with no unmasked key, NaN where L is NaN); written over m.
 template <class T, int R>
-void tile_normalisers(T* m, const T* l, Index nt) {
+EIGEN_DONT_INLINE void tile_normalisers(T* m, const T* l, Index nt) {
   using P = Packet<T>;
   constexpr int S = kPacketSize<T>, V = R / S;
+  P mx[V];
+  lanes_max<T, V>(m, nt, R, mx);
   for (int v = 0; v < V; ++v) {
-    P mx = ei::pset1<P>(-std::numeric_limits<T>::infinity()), sum = ei::pset1<P>(T(0));
-    for (Index t = 0; t < nt; ++t) mx = ei::pmax(mx, ei::ploadu<P>(m + t * R + v * S));
-    const P shift = softmax_shift(mx);
+    const P shift = softmax_shift(mx[v]);
+    P total = ei::pset1<P>(T(0));
     for (Index t = 0; t < nt; ++t)
-      sum = ei::pmadd(ei::ploadu<P>(l + t * R + v * S), exp_nonpositive(ei::psub(ei::ploadu<P>(m + t * R + v * S), shift)),
-                      sum);
-    T inv[S];
-    ei::pstoreu(inv, sum);
-    for (int i = 0; i < S; ++i) inv[i] = inv[i] == T(0) ? T(0) : T(1) / inv[i];
-    const P iv = ei::ploadu<P>(inv);
+      total = ei::pmadd(ei::ploadu<P>(l + t * R + v * S),
+                        exp_nonpositive(ei::psub(ei::ploadu<P>(m + t * R + v * S), shift)), total);
     for (Index t = 0; t < nt; ++t) {
       T* mt = m + t * R + v * S;
-      ei::pstoreu(mt, ei::pmul(exp_nonpositive(ei::psub(ei::ploadu<P>(mt), shift)), iv));
+      ei::pstoreu(mt, finalise(exp_nonpositive(ei::psub(ei::ploadu<P>(mt), shift)), mx[v], total));
     }
   }
 }
