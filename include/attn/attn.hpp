@@ -21,6 +21,7 @@
 #include "attn/modules/mobilevit_encoder_layer.hpp"
 #include "attn/modules/module.hpp"
 #include "attn/modules/multi_head_attention.hpp"
+#include "attn/modules/options.hpp"
 #include "attn/modules/self_attention.hpp"
 #include "attn/modules/talking_heads_attention.hpp"
 #include "attn/modules/transformer_decoder_layer.hpp"

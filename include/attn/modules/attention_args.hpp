@@ -9,6 +9,7 @@
 #include "attn/core/generator.hpp"
 #include "attn/core/mask.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/ops/scaled_dot_product_attention.hpp"
 
 namespace attn {
 
@@ -80,6 +81,13 @@ void prefix_errors(const char* where, F&& f) {
   } catch (const std::invalid_argument& err) {
     throw std::invalid_argument(std::string(where) + ": " + err.what());
   }
+}
+
+/// @brief Checks a module call's kernel options against its size (batch x heads x len_q
+/// queries over len_k keys) before the module computes anything; errors start with `where`.
+template <class T>
+void check_options(const char* where, const SdpaOptions<T>& opt, Index batch, Index heads, Index len_q, Index len_k) {
+  prefix_errors(where, [&] { check_sdpa_options(opt, batch, heads, len_q, len_k); });
 }
 
 }  // namespace detail

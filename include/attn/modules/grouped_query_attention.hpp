@@ -13,21 +13,12 @@
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
+#include "attn/modules/options.hpp"
 #include "attn/ops/kv_cache.hpp"
 #include "attn/ops/rotary.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"
 
 namespace attn {
-
-/// @brief Constructor options of GroupedQueryAttention, named after HF's config fields.
-struct GqaOptions {
-  bool qkv_bias = false;                ///< q_proj / k_proj / v_proj biases (Qwen2: true; Llama, Mistral: false)
-  bool rope = true;                     ///< rotary position embedding of q and k (false: none)
-  RotaryOptions rotary;                 ///< rope_theta, partial rotary_dim, interleaved pairs
-  std::optional<Index> sliding_window;  ///< Mistral's sliding_window (keys), if any; >= 1
-  std::optional<double> softcap;        ///< attention logit soft-capping (Gemma 2), if any; > 0
-  double dropout = 0.0;                 ///< attention_dropout on the weights (training mode only)
-};
 
 /// @brief Grouped-query attention as in HF's LlamaAttention / MistralAttention / Qwen2Attention:
 /// q_proj (H*D, E), k_proj and v_proj (K*D, E), o_proj (E, H*D) without bias, q and k
@@ -134,7 +125,7 @@ class GroupedQueryAttention : public Module<T> {
     opt.sliding_window = options_.sliding_window;
     if (options_.softcap) opt.softcap = static_cast<T>(*options_.softcap);
     opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
-    detail::tile_masks(where, opt, detail::AttentionDims{nb, num_heads_, len, keys});
+    detail::check_options(where, opt, nb, num_heads_, len, keys);
     return opt;
   }
 

@@ -12,7 +12,6 @@
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/modules/module.hpp"
-#include "attn/ops/detail/gemm.hpp"
 #include "attn/ops/linear.hpp"
 
 namespace attn {
@@ -77,16 +76,16 @@ class Linear : public Module<T> {
                     out.cols(), ") do not fit Linear(", in_features(), ", ", out_features(), ")");
     const Eigen::Ref<const RowMatrix<T>, 0, Eigen::OuterStride<>> xr(x);
     Eigen::Ref<RowMatrix<T>, 0, Eigen::OuterStride<>> o(out);
-    detail::gemm(xr.data(), xr.rows(), xr.outerStride(), packed_, o.data(), o.outerStride());
+    packed_.apply(xr.data(), xr.rows(), xr.outerStride(), o.data(), o.outerStride());
   }
 
   /// @brief x W^T + b on a (..., in_features) input, written into several places by one GEMM:
   /// each output receives its range of output features in its own layout (rows of a matrix,
-  /// or head-major (B, H, S, D) as the attention kernels read k and v; see detail/gemm.hpp).
-  void apply(const TensorView<const T>& x, std::initializer_list<detail::GemmOutput<T>> outputs) const {
+  /// or head-major (B, H, S, D) as the attention kernels read k and v; see LinearOutput).
+  void apply(const TensorView<const T>& x, std::initializer_list<LinearOutput<T>> outputs) const {
     detail::require(x.dim() >= 1 && x.size(-1) == in_features(), "attn::Linear::apply: input of shape ", x.shape(),
                     " does not fit Linear(", in_features(), ", ", out_features(), ")");
-    detail::gemm(x.data(), x.numel() / in_features(), in_features(), packed_, outputs.begin(), Index(outputs.size()));
+    packed_.apply(x, outputs);
   }
 
   /// @param x (..., in_features) @return (..., out_features)
@@ -115,7 +114,7 @@ class Linear : public Module<T> {
 
   RowMatrix<T> weight_;
   Vector<T> bias_;
-  detail::PackedWeight<T> packed_;  // weight_ and bias_ in the GEMM's panel layout
+  PackedLinear<T> packed_;  // weight_ and bias_ in the GEMM's panel layout
 };
 
 }  // namespace attn

@@ -19,34 +19,11 @@
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
+#include "attn/modules/options.hpp"
 #include "attn/ops/kv_cache.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"
 
 namespace attn {
-
-/// @brief Parameter names (and scale convention) of the PyTorch multi-head layers attn loads.
-enum class MhaLayout {
-  /// torch.nn.MultiheadAttention: in_proj_weight (or q/k/v_proj_weight when kdim or vdim
-  /// differ from embed_dim), in_proj_bias, out_proj.*, bias_k, bias_v; q / sqrt(head_dim).
-  kTorch,
-  /// Separate Linear layers q, k, v, out (the tutorial MultiHeadAttention); scores / sqrt(head_dim)
-  /// with the square root taken in float32 (torch.sqrt(torch.tensor(d, dtype=float32))).
-  kSeparateLinears,
-  /// MobileViT's MultiHeadAttention (ml-cvnets): qkv_proj, out_proj; q * head_dim**-0.5.
-  /// Needs kdim == vdim == embed_dim.
-  kFusedQkv,
-};
-
-/// @brief Constructor options, named after nn.MultiheadAttention's arguments.
-struct MultiHeadAttentionOptions {
-  double dropout = 0.0;        ///< dropout on the attention weights after the softmax (training only); in [0, 1)
-  bool bias = true;            ///< in_proj_bias and out_proj.bias
-  bool add_bias_kv = false;    ///< learned bias_k / bias_v appended as one more key / value
-  bool add_zero_attn = false;  ///< a zero key / value appended after that
-  Index kdim = 0;              ///< key features; 0 means embed_dim
-  Index vdim = 0;              ///< value features; 0 means embed_dim
-  MhaLayout layout = MhaLayout::kTorch;  ///< parameter names and scale; load_state_dict picks it from the names
-};
 
 /// @brief Multi-head attention with torch.nn.MultiheadAttention(batch_first=True) semantics.
 ///
@@ -194,8 +171,8 @@ class MultiHeadAttention : public Module<T> {
     cache.require_fits(where, nb, num_heads_, head_dim_, len);
     SdpaOptions<T> opt = decode_options(where, args, nb, len, before + len);
     const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
-    project_rows(x, embed_dim_, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)},
-                                 {embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
+    project_rows(x, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)},
+                     {embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
     cache.commit(len);
     try {
       return attend(where, HeadsView<const T>::bnhd(qbuf.data(), nb, len, num_heads_, head_dim_, embed_dim_),
@@ -221,7 +198,7 @@ class MultiHeadAttention : public Module<T> {
                     cache.capacity());
     cache.require_fits(where, nb, num_heads_, head_dim_, 0);
     cache.reset();
-    project_rows(memory, kdim_, {{embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
+    project_rows(memory, {{embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
     cache.commit(len);
   }
 
@@ -239,7 +216,7 @@ class MultiHeadAttention : public Module<T> {
     this->require_generator(args.generator, options_.dropout);
     const Index len = query.size(1);
     const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
-    project_rows(query, embed_dim_, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)}});
+    project_rows(query, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)}});
     SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, false, cache.length());
     opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
     return attend(where, HeadsView<const T>::bnhd(qbuf.data(), nb, len, num_heads_, head_dim_, embed_dim_),
@@ -386,7 +363,7 @@ class MultiHeadAttention : public Module<T> {
     SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, false, keys);
     opt.causal = Causal::kBottomRight;
     opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
-    detail::tile_masks(where, opt, detail::AttentionDims{nb, num_heads_, len, keys});
+    detail::check_options(where, opt, nb, num_heads_, len, keys);
     return opt;
   }
 
@@ -399,34 +376,34 @@ class MultiHeadAttention : public Module<T> {
   void project(const TensorView<const T>& query, const TensorView<const T>& key, const TensorView<const T>& value,
                Index nb, Projections& p) const {
     const Index e = embed_dim_, nh = num_heads_, d = head_dim_, len_q = query.size(-2), len_k = key.size(-2);
-    using Out = detail::GemmOutput<T>;
+    using Out = LinearOutput<T>;
     p.q = HeadsView<const T>::bnhd(p.qbuf.data(), nb, len_q, nh, d, e);
     p.k = HeadsView<const T>::bhnd(p.kbuf.data(), nb, nh, len_k, d);
     p.v = HeadsView<const T>::bhnd(p.vbuf.data(), nb, nh, len_k, d);
     const Out q{0, HeadsView<T>::bnhd(p.qbuf.data(), nb, len_q, 1, e, e)},
         k{e, HeadsView<T>::bhnd(p.kbuf.data(), nb, nh, len_k, d)}, v{2 * e, HeadsView<T>::bhnd(p.vbuf.data(), nb, nh, len_k, d)};
     if (same_tensor(query, key) && same_tensor(key, value) && same_embed_dims()) {
-      project_rows(query, e, {q, k, v});
+      project_rows(query, {q, k, v});
     } else {
-      project_rows(query, e, {q});
+      project_rows(query, {q});
       if (same_tensor(key, value) && kdim_ == vdim_) {
-        project_rows(key, kdim_, {k, v});
+        project_rows(key, {k, v});
       } else {
-        project_rows(key, kdim_, {k});
-        project_rows(value, vdim_, {v});
+        project_rows(key, {k});
+        project_rows(value, {v});
       }
     }
   }
 
   /// x (rows, in) times rows of the stacked [W_q; W_k; W_v] (+ bias) into the outputs, whose
   /// features are rows of that stack, from the packed group that holds them (one GEMM).
-  void project_rows(const TensorView<const T>& x, Index in, std::initializer_list<detail::GemmOutput<T>> outputs) const {
+  void project_rows(const TensorView<const T>& x, std::initializer_list<LinearOutput<T>> outputs) const {
     const Index first = outputs.begin()->first, last = (outputs.end() - 1)->first + (outputs.end() - 1)->count();
     for (const PackedRows& g : in_packed_)
-      if (first >= g.first && last <= g.first + g.weight.rows()) {
-        std::vector<detail::GemmOutput<T>> in_group(outputs);
+      if (first >= g.first && last <= g.first + g.weight.out_features()) {
+        std::vector<LinearOutput<T>> in_group(outputs);
         for (auto& o : in_group) o.first -= g.first;
-        detail::gemm(x.data(), x.numel() / in, in, g.weight, in_group.data(), Index(in_group.size()));
+        g.weight.apply(x, in_group.data(), Index(in_group.size()));
         return;
       }
   }
@@ -434,14 +411,19 @@ class MultiHeadAttention : public Module<T> {
   /// Packs the in-projection for the GEMM: consecutive blocks of [W_q; W_k; W_v] with the
   /// same input width together (all three when kdim == vdim == embed_dim), so a fused
   /// projection is one GEMM.
+  /// (The groups are made once; packing again reuses their memory.)
   void repack() {
     const Index widths[] = {embed_dim_, kdim_, vdim_};
-    in_packed_.clear();
-    for (int i = 0, j = 1; i < 3; i = j, j = i + 1) {
-      while (j < 3 && widths[j] == widths[i]) ++j;
-      in_packed_.push_back({i * embed_dim_, detail::PackedWeight<T>(in_weight_.data() + weight_offset(i),
-                                                                     (j - i) * embed_dim_, widths[i], widths[i],
-                                                                     options_.bias ? in_bias_.data() + i * embed_dim_ : nullptr)});
+    if (in_packed_.empty())
+      for (int i = 0, j = 1; i < 3; i = j, j = i + 1) {
+        while (j < 3 && widths[j] == widths[i]) ++j;
+        in_packed_.push_back({i, j - i, {}});
+      }
+    for (PackedRows& g : in_packed_) {
+      const Index first = g.projection * embed_dim_, width = widths[g.projection];
+      g.weight.pack(in_weight_.data() + weight_offset(int(g.projection)), g.count * embed_dim_, width, width,
+                    options_.bias ? in_bias_.data() + first : nullptr);
+      g.first = first;
     }
   }
 
@@ -450,7 +432,7 @@ class MultiHeadAttention : public Module<T> {
   /// columns that mask nothing for them.
   void append_extra_keys(const char* where, Projections& p, SdpaOptions<T>& opt, ExtraKeys& x) const {
     const Index len = p.k.length, nb = p.k.batch;
-    detail::tile_masks(where, opt, detail::AttentionDims{nb, num_heads_, p.q.length, len});
+    detail::check_options(where, opt, nb, num_heads_, p.q.length, len);
     copy_with_extra_keys(p.k, bias_k_, x.k);
     copy_with_extra_keys(p.v, bias_v_, x.v);
     p.k = HeadsView<const T>::bhnd(x.k.data(), nb, num_heads_, len + extra_keys(), head_dim_);
@@ -537,10 +519,12 @@ class MultiHeadAttention : public Module<T> {
   T scale_ = T(1);
   Vector<T> in_weight_;  // [W_q (E, E); W_k (E, kdim); W_v (E, vdim)], row-major, back to back
   Vector<T> in_bias_;    // [b_q; b_k; b_v] (3E) or empty
-  /// Rows [first, first + weight.rows()) of the stacked in-projection, packed for the GEMM.
+  /// Projections [projection, projection + count) of [W_q; W_k; W_v] (0: q, 1: k, 2: v),
+  /// rows [first, first + weight.out_features()) of the stacked in-projection, packed.
   struct PackedRows {
-    Index first;
-    detail::PackedWeight<T> weight;
+    Index projection, count;
+    PackedLinear<T> weight;
+    Index first = 0;
   };
   std::vector<PackedRows> in_packed_;
   Linear<T> out_proj_;

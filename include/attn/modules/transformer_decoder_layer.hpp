@@ -6,11 +6,12 @@
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/modules/attention_args.hpp"
+#include "attn/modules/detail/transformer_blocks.hpp"
 #include "attn/modules/layer_norm.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
 #include "attn/modules/multi_head_attention.hpp"
-#include "attn/modules/transformer_encoder_layer.hpp"
+#include "attn/modules/options.hpp"
 #include "attn/ops/kv_cache.hpp"
 
 namespace attn {

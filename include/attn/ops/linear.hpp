@@ -3,15 +3,65 @@
 /// @brief Linear layer with PyTorch's layout: weight (out_features, in_features), y = x W^T + b.
 
 #include <algorithm>
+#include <initializer_list>
 
 #include <Eigen/Core>
 
 #include "attn/core/error.hpp"
-#include "attn/core/parallel.hpp"
+#include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/gemm.hpp"
 
 namespace attn {
+
+/// @brief Where a linear layer writes a range of its output features: features [first, first +
+/// target.heads * target.head_dim) go into target, whose (batch, length) enumerate the input
+/// rows and whose (head, column) the features. A (rows, n) matrix is one head of n columns
+/// (HeadsView::bnhd(data, 1, rows, 1, n, ld)); the attention kernels' k and v are head-major
+/// (HeadsView::bhnd), or a KV cache's next positions. (The GEMM's own type, so that applying
+/// a layer copies nothing.)
+template <class T>
+using LinearOutput = detail::GemmOutput<T>;
+
+/// @brief A linear layer's weight (out_features, in_features) and bias, packed once into the
+/// panel layout of attn's GEMM, so that applying it packs only the input. What the modules
+/// keep for their projections.
+template <class T>
+class PackedLinear {
+ public:
+  /// An empty layer (no features).
+  PackedLinear() = default;
+  /// Packs weight (out_features rows of in_features values, rows `ld` apart) and bias
+  /// (out_features values, or null).
+  PackedLinear(const T* weight, Index out_features, Index in_features, Index ld, const T* bias) {
+    pack(weight, out_features, in_features, ld, bias);
+  }
+  /// Packs new values (reusing the memory when the sizes are unchanged).
+  void pack(const T* weight, Index out_features, Index in_features, Index ld, const T* bias) {
+    packed_.pack(weight, out_features, in_features, ld, bias);
+  }
+
+  Index out_features() const { return packed_.rows(); }  ///< n, features of each output row
+  Index in_features() const { return packed_.cols(); }   ///< k, features of each input row
+
+  /// @brief out (rows, count) = x W[first : first + count]^T + b[first : first + count] for x
+  /// (rows, in_features); x rows ldx apart, out rows ldo apart; all features by default.
+  void apply(const T* x, Index rows, Index ldx, T* out, Index ldo, Index first = 0, Index count = -1) const {
+    detail::gemm(x, rows, ldx, packed_, out, ldo, first, count);
+  }
+  /// @brief x W^T + b for the rows of x (..., in_features), each output range written where its
+  /// LinearOutput says (ranges must not share features): one pass over x for all of them.
+  void apply(const TensorView<const T>& x, std::initializer_list<LinearOutput<T>> outputs) const {
+    apply(x, outputs.begin(), Index(outputs.size()));
+  }
+  /// The same with `count` outputs at `outputs`.
+  void apply(const TensorView<const T>& x, const LinearOutput<T>* outputs, Index count) const {
+    detail::gemm(x.data(), x.numel() / in_features(), in_features(), packed_, outputs, count);
+  }
+
+ private:
+  detail::PackedWeight<T> packed_;
+};
 
 namespace detail {
 
@@ -23,8 +73,8 @@ void linear_packed(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& we
   using T = typename X::Scalar;
   const Eigen::Ref<const RowMatrix<T>, 0, Eigen::OuterStride<>> xr(x), wr(weight);
   Eigen::Ref<RowMatrix<T>, 0, Eigen::OuterStride<>> o(out);
-  const PackedWeight<T> packed(wr.data(), wr.rows(), wr.cols(), wr.outerStride(), bias);
-  gemm(xr.data(), xr.rows(), xr.outerStride(), packed, o.data(), o.outerStride());
+  const PackedLinear<T> packed(wr.data(), wr.rows(), wr.cols(), wr.outerStride(), bias);
+  packed.apply(xr.data(), xr.rows(), xr.outerStride(), o.data(), o.outerStride());
 }
 
 }  // namespace detail
