@@ -3,7 +3,9 @@
 #include "example_util.hpp"
 
 int main() {
-  attn::MobileViTEncoderLayer<float> layer(64, 128, 8, /*attn_dropout=*/0.1, /*dropout=*/0.1, /*ffn_dropout=*/0.1);
+  attn::MobileViTEncoderLayerOptions options;
+  options.attn_dropout = options.dropout = options.ffn_dropout = 0.1;
+  attn::MobileViTEncoderLayer<float> layer(64, 128, 8, options);
   const attn::Tensor<float> x = example::rand<float>({2, 14, 64}, 4);
   attn::Tensor<float> y;
   const double ms = example::time_ms([&] { y = layer.forward(x); });  // eval mode: no dropout

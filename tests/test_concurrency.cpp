@@ -109,7 +109,7 @@ TEST(Concurrency, SelfAttention) {
 }
 
 TEST(Concurrency, TalkingHeadsAttention) {
-  attn::TalkingHeadsAttention<float> m(16, 4, true, 0.2, 0.1);
+  attn::TalkingHeadsAttention<float> m(16, 4, {true, 0.2, 0.1});
   randomize(m, 2);
   check_module(m, 16);
 }
@@ -121,7 +121,7 @@ TEST(Concurrency, AttentionBlock) {
 }
 
 TEST(Concurrency, MobileViTEncoderLayer) {
-  attn::MobileViTEncoderLayer<float> m(16, 32, 4, 0.1, 0.2, 0.3);
+  attn::MobileViTEncoderLayer<float> m(16, 32, 4, {0.1, 0.2, 0.3});
   randomize(m, 4);
   check_module(m, 16);
 }

@@ -341,15 +341,21 @@ TYPED_TEST(Decoding, RotaryPairingsArePermutationsOfEachOther) {
 // Incremental == one-shot
 // ---------------------------------------------------------------------------------------
 
-/// One decoding step of either attention layer, returning the output only.
+/// One causal decoding step of either attention layer, with these masks, returning the
+/// output only.
 template <class T>
 Tensor<T> decode(const attn::MultiHeadAttention<T>& m, const Tensor<T>& x, KVCache<T>& cache,
-                 const attn::AttentionArgs<T>& args = {}) {
-  return m.forward(x, cache, attn::MhaArgs<T>(args)).output;
+                 const attn::AttentionMasks<T>& masks = {}) {
+  attn::MhaArgs<T> args;
+  static_cast<attn::AttentionMasks<T>&>(args) = masks;
+  args.causal = attn::Causal::kBottomRight;
+  return m.forward(x, cache, args).output;
 }
 template <class T>
 Tensor<T> decode(const attn::GroupedQueryAttention<T>& m, const Tensor<T>& x, KVCache<T>& cache,
-                 const attn::AttentionArgs<T>& args = {}) {
+                 const attn::AttentionMasks<T>& masks = {}) {
+  attn::GqaArgs<T> args;
+  static_cast<attn::AttentionMasks<T>&>(args) = masks;
   return m.forward(x, cache, args);
 }
 
@@ -429,9 +435,9 @@ void expect_masked_chunks_match(const Model& m, const Tensor<T>& x, const Tensor
   KVCache<T> cache = m.make_cache(x.size(0), x.size(1));
   const Tensor<T> inc = in_chunks(x, 3, [&](const Tensor<T>& c, Index) {
     const Tensor<T> rows = mask_rows(mask, cache.length(), c.size(1));
-    attn::AttentionArgs<T> args;
-    args.attn_mask = attn::Mask<T>::additive(rows);
-    return decode(m, c, cache, args);
+    attn::AttentionMasks<T> masks;
+    masks.attn_mask = attn::Mask<T>::additive(rows);
+    return decode(m, c, cache, masks);
   });
   EXPECT_TRUE(AllClose(inc, full, tight<T>()));
 }
@@ -447,7 +453,9 @@ TYPED_TEST(Decoding, AttentionMaskRowsPerChunkMatchOneShot) {
   expect_masked_chunks_match(mha, x, mask, mha.forward(x, x, x, args).output);
   attn::GroupedQueryAttention<T> gqa(16, 4, 2);
   randomize(gqa, 101);
-  expect_masked_chunks_match(gqa, x, mask, gqa.forward(x, args));
+  attn::GqaArgs<T> gqa_args;
+  gqa_args.attn_mask = args.attn_mask;
+  expect_masked_chunks_match(gqa, x, mask, gqa.forward(x, gqa_args));
 }
 
 /// A small decoder layer with random parameters.
@@ -482,14 +490,22 @@ TYPED_TEST(Decoding, DecoderIncrementalMatchesFullSequence) {
                      std::to_string(chunk));
         attn::DecoderCache<T> cache = layer.make_cache(2, len, 7);
         layer.encode_memory(memory, cache);
-        const Tensor<T> inc = in_chunks(tgt, chunk, [&](const Tensor<T>& c, Index) { return layer.forward(c, cache, args); });
+        const Tensor<T> inc = in_chunks(tgt, chunk, [&](const Tensor<T>& c, Index) { return layer.forward(c, cache, causal); });
         EXPECT_TRUE(AllClose(inc, full, tight<T>()));
-        // The full pass's arguments (tgt_is_causal: top-left) work as they are: with a
-        // cache the self-attention is bottom-right causal whatever args.self.causal says.
+        // The full pass's arguments (tgt_is_causal: top-left) count positions from the start
+        // of the sequence with a cache: bottom-right is the same mask there.
         layer.encode_memory(memory, cache);
-        const Tensor<T> same = in_chunks(tgt, chunk, [&](const Tensor<T>& c, Index) { return layer.forward(c, cache, causal); });
+        attn::DecoderArgs<T> bottom_right = causal;
+        bottom_right.self.causal = attn::Causal::kBottomRight;
+        const Tensor<T> same =
+            in_chunks(tgt, chunk, [&](const Tensor<T>& c, Index) { return layer.forward(c, cache, bottom_right); });
         EXPECT_TRUE(same_bits(same, inc));
       }
+      // Without causal masking a chunk sees all of itself: one chunk is the full non-causal pass.
+      attn::DecoderCache<T> cache = layer.make_cache(2, len, 7);
+      layer.encode_memory(memory, cache);
+      EXPECT_TRUE(AllClose(layer.forward(tgt, cache, args), layer.forward(tgt, memory, args), tight<T>()));
+      EXPECT_FALSE(AllClose(layer.forward(tgt, memory, args), full, 1e-3));
     }
   }
 }
@@ -508,7 +524,7 @@ TYPED_TEST(Decoding, DecoderEncodeMemoryStartsANewSequence) {
     layer.encode_memory(memory, cache);
     EXPECT_EQ(cache.self.length(), 0);
     EXPECT_EQ(cache.memory.length(), s);
-    const Tensor<T> inc = in_chunks(tgt, 2, [&](const Tensor<T>& c, Index) { return layer.forward(c, cache); });
+    const Tensor<T> inc = in_chunks(tgt, 2, [&](const Tensor<T>& c, Index) { return layer.forward(c, cache, causal); });
     EXPECT_TRUE(AllClose(inc, layer.forward(tgt, memory, causal), tight<T>()));
   }
 }
@@ -559,7 +575,7 @@ void expect_misfits_leave_cache_unchanged(const Model& m, Index kv_heads, Index 
   const Tensor<T> next = part(x, 0, 2, 3, 2);
   ExpectInvalid([&] { decode(m, part(x, 0, 2, 2, 6), cache); }, {"6 more tokens do not fit", "length 3", "capacity 8"});
   const Tensor<bool> four({2, 4}, false), rows({3, 5}, false);  // 5 keys after the append
-  attn::AttentionArgs<T> bad;
+  attn::AttentionMasks<T> bad;
   bad.key_padding_mask = attn::Mask<T>::block_where_true(four);
   ExpectInvalid([&] { decode(m, next, cache, bad); }, {"key_padding_mask", "(2, 4)"});
   bad = {};
@@ -599,16 +615,37 @@ TYPED_TEST(Decoding, MhaMisfitsLeaveTheCacheUnchanged) {
   expect_misfits_leave_cache_unchanged(m, 4, 4, x, m.forward(x, x, x, causal).output);
 }
 
-// What MultiHeadAttention cannot decode: top-left causal chunks, extra keys, kdim != embed_dim.
+// With a cache, causal masking counts positions from the start of the sequence: top-left
+// (the full pass's is_causal) and bottom-right are the same mask, and without causal masking
+// the chunk's queries see every cached key (one chunk: the full non-causal pass).
+TYPED_TEST(Decoding, MhaCachedCausalFlagsCountPositions) {
+  using T = TypeParam;
+  attn::MultiHeadAttention<T> m(16, 4);
+  randomize(m, 72);
+  const Tensor<T> x = random_tensor<T>({2, 7, 16}, 74);
+  attn::MhaArgs<T> top_left, bottom_right, none;
+  top_left.causal = attn::Causal::kTopLeft;
+  bottom_right.causal = attn::Causal::kBottomRight;
+  for (Index chunk : {1, 3}) {
+    KVCache<T> a = m.make_cache(2, 7), b = m.make_cache(2, 7);
+    const Tensor<T> tl = in_chunks(x, chunk, [&](const Tensor<T>& c, Index) { return m.forward(c, a, top_left).output; });
+    const Tensor<T> br = in_chunks(x, chunk, [&](const Tensor<T>& c, Index) { return m.forward(c, b, bottom_right).output; });
+    EXPECT_TRUE(same_bits(tl, br));
+    EXPECT_TRUE(AllClose(tl, m.forward(x, top_left).output, tight<T>()));
+  }
+  KVCache<T> cache = m.make_cache(2, 7);
+  const Tensor<T> all = m.forward(x, none).output;
+  EXPECT_TRUE(AllClose(m.forward(x, cache, none).output, all, tight<T>()));
+  EXPECT_FALSE(AllClose(all, m.forward(x, top_left).output, 1e-3));
+}
+
+// What MultiHeadAttention cannot decode: extra keys, kdim != embed_dim.
 TEST(DecodingErrors, MhaRejectsWhatACacheCannotHold) {
   const Tensor<float> x = random_tensor<float>({2, 3, 16}, 71);
   attn::MultiHeadAttention<float> m(16, 4);
   KVCache<float> cache = m.make_cache(2, 8);
   fill(cache, 2, 73);
   const CacheState<float> before(cache);
-  attn::MhaArgs<float> top_left;
-  top_left.causal = attn::Causal::kTopLeft;
-  ExpectInvalid([&] { m.forward(x, cache, top_left); }, {"bottom-right"});
   attn::MultiHeadAttentionOptions o;
   o.add_bias_kv = true;
   ExpectInvalid([&] { attn::MultiHeadAttention<float>(16, 4, o).forward(x, cache); }, {"add_bias_kv"});
@@ -640,7 +677,7 @@ TYPED_TEST(Decoding, DecoderErrorsLeaveBothCachesUnchanged) {
   ExpectInvalid([&] { layer.forward(part(tgt, 0, 2, 0, 4), cache); }, {"encode_memory", "first"});
   EXPECT_EQ(cache.self.length(), 0);
   layer.encode_memory(memory, cache);
-  layer.forward(part(tgt, 0, 2, 0, 4), cache);
+  layer.forward(part(tgt, 0, 2, 0, 4), cache, causal);
   const CacheState<T> self(cache.self), mem(cache.memory);
   const Tensor<T> next = part(tgt, 0, 2, 4, 2);
   const Tensor<bool> six({2, 6}, false), five({2, 5}, false);
@@ -656,7 +693,7 @@ TYPED_TEST(Decoding, DecoderErrorsLeaveBothCachesUnchanged) {
   ExpectInvalid([&] { layer.encode_memory(random_tensor<T>({2, 8, 16}, 79), cache); }, {"8 tokens", "capacity 7"});
   ExpectInvalid([&] { layer.encode_memory(part(memory, 0, 1, 0, 7), cache); }, {"the cache is (batch 2"});
   EXPECT_TRUE(Unchanged(cache, self, mem));
-  EXPECT_TRUE(AllClose(layer.forward(part(tgt, 0, 2, 4, 5), cache), part(full, 0, 2, 4, 5), tight<T>()));
+  EXPECT_TRUE(AllClose(layer.forward(part(tgt, 0, 2, 4, 5), cache, causal), part(full, 0, 2, 4, 5), tight<T>()));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -675,9 +712,9 @@ void expect_ragged_matches_alone(const Model& m, Index embed, double tol) {
   for (Index from = 0, c = prompt; from < total; from += c, c = 1) {
     Tensor<bool> padding({2, from + c}, false);
     for (Index n = 0; n < pad; ++n) padding(1, n) = true;
-    attn::AttentionArgs<T> args;
-    args.key_padding_mask = attn::Mask<T>::block_where_true(padding);
-    paste(y, decode(m, part(x, 0, 2, from, c), cache, args), from);
+    attn::AttentionMasks<T> masks;
+    masks.key_padding_mask = attn::Mask<T>::block_where_true(padding);
+    paste(y, decode(m, part(x, 0, 2, from, c), cache, masks), from);
   }
   for (Index b = 0; b < 2; ++b) {
     SCOPED_TRACE("batch element " + std::to_string(b));

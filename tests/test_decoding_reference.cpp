@@ -121,7 +121,7 @@ void check_gqa(const GqaSpec& spec, bool incremental) {
   const double tol = tolerance<T>(c.is_double());
   const Tensor<bool> kpm = stored_bools(c, "input.key_padding_mask");
   if (!incremental) {
-    attn::AttentionArgs<T> args;
+    attn::GqaArgs<T> args;
     if (!kpm.empty()) args.key_padding_mask = attn::Mask<T>::block_where_true(kpm);
     EXPECT_TRUE(AllClose(m.forward(x, args), expected, tol));
     return;
@@ -129,7 +129,7 @@ void check_gqa(const GqaSpec& spec, bool incremental) {
   for (Index step : chunk_sizes(x.size(1))) {
     attn::KVCache<T> cache = m.make_cache(x.size(0), x.size(1));
     const Tensor<T> y = in_chunks(x, step, [&](const Tensor<T>& chunk, Index first) {
-      attn::AttentionArgs<T> args;
+      attn::GqaArgs<T> args;
       const Tensor<bool> seen = kpm.empty() ? Tensor<bool>() : first_columns(kpm, first + chunk.size(1));
       if (!kpm.empty()) args.key_padding_mask = attn::Mask<T>::block_where_true(seen);
       return m.forward(chunk, cache, args);
@@ -319,10 +319,10 @@ void check_decoder(const LayerSpec& spec, bool incremental) {
                      mem_kpm = stored_bools(c, "input.memory_key_padding_mask");
   attn::DecoderArgs<T> args;
   if (!mem_kpm.empty()) args.memory.key_padding_mask = attn::Mask<T>::block_where_true(mem_kpm);
+  args.self.causal = spec.causal;  // with a cache: over the positions so far
   const double tol = tolerance<T>(c.is_double());
   if (!incremental) {
     if (!tgt_kpm.empty()) args.self.key_padding_mask = attn::Mask<T>::block_where_true(tgt_kpm);
-    args.self.causal = spec.causal;
     EXPECT_TRUE(AllClose(layer.forward(tgt, memory, args), expected, tol));
     return;
   }

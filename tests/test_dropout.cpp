@@ -140,8 +140,8 @@ TYPED_TEST(DropoutTyped, ModulesAreDeterministicPerSeedAndIdentityInEval) {
     module.eval();
     EXPECT_TRUE(AllClose(module.forward(x, with_generator<T>(c)), eval_out, 0.0));
   };
-  attn::MobileViTEncoderLayer<T> enc(12, 8, 3, 0.1, 0.2, 0.3);
-  attn::TalkingHeadsAttention<T> th(12, 3, true, 0.2, 0.1);
+  attn::MobileViTEncoderLayer<T> enc(12, 8, 3, {0.1, 0.2, 0.3});
+  attn::TalkingHeadsAttention<T> th(12, 3, {true, 0.2, 0.1});
   check(enc);
   check(th);
 }
@@ -301,11 +301,11 @@ TYPED_TEST(DropoutTyped, MhaAttentionDropoutStatisticsOfTheWeights) {
 TYPED_TEST(DropoutTyped, TalkingHeadsAttentionDropoutStatistics) {
   using T = TypeParam;
   const Tensor<T> x = random_tensor<T>({2, 8, 16}, 33);
-  attn::TalkingHeadsAttention<T> base(16, 4, true);
+  attn::TalkingHeadsAttention<T> base(16, 4, {true});
   randomize(base, 60);
   const auto dict = base.state_dict();
   auto make = [&](double p) {
-    attn::TalkingHeadsAttention<T> m(16, 4, true, p, 0.0);
+    attn::TalkingHeadsAttention<T> m(16, 4, {true, p, 0.0});
     m.load_state_dict(dict);
     return m;
   };
@@ -319,11 +319,11 @@ TYPED_TEST(DropoutTyped, TalkingHeadsAttentionDropoutStatistics) {
 TYPED_TEST(DropoutTyped, TalkingHeadsProjectionDropoutStatistics) {
   using T = TypeParam;
   const Tensor<T> x = random_tensor<T>({2, 8, 16}, 34);
-  attn::TalkingHeadsAttention<T> base(16, 4, true);
+  attn::TalkingHeadsAttention<T> base(16, 4, {true});
   randomize(base, 70);
   const auto dict = base.state_dict();
   auto make = [&](double p) {
-    attn::TalkingHeadsAttention<T> m(16, 4, true, 0.0, p);
+    attn::TalkingHeadsAttention<T> m(16, 4, {true, 0.0, p});
     m.load_state_dict(dict);
     return m;
   };
@@ -365,7 +365,7 @@ struct EncoderSlot {
       const double attn_p = which == kAttentionWeights ? p : 0.0;
       const double res_p = which == kResidualOfAttention || which == kResidualOfFfn ? p : 0.0;
       const double ffn_p = which == kFfnHidden ? p : 0.0;
-      attn::MobileViTEncoderLayer<T> m(e, e, 4, attn_p, res_p, ffn_p);
+      attn::MobileViTEncoderLayer<T> m(e, e, 4, {attn_p, res_p, ffn_p});
       m.load_state_dict(dict);
       return m;
     };

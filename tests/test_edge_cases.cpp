@@ -60,7 +60,7 @@ struct MultiHeadAttentionCase {
 struct TalkingHeadsCase {
   static constexpr const char* kName = "TalkingHeadsAttention";
   template <class T>
-  static attn::TalkingHeadsAttention<T> make() { return attn::TalkingHeadsAttention<T>(8, 2, true); }
+  static attn::TalkingHeadsAttention<T> make() { return attn::TalkingHeadsAttention<T>(8, 2, {true}); }
   template <class M, class T>
   static Tensor<T> run(const M& m, const Tensor<T>& x, const attn::AttentionArgs<T>& a) { return m.forward(x, a); }
   static Shape shape(Index b, Index n) { return {b, n, 8}; }

@@ -43,7 +43,7 @@ void check_case(const ModuleSpec& spec) {
     attn::SelfAttention<T> sa(c.meta_int("embed_dim"));
     check<T>(c, spec, sa);
   } else if (m == "talking_heads") {
-    attn::TalkingHeadsAttention<T> th(c.meta_int("embed_dim"), c.meta_int("num_heads"), c.meta_bool("qkv_bias"));
+    attn::TalkingHeadsAttention<T> th(c.meta_int("embed_dim"), c.meta_int("num_heads"), {c.meta_bool("qkv_bias")});
     check<T>(c, spec, th);
   } else if (m == "attention_block") {
     attn::AttentionBlock<T> ab(c.meta_int("embed_dim"), c.meta_int("num_heads"));
@@ -152,10 +152,10 @@ TYPED_TEST(ModulesTyped, MaskedKeyHasNoInfluence) {
 
 TEST(ModuleErrors, Constructors) {
   ExpectInvalid([] { attn::TalkingHeadsAttention<float>(10, 4); }, {"dim (10)", "num_heads (4)", "divisible"});
-  ExpectInvalid([] { attn::TalkingHeadsAttention<float>(8, 2, false, 1.5); }, {"dropout", "1.5"});
+  ExpectInvalid([] { attn::TalkingHeadsAttention<float>(8, 2, {false, 1.5}); }, {"dropout", "1.5"});
   ExpectInvalid([] { attn::AttentionBlock<float>(10, 3); }, {"embed_dim (10)", "num_heads (3)"});
   ExpectInvalid([] { attn::MobileViTEncoderLayer<float>(10, 8, 4); }, {"embed_dim (10)", "num_heads (4)"});
-  ExpectInvalid([] { attn::MobileViTEncoderLayer<float>(8, 8, 2, 0.0, 1.0); }, {"dropout", "[0, 1)"});
+  ExpectInvalid([] { attn::MobileViTEncoderLayer<float>(8, 8, 2, {0.0, 1.0}); }, {"dropout", "[0, 1)"});
   ExpectInvalid([] { attn::MobileViTEncoderLayer<float>(8, 0, 2); }, {"ffn_latent_dim", "0"});
   ExpectInvalid([] { attn::SelfAttention<float>(0); }, {"embed_size", "0"});
 }

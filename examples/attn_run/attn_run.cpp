@@ -63,12 +63,12 @@ const char* const kUsage =
     "                        [--kdim K] [--vdim V] [--no-bias] [--add-bias-kv] [--add-zero-attn];\n"
     "                        also separate q/k/v/out Linears (q.weight ...) and MobileViT's\n"
     "                        fused qkv_proj (qkv_proj.weight ...),\n"
-    "                        told apart by the weight names\n"
+    "                        told apart by the weight names;\n"
+    "                        --causal: causal self-attention; --incremental C: self-attention fed\n"
+    "                        through a KV cache C tokens at a time (causal)\n"
     "  talking_heads         timm TalkingHeadAttn(E, H = 8, qkv_bias): --embed-dim [--num-heads] [--qkv-bias]\n"
     "  attention_block       AttentionBlock(E, H) (MHA + residual + LayerNorm): --embed-dim --num-heads;\n"
     "                        x is (N, C, L)\n"
-    "                        --causal: causal self-attention; --incremental C: self-attention fed\n"
-    "                        through a KV cache C tokens at a time (causal)\n"
     "  mobilevit_encoder_layer  MobileViT's TransformerEncoder(E, F, H = 8): --embed-dim --ffn-dim\n"
     "                        [--num-heads]; also as transformer_encoder (its former name)\n"
     "  transformer_encoder_layer  nn.TransformerEncoderLayer(E, H, F, dropout, activation,\n"
@@ -317,7 +317,7 @@ template <class T>
 struct Inputs {
   std::map<std::string, attn::Tensor<T>> values;  // x / query / key / value, float masks
   std::map<std::string, attn::Tensor<bool>> bools;  // bool masks
-  attn::AttentionArgs<T> args;
+  attn::AttentionMasks<T> masks;
 
   Inputs(const attn::io::SafetensorsFile& f, const std::vector<std::string>& data_names,
          const std::string& module) {
@@ -332,8 +332,8 @@ struct Inputs {
       }
     for (const auto& n : data_names)
       if (f.contains(n)) values.emplace(n, f.get<T>(n));
-    args.key_padding_mask = mask(f, "key_padding_mask");
-    args.attn_mask = mask(f, "attn_mask");
+    masks.key_padding_mask = mask(f, "key_padding_mask");
+    masks.attn_mask = mask(f, "attn_mask");
   }
 
  private:
@@ -379,7 +379,7 @@ attn::Tensor<T> chunked(const attn::Tensor<T>& x, Index c, F&& f) {
 template <class T>
 class ChunkMasks {
  public:
-  ChunkMasks(const attn::AttentionArgs<T>& args, Index batch, Index len) : mask_(args.key_padding_mask) {
+  ChunkMasks(const attn::AttentionMasks<T>& args, Index batch, Index len) : mask_(args.key_padding_mask) {
     if (!args.attn_mask.empty()) throw std::runtime_error("--incremental takes a key_padding_mask but no attn_mask");
     if (!mask_.empty() && mask_.shape() != attn::Shape{batch, len})
       throw std::runtime_error("--incremental: key_padding_mask has shape " + attn::to_string(mask_.shape()) +
@@ -411,7 +411,7 @@ class ChunkMasks {
 /// chunk, the key padding mask in `self` (the arguments step passes on) is cut to the tokens
 /// cached after it.
 template <class T, class Step>
-attn::Tensor<T> incremental(const attn::Tensor<T>& x, Index c, attn::AttentionArgs<T>& self, Step&& step) {
+attn::Tensor<T> incremental(const attn::Tensor<T>& x, Index c, attn::AttentionMasks<T>& self, Step&& step) {
   ChunkMasks<T> masks(self, x.size(0), x.size(1));
   return chunked(x, c, [&](const attn::Tensor<T>& chunk, Index end) {
     self.key_padding_mask = masks.upto(end);
@@ -429,7 +429,7 @@ attn::TransformerLayerOptions layer_options(const Options& o) {
 
 /// gqa_attention: causal over x, whole or --incremental through a KV cache.
 template <class T>
-std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& x, const attn::AttentionArgs<T>& args,
+std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& x, const attn::AttentionMasks<T>& masks,
                                       const attn::StateDict<T>& weights) {
   attn::GqaOptions go;
   go.qkv_bias = o.qkv_bias;
@@ -441,10 +441,12 @@ std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& 
   if (o.softcap > 0) go.softcap = o.softcap;
   auto m = std::make_shared<attn::GroupedQueryAttention<T>>(o.embed_dim, o.num_heads, o.num_kv_heads, o.head_dim, go);
   m->load_state_dict(weights);
+  attn::GqaArgs<T> args;
+  static_cast<attn::AttentionMasks<T>&>(args) = masks;
   if (o.incremental == 0) return [m, &x, args] { return Result<T>{m->forward(x, args), {}}; };
   return [m, &x, args, c = o.incremental] {
     attn::KVCache<T> cache = m->make_cache(x.size(0), x.size(1));
-    attn::AttentionArgs<T> a = args;
+    attn::GqaArgs<T> a = args;
     return Result<T>{incremental(x, c, a, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a); }),
                      {}};
   };
@@ -459,8 +461,8 @@ std::function<Result<T>()> decoder_forward(const Options& o, const Inputs<T>& in
   m->load_state_dict(weights);
   const attn::Tensor<T>&tgt = in.values.at("tgt"), &memory = in.values.at("memory");
   attn::DecoderArgs<T> args;
-  args.self = in.args;
-  args.self.causal = attn::Causal::kBottomRight;
+  static_cast<attn::AttentionMasks<T>&>(args.self) = in.masks;
+  args.self.causal = attn::Causal::kTopLeft;  // tgt_is_causal (with the cache: over the positions so far)
   if (o.incremental == 0) return [m, &tgt, &memory, args] { return Result<T>{m->forward(tgt, memory, args), {}}; };
   return [m, &tgt, &memory, args, c = o.incremental] {
     attn::DecoderCache<T> cache = m->make_cache(tgt.size(0), tgt.size(1), memory.size(1));
@@ -478,8 +480,8 @@ std::function<Result<T>()> sdpa_forward(const Options& o, const Inputs<T>& in) {
     if (!in.values.count(n)) throw std::runtime_error(o.inputs + ": no tensor named '" + n + "'");
   const attn::Tensor<T>&q = in.values.at("query"), &k = in.values.at("key"), &v = in.values.at("value");
   attn::SdpaOptions<T> opt;
-  opt.key_padding_mask = in.args.key_padding_mask;
-  opt.attn_mask = in.args.attn_mask;
+  opt.key_padding_mask = in.masks.key_padding_mask;
+  opt.attn_mask = in.masks.attn_mask;
   return [&q, &k, &v, opt] { return Result<T>{attn::scaled_dot_product_attention<T>(q, k, v, opt), {}}; };
 }
 
@@ -509,7 +511,8 @@ std::function<Result<T>()> mha_forward(const Options& o, const Inputs<T>& in, co
     const attn::Tensor<T>& v = in.values.at("value");
     vp = same_values(v, k) ? &k : same_values(v, q) ? &q : &v;
   }
-  attn::MhaArgs<T> args(in.args);
+  attn::MhaArgs<T> args;
+  static_cast<attn::AttentionMasks<T>&>(args) = in.masks;
   args.need_weights = o.need_weights;
   args.average_attn_weights = !o.per_head_weights;
   if (o.causal || o.incremental > 0) args.causal = attn::Causal::kBottomRight;
@@ -543,18 +546,20 @@ std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, c
     load(*m);
     return [m, &x] { return Result<T>{m->forward(x), {}}; };
   }
-  const attn::AttentionArgs<T> args = in.args;
+  attn::AttentionArgs<T> args;
+  static_cast<attn::AttentionMasks<T>&>(args) = in.masks;
   auto single = [&](auto m) -> std::function<Result<T>()> {
     load(*m);
     return [m, &x, args] { return Result<T>{m->forward(x, args), {}}; };
   };
   if (o.module == "self_attention") return single(std::make_shared<attn::SelfAttention<T>>(o.embed_dim));
   if (o.module == "talking_heads")
-    return single(std::make_shared<attn::TalkingHeadsAttention<T>>(o.embed_dim, o.num_heads, o.qkv_bias));
+    return single(std::make_shared<attn::TalkingHeadsAttention<T>>(o.embed_dim, o.num_heads,
+                                                                   attn::TalkingHeadsOptions{o.qkv_bias}));
   if (o.module == "attention_block") return single(std::make_shared<attn::AttentionBlock<T>>(o.embed_dim, o.num_heads));
   if (o.module == "transformer_encoder_layer")
     return single(std::make_shared<attn::TransformerEncoderLayer<T>>(o.embed_dim, o.num_heads, layer_options(o)));
-  if (o.module == "gqa_attention") return gqa_forward(o, x, args, weights);
+  if (o.module == "gqa_attention") return gqa_forward(o, x, in.masks, weights);
   return single(std::make_shared<attn::MobileViTEncoderLayer<T>>(o.embed_dim, o.ffn_dim, o.num_heads));
 }
 

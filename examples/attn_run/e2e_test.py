@@ -150,6 +150,18 @@ def run_errors(attn_run, workdir):
     check("missing --weights", base[:4] + base[6:], 2, "--weights")
     check("unknown module", args(module="lstm"), 2, "lstm")
 
+    # --help describes each flag under the module that takes it: --causal and --incremental
+    # under multi_head_attention (before the next module's line), not under attention_block.
+    r = subprocess.run([attn_run, "--help"], capture_output=True, text=True)
+    modules = re.split(r"\n  (?=[a-z_]+ {2,})", r.stdout.split("Modules and the constructor flags")[-1])
+    mha = next((m for m in modules if m.startswith("multi_head_attention")), "")
+    block = next((m for m in modules if m.startswith("attention_block")), "")
+    if r.returncode != 0 or "--causal" not in mha or "--incremental" not in mha or "--causal" in block:
+        print("FAIL --help: --causal / --incremental are not listed under multi_head_attention")
+        failures.append("help")
+    else:
+        print("ok   --help lists --causal and --incremental under multi_head_attention")
+
     # An existing output file is left as it was when attn_run fails.
     out.write_bytes(b"previous")
     r = subprocess.run([attn_run, *args(weights=w / "missing.safetensors")], capture_output=True)

@@ -190,7 +190,7 @@ void load_modules(const attn::StateDict<float>& dict, const std::string& prefix)
               const attn::Tensor<float> k = input(4, 5);
               m.forward(x8, k, x6);
             });
-  load_into(dict, prefix, [] { return attn::TalkingHeadsAttention<float>(8, 2, true); },
+  load_into(dict, prefix, [] { return attn::TalkingHeadsAttention<float>(8, 2, {true}); },
             [&](const attn::TalkingHeadsAttention<float>& m) { m.forward(x8); });
   load_into(dict, prefix, [] { return attn::AttentionBlock<float>(8, 2); },
             [&](const attn::AttentionBlock<float>& m) { m.forward(ncl); });

@@ -13,18 +13,32 @@
 
 namespace attn {
 
-/// @brief Masks and randomness for one forward call (the module's own state stays const).
+/// @brief The masks of one attention: nn.MultiheadAttention's key_padding_mask and attn_mask.
 template <class T>
-struct AttentionArgs {
+struct AttentionMasks {
   /// (B, S), one entry per key; e.g. Mask<T>::block_where_true(padding) with
   /// nn.MultiheadAttention's meaning (true = ignore this key). Unbatched input: (S).
   Mask<T> key_padding_mask;
   /// Any shape that broadcasts to (B, num_heads, L, S) (PyTorch's rule: (L, S), (B, 1, L, S),
   /// (B, 1, 1, S) ...), or nn.MultiheadAttention's (B * num_heads, L, S); bool or additive.
   Mask<T> attn_mask;
+};
+
+/// @brief Masks, causal masking and randomness for one forward call (the module's own state
+/// stays const).
+template <class T>
+struct AttentionArgs : AttentionMasks<T> {
   /// Causal masking (top-left as PyTorch's is_causal, or bottom-right), on top of the masks.
   Causal causal = Causal::kNone;
   /// Dropout randomness; required in training mode when a dropout probability is > 0.
+  Generator* generator = nullptr;
+};
+
+/// @brief The per-call arguments of GroupedQueryAttention, whose attention is always causal
+/// (HF's is_causal): masks and randomness, and no causal flag to be ignored.
+template <class T>
+struct GqaArgs : AttentionMasks<T> {
+  /// Dropout randomness; required in training mode when the dropout probability is > 0.
   Generator* generator = nullptr;
 };
 
@@ -53,31 +67,31 @@ struct MhaOutput {
 
 namespace detail {
 
-/// The kernel options of one module call: scale, masks, causal, generator. An unbatched
-/// call's (S) key padding mask is seen as (1, S), as PyTorch does.
+/// @brief The kernel options of one module call: scale and masks (an unbatched call's (S)
+/// key padding mask seen as (1, S), as PyTorch does). The module sets causal masking,
+/// dropout and its generator itself, then check_options.
 template <class T>
-SdpaOptions<T> sdpa_options(const char* where, const AttentionArgs<T>& args, T scale, bool unbatched,
+SdpaOptions<T> sdpa_options(const char* where, const AttentionMasks<T>& masks, T scale, bool unbatched,
                             Index len_k) {
   SdpaOptions<T> opt;
   opt.scale = scale;
-  opt.key_padding_mask = args.key_padding_mask;
+  opt.key_padding_mask = masks.key_padding_mask;
   if (unbatched && !opt.key_padding_mask.empty() && opt.key_padding_mask.shape().size() == 1) {
     require(opt.key_padding_mask.shape() == Shape{len_k}, where, ": key_padding_mask has shape ",
             opt.key_padding_mask.shape(), ", expected (keys) = ", Shape{len_k}, " for unbatched input");
     opt.key_padding_mask = opt.key_padding_mask.reshaped({1, len_k});
   }
-  opt.attn_mask = args.attn_mask;
-  opt.causal = args.causal;
-  opt.generator = args.generator;
+  opt.attn_mask = masks.attn_mask;
   return opt;
 }
 
-/// Runs f, prefixing the message of a std::invalid_argument it throws with `where` (the
-/// module function whose arguments reached the kernel).
+/// Runs f and returns its result, prefixing the message of a std::invalid_argument it throws
+/// with `where` (the function the user called, when the error comes from a kernel or a
+/// submodule).
 template <class F>
-void prefix_errors(const char* where, F&& f) {
+auto prefix_errors(const char* where, F&& f) -> decltype(f()) {
   try {
-    f();
+    return f();
   } catch (const std::invalid_argument& err) {
     throw std::invalid_argument(std::string(where) + ": " + err.what());
   }

@@ -9,6 +9,7 @@
 #include "attn/modules/layer_norm.hpp"
 #include "attn/modules/module.hpp"
 #include "attn/modules/multi_head_attention.hpp"
+#include "attn/modules/options.hpp"
 
 namespace attn {
 
@@ -20,12 +21,18 @@ namespace attn {
 template <class T>
 class AttentionBlock : public Module<T> {
  public:
-  /// @brief nn.MultiheadAttention(embed_dim, num_heads, batch_first=True) followed by
-  /// nn.LayerNorm(embed_dim), with PyTorch's other defaults (dropout 0, bias=True, eps 1e-5).
+  /// @brief nn.MultiheadAttention(embed_dim, num_heads, dropout, batch_first=True) followed by
+  /// nn.LayerNorm(embed_dim, eps), with PyTorch's other defaults (bias=True).
   /// @param embed_dim C, the channels of the feature maps; must be > 0 and divisible by num_heads
   /// @param num_heads attention heads; must be > 0
-  /// @throws std::invalid_argument (from MultiHeadAttention) if a constraint fails
-  AttentionBlock(Index embed_dim, Index num_heads) : mha_(embed_dim, num_heads), norm_(embed_dim) {}
+  /// @param options dropout (on the attention weights, training mode only; in [0, 1), default
+  /// 0) and layer_norm_eps (default 1e-5)
+  /// @throws std::invalid_argument if a constraint fails
+  AttentionBlock(Index embed_dim, Index num_heads, const AttentionBlockOptions& options = {})
+      : mha_(detail::prefix_errors("attn::AttentionBlock",
+                                   [&] { return MultiHeadAttention<T>(embed_dim, num_heads, mha_options(options)); })),
+        norm_(detail::prefix_errors("attn::AttentionBlock",
+                                    [&] { return LayerNorm<T>(embed_dim, options.layer_norm_eps); })) {}
 
   /// C, the channels of the feature maps.
   Index embed_dim() const { return mha_.embed_dim(); }
@@ -35,7 +42,6 @@ class AttentionBlock : public Module<T> {
   MultiHeadAttention<T>& mha() { return mha_; }
   /// The attention submodule, read-only.
   const MultiHeadAttention<T>& mha() const { return mha_; }
-
 
   /// @param x (N, C, L) feature maps (or (C, L)); @param args optional masks over the L
   /// positions, generator @return (N, C, L) (or (C, L))
@@ -51,7 +57,8 @@ class AttentionBlock : public Module<T> {
     for (Index b = 0; b < nb; ++b)
       Eigen::Map<RowMatrix<T>>(seq_buffer.data() + b * len * c, len, c) =
           Eigen::Map<const RowMatrix<T>>(x.data() + b * c * len, c, len).transpose();
-    Tensor<T> y = mha_.forward(seq, seq, seq, MhaArgs<T>(args)).output;
+    this->require_generator(args.generator, mha_.options().dropout);
+    Tensor<T> y = detail::prefix_errors(where, [&] { return mha_.forward(seq, seq, seq, MhaArgs<T>(args)); }).output;
     y.matrix() += seq.matrix();
     norm_.apply(y.matrix(), y.matrix());
     auto out = Tensor<T>::uninitialized(x.shape());
@@ -73,6 +80,12 @@ class AttentionBlock : public Module<T> {
   std::vector<Module<T>*> children() override { return {&mha_, &norm_}; }
 
  private:
+  static MultiHeadAttentionOptions mha_options(const AttentionBlockOptions& o) {
+    MultiHeadAttentionOptions m;
+    m.dropout = o.dropout;
+    return m;
+  }
+
   MultiHeadAttention<T> mha_;
   LayerNorm<T> norm_;
 };

@@ -63,9 +63,9 @@ class GroupedQueryAttention : public Module<T> {
   /// @brief The whole sequence, causal.
   /// @param x (B, L, E)
   /// @param args key_padding_mask (B, L), attn_mask broadcastable to (B, H, L, L), generator
-  /// (training with dropout); masking is causal whatever args.causal says
+  /// (training with dropout); the masking is causal besides
   /// @return (B, L, E)
-  Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
+  Tensor<T> forward(const TensorView<const T>& x, const GqaArgs<T>& args = {}) const {
     constexpr const char* where = "attn::GroupedQueryAttention::forward";
     const Index nb = check_input(where, x, args), len = x.size(1);
     SdpaOptions<T> opt = attention_options(where, args, nb, len, len);
@@ -84,7 +84,7 @@ class GroupedQueryAttention : public Module<T> {
   /// @return (B, C, E)
   /// @throws std::invalid_argument, the cache unchanged, for shapes, masks, or a cache that
   /// does not fit the layer or the chunk
-  Tensor<T> forward(const TensorView<const T>& x, KVCache<T>& cache, const AttentionArgs<T>& args = {}) const {
+  Tensor<T> forward(const TensorView<const T>& x, KVCache<T>& cache, const GqaArgs<T>& args = {}) const {
     constexpr const char* where = "attn::GroupedQueryAttention::forward";
     const Index nb = check_input(where, x, args), len = x.size(1), before = cache.length();
     cache.require_fits(where, nb, num_kv_heads_, head_dim_, len);
@@ -118,12 +118,13 @@ class GroupedQueryAttention : public Module<T> {
 
   /// The options of one call, checked before anything is written: causal (bottom-right),
   /// window, softcap, dropout, and the masks against len queries over `keys` keys.
-  SdpaOptions<T> attention_options(const char* where, const AttentionArgs<T>& args, Index nb, Index len,
+  SdpaOptions<T> attention_options(const char* where, const GqaArgs<T>& args, Index nb, Index len,
                                    Index keys) const {
     SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale(), false, keys);
     opt.causal = Causal::kBottomRight;
     opt.sliding_window = options_.sliding_window;
     if (options_.softcap) opt.softcap = static_cast<T>(*options_.softcap);
+    opt.generator = args.generator;
     opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
     detail::check_options(where, opt, nb, num_heads_, len, keys);
     return opt;
@@ -158,7 +159,7 @@ class GroupedQueryAttention : public Module<T> {
 
   T scale() const { return T(1) / std::sqrt(static_cast<T>(head_dim_)); }
 
-  Index check_input(const char* where, const TensorView<const T>& x, const AttentionArgs<T>& args) const {
+  Index check_input(const char* where, const TensorView<const T>& x, const GqaArgs<T>& args) const {
     detail::require(x.dim() == 3 && x.size(2) == embed_dim(), where, ": x has shape ", x.shape(),
                     ", expected (batch, length, ", embed_dim(), ")");
     this->require_generator(args.generator, options_.dropout);

@@ -2,6 +2,8 @@
 /// @file
 /// @brief MobileViTEncoderLayer<T>: MobileViT's pre-norm transformer encoder layer (ml-cvnets).
 
+#include <string>
+
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/core/workspace.hpp"
@@ -10,6 +12,7 @@
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
 #include "attn/modules/multi_head_attention.hpp"
+#include "attn/modules/options.hpp"
 #include "attn/ops/activations.hpp"
 #include "attn/ops/dropout.hpp"
 
@@ -35,20 +38,16 @@ class MobileViTEncoderLayer : public Module<T> {
   /// @param ffn_latent_dim F, the hidden width of the feed-forward network Linear(E, F),
   /// Linear(F, E); must be > 0
   /// @param num_heads attention heads (default 8); must be > 0
-  /// @param attn_dropout dropout probability inside the attention, on its weights after the
-  /// softmax; in [0, 1), default 0 (checked by the MultiHeadAttention constructor, so the error
-  /// names attn::MultiHeadAttention)
-  /// @param dropout dropout probability on the attention branch's output and on the output of
-  /// the FFN's second Linear, each before its residual add; in [0, 1), default 0
-  /// @param ffn_dropout dropout probability on the FFN's hidden activations, after SiLU and
-  /// before the second Linear; in [0, 1), default 0
+  /// @param options attn_dropout (on the attention weights after the softmax), dropout (on
+  /// the attention branch's output and on the output of the FFN's second Linear, each
+  /// before its residual add) and ffn_dropout (on the FFN's hidden activations, after SiLU),
+  /// each in [0, 1), default 0
   /// @throws std::invalid_argument if any of these constraints fails
-  MobileViTEncoderLayer(Index embed_dim, Index ffn_latent_dim, Index num_heads = 8, double attn_dropout = 0.0,
-                          double dropout = 0.0, double ffn_dropout = 0.0)
-      : dropout_(validated(embed_dim, ffn_latent_dim, num_heads, dropout, ffn_dropout)),  // checks run first
-        ffn_dropout_(ffn_dropout),
+  MobileViTEncoderLayer(Index embed_dim, Index ffn_latent_dim, Index num_heads = 8,
+                        const MobileViTEncoderLayerOptions& options = {})
+      : options_(validated(embed_dim, ffn_latent_dim, num_heads, options)),  // checks run first
         norm_mha_(embed_dim),
-        mha_(embed_dim, num_heads, mha_options(attn_dropout)),
+        mha_(embed_dim, num_heads, mha_options(options.attn_dropout)),
         norm_ffn_(embed_dim),
         fc1_(embed_dim, ffn_latent_dim, true, 31),
         fc2_(ffn_latent_dim, embed_dim, true, 33) {}
@@ -61,7 +60,8 @@ class MobileViTEncoderLayer : public Module<T> {
   Index num_heads() const { return mha_.num_heads(); }
   /// The attention submodule (parameters pre_norm_mha.1.*), read-only.
   const MultiHeadAttention<T>& mha() const { return mha_; }
-
+  /// The constructor options.
+  const MobileViTEncoderLayerOptions& options() const { return options_; }
 
   /// @param x (B, N, E) or (N, E) @param args optional masks, generator @return same shape
   Tensor<T> forward(const TensorView<const T>& x, const AttentionArgs<T>& args = {}) const {
@@ -69,7 +69,7 @@ class MobileViTEncoderLayer : public Module<T> {
     const Index e = embed_dim();
     detail::check_sequence(where, "x", x.shape(), e);
     const bool training = this->is_training();
-    this->require_generator(args.generator, std::max({mha_.options().dropout, dropout_, ffn_dropout_}));
+    this->require_generator(args.generator, std::max({options_.attn_dropout, options_.dropout, options_.ffn_dropout}));
     auto drop = [&](auto&& m, double p) {
       if (training && p > 0.0) dropout_inplace(m.data(), m.size(), static_cast<T>(p), *args.generator);
     };
@@ -78,17 +78,17 @@ class MobileViTEncoderLayer : public Module<T> {
     Eigen::Map<RowMatrix<T>> h(normed.data(), rows, e);
     norm_mha_.apply(x.matrix(), h);
     const TensorView<const T> hv(normed.data(), x.shape());
-    Tensor<T> y = mha_.forward(hv, hv, hv, MhaArgs<T>(args)).output;
-    drop(y.matrix(), dropout_);
+    Tensor<T> y = detail::prefix_errors(where, [&] { return mha_.forward(hv, hv, hv, MhaArgs<T>(args)); }).output;
+    drop(y.matrix(), options_.dropout);
     y.matrix() += x.matrix();  // y = x + attention branch
     norm_ffn_.apply(y.matrix(), h);
     const detail::WorkBuffer<T> hidden_buffer(rows * ffn_latent_dim());
     Eigen::Map<RowMatrix<T>> hidden(hidden_buffer.data(), rows, ffn_latent_dim());
     fc1_.apply(h, hidden);
     silu_inplace(hidden);
-    drop(hidden, ffn_dropout_);
+    drop(hidden, options_.ffn_dropout);
     fc2_.apply(hidden, h);
-    drop(h, dropout_);
+    drop(h, options_.dropout);
     y.matrix() += h;
     return y;
   }
@@ -115,19 +115,21 @@ class MobileViTEncoderLayer : public Module<T> {
     return o;
   }
 
-  /// Checks the constructor arguments before anything is allocated; returns dropout.
-  static double validated(Index embed_dim, Index ffn_latent_dim, Index num_heads, double dropout, double ffn_dropout) {
+  /// Checks the constructor arguments before anything is allocated; returns the options.
+  static MobileViTEncoderLayerOptions validated(Index embed_dim, Index ffn_latent_dim, Index num_heads,
+                                                const MobileViTEncoderLayerOptions& o) {
     constexpr const char* where = "attn::MobileViTEncoderLayer";
     detail::require(embed_dim > 0 && ffn_latent_dim > 0 && num_heads > 0, where, ": embed_dim (", embed_dim,
                     "), ffn_latent_dim (", ffn_latent_dim, ") and num_heads (", num_heads, ") must be positive");
     detail::require(embed_dim % num_heads == 0, where, ": embed_dim (", embed_dim,
                     ") must be divisible by num_heads (", num_heads, ")");
-    detail::check_dropout_p(dropout, where);
-    detail::check_dropout_p(ffn_dropout, where);
-    return dropout;
+    detail::check_dropout_p(o.attn_dropout, (std::string(where) + " (attn_dropout)").c_str());
+    detail::check_dropout_p(o.dropout, (std::string(where) + " (dropout)").c_str());
+    detail::check_dropout_p(o.ffn_dropout, (std::string(where) + " (ffn_dropout)").c_str());
+    return o;
   }
 
-  double dropout_, ffn_dropout_;
+  MobileViTEncoderLayerOptions options_;
   LayerNorm<T> norm_mha_;
   MultiHeadAttention<T> mha_;
   LayerNorm<T> norm_ffn_;

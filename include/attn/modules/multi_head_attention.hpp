@@ -130,13 +130,11 @@ class MultiHeadAttention : public Module<T> {
     constexpr const char* where = "attn::MultiHeadAttention::forward";
     const Index nb = check_inputs(where, query, key, value, args);
     const Index len_q = query.size(-2), len_k = key.size(-2);
+    SdpaOptions<T> opt = call_options(where, args, args.causal, query.dim() == 2, nb, len_q, len_k);
     Projections p(nb * len_q * embed_dim_, nb * len_k * embed_dim_);
     project(query, key, value, nb, p);
-    SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, query.dim() == 2, len_k);
-    opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
     ExtraKeys extra;
-    if (extra_keys() > 0) append_extra_keys(where, p, opt, extra);
-
+    if (extra_keys() > 0) append_extra_keys(p, opt, extra);
     return attend(where, p.q, p.k, p.v, opt, args, query.shape());
   }
 
@@ -150,26 +148,28 @@ class MultiHeadAttention : public Module<T> {
 
   /// @brief Self-attention on a chunk of new tokens with a KV cache (autoregressive decoding):
   /// only the chunk is projected, its keys and values are appended to the cache, and the
-  /// chunk's queries attend causally (bottom-right: to every cached key and to the chunk's
-  /// own earlier tokens) over the cache. Feeding a sequence chunk by chunk gives the outputs
-  /// of forward(x) with causal masking.
+  /// chunk's queries attend over everything cached. Causal masking counts positions from
+  /// the start of the sequence: with args.causal kTopLeft or kBottomRight (the same thing
+  /// here, as in a full pass) the query at position p sees the keys at positions <= p, so
+  /// feeding a sequence chunk by chunk gives the outputs of forward(x) with causal masking;
+  /// with kNone every query sees every cached key.
   /// @param x (B, C, E): the chunk (C new tokens)
   /// @param cache make_cache(B, capacity): keys and values of the tokens before the chunk
   /// @param args key_padding_mask (B, S) over all S cached tokens after the append (ragged
-  /// prompts), attn_mask broadcastable to (B, H, C, S), generator, need_weights; causal is
-  /// bottom-right (kNone or kBottomRight only)
+  /// prompts), attn_mask broadcastable to (B, H, C, S), causal, generator, need_weights
   /// @throws std::invalid_argument, the cache unchanged, for shapes, masks, a cache that
   /// does not fit the layer or the chunk, or add_bias_kv / add_zero_attn (PyTorch has no
   /// cached form of them)
   MhaOutput<T> forward(const TensorView<const T>& x, KVCache<T>& cache, const MhaArgs<T>& args = {}) const {
     constexpr const char* where = "attn::MultiHeadAttention::forward";
     const Index nb = check_inputs(where, x, x, x, args);
-    detail::require(x.dim() == 3 && same_embed_dims() && extra_keys() == 0 && args.causal != Causal::kTopLeft, where,
-                    ": a KV cache needs batched (B, C, E) input, kdim = vdim = embed_dim, no add_bias_kv / add_zero_attn "
-                    "and bottom-right causal masking (x ", x.shape(), ")");
+    detail::require(x.dim() == 3 && same_embed_dims() && extra_keys() == 0, where,
+                    ": a KV cache needs batched (B, C, E) input, kdim = vdim = embed_dim and no add_bias_kv / "
+                    "add_zero_attn (x ", x.shape(), ")");
     const Index len = x.size(1), before = cache.length();
     cache.require_fits(where, nb, num_heads_, head_dim_, len);
-    SdpaOptions<T> opt = decode_options(where, args, nb, len, before + len);
+    const Causal causal = args.causal == Causal::kNone ? Causal::kNone : Causal::kBottomRight;  // positions
+    SdpaOptions<T> opt = call_options(where, args, causal, false, nb, len, before + len);
     const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
     project_rows(x, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)},
                      {embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
@@ -215,10 +215,9 @@ class MultiHeadAttention : public Module<T> {
     cache.require_fits(where, nb, num_heads_, head_dim_, 0);
     this->require_generator(args.generator, options_.dropout);
     const Index len = query.size(1);
+    SdpaOptions<T> opt = call_options(where, args, args.causal, false, nb, len, cache.length());
     const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
     project_rows(query, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)}});
-    SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, false, cache.length());
-    opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
     return attend(where, HeadsView<const T>::bnhd(qbuf.data(), nb, len, num_heads_, head_dim_, embed_dim_),
                   cache.keys(), cache.values(), opt, args, query.shape());
   }
@@ -356,14 +355,15 @@ class MultiHeadAttention : public Module<T> {
     return result;
   }
 
-  /// The options of a decoding step, checked before anything is written to the cache: the
-  /// chunk of len queries attends bottom-right causally over `keys` cached keys.
-  SdpaOptions<T> decode_options(const char* where, const MhaArgs<T>& args, Index nb, Index len, Index keys) const {
-    this->require_generator(args.generator, options_.dropout);
-    SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, false, keys);
-    opt.causal = Causal::kBottomRight;
+  /// @brief The kernel options of a call of len_q queries over len_k keys (without the extra
+  /// keys), checked before anything is computed or written to a cache.
+  SdpaOptions<T> call_options(const char* where, const MhaArgs<T>& args, Causal causal, bool unbatched, Index nb,
+                              Index len_q, Index len_k) const {
+    SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, unbatched, len_k);
+    opt.causal = causal;
+    opt.generator = args.generator;
     opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
-    detail::check_options(where, opt, nb, num_heads_, len, keys);
+    detail::check_options(where, opt, nb, num_heads_, len_q, len_k);
     return opt;
   }
 
@@ -428,11 +428,10 @@ class MultiHeadAttention : public Module<T> {
   }
 
   /// bias_k / bias_v and the zero key as extra keys after the S real ones (PyTorch's order):
-  /// k and v are copied with them, and the masks, checked against the real S first, get
-  /// columns that mask nothing for them.
-  void append_extra_keys(const char* where, Projections& p, SdpaOptions<T>& opt, ExtraKeys& x) const {
+  /// k and v are copied with them, and the masks (checked against the real S by
+  /// call_options) get columns that mask nothing for them.
+  void append_extra_keys(Projections& p, SdpaOptions<T>& opt, ExtraKeys& x) const {
     const Index len = p.k.length, nb = p.k.batch;
-    detail::check_options(where, opt, nb, num_heads_, p.q.length, len);
     copy_with_extra_keys(p.k, bias_k_, x.k);
     copy_with_extra_keys(p.v, bias_v_, x.v);
     p.k = HeadsView<const T>::bhnd(x.k.data(), nb, num_heads_, len + extra_keys(), head_dim_);

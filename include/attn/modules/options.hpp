@@ -1,7 +1,7 @@
 #pragma once
 /// @file
-/// @brief The constructor options structs of the modules, with the names (and defaults) of
-/// the PyTorch code they reproduce.
+/// @brief The constructor options of every module, one struct per module with the names (and
+/// defaults) of the PyTorch code it reproduces.
 
 #include <optional>
 
@@ -33,6 +33,27 @@ struct MultiHeadAttentionOptions {
   Index kdim = 0;              ///< key features; 0 means embed_dim
   Index vdim = 0;              ///< value features; 0 means embed_dim
   MhaLayout layout = MhaLayout::kTorch;  ///< parameter names and scale; load_state_dict picks it from the names
+};
+
+/// @brief Constructor options of TalkingHeadsAttention, named after timm's TalkingHeadAttn.
+struct TalkingHeadsOptions {
+  bool qkv_bias = false;   ///< whether the fused qkv Linear(C, 3C) has a bias
+  double attn_drop = 0.0;  ///< dropout on the attention weights, after proj_w and before they multiply v; in [0, 1)
+  double proj_drop = 0.0;  ///< dropout on the output, after proj; in [0, 1)
+};
+
+/// @brief Constructor options of AttentionBlock: nn.MultiheadAttention's dropout and
+/// nn.LayerNorm's eps.
+struct AttentionBlockOptions {
+  double dropout = 0.0;          ///< dropout on the attention weights (training mode only); in [0, 1)
+  double layer_norm_eps = 1e-5;  ///< eps of the LayerNorm; >= 0
+};
+
+/// @brief Constructor options of MobileViTEncoderLayer, named after ml-cvnets' TransformerEncoder.
+struct MobileViTEncoderLayerOptions {
+  double attn_dropout = 0.0;  ///< dropout on the attention weights after the softmax; in [0, 1)
+  double dropout = 0.0;       ///< dropout on each branch's output (attention, FFN), before its residual add
+  double ffn_dropout = 0.0;   ///< dropout on the FFN's hidden activations, after SiLU
 };
 
 /// @brief Constructor options of TransformerEncoderLayer and TransformerDecoderLayer, with

@@ -47,12 +47,14 @@ class SelfAttention : public Module<T> {
     const Index e = embed_size();
     const Index nb = detail::check_sequence(where, "x", x.shape(), e);
     const Index n = x.size(-2);
+    SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
+    opt.causal = args.causal;
+    detail::check_options(where, opt, nb, 1, n, n);
     // q, k and v each as (B*N, E) rows (one head: head-major is the same), from one GEMM.
     const detail::WorkBuffer<T> q(x.numel()), k(x.numel()), v(x.numel());
     const auto rows = [&](const detail::WorkBuffer<T>& b) { return HeadsView<T>::bnhd(b.data(), nb, n, 1, e, e); };
     qkv_.apply(x, {{0, rows(q)}, {e, rows(k)}, {2 * e, rows(v)}});
     auto out = Tensor<T>::uninitialized(x.shape());
-    const SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
     using Heads = HeadsView<const T>;
     detail::prefix_errors(where, [&] {
       scaled_dot_product_attention<T>(Heads::bhnd(q.data(), nb, 1, n, e), Heads::bhnd(k.data(), nb, 1, n, e),

@@ -12,6 +12,7 @@
 #include "attn/modules/attention_args.hpp"
 #include "attn/modules/linear.hpp"
 #include "attn/modules/module.hpp"
+#include "attn/modules/options.hpp"
 #include "attn/ops/dropout.hpp"
 #include "attn/ops/talking_heads_attention.hpp"
 
@@ -37,22 +38,18 @@ class TalkingHeadsAttention : public Module<T> {
   /// num_heads
   /// @param num_heads H (default 8), heads of C / H features each; proj_l and proj_w are
   /// Linear(H, H); must be > 0
-  /// @param qkv_bias whether the fused qkv Linear(C, 3C) has a bias (default false)
-  /// @param attn_drop dropout probability on the attention weights, after proj_w and before
-  /// they multiply v; in [0, 1), default 0
-  /// @param proj_drop dropout probability on the output, after the proj Linear(C, C); in [0, 1),
-  /// default 0
+  /// @param options qkv_bias (whether the fused qkv Linear(C, 3C) has a bias; false),
+  /// attn_drop (dropout on the attention weights, after proj_w and before they multiply v)
+  /// and proj_drop (dropout on the output, after proj), each in [0, 1), default 0
   /// @throws std::invalid_argument if any of these constraints fails or the qkv weight's
   /// element count overflows
-  TalkingHeadsAttention(Index dim, Index num_heads = 8, bool qkv_bias = false, double attn_drop = 0.0,
-                        double proj_drop = 0.0)
-      : num_heads_(validated(dim, num_heads, attn_drop, proj_drop)),  // first member: checks run first
-        qkv_(dim, 3 * dim, qkv_bias, 21),
+  TalkingHeadsAttention(Index dim, Index num_heads = 8, const TalkingHeadsOptions& options = {})
+      : num_heads_(validated(dim, num_heads, options)),  // first member: checks run first
+        options_(options),
+        qkv_(dim, 3 * dim, options.qkv_bias, 21),
         proj_(dim, dim, true, 23),
         proj_l_(num_heads, num_heads, true, 25),
         proj_w_(num_heads, num_heads, true, 27),
-        attn_drop_(attn_drop),
-        proj_drop_(proj_drop),
         scale_(static_cast<T>(std::pow(static_cast<double>(dim / num_heads), -0.5))) {}
 
   /// C, the features of each token.
@@ -61,6 +58,8 @@ class TalkingHeadsAttention : public Module<T> {
   Index num_heads() const { return num_heads_; }
   /// The factor q is multiplied by: (C / H)^-0.5, as timm's head_dim ** -0.5.
   T scale() const { return scale_; }
+  /// The constructor options.
+  const TalkingHeadsOptions& options() const { return options_; }
 
   /// @param x (B, N, C) or (N, C)
   /// @param args optional masks, applied to the logits after proj_l (attn_mask broadcasting to
@@ -73,13 +72,16 @@ class TalkingHeadsAttention : public Module<T> {
     const Index nb = detail::check_sequence(where, "x", x.shape(), c);
     const Index n = x.size(-2);
     const bool training = this->is_training();
-    this->require_generator(args.generator, std::max(attn_drop_, proj_drop_));
+    this->require_generator(args.generator, std::max(options_.attn_drop, options_.proj_drop));
+    SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
+    opt.causal = args.causal;
+    opt.generator = args.generator;
+    opt.dropout_p = training ? static_cast<T>(options_.attn_drop) : T(0);
+    detail::check_options(where, opt, nb, nh, n, n);
     // q as (B*N, C) rows, k and v head-major (B, H, N, D): the kernel reads them in place.
     const detail::WorkBuffer<T> q(x.numel()), k(x.numel()), v(x.numel()), mixed(x.numel());
     qkv_.apply(x, {{0, HeadsView<T>::bnhd(q.data(), nb, n, 1, c, c)}, {c, HeadsView<T>::bhnd(k.data(), nb, nh, n, d)},
                    {2 * c, HeadsView<T>::bhnd(v.data(), nb, nh, n, d)}});
-    SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
-    opt.dropout_p = training ? static_cast<T>(attn_drop_) : T(0);
     const TalkingHeadsMix<T> mix{
         {proj_l_.weight().data(), nh, nh}, {proj_l_.bias().data(), nh},
         {proj_w_.weight().data(), nh, nh}, {proj_w_.bias().data(), nh}};
@@ -91,7 +93,8 @@ class TalkingHeadsAttention : public Module<T> {
     });
     auto out = Tensor<T>::uninitialized(x.shape());
     proj_.apply(Eigen::Map<const RowMatrix<T>>(mixed.data(), x.numel() / c, c), out.matrix());
-    if (training && proj_drop_ > 0.0) dropout_inplace(out.data(), out.numel(), static_cast<T>(proj_drop_), *args.generator);
+    if (training && options_.proj_drop > 0.0)
+      dropout_inplace(out.data(), out.numel(), static_cast<T>(options_.proj_drop), *args.generator);
     return out;
   }
 
@@ -110,21 +113,21 @@ class TalkingHeadsAttention : public Module<T> {
 
  private:
   /// Checks the constructor arguments before anything is allocated; returns num_heads.
-  static Index validated(Index dim, Index num_heads, double attn_drop, double proj_drop) {
+  static Index validated(Index dim, Index num_heads, const TalkingHeadsOptions& o) {
     constexpr const char* where = "attn::TalkingHeadsAttention";
     detail::require(dim > 0 && num_heads > 0, where, ": dim (", dim, ") and num_heads (", num_heads,
                     ") must be positive");
     detail::require(dim % num_heads == 0, where, ": dim (", dim, ") must be divisible by num_heads (",
                     num_heads, ")");
     detail::checked_numel({3, dim, dim}, where);
-    detail::check_dropout_p(attn_drop, where);
-    detail::check_dropout_p(proj_drop, where);
+    detail::check_dropout_p(o.attn_drop, where);
+    detail::check_dropout_p(o.proj_drop, where);
     return num_heads;
   }
 
   Index num_heads_;
+  TalkingHeadsOptions options_;
   Linear<T> qkv_, proj_, proj_l_, proj_w_;
-  double attn_drop_, proj_drop_;
   T scale_;
 };
 

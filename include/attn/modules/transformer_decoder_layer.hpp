@@ -16,16 +16,24 @@
 
 namespace attn {
 
+/// @brief The masks and causal masking of a decoder's self-attention: tgt_mask (attn_mask),
+/// tgt_key_padding_mask (key_padding_mask) and tgt_is_causal (causal).
+template <class T>
+struct DecoderSelfArgs : AttentionMasks<T> {
+  /// tgt_is_causal. With a cache, causal masking counts positions from the start of the
+  /// sequence (kTopLeft and kBottomRight alike); kNone lets a chunk see all of itself.
+  Causal causal = Causal::kNone;
+};
+
 /// @brief The per-call arguments of TransformerDecoderLayer::forward.
 template <class T>
 struct DecoderArgs {
-  /// Self-attention over tgt: attn_mask = PyTorch's tgt_mask, key_padding_mask =
-  /// tgt_key_padding_mask, causal = tgt_is_causal (with a cache: always bottom-right).
-  AttentionArgs<T> self;
+  /// Self-attention over tgt: tgt_mask, tgt_key_padding_mask, tgt_is_causal.
+  DecoderSelfArgs<T> self;
   /// Cross-attention over memory: attn_mask = memory_mask, key_padding_mask =
   /// memory_key_padding_mask.
-  AttentionArgs<T> memory;
-  /// Dropout randomness; required in training mode when dropout > 0.
+  AttentionMasks<T> memory;
+  /// Dropout randomness of the whole layer; required in training mode when dropout > 0.
   Generator* generator = nullptr;
 };
 
@@ -44,8 +52,8 @@ struct DecoderCache {
 ///
 /// Parameters: self_attn.*, multihead_attn.* (nn.MultiheadAttention's names), linear1.*,
 /// linear2.*, norm1.*, norm2.*, norm3.*. forward(tgt, memory) runs a whole target sequence;
-/// with a DecoderCache, forward(tgt_chunk, cache) runs the next tokens only (causal), and
-/// chunk by chunk gives the outputs of the full causal pass.
+/// with a DecoderCache, forward(tgt_chunk, cache) runs the next tokens only, and chunk by
+/// chunk gives the outputs of the full pass (causal with args.self.causal).
 template <class T>
 class TransformerDecoderLayer : public Module<T> {
  public:
@@ -78,10 +86,9 @@ class TransformerDecoderLayer : public Module<T> {
     constexpr const char* where = "attn::TransformerDecoderLayer::forward";
     check(where, tgt, args);
     detail::check_sequence(where, "memory", memory.shape(), d_model());
-    return layers(tgt, args, [&](const TensorView<const T>& z) { return self_attn_.forward(z, MhaArgs<T>(with(args.self, args))); },
-                  [&](const TensorView<const T>& z) {
-                    return multihead_attn_.forward(z, memory, memory, MhaArgs<T>(with(args.memory, args)));
-                  });
+    return layers(
+        where, tgt, args, [&](const TensorView<const T>& z) { return self_attn_.forward(z, self_args(args)); },
+        [&](const TensorView<const T>& z) { return multihead_attn_.forward(z, memory, memory, memory_args(args)); });
   }
 
   /// @brief Caches for incremental decoding of a batch of `batch`: up to `capacity` target
@@ -96,14 +103,18 @@ class TransformerDecoderLayer : public Module<T> {
   /// @param cache make_cache(B, capacity, memory length >= S)
   /// @throws std::invalid_argument, the caches unchanged, for shapes that do not fit
   void encode_memory(const TensorView<const T>& memory, DecoderCache<T>& cache) const {
-    multihead_attn_.encode_memory(memory, cache.memory);
+    detail::prefix_errors("attn::TransformerDecoderLayer::encode_memory",
+                          [&] { multihead_attn_.encode_memory(memory, cache.memory); });
     cache.self.reset();
   }
 
-  /// @brief The next target tokens: causal self-attention over cache.self (the chunk's keys
-  /// and values are appended) and cross-attention over cache.memory.
+  /// @brief The next target tokens: self-attention over cache.self (the chunk's keys and
+  /// values are appended) and cross-attention over cache.memory. With args.self.causal
+  /// (tgt_is_causal, top-left or bottom-right alike) the token at position p sees the target
+  /// tokens at positions <= p, so chunk by chunk gives the full causal pass's outputs.
   /// @param tgt_chunk (B, C, E); @param cache filled by encode_memory and earlier chunks
-  /// @param args masks (args.self.key_padding_mask covers every cached target token), generator
+  /// @param args masks (args.self.key_padding_mask covers every cached target token), causal,
+  /// generator
   /// @return (B, C, E)
   /// @throws std::invalid_argument, the caches unchanged, for shapes or masks that do not fit,
   /// or a cache whose memory was never encoded
@@ -113,14 +124,12 @@ class TransformerDecoderLayer : public Module<T> {
     detail::require(cache.memory.length() > 0, where,
                     ": cache.memory holds no memory: call encode_memory(memory, cache) first");
     const Index before = cache.self.length();
-    AttentionArgs<T> cached_self = with(args.self, args);
-    cached_self.causal = Causal::kBottomRight;  // as documented: whatever args.self.causal (tgt_is_causal) says
     try {
       return layers(
-          tgt_chunk, args,
-          [&](const TensorView<const T>& z) { return self_attn_.forward(z, cache.self, MhaArgs<T>(cached_self)); },
+          where, tgt_chunk, args,
+          [&](const TensorView<const T>& z) { return self_attn_.forward(z, cache.self, self_args(args)); },
           [&](const TensorView<const T>& z) {
-            return multihead_attn_.forward_memory(z, cache.memory, MhaArgs<T>(with(args.memory, args)));
+            return multihead_attn_.forward_memory(z, cache.memory, memory_args(args));
           });
     } catch (...) {
       cache.self.truncate(before);  // e.g. a bad memory mask after the self-attention appended
@@ -147,16 +156,18 @@ class TransformerDecoderLayer : public Module<T> {
   }
 
  private:
-  /// The three residual steps; self_attend(z) and cross_attend(z) give the attention blocks' outputs.
+  /// The three residual steps; self_attend(z) and cross_attend(z) give the attention blocks'
+  /// outputs (their errors prefixed with `where`).
   template <class SelfAttend, class CrossAttend>
-  Tensor<T> layers(const TensorView<const T>& tgt, const DecoderArgs<T>& args, SelfAttend&& self_attend,
-                   CrossAttend&& cross_attend) const {
+  Tensor<T> layers(const char* where, const TensorView<const T>& tgt, const DecoderArgs<T>& args,
+                   SelfAttend&& self_attend, CrossAttend&& cross_attend) const {
     const detail::LayerContext<T> c{this->is_training(), options_.dropout, args.generator};
     Tensor<T> x(tgt);
     Eigen::Map<RowMatrix<T>> xm(x.data(), tgt.numel() / d_model(), d_model());
     const auto block = [&](auto&& attend) {
       return [&](const Eigen::Map<RowMatrix<T>>& z, Eigen::Map<RowMatrix<T>>& out) {
-        out = attend(TensorView<const T>(z.data(), tgt.shape())).output.matrix();
+        out = detail::prefix_errors(where, [&] { return attend(TensorView<const T>(z.data(), tgt.shape())); })
+                  .output.matrix();
       };
     };
     detail::residual_step(xm, norm1_, options_.norm_first, c, block(self_attend));
@@ -172,8 +183,20 @@ class TransformerDecoderLayer : public Module<T> {
     this->require_generator(args.generator, options_.dropout);
   }
 
-  /// The attention arguments with the layer's generator.
-  static AttentionArgs<T> with(AttentionArgs<T> a, const DecoderArgs<T>& args) {
+  /// The self-attention's arguments, with the layer's generator.
+  static MhaArgs<T> self_args(const DecoderArgs<T>& args) {
+    MhaArgs<T> a;
+    a.key_padding_mask = args.self.key_padding_mask;
+    a.attn_mask = args.self.attn_mask;
+    a.causal = args.self.causal;
+    a.generator = args.generator;
+    return a;
+  }
+  /// The cross-attention's arguments, with the layer's generator.
+  static MhaArgs<T> memory_args(const DecoderArgs<T>& args) {
+    MhaArgs<T> a;
+    a.key_padding_mask = args.memory.key_padding_mask;
+    a.attn_mask = args.memory.attn_mask;
     a.generator = args.generator;
     return a;
   }

@@ -56,7 +56,9 @@ class TransformerEncoderLayer : public Module<T> {
     const Index rows = src.numel() / d_model();
     Eigen::Map<RowMatrix<T>> xm(x.data(), rows, d_model());
     detail::residual_step(xm, norm1_, options_.norm_first, c, [&](const auto& z, auto& out) {
-      out = self_attn_.forward(TensorView<const T>(z.data(), src.shape()), MhaArgs<T>(args)).output.matrix();
+      out = detail::prefix_errors(where, [&] {
+              return self_attn_.forward(TensorView<const T>(z.data(), src.shape()), MhaArgs<T>(args));
+            }).output.matrix();
     });
     detail::residual_step(xm, norm2_, options_.norm_first, c, [&](const auto& z, auto& out) {
       detail::feed_forward(linear1_, linear2_, options_.activation, c, z, out);
