@@ -32,12 +32,11 @@ struct Config {
 /// Fills every weight matrix of `m` with U(-1/sqrt(in), 1/sqrt(in)) from its own seed (the
 /// modules' default initialisation uses the same seeds in every layer).
 void randomize(attn::Module<float>& m, std::uint64_t seed) {
-  for (const auto& slot : m.parameters()) {
-    if (slot.shape.size() != 2) continue;  // biases and norms keep their defaults
+  for (auto& slot : m.edit_parameters()) {  // the module repacks its weights when the edit ends
+    if (slot.shape.size() != 2) continue;   // biases and norms keep their defaults
     const double bound = 1.0 / std::sqrt(double(slot.shape[1]));
     attn::fill_uniform(attn::TensorView<float>(slot.data, slot.shape), seed++, -bound, bound);
   }
-  m.parameters_changed();
 }
 
 /// One pre-norm decoder layer: x + attention(norm1(x)), then h + down(gelu(up(norm2(h)))).

@@ -105,19 +105,18 @@ bool all_nan(const float* p, Index n) {
   return true;
 }
 
-// Values written through parameters() reach forward once parameters_changed() is called
-// (the modules keep their weights packed for their GEMMs): the result is the one of a module
-// given the same values by load_state_dict.
-TYPED_TEST(EveryModule, WritesThroughParametersAreSeenAfterParametersChanged) {
+// Values written in place through edit_parameters() reach forward when the edit ends (the
+// modules keep their weights packed for their GEMMs and repack then): the result is the one
+// of a module given the same values by load_state_dict.
+TYPED_TEST(EveryModule, WritesThroughEditParametersAreUsed) {
   using C = TypeParam;
   auto written = C::template make<float>(), loaded = C::template make<float>();
   randomize(loaded, 11);
   const auto dict = loaded.state_dict();
-  for (auto& slot : written.parameters()) {
+  for (auto& slot : written.edit_parameters()) {
     const Tensor<float>& v = dict.at(slot.name);
     std::copy(v.data(), v.data() + v.numel(), slot.data);
   }
-  written.parameters_changed();
   const Tensor<float> x = random_tensor<float>(C::shape(2, 5), 12);
   EXPECT_TRUE(attn_test::same_bits(C::run(written, x, attn::AttentionArgs<float>{}),
                                    C::run(loaded, x, attn::AttentionArgs<float>{})));

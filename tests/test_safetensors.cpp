@@ -167,8 +167,7 @@ TEST(Safetensors, IntegerAndBoolDtypesRoundTrip) {
 TEST(Safetensors, LoadsOneSubmoduleOfABiggerFileByPrefix) {
   const std::string path = temp_path("checkpoint");
   attn::TalkingHeadsAttention<float> block0(16, 4), block1(16, 4);
-  for (auto& s : block1.parameters()) std::fill(s.data, s.data + attn::detail::checked_numel(s.shape, ""), 0.25f);
-  block1.parameters_changed();
+  for (auto& s : block1.edit_parameters()) std::fill(s.data, s.data + attn::detail::checked_numel(s.shape, ""), 0.25f);
   attn::MobileViTEncoderLayer<double> enc(8, 4, 2);
   attn::io::SafetensorsWriter w;
   w.add("cls_token", Tensor<float>({1, 1, 16}, 1.0f));

@@ -20,7 +20,7 @@ using StateDict = std::map<std::string, Tensor<T>>;
 template <class T>
 struct ParameterSlot {
   std::string name;  ///< PyTorch state_dict name relative to the module, e.g. "out_proj.weight"
-  T* data;           ///< numel(shape) contiguous row-major elements inside the module's own storage
+  T* data;           ///< numel(shape) row-major elements in the module's own storage (read-only for const T)
   Shape shape;       ///< the parameter's PyTorch shape, e.g. (out_features, in_features) for a weight
 };
 
@@ -34,7 +34,7 @@ inline std::string join(const std::vector<std::string>& names) {
 
 /// Copies every slot into a fresh state dict, names prefixed.
 template <class T>
-StateDict<T> to_state_dict(const std::vector<ParameterSlot<T>>& slots, const std::string& prefix = "") {
+StateDict<T> to_state_dict(const std::vector<ParameterSlot<const T>>& slots, const std::string& prefix = "") {
   StateDict<T> dict;
   for (const auto& s : slots) dict.emplace(prefix + s.name, Tensor<T>::from_data(s.shape, s.data));
   return dict;

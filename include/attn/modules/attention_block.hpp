@@ -68,14 +68,14 @@ class AttentionBlock : public Module<T> {
     return out;
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
     std::vector<ParameterSlot<T>> s;
-    detail::append_prefixed(s, mha_.parameters(), "mha.");
-    detail::append_prefixed(s, norm_.parameters(), "norm.");
+    this->append_child(s, mha_, "mha.");
+    this->append_child(s, norm_, "norm.");
     return s;
   }
-
- protected:
   const char* type_name() const override { return "attn::AttentionBlock"; }
   std::vector<Module<T>*> children() override { return {&mha_, &norm_}; }
 

@@ -100,16 +100,16 @@ class GroupedQueryAttention : public Module<T> {
     }
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
     std::vector<ParameterSlot<T>> s;
-    detail::append_prefixed(s, q_proj_.parameters(), "q_proj.");
-    detail::append_prefixed(s, k_proj_.parameters(), "k_proj.");
-    detail::append_prefixed(s, v_proj_.parameters(), "v_proj.");
-    detail::append_prefixed(s, o_proj_.parameters(), "o_proj.");
+    this->append_child(s, q_proj_, "q_proj.");
+    this->append_child(s, k_proj_, "k_proj.");
+    this->append_child(s, v_proj_, "v_proj.");
+    this->append_child(s, o_proj_, "o_proj.");
     return s;
   }
-
- protected:
   const char* type_name() const override { return "attn::GroupedQueryAttention"; }
   std::vector<Module<T>*> children() override { return {&q_proj_, &k_proj_, &v_proj_, &o_proj_}; }
 

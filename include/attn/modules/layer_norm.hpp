@@ -53,12 +53,12 @@ class LayerNorm : public Module<T> {
     return y;
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
     if (weight_.size() == 0) return {};
     return {{"weight", weight_.data(), {features_}}, {"bias", bias_.data(), {features_}}};
   }
-
- protected:
   const char* type_name() const override { return "attn::LayerNorm"; }
 
  private:

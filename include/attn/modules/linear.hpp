@@ -99,13 +99,13 @@ class Linear : public Module<T> {
     return y;
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
     std::vector<ParameterSlot<T>> s{{"weight", weight_.data(), {out_features(), in_features()}}};
     if (has_bias()) s.push_back({"bias", bias_.data(), {out_features()}});
     return s;
   }
-
- protected:
   const char* type_name() const override { return "attn::Linear"; }
   void on_parameters_changed() override { repack(); }
 

@@ -93,17 +93,17 @@ class MobileViTEncoderLayer : public Module<T> {
     return y;
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
     std::vector<ParameterSlot<T>> s;
-    detail::append_prefixed(s, norm_mha_.parameters(), "pre_norm_mha.0.");
-    detail::append_prefixed(s, mha_.parameters(), "pre_norm_mha.1.");
-    detail::append_prefixed(s, norm_ffn_.parameters(), "pre_norm_ffn.0.");
-    detail::append_prefixed(s, fc1_.parameters(), "pre_norm_ffn.1.");
-    detail::append_prefixed(s, fc2_.parameters(), "pre_norm_ffn.4.");
+    this->append_child(s, norm_mha_, "pre_norm_mha.0.");
+    this->append_child(s, mha_, "pre_norm_mha.1.");
+    this->append_child(s, norm_ffn_, "pre_norm_ffn.0.");
+    this->append_child(s, fc1_, "pre_norm_ffn.1.");
+    this->append_child(s, fc2_, "pre_norm_ffn.4.");
     return s;
   }
-
- protected:
   const char* type_name() const override { return "attn::MobileViTEncoderLayer"; }
   std::vector<Module<T>*> children() override { return {&norm_mha_, &mha_, &norm_ffn_, &fc1_, &fc2_}; }
 

@@ -2,8 +2,11 @@
 /// @file
 /// @brief Module<T>: training flag, named parameters and state dicts, as torch.nn.Module.
 
+#include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attn/core/error.hpp"
@@ -13,6 +16,54 @@
 #include "attn/core/tensor.hpp"
 
 namespace attn {
+
+template <class T>
+class Module;
+
+/// @brief Write access to a module's parameters (Module::edit_parameters()): the slots of every
+/// parameter, writable, for as long as this object lives; when it ends, the module repacks
+/// its weights, so the next forward pass uses the values written. Move-only.
+///
+///     {
+///       auto params = module.edit_parameters();
+///       std::fill_n(params["out_proj.bias"].data, module.embed_dim(), 0.0f);
+///     }  // repacked here
+template <class T>
+class ParameterEdit {
+ public:
+  ParameterEdit(const ParameterEdit&) = delete;
+  ParameterEdit& operator=(const ParameterEdit&) = delete;
+  /// Takes over the other edit's module (which then repacks nothing).
+  ParameterEdit(ParameterEdit&& other) noexcept : module_(other.module_), slots_(std::move(other.slots_)) {
+    other.module_ = nullptr;
+  }
+  ParameterEdit& operator=(ParameterEdit&&) = delete;
+  /// Repacks the module's weights from the values written.
+  ~ParameterEdit() {
+    if (module_) module_->on_parameters_changed();
+  }
+
+  /// The writable slots, in parameters()' order.
+  typename std::vector<ParameterSlot<T>>::iterator begin() { return slots_.begin(); }
+  /// End of the slots.
+  typename std::vector<ParameterSlot<T>>::iterator end() { return slots_.end(); }
+  /// The number of parameters.
+  std::size_t size() const { return slots_.size(); }
+  /// @brief The slot of parameter `name` (a PyTorch name, e.g. "out_proj.weight").
+  /// @throws std::invalid_argument if the module has no such parameter
+  ParameterSlot<T>& operator[](const std::string& name) {
+    for (auto& s : slots_)
+      if (s.name == name) return s;
+    throw std::invalid_argument("attn::ParameterEdit: no parameter named '" + name + "'");
+  }
+
+ private:
+  friend class Module<T>;
+  ParameterEdit(Module<T>& module, std::vector<ParameterSlot<T>> slots) : module_(&module), slots_(std::move(slots)) {}
+
+  Module<T>* module_;
+  std::vector<ParameterSlot<T>> slots_;
+};
 
 /// @brief Base of every class that owns parameters.
 ///
@@ -34,20 +85,27 @@ class Module {
   /// Whether the module is in training mode (false after construction).
   bool is_training() const { return training_; }
 
-  /// @brief Every parameter with its PyTorch name, a pointer into this module, and its shape.
-  ///
-  /// Values may be written through the pointers; call parameters_changed() afterwards
-  /// (load_state_dict does), since modules keep their weights packed for their GEMMs.
-  virtual std::vector<ParameterSlot<T>> parameters() = 0;
+  /// @brief Every parameter with its PyTorch name, its shape, and a read-only pointer to its
+  /// values inside this module (torch.nn.Module.named_parameters()). To write values, use
+  /// edit_parameters() or load_state_dict(): a module keeps its weights packed for its GEMMs,
+  /// and both repack them, so no write can leave a forward pass on old weights.
+  std::vector<ParameterSlot<const T>> parameters() const {
+    std::vector<ParameterSlot<const T>> read_only;
+    for (auto& s : const_cast<Module*>(this)->slots())  // only read through: the cast is sound
+      read_only.push_back({std::move(s.name), s.data, std::move(s.shape)});
+    return read_only;
+  }
 
-  /// @brief Tells the module (and its submodules) that values were written through
-  /// parameters(): the packed copies of the weights are made again.
-  void parameters_changed() { on_parameters_changed(); }
+  /// @brief Write access to every parameter in place, for as long as the returned
+  /// ParameterEdit lives: its slots are parameters()' with writable pointers, and when it ends
+  /// the module (and its submodules) repack their weights. The module must outlive it, and
+  /// the pointers are not to be written after it ends.
+  ParameterEdit<T> edit_parameters() { return ParameterEdit<T>(*this, slots()); }
 
   /// @brief Copy of every parameter, by PyTorch name (torch.nn.Module.state_dict()).
   /// @param prefix put before every name, e.g. "blocks.0.attn." to build a bigger checkpoint
   StateDict<T> state_dict(const std::string& prefix = "") const {
-    return detail::to_state_dict(slots_for_reading(), prefix);
+    return detail::to_state_dict(parameters(), prefix);
   }
 
   /// @brief Loads parameters by name (torch.nn.Module.load_state_dict).
@@ -74,7 +132,7 @@ class Module {
   /// Total number of parameter elements.
   Index num_parameters() const {
     Index n = 0;
-    for (const auto& s : slots_for_reading()) n += detail::checked_numel(s.shape, type_name());
+    for (const auto& s : parameters()) n += detail::checked_numel(s.shape, type_name());
     return n;
   }
 
@@ -84,24 +142,35 @@ class Module {
   Module(const Module&) = default;
   /// Copies the training flag (for derived classes' copy assignment).
   Module& operator=(const Module&) = default;
-  /// The slots of a const module; only ever read through (so the const_cast is sound).
-  std::vector<ParameterSlot<T>> slots_for_reading() const { return const_cast<Module*>(this)->parameters(); }
-
-  /// Loads `dict` (keys under `prefix`) into parameters(); modules that choose their
-  /// parameter names from the dict (MultiHeadAttention) override it.
-  virtual void load_parameters(const StateDict<T>& dict, const std::string& prefix, bool strict) {
-    detail::load_slots(parameters(), dict, type_name(), strict, prefix);
+  /// @brief Every parameter with its PyTorch name, a writable pointer into this module and its
+  /// shape: what parameters(), edit_parameters(), state_dict() and load_state_dict() are
+  /// built on. Only ever written through by those that repack afterwards.
+  virtual std::vector<ParameterSlot<T>> slots() = 0;
+  /// A submodule's slots (slots() is protected in each class).
+  static std::vector<ParameterSlot<T>> slots_of(Module& child) { return child.slots(); }
+  /// Appends a submodule's slots to `slots`, names prefixed ("out_proj." + "weight").
+  static void append_child(std::vector<ParameterSlot<T>>& slots, Module& child, const std::string& prefix) {
+    for (auto& s : child.slots()) slots.push_back({prefix + s.name, s.data, std::move(s.shape)});
   }
 
-  /// The submodules this module is made of (train() and parameters_changed() reach them).
+  /// Loads `dict` (keys under `prefix`) into slots(); modules that choose their parameter
+  /// names from the dict (MultiHeadAttention) override it.
+  virtual void load_parameters(const StateDict<T>& dict, const std::string& prefix, bool strict) {
+    detail::load_slots(slots(), dict, type_name(), strict, prefix);
+  }
+
+  /// The submodules this module is made of (train() and on_parameters_changed() reach them).
   virtual std::vector<Module*> children() { return {}; }
 
-  /// Called when new values were written through parameters() (by load_state_dict or by the
-  /// caller): a module that keeps something derived from its parameters (Linear's packed
-  /// weight) makes it again here, then calls this base version for its submodules.
+  /// Called when new values were written through slots() (by load_state_dict or at the end of
+  /// a ParameterEdit): a module that keeps something derived from its parameters (Linear's
+  /// packed weight) makes it again here, then calls this base version for its submodules.
+  /// Packing again into memory of the same size must not allocate (it runs in a destructor).
   virtual void on_parameters_changed() {
     for (Module* c : children()) c->on_parameters_changed();
   }
+
+  friend class ParameterEdit<T>;
 
   /// "attn::ClassName", used in error messages.
   virtual const char* type_name() const = 0;
@@ -125,13 +194,6 @@ void load_state_dict(Module<T>& module, const StateDict<T>& dict, const std::str
 }
 
 namespace detail {
-
-/// Appends a submodule's slots to `slots`, names prefixed ("out_proj." + "weight").
-template <class T>
-void append_prefixed(std::vector<ParameterSlot<T>>& slots, std::vector<ParameterSlot<T>> child,
-                     const std::string& prefix) {
-  for (auto& s : child) slots.push_back({prefix + s.name, s.data, std::move(s.shape)});
-}
 
 /// Fills data with U(-bound, bound) from a fixed-seed stream (modules' default init).
 template <class T>

@@ -222,7 +222,9 @@ class MultiHeadAttention : public Module<T> {
                   cache.keys(), cache.values(), opt, args, query.shape());
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
     T* w = in_weight_.data();
     T* b = in_bias_.data();
     const Index e = embed_dim_;
@@ -238,7 +240,7 @@ class MultiHeadAttention : public Module<T> {
           s.push_back({"v_proj_weight", w + weight_offset(2), {e, vdim_}});
         }
         if (bias) s.push_back({"in_proj_bias", b, {3 * e}});
-        detail::append_prefixed(s, out_proj_.parameters(), "out_proj.");
+        this->append_child(s, out_proj_, "out_proj.");
         break;
       case MhaLayout::kSeparateLinears: {
         const char* names[] = {"q.", "k.", "v."};
@@ -247,13 +249,13 @@ class MultiHeadAttention : public Module<T> {
           s.push_back({std::string(names[i]) + "weight", w + weight_offset(i), {e, in[i]}});
           if (bias) s.push_back({std::string(names[i]) + "bias", b + i * e, {e}});
         }
-        detail::append_prefixed(s, out_proj_.parameters(), "out.");
+        this->append_child(s, out_proj_, "out.");
         break;
       }
       case MhaLayout::kFusedQkv:
         s.push_back({"qkv_proj.weight", w, {3 * e, e}});
         if (bias) s.push_back({"qkv_proj.bias", b, {3 * e}});
-        detail::append_prefixed(s, out_proj_.parameters(), "out_proj.");
+        this->append_child(s, out_proj_, "out_proj.");
         break;
     }
     if (options_.add_bias_kv) {
@@ -262,8 +264,6 @@ class MultiHeadAttention : public Module<T> {
     }
     return s;
   }
-
- protected:
   const char* type_name() const override { return "attn::MultiHeadAttention"; }
   std::vector<Module<T>*> children() override { return {&out_proj_}; }
   void on_parameters_changed() override {

@@ -64,8 +64,10 @@ class SelfAttention : public Module<T> {
     return out;
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
-    const auto qkv = qkv_.parameters();  // weight (3E, E), bias (3E): stacked query, key, value
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
+    const auto qkv = Module<T>::slots_of(qkv_);  // weight (3E, E), bias (3E): stacked query, key, value
     T* w = qkv[0].data;
     T* b = qkv[1].data;
     const Index e = embed_size();
@@ -73,8 +75,6 @@ class SelfAttention : public Module<T> {
             {"key.weight", w + e * e, {e, e}},   {"key.bias", b + e, {e}},
             {"value.weight", w + 2 * e * e, {e, e}}, {"value.bias", b + 2 * e, {e}}};
   }
-
- protected:
   const char* type_name() const override { return "attn::SelfAttention"; }
   std::vector<Module<T>*> children() override { return {&qkv_}; }
 

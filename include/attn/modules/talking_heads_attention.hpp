@@ -98,16 +98,16 @@ class TalkingHeadsAttention : public Module<T> {
     return out;
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
     std::vector<ParameterSlot<T>> s;
-    detail::append_prefixed(s, qkv_.parameters(), "qkv.");
-    detail::append_prefixed(s, proj_.parameters(), "proj.");
-    detail::append_prefixed(s, proj_l_.parameters(), "proj_l.");
-    detail::append_prefixed(s, proj_w_.parameters(), "proj_w.");
+    this->append_child(s, qkv_, "qkv.");
+    this->append_child(s, proj_, "proj.");
+    this->append_child(s, proj_l_, "proj_l.");
+    this->append_child(s, proj_w_, "proj_w.");
     return s;
   }
-
- protected:
   const char* type_name() const override { return "attn::TalkingHeadsAttention"; }
   std::vector<Module<T>*> children() override { return {&qkv_, &proj_, &proj_l_, &proj_w_}; }
 

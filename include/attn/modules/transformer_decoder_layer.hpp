@@ -137,19 +137,19 @@ class TransformerDecoderLayer : public Module<T> {
     }
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
     std::vector<ParameterSlot<T>> s;
-    detail::append_prefixed(s, self_attn_.parameters(), "self_attn.");
-    detail::append_prefixed(s, multihead_attn_.parameters(), "multihead_attn.");
-    detail::append_prefixed(s, linear1_.parameters(), "linear1.");
-    detail::append_prefixed(s, linear2_.parameters(), "linear2.");
-    detail::append_prefixed(s, norm1_.parameters(), "norm1.");
-    detail::append_prefixed(s, norm2_.parameters(), "norm2.");
-    detail::append_prefixed(s, norm3_.parameters(), "norm3.");
+    this->append_child(s, self_attn_, "self_attn.");
+    this->append_child(s, multihead_attn_, "multihead_attn.");
+    this->append_child(s, linear1_, "linear1.");
+    this->append_child(s, linear2_, "linear2.");
+    this->append_child(s, norm1_, "norm1.");
+    this->append_child(s, norm2_, "norm2.");
+    this->append_child(s, norm3_, "norm3.");
     return s;
   }
-
- protected:
   const char* type_name() const override { return "attn::TransformerDecoderLayer"; }
   std::vector<Module<T>*> children() override {
     return {&self_attn_, &multihead_attn_, &linear1_, &linear2_, &norm1_, &norm2_, &norm3_};

@@ -66,17 +66,17 @@ class TransformerEncoderLayer : public Module<T> {
     return x;
   }
 
-  std::vector<ParameterSlot<T>> parameters() override {
+ protected:
+  /// The parameters by PyTorch name, writable (see Module::slots).
+  std::vector<ParameterSlot<T>> slots() override {
     std::vector<ParameterSlot<T>> s;
-    detail::append_prefixed(s, self_attn_.parameters(), "self_attn.");
-    detail::append_prefixed(s, linear1_.parameters(), "linear1.");
-    detail::append_prefixed(s, linear2_.parameters(), "linear2.");
-    detail::append_prefixed(s, norm1_.parameters(), "norm1.");
-    detail::append_prefixed(s, norm2_.parameters(), "norm2.");
+    this->append_child(s, self_attn_, "self_attn.");
+    this->append_child(s, linear1_, "linear1.");
+    this->append_child(s, linear2_, "linear2.");
+    this->append_child(s, norm1_, "norm1.");
+    this->append_child(s, norm2_, "norm2.");
     return s;
   }
-
- protected:
   const char* type_name() const override { return "attn::TransformerEncoderLayer"; }
   std::vector<Module<T>*> children() override { return {&self_attn_, &linear1_, &linear2_, &norm1_, &norm2_}; }
 
