@@ -88,7 +88,7 @@ threads() {
     -DATTN_INSTALL=OFF &&
   cmake --build "$root/build-tsan" --target test_concurrency -j"$jobs" &&
   TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}" \
-    ctest --test-dir "$root/build-tsan" --output-on-failure --no-tests=error -j"$jobs" -R '^Concurrency\.'
+    ctest --test-dir "$root/build-tsan" --output-on-failure --no-tests=error -j"$jobs" -R '^(Concurrency|EveryModule)\.'
 }
 if [ "${ATTN_SANITIZERS:-1}" != 0 ]; then
   stage "build-tsan/ (-fsanitize=thread, test_concurrency)" threads

@@ -1,7 +1,8 @@
 // One module instance called from 8 threads at once gives the same bits as serial calls:
 // forward is const and re-entrant, and dropout takes its Generator per call, so there is
-// no hidden shared state. Every module, in eval mode and in training mode with dropout
-// (one Generator per call, same seed -> same result). Run under ThreadSanitizer too (see
+// no hidden shared state. Every module of the registry (tests/registry.hpp), in eval mode and
+// in training mode with dropout (one Generator per call, same seed -> same result), full and
+// through a KV cache. Run under ThreadSanitizer too (see
 // tests/run.sh and the README): libgomp is not TSan-instrumented, so that tree is built
 // with -DATTN_OPENMP=OFF.
 
@@ -15,7 +16,7 @@
 
 #include <gtest/gtest.h>
 
-#include "support.hpp"
+#include "every_module.hpp"
 
 namespace {
 
@@ -25,6 +26,7 @@ using attn::Tensor;
 using attn_test::random_tensor;
 using attn_test::randomize;
 using attn_test::same_bits;
+namespace registry = attn_test::registry;
 
 constexpr int kThreads = 8;
 constexpr int kCallsPerThread = 6;
@@ -61,15 +63,16 @@ int check_concurrent(const Call& call) {
   return mismatches.load();
 }
 
-/// Inputs: x_i (B, N_i, C) with N_i varying (several query blocks for some), and a key
-/// padding mask per input.
+/// Inputs of entry E: x_i (2, N_i, C) with N_i varying (several query blocks for some), and a
+/// key padding mask per input.
+template <class E>
 struct Inputs {
   std::vector<Tensor<float>> x;
   std::vector<Tensor<bool>> padding;
-  Inputs(Index c, bool channels_first = false) {
+  Inputs() {
     for (int i = 0; i < kInputs; ++i) {
       const Index n = 3 + 11 * i % 70;
-      x.push_back(random_tensor<float>(channels_first ? Shape{2, c, n} : Shape{2, n, c}, 50 + i));
+      x.push_back(random_tensor<float>(registry::input_shape<E>(2, n), 50 + i));
       Tensor<bool> p({2, n}, false);
       for (Index j = n - 1 - i % 3; j < n; ++j) p(1, j) = true;
       padding.push_back(std::move(p));
@@ -77,53 +80,35 @@ struct Inputs {
   }
 };
 
-template <class M>
-attn::AttentionArgs<float> args_for(const Inputs& in, int i, attn::Generator* gen) {
-  attn::AttentionArgs<float> a;
-  a.key_padding_mask = attn::Mask<float>::block_where_true(in.padding[i]);
-  if (i % 2) a.causal = attn::Causal::kTopLeft;
-  a.generator = gen;
-  return a;
-}
+template <class E>
+class EveryModule : public ::testing::Test {};
+TYPED_TEST_SUITE(EveryModule, registry::Modules, registry::EntryNames);
 
-/// Single-output modules (forward(x, args)).
-template <class M>
-void check_module(M& m, Index c, bool channels_first = false) {
-  const Inputs in(c, channels_first);
+// Every module, in eval mode and in training mode (dropout at every site), with a key padding
+// mask and, for every other input, causal masking; and through its KV cache (each call its own
+// cache, the module shared).
+TYPED_TEST(EveryModule, SharedAcrossThreads) {
+  using E = TypeParam;
+  const Inputs<E> in;
+  auto m = E::template make<float>(0, 0.2);
   for (bool training : {false, true}) {
     m.train(training);
-    const M& shared = m;
+    const auto& shared = m;
     const int bad = check_concurrent([&](int i, std::uint64_t seed) {
       attn::Generator gen(seed);
-      return std::vector<Tensor<float>>{shared.forward(in.x[i], args_for<M>(in, i, &gen))};
+      registry::Call<float> call;
+      if (E::kMixesTokens) call.key_padding_mask = attn::Mask<float>::block_where_true(in.padding[i]);
+      call.causal = i % 2 == 1;
+      call.generator = &gen;
+      std::vector<Tensor<float>> r{E::run(shared, in.x[i], call)};
+      if (E::kCached) {
+        attn::Generator cached(seed + 1);
+        r.push_back(E::run_cached(shared, in.x[i], 1 + i % 3, &cached));
+      }
+      return r;
     });
     EXPECT_EQ(bad, 0) << (training ? "training" : "eval") << " mode";
   }
-  m.eval();
-}
-
-TEST(Concurrency, SelfAttention) {
-  attn::SelfAttention<float> m(16);
-  randomize(m, 1);
-  check_module(m, 16);
-}
-
-TEST(Concurrency, TalkingHeadsAttention) {
-  attn::TalkingHeadsAttention<float> m(16, 4, {true, 0.2, 0.1});
-  randomize(m, 2);
-  check_module(m, 16);
-}
-
-TEST(Concurrency, AttentionBlock) {
-  attn::AttentionBlock<float> m(16, 4);
-  randomize(m, 3);
-  check_module(m, 16, true);
-}
-
-TEST(Concurrency, MobileViTEncoderLayer) {
-  attn::MobileViTEncoderLayer<float> m(16, 32, 4, {0.1, 0.2, 0.3});
-  randomize(m, 4);
-  check_module(m, 16);
 }
 
 TEST(Concurrency, MultiHeadAttentionSelfAndCrossWithMasksAndWeights) {
@@ -131,14 +116,14 @@ TEST(Concurrency, MultiHeadAttentionSelfAndCrossWithMasksAndWeights) {
   o.dropout = 0.25;
   o.kdim = 12;
   o.vdim = 20;
-  attn::MultiHeadAttention<float> cross(16, 4, o);
+  attn::MultiHeadAttention<float> cross(8, 4, o);
   randomize(cross, 5);
   attn::MultiHeadAttentionOptions so;
   so.dropout = 0.25;
   so.add_bias_kv = true;
-  attn::MultiHeadAttention<float> self(16, 4, so);
+  attn::MultiHeadAttention<float> self(8, 4, so);
   randomize(self, 6);
-  const Inputs in(16);
+  const Inputs<registry::MultiHeadAttentionEntry> in;
   std::vector<Tensor<float>> keys, values;
   std::vector<Tensor<float>> masks;  // (B*H, L, S) additive
   for (int i = 0; i < kInputs; ++i) {
@@ -177,10 +162,10 @@ TEST(Concurrency, MultiHeadAttentionSelfAndCrossWithMasksAndWeights) {
 
 TEST(Concurrency, ReadingStateDictsWhileForwarding) {
   // state_dict() and num_parameters() of a const module only read: safe alongside forward.
-  attn::MultiHeadAttention<float> m(16, 4);
+  attn::MultiHeadAttention<float> m(8, 4);
   randomize(m, 7);
   const attn::MultiHeadAttention<float>& shared = m;
-  const Inputs in(16);
+  const Inputs<registry::MultiHeadAttentionEntry> in;
   const int bad = check_concurrent([&](int i, std::uint64_t) {
     std::vector<Tensor<float>> r{shared.forward(in.x[i]).output};
     if (i % 2) {
@@ -190,7 +175,7 @@ TEST(Concurrency, ReadingStateDictsWhileForwarding) {
     return r;
   });
   EXPECT_EQ(bad, 0);
-  EXPECT_EQ(shared.num_parameters(), 4 * 16 * 16 + 4 * 16);
+  EXPECT_EQ(shared.num_parameters(), 4 * 8 * 8 + 4 * 8);
 }
 
 }  // namespace

@@ -2,11 +2,12 @@
 #include <cstdio>
 #include <vector>
 
-#include "support.hpp"
+#include "every_module.hpp"
 
 namespace {
 
 using namespace attn_test;
+namespace registry = attn_test::registry;
 
 template <class T>
 class DropoutTyped : public ::testing::Test {};
@@ -148,246 +149,168 @@ TYPED_TEST(DropoutTyped, ModulesAreDeterministicPerSeedAndIdentityInEval) {
 
 
 // ---------------------------------------------------------------------------------------
-// Dropout inside the modules, one slot at a time: statistics that fail when a slot drops
-// with the wrong probability, does not rescale by 1/(1-p), rescales by (1-p), swaps p and
-// 1-p, or is not applied at all.
+// Dropout inside the modules, one site at a time (every site of every module of the registry,
+// tests/registry.hpp): statistics that fail when a site drops with the wrong probability,
+// does not rescale by 1/(1-p), rescales by (1-p), swaps p and 1-p, or is not applied at all.
 //
-// Each slot is followed by computations that are linear in its output (the module's weights
-// are set so where they are not: see the encoder configurations), and dropout is inverted,
-// so the mean of the training-mode output over seeds is the eval-mode output. With n seeds
-// and element i's sample standard error SE_i, the check is max_i |mean_i - eval_i| / SE_i
-// <= 5.5 (about 3.5 is the largest of a few hundred standard normals; the seeds are fixed,
-// so the test is deterministic). A wrong rescaling moves the mean by a fixed fraction of the
-// dropped part: missing 1/(1-p) by p = 0.3 of it, rescaling by (1-p) by 1 - (1-p)^2 = 0.51,
-// dropping with 1-p by 1 - p/(1-p) = 0.57. The dropped part of an element is of the order of
-// its own spread (exactly for element-wise slots), so with n = 600 such a bias is about
-// 0.3 * sqrt(600 * (1-p) / p) = 11 standard errors or more, twice the bound.
+// Each site's module is set up so that the observed output is linear in its masks (the
+// registry silences the other branches with zero weights), and dropout is inverted, so the
+// mean of the training-mode output over seeds is predicted by the eval-mode output (the law
+// of the site, registry::Law). With n seeds and element i's sample standard error SE_i, the
+// check is max_i |mean_i - predicted_i| / SE_i <= 5.5 (about 3.5 is the largest of a few
+// hundred standard normals; the seeds are fixed, so the test is deterministic). A wrong
+// rescaling moves the mean by a fixed fraction of the dropped part: missing 1/(1-p) by p = 0.3
+// of it, rescaling by (1-p) by 1 - (1-p)^2 = 0.51, dropping with 1-p by 1 - p/(1-p) = 0.57.
+// The dropped part of an element is of the order of its own spread, so with n = 600 such a
+// bias is about 0.3 * sqrt(600 * (1-p) / p) = 11 standard errors or more, twice the bound.
 //
-// A slot that is skipped, or drops with another probability but rescales to match, keeps
-// the mean. The variance catches it: per element it is p/(1-p) times a sum that does not
-// depend on p, so the total variance at p = 0.3 over that at p = 0.6 is
-// (0.3/0.7) / (0.6/0.4) = 0.286. The check allows +-15% (measured: within 1.5%); a skipped
-// slot gives 0/0 (fails: the variance must be positive), a probability that does not follow
-// the argument gives 1 (+250%), p^2 in place of p gives -38%.
+// A site that is skipped, or drops with another probability but rescales to match, keeps the
+// mean. The variance catches it: per element it is f(p) times a sum that does not depend on p
+// (f(p) = p/(1-p) for one mask, the law says otherwise), so the total variance at p = 0.3 over
+// that at p = 0.6 is f(0.3)/f(0.6). The check allows +-15% (measured: within 2%); a skipped
+// site gives 0/0 (fails: the variance must be positive), a probability that does not follow
+// the argument gives 1 (+250% for one mask), p^2 in place of p gives -38%.
 //
-// Where a dropped element can be seen in the output (an exact 0 in the weights or after the
-// projection, the residual input passed through unchanged), the fraction of dropped
-// elements must be p within 5 binomial standard deviations (+-0.006 here).
+// Where a dropped element can be seen in the output (an exact 0, the residual input passed
+// through unchanged), the fraction of dropped elements must be the law's within 5 binomial
+// standard deviations (+-0.006 here). Two masks tied to one probability (a residual dropout
+// and the dropout inside its branch) are told apart this way: the residual one by the
+// fraction, the inner one by the variance of the elements the residual one kept.
 // ---------------------------------------------------------------------------------------
 
-struct SlotResult {
-  double max_t = 0;           ///< max_i |mean_i - eval_i| / SE_i
+struct SiteResult {
+  double max_t = 0;           ///< max_i |mean_i - predicted_i| / SE_i
   double total_variance = 0;  ///< sum_i of the sample variances
   double dropped = -1;        ///< fraction of elements seen dropped (-1: not observable)
   Index elements = 0;
 };
 
 constexpr int kSamples = 600;
+using registry::Law;
 
-/// Runs `run(generator)` for seeds 1..kSamples and compares the samples with `eval`.
-/// `dropped(sample, i)` (may be null) tells whether element i of a sample was dropped.
-template <class T, class Run, class Dropped>
-SlotResult sample_slot(const Tensor<T>& eval, Run&& run, Dropped&& dropped, bool observable) {
+/// The law's variance factor f(p) and dropped fraction g(p).
+double variance_factor(Law law, double p) {
+  switch (law) {
+    case Law::kLinear: return p / (1 - p);
+    case Law::kResidualOfLinear: return p / ((1 - p) * (1 - p) * (1 - p));
+    case Law::kTwoMasks: return 1 / ((1 - p) * (1 - p)) - 1;
+  }
+  return 0;
+}
+double dropped_fraction(Law law, double p) { return law == Law::kTwoMasks ? 1 - (1 - p) * (1 - p) : p; }
+
+/// Runs the site at p for seeds 1..kSamples and compares the samples with the law's prediction
+/// from the eval output.
+template <class T>
+SiteResult sample_site(const registry::DropoutSite<T>& site, double p) {
+  const auto run = site.at(p);
+  const Tensor<T> eval = run(nullptr);
+  const bool observable = site.base.numel() > 0 || site.zeros;
   const Index m = eval.numel();
-  std::vector<double> sum(std::size_t(m), 0.0), sum_sq(std::size_t(m), 0.0);
+  const auto dropped = [&](const Tensor<T>& y, Index i) {
+    return site.base.numel() > 0 ? y[i] == site.base[i] : site.zeros && y[i] == T(0);
+  };
+  // Elements the residual mask kept (kResidualOfLinear) are predicted as base + (eval - base) / (1 - p).
+  const bool conditional = site.law == Law::kResidualOfLinear;
+  std::vector<double> predicted(static_cast<std::size_t>(m)), sum(static_cast<std::size_t>(m), 0.0),
+      sum_sq(static_cast<std::size_t>(m), 0.0), count(static_cast<std::size_t>(m), 0.0);
+  for (Index i = 0; i < m; ++i)
+    predicted[std::size_t(i)] =
+        conditional ? double(site.base[i]) + (double(eval[i]) - double(site.base[i])) / (1 - p) : double(eval[i]);
   Index seen = 0;
   for (int s = 1; s <= kSamples; ++s) {
     attn::Generator gen(std::uint64_t(s) * 7919u);
-    const Tensor<T> y = run(gen);
+    const Tensor<T> y = run(&gen);
     for (Index i = 0; i < m; ++i) {
-      const double d = double(y[i]) - double(eval[i]);  // centred on eval: no cancellation
+      const bool was_dropped = observable && dropped(y, i);
+      seen += was_dropped;
+      if (conditional && was_dropped) continue;
+      const double d = double(y[i]) - predicted[std::size_t(i)];  // centred: no cancellation
       sum[std::size_t(i)] += d;
       sum_sq[std::size_t(i)] += d * d;
-      if (observable && dropped(y, i)) ++seen;
+      count[std::size_t(i)] += 1;
     }
   }
-  SlotResult r;
+  SiteResult r;
   r.elements = m;
-  const double n = kSamples;
   for (Index i = 0; i < m; ++i) {
+    const double n = count[std::size_t(i)];
+    if (n < 2) continue;
     const double mean_d = sum[std::size_t(i)] / n;
     const double var = std::max(0.0, (sum_sq[std::size_t(i)] - n * mean_d * mean_d) / (n - 1));
     r.total_variance += var;
     const double se = std::sqrt(var / n);
-    r.max_t = std::max(r.max_t, se > 0 ? std::abs(mean_d) / se : (mean_d == 0 ? 0.0 : INFINITY));
+    r.max_t = std::max(r.max_t, se > 0 ? std::abs(mean_d) / se : (std::abs(mean_d) < 1e-12 ? 0.0 : INFINITY));
   }
-  if (observable) r.dropped = double(seen) / (n * double(m));
+  if (observable) r.dropped = double(seen) / (double(kSamples) * double(m));
   return r;
 }
 
-/// The checks above for one slot. make(p): a module in training mode whose slot drops with p
-/// (every other dropout 0, same weights for every p); out(module, generator or null): the
-/// observed tensor; dropped(sample, i): as in sample_slot (null if not observable).
-template <class T, class Make, class Out, class Dropped>
-void check_slot(Make&& make, Out&& out, Dropped&& dropped, bool observable) {
+/// The checks above for one site.
+template <class T>
+void check_site(const registry::DropoutSite<T>& site) {
+  SCOPED_TRACE(site.name);
   const double p = 0.3, p2 = 0.6;
-  auto module = make(p);
-  module.eval();
-  const Tensor<T> eval = out(module, nullptr);
-  module.train();
-  const SlotResult r =
-      sample_slot<T>(eval, [&](attn::Generator& g) { return out(module, &g); }, dropped, observable);
-  auto module2 = make(p2);
-  module2.train();
-  const SlotResult r2 =
-      sample_slot<T>(eval, [&](attn::Generator& g) { return out(module2, &g); }, dropped, false);
-
-  std::printf("    max |mean - eval| / SE: %.2f (p = 0.3), %.2f (p = 0.6); variance ratio / expected: %.3f; "
-              "dropped: %.4f\n", r.max_t, r2.max_t,
-              r.total_variance / r2.total_variance / ((p / (1 - p)) / (p2 / (1 - p2))), r.dropped);
-  EXPECT_LE(r.max_t, 5.5) << "the mean over " << kSamples << " seeds is not the eval-mode output";
-  EXPECT_LE(r2.max_t, 5.5) << "p = 0.6: the mean over " << kSamples << " seeds is not the eval-mode output";
+  const SiteResult r = sample_site(site, p), r2 = sample_site(site, p2);
+  const double expected_ratio = variance_factor(site.law, p) / variance_factor(site.law, p2);
+  std::printf("    %s: max |mean - predicted| / SE: %.2f (p = 0.3), %.2f (p = 0.6); variance ratio / expected: "
+              "%.3f; dropped: %.4f\n", site.name.c_str(), r.max_t, r2.max_t,
+              r.total_variance / r2.total_variance / expected_ratio, r.dropped);
+  EXPECT_LE(r.max_t, 5.5) << "the mean over " << kSamples << " seeds is not the predicted output";
+  EXPECT_LE(r2.max_t, 5.5) << "p = 0.6: the mean over " << kSamples << " seeds is not the predicted output";
   ASSERT_GT(r.total_variance, 0.0) << "the outputs do not vary with the seed: no dropout";
   ASSERT_GT(r2.total_variance, 0.0) << "p = 0.6: the outputs do not vary with the seed: no dropout";
-  const double expected_ratio = (p / (1 - p)) / (p2 / (1 - p2));
   EXPECT_NEAR(r.total_variance / r2.total_variance / expected_ratio, 1.0, 0.15)
       << "variance at p = 0.3 over variance at p = 0.6: " << r.total_variance / r2.total_variance << ", expected "
-      << expected_ratio << " (p/(1-p) ratio)";
-  if (observable) {
-    const double sd = std::sqrt(p * (1 - p) / (double(kSamples) * double(r.elements)));
-    EXPECT_NEAR(r.dropped, p, 5 * sd) << "fraction of dropped elements";
+      << expected_ratio;
+  if (r.dropped >= 0) {
+    const double q = dropped_fraction(site.law, p);
+    const double sd = std::sqrt(q * (1 - q) / (double(kSamples) * double(r.elements)));
+    EXPECT_NEAR(r.dropped, q, 5 * sd) << "fraction of dropped elements";
   }
 }
 
-// Attention-weight dropout of MultiHeadAttention, tiled kernel (need_weights off): the
-// output is out_proj of the dropped weights times v, linear in them.
-TYPED_TEST(DropoutTyped, MhaAttentionDropoutStatistics) {
-  using T = TypeParam;
-  const Tensor<T> x = random_tensor<T>({2, 8, 16}, 31);
-  attn::MultiHeadAttention<T> base(16, 4);
-  randomize(base, 40);
-  const auto dict = base.state_dict();
-  auto make = [&](double p) {
-    attn::MultiHeadAttentionOptions o;
-    o.dropout = p;
-    attn::MultiHeadAttention<T> m(16, 4, o);
-    m.load_state_dict(dict);
-    return m;
-  };
-  auto out = [&](const attn::MultiHeadAttention<T>& m, attn::Generator* g) {
-    attn::MhaArgs<T> args;
-    args.generator = g;
-    return m.forward(x, args).output;
-  };
-  check_slot<T>(make, out, [](const Tensor<T>&, Index) { return false; }, false);
+template <class E>
+class EveryModule : public ::testing::Test {};
+TYPED_TEST_SUITE(EveryModule, registry::Modules, registry::EntryNames);
+
+TYPED_TEST(EveryModule, EveryDropoutSiteFloat) {
+  const auto sites = TypeParam::template sites<float>();
+  if (sites.empty()) GTEST_SKIP() << TypeParam::kName << " has no dropout";
+  for (const auto& s : sites) check_site<float>(s);
+}
+TYPED_TEST(EveryModule, EveryDropoutSiteDouble) {
+  const auto sites = TypeParam::template sites<double>();
+  if (sites.empty()) GTEST_SKIP() << TypeParam::kName << " has no dropout";
+  for (const auto& s : sites) check_site<double>(s);
 }
 
-// The same slot seen through the returned per-head weights (the straightforward kernel):
-// a dropped weight is exactly 0 (no eval-mode weight is, without masks).
+// The attention-weight dropout of MultiHeadAttention seen through the returned per-head
+// weights (the straightforward kernel): a dropped weight is exactly 0 (no eval-mode weight is,
+// without masks).
 TYPED_TEST(DropoutTyped, MhaAttentionDropoutStatisticsOfTheWeights) {
   using T = TypeParam;
   const Tensor<T> x = random_tensor<T>({2, 8, 16}, 32);
   attn::MultiHeadAttention<T> base(16, 4);
   randomize(base, 50);
   const auto dict = base.state_dict();
-  auto make = [&](double p) {
-    attn::MultiHeadAttentionOptions o;
-    o.dropout = p;
-    attn::MultiHeadAttention<T> m(16, 4, o);
-    m.load_state_dict(dict);
-    return m;
-  };
-  auto weights = [&](const attn::MultiHeadAttention<T>& m, attn::Generator* g) {
-    attn::MhaArgs<T> args;
-    args.generator = g;
-    args.need_weights = true;
-    args.average_attn_weights = false;
-    return m.forward(x, args).attn_weights;
-  };
-  check_slot<T>(make, weights, [](const Tensor<T>& y, Index i) { return y[i] == T(0); }, true);
+  check_site(registry::site<T>(
+      "attention weights, weights path", Law::kLinear,
+      [&](double p) {
+        attn::MultiHeadAttentionOptions o;
+        o.dropout = p;
+        attn::MultiHeadAttention<T> m(16, 4, o);
+        m.load_state_dict(dict);
+        return m;
+      },
+      [x](const attn::MultiHeadAttention<T>& m, attn::Generator* g) {
+        attn::MhaArgs<T> args;
+        args.generator = g;
+        args.need_weights = true;
+        args.average_attn_weights = false;
+        return m.forward(x, args).attn_weights;
+      },
+      Tensor<T>(), true));
 }
-
-// TalkingHeadsAttention's attention dropout (after proj_w, then times v and proj: linear).
-TYPED_TEST(DropoutTyped, TalkingHeadsAttentionDropoutStatistics) {
-  using T = TypeParam;
-  const Tensor<T> x = random_tensor<T>({2, 8, 16}, 33);
-  attn::TalkingHeadsAttention<T> base(16, 4, {true});
-  randomize(base, 60);
-  const auto dict = base.state_dict();
-  auto make = [&](double p) {
-    attn::TalkingHeadsAttention<T> m(16, 4, {true, p, 0.0});
-    m.load_state_dict(dict);
-    return m;
-  };
-  auto out = [&](const attn::TalkingHeadsAttention<T>& m, attn::Generator* g) {
-    return m.forward(x, g ? with_generator<T>(*g) : attn::AttentionArgs<T>{});
-  };
-  check_slot<T>(make, out, [](const Tensor<T>&, Index) { return false; }, false);
-}
-
-// TalkingHeadsAttention's projection dropout: the last step, a dropped output is exactly 0.
-TYPED_TEST(DropoutTyped, TalkingHeadsProjectionDropoutStatistics) {
-  using T = TypeParam;
-  const Tensor<T> x = random_tensor<T>({2, 8, 16}, 34);
-  attn::TalkingHeadsAttention<T> base(16, 4, {true});
-  randomize(base, 70);
-  const auto dict = base.state_dict();
-  auto make = [&](double p) {
-    attn::TalkingHeadsAttention<T> m(16, 4, {true, 0.0, p});
-    m.load_state_dict(dict);
-    return m;
-  };
-  auto out = [&](const attn::TalkingHeadsAttention<T>& m, attn::Generator* g) {
-    return m.forward(x, g ? with_generator<T>(*g) : attn::AttentionArgs<T>{});
-  };
-  check_slot<T>(make, out, [](const Tensor<T>& y, Index i) { return y[i] == T(0); }, true);
-}
-
-/// The encoder layer's three dropouts. The FFN branch reads the attention branch's result
-/// through a LayerNorm (not linear), so each configuration silences one branch with zero
-/// weights: "attention" zeroes fc2 (pre_norm_ffn.4), so out = x + Dropout(MHA(LN(x)));
-/// "ffn" zeroes out_proj, so out = x + Dropout(fc2(Dropout(SiLU(fc1(LN(x)))))) with fc2 the
-/// identity (ffn_latent_dim = embed_dim), which shows the hidden units themselves.
-template <class T>
-struct EncoderSlot {
-  enum Which { kAttentionWeights, kResidualOfAttention, kResidualOfFfn, kFfnHidden };
-  static void run(Which which) {
-    const Index e = 16;
-    const Tensor<T> x = random_tensor<T>({2, 8, e}, 35);
-    attn::MobileViTEncoderLayer<T> base(e, e, 4);
-    randomize(base, 80);
-    auto dict = base.state_dict();
-    const bool ffn_branch = which == kResidualOfFfn || which == kFfnHidden;
-    if (ffn_branch) {
-      dict["pre_norm_mha.1.out_proj.weight"].flat().setZero();
-      dict["pre_norm_mha.1.out_proj.bias"].flat().setZero();
-      if (which == kFfnHidden) {
-        Tensor<T>& w = dict["pre_norm_ffn.4.weight"];
-        w.flat().setZero();
-        for (Index i = 0; i < e; ++i) w(i, i) = T(1);
-        dict["pre_norm_ffn.4.bias"].flat().setZero();
-      }
-    } else {
-      dict["pre_norm_ffn.4.weight"].flat().setZero();
-      dict["pre_norm_ffn.4.bias"].flat().setZero();
-    }
-    auto make = [&](double p) {
-      const double attn_p = which == kAttentionWeights ? p : 0.0;
-      const double res_p = which == kResidualOfAttention || which == kResidualOfFfn ? p : 0.0;
-      const double ffn_p = which == kFfnHidden ? p : 0.0;
-      attn::MobileViTEncoderLayer<T> m(e, e, 4, {attn_p, res_p, ffn_p});
-      m.load_state_dict(dict);
-      return m;
-    };
-    auto out = [&](const attn::MobileViTEncoderLayer<T>& m, attn::Generator* g) {
-      return m.forward(x, g ? with_generator<T>(*g) : attn::AttentionArgs<T>{});
-    };
-    // A dropped residual branch or hidden unit leaves x exactly (x + 0); the attention
-    // weights are not visible in the output.
-    check_slot<T>(make, out, [&](const Tensor<T>& y, Index i) { return y[i] == x[i]; },
-                  which != kAttentionWeights);
-  }
-};
-
-TYPED_TEST(DropoutTyped, EncoderAttentionDropoutStatistics) {
-  EncoderSlot<TypeParam>::run(EncoderSlot<TypeParam>::kAttentionWeights);
-}
-TYPED_TEST(DropoutTyped, EncoderResidualDropoutOfTheAttentionBranchStatistics) {
-  EncoderSlot<TypeParam>::run(EncoderSlot<TypeParam>::kResidualOfAttention);
-}
-TYPED_TEST(DropoutTyped, EncoderResidualDropoutOfTheFfnBranchStatistics) {
-  EncoderSlot<TypeParam>::run(EncoderSlot<TypeParam>::kResidualOfFfn);
-}
-TYPED_TEST(DropoutTyped, EncoderFfnDropoutStatistics) { EncoderSlot<TypeParam>::run(EncoderSlot<TypeParam>::kFfnHidden); }
 
 }  // namespace

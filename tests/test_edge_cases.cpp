@@ -21,7 +21,7 @@
 
 #include <gtest/gtest.h>
 
-#include "support.hpp"
+#include "every_module.hpp"
 
 namespace {
 
@@ -30,68 +30,17 @@ using attn::Shape;
 using attn::Tensor;
 using attn_test::random_tensor;
 using attn_test::randomize;
+namespace registry = attn_test::registry;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// ---------------------------------------------------------------------------------------
-// The modules, one case each: construction with random parameters and a forward pass
-// that returns the output only. shape(b, n) is the input shape of batch b, length n.
-// ---------------------------------------------------------------------------------------
-
-struct SelfAttentionCase {
-  static constexpr const char* kName = "SelfAttention";
-  template <class T>
-  static attn::SelfAttention<T> make() { return attn::SelfAttention<T>(8); }
-  template <class M, class T>
-  static Tensor<T> run(const M& m, const Tensor<T>& x, const attn::AttentionArgs<T>& a) { return m.forward(x, a); }
-  static Shape shape(Index b, Index n) { return {b, n, 8}; }
-};
-struct MultiHeadAttentionCase {
-  static constexpr const char* kName = "MultiHeadAttention";
-  template <class T>
-  static attn::MultiHeadAttention<T> make() { return attn::MultiHeadAttention<T>(8, 2); }
-  template <class M, class T>
-  static Tensor<T> run(const M& m, const Tensor<T>& x, const attn::AttentionArgs<T>& a) {
-    return m.forward(x, x, x, attn::MhaArgs<T>(a)).output;
-  }
-  static Shape shape(Index b, Index n) { return {b, n, 8}; }
-};
-struct TalkingHeadsCase {
-  static constexpr const char* kName = "TalkingHeadsAttention";
-  template <class T>
-  static attn::TalkingHeadsAttention<T> make() { return attn::TalkingHeadsAttention<T>(8, 2, {true}); }
-  template <class M, class T>
-  static Tensor<T> run(const M& m, const Tensor<T>& x, const attn::AttentionArgs<T>& a) { return m.forward(x, a); }
-  static Shape shape(Index b, Index n) { return {b, n, 8}; }
-};
-struct AttentionBlockCase {
-  static constexpr const char* kName = "AttentionBlock";
-  template <class T>
-  static attn::AttentionBlock<T> make() { return attn::AttentionBlock<T>(8, 2); }
-  template <class M, class T>
-  static Tensor<T> run(const M& m, const Tensor<T>& x, const attn::AttentionArgs<T>& a) { return m.forward(x, a); }
-  static Shape shape(Index b, Index n) { return {b, 8, n}; }  // (N, C, L)
-};
-struct EncoderLayerCase {
-  static constexpr const char* kName = "MobileViTEncoderLayer";
-  template <class T>
-  static attn::MobileViTEncoderLayer<T> make() { return attn::MobileViTEncoderLayer<T>(8, 16, 2); }
-  template <class M, class T>
-  static Tensor<T> run(const M& m, const Tensor<T>& x, const attn::AttentionArgs<T>& a) { return m.forward(x, a); }
-  static Shape shape(Index b, Index n) { return {b, n, 8}; }
-};
-
-template <class C>
+template <class E>
 class EveryModule : public ::testing::Test {};
-using ModuleCases = ::testing::Types<SelfAttentionCase, MultiHeadAttentionCase, TalkingHeadsCase,
-                                     AttentionBlockCase, EncoderLayerCase>;
-class CaseNames {
- public:
-  template <class C>
-  static std::string GetName(int) { return C::kName; }
-};
-TYPED_TEST_SUITE(EveryModule, ModuleCases, CaseNames);
+TYPED_TEST_SUITE(EveryModule, registry::Modules, registry::EntryNames);
+
+using registry::Call;
+using registry::input_shape;
 
 bool bitwise_equal(const float* a, const float* b, Index n) { return std::memcmp(a, b, sizeof(float) * n) == 0; }
 bool all_finite(const Tensor<float>& t) {
@@ -105,35 +54,17 @@ bool all_nan(const float* p, Index n) {
   return true;
 }
 
-// Values written in place through edit_parameters() reach forward when the edit ends (the
-// modules keep their weights packed for their GEMMs and repack then): the result is the one
-// of a module given the same values by load_state_dict.
-TYPED_TEST(EveryModule, WritesThroughEditParametersAreUsed) {
-  using C = TypeParam;
-  auto written = C::template make<float>(), loaded = C::template make<float>();
-  randomize(loaded, 11);
-  const auto dict = loaded.state_dict();
-  for (auto& slot : written.edit_parameters()) {
-    const Tensor<float>& v = dict.at(slot.name);
-    std::copy(v.data(), v.data() + v.numel(), slot.data);
-  }
-  const Tensor<float> x = random_tensor<float>(C::shape(2, 5), 12);
-  EXPECT_TRUE(attn_test::same_bits(C::run(written, x, attn::AttentionArgs<float>{}),
-                                   C::run(loaded, x, attn::AttentionArgs<float>{})));
-}
-
 // Training mode with every dropout probability 0 needs no generator (the modules made here
 // have none), and gives the eval-mode output bit for bit. (UBSan's null check caught the
 // dereference of the missing generator that this once did.)
 TYPED_TEST(EveryModule, TrainingWithoutDropoutNeedsNoGenerator) {
-  using C = TypeParam;
-  auto m = C::template make<float>();
-  randomize(m, 7);
-  const Tensor<float> x = random_tensor<float>(C::shape(2, 5), 8);
-  const Tensor<float> eval = C::run(m, x, attn::AttentionArgs<float>{});
+  using E = TypeParam;
+  auto m = E::template make<float>();
+  const Tensor<float> x = random_tensor<float>(input_shape<E>(2, 5), 8);
+  const Tensor<float> eval = E::run(m, x, {});
   m.train();
   Tensor<float> train;
-  ASSERT_NO_THROW(train = C::run(m, x, attn::AttentionArgs<float>{}));
+  ASSERT_NO_THROW(train = E::run(m, x, {}));
   EXPECT_TRUE(attn_test::same_bits(train, eval));
 }
 
@@ -203,13 +134,12 @@ TEST(EdgeLargeLogits, AdditiveMaskOfTenThousandActsAsAFiniteBias) {
 }
 
 TYPED_TEST(EveryModule, InputsGivingLargeLogitsStayFinite) {
-  using C = TypeParam;
-  auto m = C::template make<float>();
-  randomize(m, 100);
+  using E = TypeParam;
+  const auto m = E::template make<float>();
   // Inputs of magnitude 300 through 0.5-bounded projections give logits of order 1e4..1e5.
-  const Tensor<float> x = random_tensor<float>(C::shape(2, 6), 7, 300.0);
-  const Tensor<float> y = C::run(m, x, {});
-  EXPECT_TRUE(all_finite(y));
+  const Tensor<float> x = random_tensor<float>(input_shape<E>(2, 6), 7, 300.0);
+  EXPECT_TRUE(all_finite(E::run(m, x, {})));
+  EXPECT_TRUE(all_finite(E::run(m, x, {{}, true, nullptr})));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -217,20 +147,31 @@ TYPED_TEST(EveryModule, InputsGivingLargeLogitsStayFinite) {
 // ---------------------------------------------------------------------------------------
 
 TYPED_TEST(EveryModule, NanInOneBatchElementStaysInIt) {
-  // Self-attention: a NaN anywhere in batch element b reaches every row of b (each row
-  // attends to every key) and nothing else: the other batch elements are bit-identical.
-  using C = TypeParam;
-  auto m = C::template make<float>();
-  randomize(m, 200);
-  const Tensor<float> clean = random_tensor<float>(C::shape(3, 5), 8);
-  const Tensor<float> y0 = C::run(m, clean, {});
+  // A NaN or Inf in the first token of batch element 1 reaches every row of that element (each
+  // row attends to the first token, causal or not) and nothing else: the other batch elements
+  // are bit-identical. A module that does not mix tokens keeps it in that token's row (NaN,
+  // or +-inf through a Linear).
+  using E = TypeParam;
+  const auto m = E::template make<float>();
+  const Index len = 5;
+  const Tensor<float> clean = random_tensor<float>(input_shape<E>(3, len), 8);
+  const Tensor<float> y0 = E::run(m, clean, {});
   for (double bad : {kNaN, kInf, -kInf}) {
     Tensor<float> x = clean;
-    x[x.numel() / 3 + 3] = static_cast<float>(bad);  // batch element 1
-    const Tensor<float> y = C::run(m, x, {});
+    x[registry::flat_index<E>(len, 1, 0, 3)] = static_cast<float>(bad);
+    const Tensor<float> y = E::run(m, x, {});
     ASSERT_EQ(y.shape(), y0.shape());
     const Index per = y.numel() / 3;
-    EXPECT_TRUE(all_nan(y.data() + per, per)) << "input " << bad << ": batch element 1 must be all NaN";
+    for (Index i = per; i < 2 * per; ++i) {
+      const bool hit = E::kMixesTokens || (i - per) / registry::kFeatures == 0;
+      if (!hit) {
+        ASSERT_EQ(y[i], y0[i]) << "input " << bad << ": element " << i << " of another token";
+      } else if (E::kMixesTokens) {
+        ASSERT_TRUE(std::isnan(y[i])) << "input " << bad << ": element " << i << " of batch 1";
+      } else {
+        ASSERT_FALSE(std::isfinite(y[i])) << "input " << bad << ": element " << i;
+      }
+    }
     EXPECT_TRUE(bitwise_equal(y.data(), y0.data(), per)) << "input " << bad << ": batch element 0 changed";
     EXPECT_TRUE(bitwise_equal(y.data() + 2 * per, y0.data() + 2 * per, per)) << "input " << bad << ": batch element 2 changed";
   }
@@ -301,12 +242,12 @@ TEST(EdgeNaN, SoftmaxRows) {
 }
 
 TYPED_TEST(EveryModule, NanParametersGiveNanNotACrash) {
-  using C = TypeParam;
-  auto m = C::template make<float>();
+  using E = TypeParam;
+  auto m = E::template make<float>();
   attn::StateDict<float> dict = m.state_dict();
   for (auto& kv : dict) kv.second = Tensor<float>(kv.second.shape(), NAN);
   m.load_state_dict(dict);
-  const Tensor<float> y = C::run(m, random_tensor<float>(C::shape(2, 3), 5), {});
+  const Tensor<float> y = E::run(m, random_tensor<float>(input_shape<E>(2, 3), 5), {});
   EXPECT_TRUE(all_nan(y.data(), y.numel()));
 }
 
@@ -317,17 +258,20 @@ TYPED_TEST(EveryModule, NanParametersGiveNanNotACrash) {
 TYPED_TEST(EveryModule, FullyMaskedBatchElementIsFiniteAndIndependent) {
   // Every key of batch element 1 masked: its attention rows are 0 (not NaN), so the
   // module's output is finite; batch element 0 is as without the mask.
-  using C = TypeParam;
-  auto m = C::template make<float>();
-  randomize(m, 400);
-  const Tensor<float> x = random_tensor<float>(C::shape(2, 5), 9);
+  using E = TypeParam;
+  if (!E::kMixesTokens) GTEST_SKIP() << E::kName << " takes no masks";
+  const auto m = E::template make<float>();
+  const Tensor<float> x = random_tensor<float>(input_shape<E>(2, 5), 9);
   Tensor<bool> padding({2, 5}, false);
   for (Index j = 0; j < 5; ++j) padding(1, j) = true;
-  attn::AttentionArgs<float> args;
-  args.key_padding_mask = attn::Mask<float>::block_where_true(padding);
-  const Tensor<float> y = C::run(m, x, args), y0 = C::run(m, x, {});
-  EXPECT_TRUE(all_finite(y));
-  EXPECT_TRUE(bitwise_equal(y.data(), y0.data(), y.numel() / 2));
+  Call<float> call;
+  call.key_padding_mask = attn::Mask<float>::block_where_true(padding);
+  for (bool causal : {false, true}) {
+    call.causal = causal;
+    const Tensor<float> y = E::run(m, x, call), y0 = E::run(m, x, {{}, causal, nullptr});
+    EXPECT_TRUE(all_finite(y));
+    EXPECT_TRUE(bitwise_equal(y.data(), y0.data(), y.numel() / 2));
+  }
 }
 
 TEST(EdgeFullyMasked, SelfAttentionRowsAreZeroMhaRowsAreTheOutputBias) {
@@ -385,29 +329,44 @@ TEST(EdgeFullyMasked, AdditiveMinusInfinityEverywhere) {
 // ---------------------------------------------------------------------------------------
 
 TYPED_TEST(EveryModule, BatchZeroAndLengthZeroGiveEmptyOutputs) {
-  using C = TypeParam;
-  auto m = C::template make<float>();
-  for (const Shape& s : {C::shape(0, 5), C::shape(3, 0), C::shape(0, 0)}) {
-    const Tensor<float> x(s);
-    const Tensor<float> y = C::run(m, x, {});
+  using E = TypeParam;
+  const auto m = E::template make<float>();
+  for (const Shape& s : {input_shape<E>(0, 5), input_shape<E>(3, 0), input_shape<E>(0, 0)}) {
+    const Tensor<float> y = E::run(m, Tensor<float>(s), {});
     EXPECT_EQ(y.shape(), s) << attn::to_string(s);
     EXPECT_EQ(y.numel(), 0);
   }
-  // Unbatched, no rows.
-  Shape unbatched = C::shape(1, 0);
-  unbatched.erase(unbatched.begin());
-  const Tensor<float> y = C::run(m, Tensor<float>(unbatched), {});
-  EXPECT_EQ(y.shape(), unbatched);
+  if (E::kCached) {
+    EXPECT_EQ(E::run_cached(m, Tensor<float>(input_shape<E>(3, 0)), 1, nullptr).numel(), 0);
+  }
+  if (!E::kUnbatched) return;
+  const Shape unbatched = input_shape<E>(-1, 0);
+  EXPECT_EQ(E::run(m, Tensor<float>(unbatched), {}).shape(), unbatched);
 }
 
 TYPED_TEST(EveryModule, EmptyKeyPaddingMaskForLengthZero) {
-  using C = TypeParam;
-  auto m = C::template make<float>();
+  using E = TypeParam;
+  if (!E::kMixesTokens) GTEST_SKIP() << E::kName << " takes no masks";
+  const auto m = E::template make<float>();
   Tensor<bool> padding({2, 0});
-  attn::AttentionArgs<float> args;
-  args.key_padding_mask = attn::Mask<float>::block_where_true(padding);
-  const Tensor<float> y = C::run(m, Tensor<float>(C::shape(2, 0)), args);
-  EXPECT_EQ(y.shape(), C::shape(2, 0));
+  Call<float> call;
+  call.key_padding_mask = attn::Mask<float>::block_where_true(padding);
+  EXPECT_EQ(E::run(m, Tensor<float>(input_shape<E>(2, 0)), call).shape(), input_shape<E>(2, 0));
+}
+
+// One token alone gives the first row of a causal call on a longer sequence (and, through the
+// KV cache, one token at a time gives every row).
+TYPED_TEST(EveryModule, LengthOneIsTheFirstRowOfACausalCall) {
+  using E = TypeParam;
+  if (!E::kCausalPrefix) GTEST_SKIP() << E::kName << ": a causal row depends on the masked keys too";
+  const auto m = E::template make<float>();
+  const Tensor<float> x = random_tensor<float>(input_shape<E>(2, 6), 10);
+  const Tensor<float> full = E::run(m, x, {{}, true, nullptr});
+  const Tensor<float> one = E::run(m, registry::tokens<E>(x, 0, 1), {{}, true, nullptr});
+  EXPECT_TRUE(attn_test::AllClose(one, registry::tokens<E>(full, 0, 1), 2e-6));
+  if (E::kCached) {
+    EXPECT_TRUE(attn_test::AllClose(E::run_cached(m, x, 1, nullptr), full, 2e-6));
+  }
 }
 
 TEST(EdgeEmpty, MhaWithoutKeysGivesTheOutputBiasAndEmptyWeights) {
@@ -495,11 +454,11 @@ TEST(EdgeSizes, SafetensorsShapesThatOverflowAreErrors) {
 // Float against double on random cases.
 // ---------------------------------------------------------------------------------------
 
-template <class C>
+template <class E>
 double float_double_error(std::uint64_t seed, Index batch, Index length, bool with_mask) {
-  auto md = C::template make<double>();
+  auto md = E::template make<double>();
   randomize(md, seed);
-  auto mf = C::template make<float>();
+  auto mf = E::template make<float>();
   attn::StateDict<float> dict;
   for (const auto& kv : md.state_dict()) {
     Tensor<float> t(kv.second.shape());
@@ -507,20 +466,20 @@ double float_double_error(std::uint64_t seed, Index batch, Index length, bool wi
     dict.emplace(kv.first, std::move(t));
   }
   mf.load_state_dict(dict);
-  const Tensor<float> xf = random_tensor<float>(C::shape(batch, length), seed + 1000, 2.0);
+  const Tensor<float> xf = random_tensor<float>(input_shape<E>(batch, length), seed + 1000, 2.0);
   Tensor<double> xd(xf.shape());
   for (Index i = 0; i < xf.numel(); ++i) xd[i] = xf[i];  // the same input values
   Tensor<bool> padding({batch, length}, false);
   for (Index j = length / 2; j < length; ++j) padding(batch - 1, j) = true;
-  attn::AttentionArgs<float> af;
-  attn::AttentionArgs<double> ad;
-  if (with_mask) {
+  Call<float> af;
+  Call<double> ad;
+  if (with_mask && E::kMixesTokens) {
     af.key_padding_mask = attn::Mask<float>::block_where_true(padding);
     ad.key_padding_mask = attn::Mask<double>::block_where_true(padding);
-    af.causal = ad.causal = attn::Causal::kTopLeft;
+    af.causal = ad.causal = true;
   }
-  const Tensor<float> yf = C::run(mf, xf, af);
-  const Tensor<double> yd = C::run(md, xd, ad);
+  const Tensor<float> yf = E::run(mf, xf, af);
+  const Tensor<double> yd = E::run(md, xd, ad);
   double scale = 0, worst = 0;
   for (Index i = 0; i < yd.numel(); ++i) {
     scale = std::max(scale, std::abs(yd[i]));
@@ -530,7 +489,7 @@ double float_double_error(std::uint64_t seed, Index batch, Index length, bool wi
 }
 
 TYPED_TEST(EveryModule, FloatAgreesWithDoubleToFloatPrecision) {
-  // Measured worst relative error over these cases: 3.0e-7 (SelfAttention), a few float ulps.
+  // Measured worst relative error over these cases: 3.7e-7 (SelfAttention), a few float ulps.
   double worst = 0;
   std::uint64_t seed = 500;
   for (Index batch : {1, 3})

@@ -3,7 +3,7 @@
 // size allocates nothing), release_workspace() frees it, and results do not depend on it.
 #include <cstring>
 
-#include "support.hpp"
+#include "every_module.hpp"
 
 namespace {
 
@@ -63,32 +63,36 @@ TEST(Workspace, ReplacingTooSmallBlocksKeepsThePeak) {
 }
 
 // A module's second forward pass of the same size allocates no workspace memory, and its
-// result is the same, bit for bit, whether the workspace was kept or released.
-template <class M>
-void check_reuse(const M& m, const Tensor<float>& x) {
+// result is the same, bit for bit, whether the workspace was kept or released: every module,
+// full and through its KV cache (a second decode of the same sizes).
+template <class E>
+class EveryModule : public ::testing::Test {};
+TYPED_TEST_SUITE(EveryModule, registry::Modules, registry::EntryNames);
+
+template <class F>
+void check_reuse(bool uses_workspace, F&& forward) {
   attn::release_workspace();
-  const Tensor<float> first = m.forward(x);
+  const Tensor<float> first = forward();
   const std::size_t kept = attn::workspace_bytes();
-  EXPECT_GT(kept, 0u);
-  const Tensor<float> second = m.forward(x);
+  if (uses_workspace) {
+    EXPECT_GT(kept, 0u);
+  }
+  const Tensor<float> second = forward();
   EXPECT_EQ(attn::workspace_bytes(), kept);
   EXPECT_TRUE(same_bits(first, second));
   attn::release_workspace();
   EXPECT_EQ(attn::workspace_bytes(), 0u);
-  EXPECT_TRUE(same_bits(m.forward(x), first));
+  EXPECT_TRUE(same_bits(forward(), first));
 }
 
-TEST(Workspace, ModulesReuseItAcrossCalls) {
-  const Tensor<float> x = random_tensor<float>({2, 70, 32}, 1);
-  check_reuse(attn::TalkingHeadsAttention<float>(32, 4), x);
-  check_reuse(attn::MobileViTEncoderLayer<float>(32, 64, 4), x);
-  check_reuse(attn::SelfAttention<float>(32), x);
-  check_reuse(attn::AttentionBlock<float>(70, 2), x);  // x as (N, C, L) = (2, 70, 32)
-  struct Mha {
-    attn::MultiHeadAttention<float> m{32, 4};
-    Tensor<float> forward(const Tensor<float>& in) const { return m.forward(in).output; }
-  };
-  check_reuse(Mha{}, x);
+TYPED_TEST(EveryModule, ReusesTheWorkspaceAcrossCalls) {
+  using E = TypeParam;
+  attn::set_num_threads(1);  // every scratch buffer then comes from the workspace measured here
+  const auto m = E::template make<float>();
+  const Tensor<float> x = random_tensor<float>(registry::input_shape<E>(2, 70), 1);
+  check_reuse(E::kMixesTokens, [&] { return E::run(m, x, registry::Call<float>{}); });
+  if (E::kCached) check_reuse(true, [&] { return E::run_cached(m, x, 1, nullptr); });
+  attn::set_num_threads(0);
 }
 
 }  // namespace
