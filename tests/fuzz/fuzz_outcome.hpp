@@ -10,6 +10,7 @@ namespace attn_fuzz {
 struct Outcome {
   bool opened = false;   ///< SafetensorsFile accepted the file (its tensors were then all read)
   int strict_loads = 0;  ///< modules that loaded the file's tensors with strict = true
+  int whole_file_strict_loads = 0;  ///< of those, loads of the whole file (no prefix: every tensor a parameter)
   int forwards = 0;      ///< forward passes run on loaded modules
 };
 

@@ -3,8 +3,9 @@
 //
 // Each input is taken as a whole .safetensors file. It is parsed, every tensor is read in
 // every way the reader offers (get<float>, get<double>, get_bool, get_int64), the file's
-// state dicts are loaded into small modules (strict and not, with and without a prefix)
-// and, when a load succeeds, the module runs one forward pass with the loaded weights.
+// state dicts are loaded into every module of the registry in every option set (strict and
+// not, with and without a prefix) and, when a load succeeds, the module runs one forward pass
+// with the loaded weights, and a decode through its KV cache where it has one.
 //
 // Expected failures are std::runtime_error from the reader (a malformed file, a tensor of
 // the wrong dtype) and std::invalid_argument from load_state_dict (missing, unexpected or
@@ -36,11 +37,16 @@
 #include <attn/io/safetensors.hpp>
 
 #include "fuzz_outcome.hpp"
+#if !defined(ATTN_FUZZ_READER_ONLY)
+#include "../registry.hpp"
+#endif
 
 namespace {
 
 /// What the current input did (reported to the replay driver, which checks the corpus).
 attn_fuzz::Outcome g_outcome;
+/// Whether the dict being loaded is the whole file (not a submodule's part of it).
+bool g_whole_file = false;
 
 /// A file whose contents are replaced on every input: a memfd (no disk I/O) where the
 /// kernel has memfd_create, else a temporary file. The reader opens it by path.
@@ -134,8 +140,8 @@ void read_tensor(const attn::io::SafetensorsFile& file, const std::string& name)
 }
 
 /// Loads `dict` into a fresh module made by `make` (strict and not); after a load that
-/// took at least one tensor from the dict, runs `run` on it. Only std::invalid_argument is
-/// an expected failure.
+/// took at least one tensor from the dict, runs `run` on it (and counts it). Only
+/// std::invalid_argument is an expected failure.
 template <class Make, class Run>
 void load_into(const attn::StateDict<float>& dict, const std::string& prefix, Make make, Run run) {
   for (bool strict : {true, false}) {
@@ -145,13 +151,13 @@ void load_into(const attn::StateDict<float>& dict, const std::string& prefix, Ma
     } catch (const std::invalid_argument&) {
       continue;
     }
-    if (strict) ++g_outcome.strict_loads;
     bool took_any = false;  // names after loading: MultiHeadAttention picks its layout by them
     for (const auto& kv : module.state_dict()) took_any = took_any || dict.count(prefix + kv.first) != 0;
-    if (took_any) {  // else the module is as constructed: nothing new to run
-      run(module);
-      ++g_outcome.forwards;
-    }
+    if (!took_any) continue;  // the module is as constructed (one without parameters loads any dict)
+    if (strict) ++g_outcome.strict_loads;
+    if (strict && g_whole_file && prefix.empty()) ++g_outcome.whole_file_strict_loads;
+    run(module);
+    ++g_outcome.forwards;
   }
 }
 
@@ -160,23 +166,21 @@ void load_into(const attn::StateDict<float>& dict, const std::string& prefix, Ma
 // times faster per input than the full target, for long runs.
 void load_modules(const attn::StateDict<float>&, const std::string&) {}
 #else
-/// One small input (B = 1, N = 3, C features).
-attn::Tensor<float> input(attn::Index c, attn::Index n = 3) {
-  attn::Tensor<float> x({1, n, c});
-  for (attn::Index i = 0; i < x.numel(); ++i) x[i] = 0.25f * static_cast<float>(i % 7) - 0.75f;
-  return x;
-}
-
+/// Every module of the registry (tests/registry.hpp) in every option set: one forward pass,
+/// and for the modules with a KV cache the same sequence two tokens at a time (attn_run's
+/// --incremental); and MultiHeadAttention as cross-attention with kdim, vdim, bias_kv and the
+/// zero key, which the registry's self-attention calls do not reach.
 void load_modules(const attn::StateDict<float>& dict, const std::string& prefix) {
-  const attn::Tensor<float> x4 = input(4), x8 = input(8), x6 = input(6, 5), ncl = attn::Tensor<float>({1, 8, 3}, 0.5f);
-  load_into(dict, prefix, [] { return attn::SelfAttention<float>(4); },
-            [&](const attn::SelfAttention<float>& m) { m.forward(x4); });
-  load_into(dict, prefix, [] { return attn::MultiHeadAttention<float>(8, 2); },
-            [&](const attn::MultiHeadAttention<float>& m) {
-              attn::MhaArgs<float> args;
-              args.need_weights = true;
-              m.forward(x8, args);
-            });
+  namespace registry = attn_test::registry;
+  registry::for_each_entry([&](auto entry) {
+    using E = decltype(entry);
+    const attn::Tensor<float> x = attn_test::random_tensor<float>(registry::input_shape<E>(1, 3), 1);
+    for (int config = 0; config < int(E::configs().size()); ++config)
+      load_into(dict, prefix, [config] { return E::template make<float>(config); }, [&](const auto& m) {
+        E::run(m, x, registry::Call<float>{});
+        if (E::kCached) E::run_cached(m, x, 2, nullptr);
+      });
+  });
   load_into(dict, prefix,
             [] {
               attn::MultiHeadAttentionOptions o;
@@ -187,15 +191,11 @@ void load_modules(const attn::StateDict<float>& dict, const std::string& prefix)
               return attn::MultiHeadAttention<float>(8, 2, o);
             },
             [&](const attn::MultiHeadAttention<float>& m) {
-              const attn::Tensor<float> k = input(4, 5);
-              m.forward(x8, k, x6);
+              attn::MhaArgs<float> args;
+              args.need_weights = true;
+              m.forward(attn_test::random_tensor<float>({1, 3, 8}, 2), attn_test::random_tensor<float>({1, 5, 4}, 3),
+                        attn_test::random_tensor<float>({1, 5, 6}, 4), args);
             });
-  load_into(dict, prefix, [] { return attn::TalkingHeadsAttention<float>(8, 2, {true}); },
-            [&](const attn::TalkingHeadsAttention<float>& m) { m.forward(x8); });
-  load_into(dict, prefix, [] { return attn::AttentionBlock<float>(8, 2); },
-            [&](const attn::AttentionBlock<float>& m) { m.forward(ncl); });
-  load_into(dict, prefix, [] { return attn::MobileViTEncoderLayer<float>(8, 16, 2); },
-            [&](const attn::MobileViTEncoderLayer<float>& m) { m.forward(x8); });
 }
 #endif
 
@@ -219,7 +219,9 @@ void fuzz_one(const std::string& path) {
   const attn::StateDict<float> dict = file->state_dict<float>();
   const attn::StateDict<double> dict_double = file->state_dict<double>();
   if (dict.size() != dict_double.size()) invariant_failed("state_dict<float> and <double> differ in size");
+  g_whole_file = true;
   load_modules(dict, "");
+  g_whole_file = false;
   load_modules(dict, "p.");
   // Every submodule prefix of the first name ("blocks.", "blocks.0.", "blocks.0.attn.", ...),
   // loaded both through the member prefix and through SafetensorsFile::state_dict(prefix).
@@ -239,10 +241,10 @@ void fuzz_one(const std::string& path) {
 #if !defined(ATTN_FUZZ_READER_ONLY)
   // Double precision, one module.
   try {
-    attn::SelfAttention<double> sa(4);
+    attn::SelfAttention<double> sa(8);
     sa.load_state_dict(dict_double);
     ++g_outcome.strict_loads;
-    sa.forward(attn::Tensor<double>({2, 4}, 1.0));
+    sa.forward(attn::Tensor<double>({2, 8}, 1.0));
     ++g_outcome.forwards;
   } catch (const std::invalid_argument&) {
   }

@@ -2,11 +2,10 @@
 """Writes the seed corpus of the safetensors fuzz target (tests/fuzz/corpus/).
 
 Plain Python 3 (no PyTorch, no numpy): the files are built byte by byte, so broken ones
-can be as broken as needed. Valid files hold the state dicts of the small modules the fuzz
-target loads (SelfAttention(4), MultiheadAttention(8, 2) in its three layouts and with
-kdim=4, vdim=6, add_bias_kv, TalkingHeadAttn(8, 2, qkv_bias), AttentionBlock(8, 2),
-TransformerEncoder(8, 16, 2)) in every dtype, masks in every mask dtype, prefixes and
-edge shapes. Broken files are one malformation each, named after it.
+can be as broken as needed. Valid files hold the state dicts of the modules the fuzz target
+loads (every module of tests/registry.hpp in its option sets: MODULES below) in every dtype,
+masks in every mask dtype, prefixes and edge shapes. Broken files are one malformation each,
+named after it.
 
     python3 tests/fuzz/make_corpus.py      # rewrites tests/fuzz/corpus/
 """
@@ -22,31 +21,50 @@ OUT = os.path.join(HERE, "corpus")
 
 SIZES = {"F32": 4, "F64": 8, "F16": 2, "BF16": 2, "BOOL": 1, "U8": 1, "I32": 4, "I64": 8}
 
+def linear(name, out, inp, bias=True):
+    d = {name + "weight": [out, inp]}
+    if bias:
+        d[name + "bias"] = [out]
+    return d
+
+
+def mha(prefix=""):
+    return {prefix + "in_proj_weight": [24, 8], prefix + "in_proj_bias": [24],
+            prefix + "out_proj.weight": [8, 8], prefix + "out_proj.bias": [8]}
+
+
+def norm(name):
+    return {name + "weight": [8], name + "bias": [8]}
+
+
+# The modules of tests/registry.hpp in its option sets (the fuzz target loads every file into
+# each of them), and the cross-attention MultiheadAttention the target adds.
 MODULES = {
-    "self_attention": {n + "." + p: s for n in ("query", "key", "value")
-                       for p, s in (("weight", [4, 4]), ("bias", [4]))},
-    "mha_torch": {"in_proj_weight": [24, 8], "in_proj_bias": [24],
-                  "out_proj.weight": [8, 8], "out_proj.bias": [8]},
-    "mha_separate": {n + "." + p: s for n in ("q", "k", "v", "out")
-                    for p, s in (("weight", [8, 8]), ("bias", [8]))},
-    "mha_mobilevit": {"qkv_proj.weight": [24, 8], "qkv_proj.bias": [24],
-                    "out_proj.weight": [8, 8], "out_proj.bias": [8]},
+    "self_attention": {**linear("query.", 8, 8), **linear("key.", 8, 8), **linear("value.", 8, 8)},
+    "mha_torch": mha(),
+    "mha_separate": {**linear("q.", 8, 8), **linear("k.", 8, 8), **linear("v.", 8, 8), **linear("out.", 8, 8)},
+    "mha_mobilevit": {**linear("qkv_proj.", 24, 8), **linear("out_proj.", 8, 8)},
+    "mha_no_bias": {"in_proj_weight": [24, 8], "out_proj.weight": [8, 8]},
     "mha_kdim_vdim_bias_kv": {"q_proj_weight": [8, 8], "k_proj_weight": [8, 4], "v_proj_weight": [8, 6],
                               "in_proj_bias": [24], "bias_k": [1, 1, 8], "bias_v": [1, 1, 8],
                               "out_proj.weight": [8, 8], "out_proj.bias": [8]},
-    "talking_heads": {"qkv.weight": [24, 8], "qkv.bias": [24], "proj_l.weight": [2, 2], "proj_l.bias": [2],
-                      "proj_w.weight": [2, 2], "proj_w.bias": [2], "proj.weight": [8, 8], "proj.bias": [8]},
-    "attention_block": {"mha.in_proj_weight": [24, 8], "mha.in_proj_bias": [24],
-                        "mha.out_proj.weight": [8, 8], "mha.out_proj.bias": [8],
-                        "norm.weight": [8], "norm.bias": [8]},
-    "encoder_layer": {"pre_norm_mha.0.weight": [8], "pre_norm_mha.0.bias": [8],
-                      "pre_norm_mha.1.qkv_proj.weight": [24, 8], "pre_norm_mha.1.qkv_proj.bias": [24],
-                      "pre_norm_mha.1.out_proj.weight": [8, 8], "pre_norm_mha.1.out_proj.bias": [8],
-                      "pre_norm_ffn.0.weight": [8], "pre_norm_ffn.0.bias": [8],
-                      "pre_norm_ffn.1.weight": [16, 8], "pre_norm_ffn.1.bias": [16],
-                      "pre_norm_ffn.4.weight": [8, 16], "pre_norm_ffn.4.bias": [8]},
+    "talking_heads": {**linear("qkv.", 24, 8), **linear("proj_l.", 2, 2), **linear("proj_w.", 2, 2),
+                      **linear("proj.", 8, 8)},
+    "attention_block": {**mha("mha."), **norm("norm.")},
+    "mobilevit_encoder_layer": {**norm("pre_norm_mha.0."), **linear("pre_norm_mha.1.qkv_proj.", 24, 8),
+                                **linear("pre_norm_mha.1.out_proj.", 8, 8), **norm("pre_norm_ffn.0."),
+                                **linear("pre_norm_ffn.1.", 16, 8), **linear("pre_norm_ffn.4.", 8, 16)},
+    "transformer_encoder_layer": {**mha("self_attn."), **linear("linear1.", 16, 8), **linear("linear2.", 8, 16),
+                                  **norm("norm1."), **norm("norm2.")},
+    "transformer_decoder_layer": {**mha("self_attn."), **mha("multihead_attn."), **linear("linear1.", 16, 8),
+                                  **linear("linear2.", 8, 16), **norm("norm1."), **norm("norm2."), **norm("norm3.")},
+    "gqa": {**linear("q_proj.", 16, 8, False), **linear("k_proj.", 8, 8, False), **linear("v_proj.", 8, 8, False),
+            **linear("o_proj.", 8, 16, False)},
+    "gqa_multi_query_qkv_bias": {**linear("q_proj.", 16, 8), **linear("k_proj.", 4, 8), **linear("v_proj.", 4, 8),
+                                 **linear("o_proj.", 8, 16, False)},
+    "linear": linear("", 8, 8),
+    "layer_norm": norm(""),
 }
-
 
 def numel(shape):
     n = 1
@@ -114,7 +132,7 @@ def main():
             files["valid_%s_%s" % (module, dtype.lower())] = build(module_tensors(params, dtype, rng))
     files["valid_prefix_p_self_attention"] = build(module_tensors(MODULES["self_attention"], "F32", rng, "p."))
     files["valid_prefix_blocks_encoder_layer"] = build(
-        module_tensors(MODULES["encoder_layer"], "F32", rng, "blocks.0.attn.")
+        module_tensors(MODULES["mobilevit_encoder_layer"], "F32", rng, "blocks.0.attn.")
         + module_tensors(MODULES["talking_heads"], "F16", rng, "blocks.1.attn."),
         metadata={"format": "pt"})
     mixed = module_tensors(MODULES["mha_torch"], "F32", rng)
@@ -122,7 +140,7 @@ def main():
     mixed[1] = (mixed[1][0], "F64", mixed[1][2], mixed[1][3])
     files["valid_mha_mixed_dtypes"] = build(mixed)
     specials = module_tensors(MODULES["self_attention"], "F32", rng)
-    specials[0] = (specials[0][0], "F32", [4, 4], [math.nan, math.inf, -math.inf, 1e38] * 4)
+    specials[0] = (specials[0][0], "F32", [8, 8], [math.nan, math.inf, -math.inf, 1e38] * 16)
     files["valid_self_attention_nan_inf"] = build(specials)
     files["valid_self_attention_huge_weights"] = build(
         [(n, "F32", s, [3e38 * (1 if i % 2 else -1) for i in range(numel(s))])
