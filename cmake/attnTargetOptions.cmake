@@ -1,4 +1,4 @@
-# attn_set_target_options(<target> [NATIVE])
+# attn_set_target_options(<target> [NATIVE] [ARCH <flags>...])
 #
 # Compile options for attn's *own* targets (tests, examples, benchmarks,
 # header checks). Never used on the attn / attn_io interface targets, so
@@ -8,12 +8,14 @@
 #   - NATIVE:   -O3 -march=native when ATTN_NATIVE=ON (not in Debug builds); in a
 #               sanitized tree (ATTN_SANITIZE) -march=native only: the optimisation level
 #               stays the sanitizers' -O1 (attnSanitizers.cmake explains why)
+#   - ARCH:     the same with these instruction-set flags instead of -march=native (the
+#               test builds for other machine kinds, tests/CMakeLists.txt), whatever ATTN_NATIVE
 #   - strict ISO C++ (CXX_EXTENSIONS OFF: -std=c++17, not gnu++17), so the
 #     headers are checked without GNU extensions
 include_guard(GLOBAL)
 
 function(attn_set_target_options target)
-  cmake_parse_arguments(PARSE_ARGV 1 ARG "NATIVE" "" "")
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "NATIVE" "" "ARCH")
   if(ARG_UNPARSED_ARGUMENTS)
     message(FATAL_ERROR "attn_set_target_options: unknown arguments: ${ARG_UNPARSED_ARGUMENTS}")
   endif()
@@ -26,12 +28,17 @@ function(attn_set_target_options target)
     if(ATTN_WERROR)
       target_compile_options(${target} PRIVATE -Werror)
     endif()
-    if(ARG_NATIVE AND ATTN_NATIVE)
+    set(_arch "")
+    if(ARG_ARCH)
+      set(_arch ${ARG_ARCH})
+    elseif(ARG_NATIVE AND ATTN_NATIVE)
+      set(_arch -march=native)
+    endif()
+    if(_arch)
       if(ATTN_SANITIZE)
-        target_compile_options(${target} PRIVATE -march=native)
+        target_compile_options(${target} PRIVATE ${_arch})
       else()
-        target_compile_options(${target} PRIVATE
-          $<$<NOT:$<CONFIG:Debug>>:-O3> -march=native)
+        target_compile_options(${target} PRIVATE $<$<NOT:$<CONFIG:Debug>>:-O3> ${_arch})
       endif()
       # GCC 12 false positive (GCC PR 105593, fixed in 13): with AVX-512
       # enabled, Eigen's packet code inlines _mm512_undefined_ps() from

@@ -2,7 +2,9 @@
 # Build and test attn four ways (this is the README's test command and CI's):
 #   1. build/        everything (tests, examples, benchmarks, install; warnings are errors),
 #                    Release, the API documentation (Doxygen; an undocumented public
-#                    declaration is an error), then the whole ctest suite;
+#                    declaration is an error), then the whole ctest suite; the kernel and
+#                    reference tests also for the other machine kinds' instruction sets the CPU
+#                    runs (ATTN_ISA_TESTS: zen4 and unpinned on AVX-512 with BF16, avx2 on AVX2);
 #   2. build-asan/   tests and examples (attn_run) under AddressSanitizer +
 #                    UndefinedBehaviorSanitizer (-fno-sanitize-recover=all, leaks checked),
 #                    with ATTN_NATIVE on, so the *_native tests run the build machine's
@@ -40,9 +42,23 @@ stage() {
 }
 
 # --- 1. Everything, warnings as errors -------------------------------------------------
+# The instruction sets of the other machine kind (and of a user's AVX2 build) this CPU runs.
+isa_tests=()
+cpu_flags="$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)"
+has() { [[ " $cpu_flags " == *" $1 "* ]]; }
+zen4=1  # every extension the zen4 build uses (tests/CMakeLists.txt)
+for f in avx512f avx512cd avx512bw avx512dq avx512vl avx512ifma avx512vbmi avx512_vbmi2 avx512_vnni avx512_bitalg \
+         avx512_vpopcntdq avx512_bf16 gfni vaes vpclmulqdq; do
+  has "$f" || zen4=0
+done
+if [ "$zen4" = 1 ]; then isa_tests+=(zen4 unpinned); fi
+if has avx2; then isa_tests+=(avx2); fi
+isa_list="$(IFS=';'; echo "${isa_tests[*]}")"
+echo "=== tests/run.sh: instruction-set test builds: ${isa_list:-none}"
 plain() {
   cmake -S "$root" -B "$root/build" \
     -DCMAKE_BUILD_TYPE=Release \
+    "-DATTN_ISA_TESTS=$isa_list" \
     -DATTN_BUILD_TESTS=ON \
     -DATTN_BUILD_EXAMPLES=ON \
     -DATTN_BUILD_BENCHMARKS=ON \
