@@ -4,7 +4,9 @@
 #                    Release, the API documentation (Doxygen; an undocumented public
 #                    declaration is an error), then the whole ctest suite; the kernel and
 #                    reference tests also for the other machine kinds' instruction sets the CPU
-#                    runs (ATTN_ISA_TESTS: zen4 and unpinned on AVX-512 with BF16, avx2 on AVX2);
+#                    runs (ATTN_ISA_TESTS: zen4 and unpinned on AVX-512 with BF16, avx2 on AVX2),
+#                    and the reference tests on every run-time kernel path the CPU runs
+#                    besides the widest (ATTN_KERNEL_PATH_TESTS: baseline, and avx2 on AVX-512);
 #   2. build-asan/   tests and examples (attn_run) under AddressSanitizer +
 #                    UndefinedBehaviorSanitizer (-fno-sanitize-recover=all, leaks checked),
 #                    with ATTN_NATIVE on, so the *_native tests run the build machine's
@@ -55,10 +57,16 @@ if [ "$zen4" = 1 ]; then isa_tests+=(zen4 unpinned); fi
 if has avx2; then isa_tests+=(avx2); fi
 isa_list="$(IFS=';'; echo "${isa_tests[*]}")"
 echo "=== tests/run.sh: instruction-set test builds: ${isa_list:-none}"
+# The kernel paths the baseline test builds run on besides the widest (attn/core/isa.hpp).
+path_tests=(baseline)
+if has avx512f && has avx512dq && has avx512bw && has avx512vl && has avx2 && has fma; then path_tests+=(avx2); fi
+path_list="$(IFS=';'; echo "${path_tests[*]}")"
+echo "=== tests/run.sh: kernel paths tested besides the widest: $path_list"
 plain() {
   cmake -S "$root" -B "$root/build" \
     -DCMAKE_BUILD_TYPE=Release \
     "-DATTN_ISA_TESTS=$isa_list" \
+    "-DATTN_KERNEL_PATH_TESTS=$path_list" \
     -DATTN_BUILD_TESTS=ON \
     -DATTN_BUILD_EXAMPLES=ON \
     -DATTN_BUILD_BENCHMARKS=ON \

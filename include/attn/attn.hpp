@@ -7,6 +7,7 @@
 #include "attn/core/error.hpp"
 #include "attn/core/generator.hpp"
 #include "attn/core/heads_view.hpp"
+#include "attn/core/isa.hpp"
 #include "attn/core/mask.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/random.hpp"

@@ -10,7 +10,7 @@
 #include "attn/core/error.hpp"
 #include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
-#include "attn/ops/detail/gemm.hpp"
+#include "attn/ops/detail/kernels.hpp"
 
 namespace attn {
 

@@ -21,6 +21,15 @@ static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "attn needs Eigen >= 3.4 (its pac
 #define ATTN_PACKET_CODE_END
 #endif
 
+/// Before a loop over a register tile's rows or packets (a trip count fixed at compile
+/// time): unrolled completely at -O2 too, so its accumulators stay in registers (GCC
+/// unrolls such loops by itself only at -O3).
+#if defined(__GNUC__) || defined(__clang__)
+#define ATTN_UNROLL _Pragma("GCC unroll 32")
+#else
+#define ATTN_UNROLL
+#endif
+
 /// Marks a lambda always inlined (after its parameter list), as EIGEN_ALWAYS_INLINE a function.
 #if defined(__GNUC__) || defined(__clang__)
 #define ATTN_INLINE_LAMBDA __attribute__((always_inline))
@@ -66,28 +75,6 @@ constexpr bool kPinRowPackets = false;
 constexpr bool kPinRowPackets = true;
 #endif
 
-/// @brief The one register-pinning policy of the register tiles (register_tile.hpp): a tile of
-/// I rows and V packets pins its loaded row where several rows reuse a wide row and the
-/// accumulators leave room for it (at most half the registers). Measured on Zen 5: the
-/// attention tiles (4 x 4) gain; the GEMM's 6 x 4 tile is 2.5x slower pinned (spills); V = 2
-/// (the talking-heads tiles) is better without.
-template <int I, int V>
-constexpr bool pins_row_packets() {
-  return kPinRowPackets && I > 1 && V >= 4 && I * V <= kVectorRegisters / 2;
-}
-
-/// @brief Keeps packet p in a register: a micro-kernel loads a row of packets once and uses
-/// each packet several times; without this, GCC folds the load into every multiply-add that
-/// uses it, which makes the loop load-bound (one 512-bit load per FMA on AVX-512).
-template <class P>
-EIGEN_ALWAYS_INLINE void keep_in_register(P& p) {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
-  if constexpr (sizeof(P) >= 16) __asm__("" : "+v"(p));
-#else
-  (void)p;
-#endif
-}
-
 /// @brief Asks for the cache line at p ahead of its use (a hint; no effect where the
 /// compiler has no prefetch builtin). For streams the hardware prefetcher follows too
 /// slowly: rows of a KV cache read once per decode step.
@@ -99,23 +86,13 @@ EIGEN_ALWAYS_INLINE void prefetch(const void* p) {
 #endif
 }
 
-/// @brief The first n (< kPacketSize<T>) elements at p as a packet whose other lanes are 0: a
-/// row's tail goes through the same packet operations as its full packets, so no element is
-/// computed by scalar code whose rounding (fused or not) the compiler would choose.
-template <class T>
-EIGEN_ALWAYS_INLINE Packet<T> load_partial(const T* p, Index n) {
-  T lanes[kPacketSize<T>] = {};
-  for (Index i = 0; i < n; ++i) lanes[i] = p[i];
-  return ei::ploadu<Packet<T>>(lanes);
-}
-
-/// Stores the first n (< kPacketSize<T>) lanes of x at p.
-template <class T>
-EIGEN_ALWAYS_INLINE void store_partial(T* p, const Packet<T>& x, Index n) {
-  T lanes[kPacketSize<T>];
-  ei::pstoreu(lanes, x);
-  for (Index i = 0; i < n; ++i) p[i] = lanes[i];
-}
+/// @brief The baseline path: the kernel texts (kernels/*.ipp) compiled on the packets above.
+/// (A namespace of its own, as the other paths' attn::detail::avx2 ..., so that argument-
+/// dependent lookup from attn::detail's types never finds two paths' functions.)
+namespace baseline {
+#include "attn/ops/detail/kernels/packets.ipp"
+}  // namespace baseline
+using namespace baseline;
 
 }  // namespace detail
 }  // namespace attn

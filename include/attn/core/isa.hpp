@@ -1,0 +1,155 @@
+#pragma once
+/// @file
+/// @brief Which instruction set attn's kernels run: chosen at run time from the CPU.
+///
+/// A program compiled without -march (CMake's Release flags: SSE2 on x86-64) still runs
+/// attn's float kernels on AVX2 or AVX-512 when the CPU has them: the kernels are compiled
+/// once more for each of those instruction sets inside target regions (GCC and Clang on
+/// x86-64), and the first call picks the widest one the CPU and the operating system
+/// support. A program compiled for AVX-512 (-march=native on such a CPU) needs no other
+/// path and has only its own (`baseline`).
+///
+/// Forcing a path: the environment variable ATTN_KERNEL_ISA (baseline, avx2 or avx512),
+/// read once at the first kernel call, or attn::set_kernel_isa. Results are
+/// deterministic for one path and thread count-independent on every path; different
+/// paths round differently (packet widths, fused multiply-adds).
+///
+/// Today the GEMM of the projections (attn::linear, the modules' PackedLinear) dispatches;
+/// the attention kernels and float64 run on the baseline path.
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "attn/core/error.hpp"
+
+/// Whether this build compiles the kernels again for wider instruction sets than its own
+/// (GCC or Clang on x86-64; -DATTN_NO_DISPATCH turns it off).
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(ATTN_NO_DISPATCH)
+#define ATTN_DISPATCH 1
+#else
+#define ATTN_DISPATCH 0
+#endif
+/// The build's own instruction set reaches AVX-512 (F, DQ, BW, VL).
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define ATTN_BUILD_AVX512 1
+#else
+#define ATTN_BUILD_AVX512 0
+#endif
+/// The build's own instruction set reaches AVX2 with FMA.
+#if defined(__AVX2__) && defined(__FMA__)
+#define ATTN_BUILD_AVX2 1
+#else
+#define ATTN_BUILD_AVX2 0
+#endif
+/// The kernels are compiled once more for AVX-512 (in a target region).
+#define ATTN_STAMP_AVX512 (ATTN_DISPATCH && !ATTN_BUILD_AVX512)
+/// The kernels are compiled once more for AVX2 (in a target region).
+#define ATTN_STAMP_AVX2 (ATTN_DISPATCH && !ATTN_BUILD_AVX2 && !ATTN_BUILD_AVX512)
+
+namespace attn {
+
+/// @brief A path of attn's kernels.
+enum class KernelIsa {
+  baseline,  ///< the instruction set the program is compiled for (Eigen's packets for its flags)
+  avx2,      ///< AVX2 with FMA: 256-bit packets, 16 registers (compiled in when the build lacks AVX2)
+  avx512,    ///< AVX-512 F/DQ/BW/VL: 512-bit packets, 32 registers (compiled in when the build lacks it)
+};
+
+/// The name of a path, as ATTN_KERNEL_ISA spells it.
+inline const char* to_string(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::avx2: return "avx2";
+    case KernelIsa::avx512: return "avx512";
+    default: return "baseline";
+  }
+}
+
+namespace detail {
+
+/// Whether the CPU and the operating system run this path (the compiler's CPU check also
+/// checks that the OS saves the vector registers).
+inline bool cpu_runs(KernelIsa isa) {
+#if ATTN_DISPATCH
+  switch (isa) {
+    case KernelIsa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case KernelIsa::avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    default: return true;
+  }
+#else
+  return isa == KernelIsa::baseline;
+#endif
+}
+
+/// Whether this build has the path compiled in.
+constexpr bool compiled_in(KernelIsa isa) {
+  return isa == KernelIsa::baseline || (isa == KernelIsa::avx2 && ATTN_STAMP_AVX2) ||
+         (isa == KernelIsa::avx512 && ATTN_STAMP_AVX512);
+}
+
+/// The paths this program can run, baseline first.
+inline std::vector<KernelIsa> runnable_isas() {
+  std::vector<KernelIsa> out;
+  for (KernelIsa isa : {KernelIsa::baseline, KernelIsa::avx2, KernelIsa::avx512})
+    if (compiled_in(isa) && cpu_runs(isa)) out.push_back(isa);
+  return out;
+}
+
+/// The path named `name`, which must be runnable (`what` names the source in errors).
+inline KernelIsa runnable_isa(const std::string& name, const char* what) {
+  std::string runnable;
+  for (KernelIsa isa : runnable_isas()) {
+    if (name == to_string(isa)) return isa;
+    runnable += std::string(runnable.empty() ? "" : ", ") + to_string(isa);
+  }
+  throw std::invalid_argument(std::string(what) + ": '" + name + "' is not a kernel path this program can run here (" +
+                              runnable + "; avx2 and avx512 exist only in builds without them in -march)");
+}
+
+/// -1 until the first kernel call; then the chosen path.
+inline std::atomic<int>& isa_setting() {
+  static std::atomic<int> isa{-1};
+  return isa;
+}
+
+}  // namespace detail
+
+/// @brief The paths this program can run on this CPU (baseline always), in increasing width.
+inline std::vector<KernelIsa> available_kernel_isas() { return detail::runnable_isas(); }
+
+/// @brief Forces attn's kernels onto a path (process-wide; weights packed before keep the
+/// path they were packed for).
+/// @throws std::invalid_argument if this program or CPU cannot run it
+inline void set_kernel_isa(KernelIsa isa) {
+  detail::runnable_isa(to_string(isa), "attn::set_kernel_isa");
+  detail::isa_setting().store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+/// @brief The path attn's kernels run: set_kernel_isa's, else ATTN_KERNEL_ISA's, else the
+/// widest one available.
+/// @throws std::invalid_argument if ATTN_KERNEL_ISA names a path this program cannot run
+inline KernelIsa kernel_isa() {
+  int isa = detail::isa_setting().load(std::memory_order_relaxed);
+  if (isa < 0) {
+    const char* env = std::getenv("ATTN_KERNEL_ISA");
+    isa = static_cast<int>(env && *env ? detail::runnable_isa(env, "ATTN_KERNEL_ISA")
+                                       : detail::runnable_isas().back());
+    detail::isa_setting().store(isa, std::memory_order_relaxed);
+  }
+  return static_cast<KernelIsa>(isa);
+}
+
+namespace detail {
+/// The path of T's kernels: kernel_isa() for float; float64 runs on the baseline path.
+template <class T>
+KernelIsa kernel_isa_for() {
+  return std::is_same<T, float>::value ? kernel_isa() : KernelIsa::baseline;
+}
+}  // namespace detail
+
+}  // namespace attn

@@ -1,0 +1,143 @@
+#pragma once
+/// @file
+/// @brief The kernel paths and the run-time choice between them (attn/core/isa.hpp): the
+/// kernel texts in kernels/*.ipp compile once in attn::detail on Eigen's packets for the
+/// build's own instruction set (the baseline path), and once more in attn::detail::avx2 and
+/// attn::detail::avx512, inside target regions, on those paths' packet sets (simd.hpp),
+/// where the build lacks them. with_kernels hands a caller the entry points (Kernels) of a
+/// path. The projections' GEMM dispatches; a weight is packed for the path chosen when it
+/// is packed and always runs on it. Not public API.
+
+#include <algorithm>
+#include <type_traits>
+
+#include "attn/core/isa.hpp"
+#include "attn/core/tensor.hpp"
+#include "attn/ops/detail/gemm.hpp"
+#include "attn/ops/detail/packets.hpp"
+#include "attn/ops/detail/register_tile.hpp"
+#include "attn/ops/detail/simd.hpp"
+
+ATTN_PACKET_CODE_BEGIN
+
+namespace attn {
+namespace detail {
+namespace baseline {
+#include "attn/ops/detail/kernels/entry_points.ipp"
+}  // namespace baseline
+}  // namespace detail
+}  // namespace attn
+
+#if ATTN_STAMP_AVX2
+#define ATTN_PASS avx2
+#define ATTN_PASS_REGISTERS 16
+ATTN_TARGET_BEGIN(ATTN_FEATURES_AVX2)
+#include "attn/ops/detail/kernels/pass.ipp"
+ATTN_TARGET_END
+#undef ATTN_PASS
+#undef ATTN_PASS_REGISTERS
+#endif
+
+#if ATTN_STAMP_AVX512
+#define ATTN_PASS avx512
+#define ATTN_PASS_REGISTERS 32
+ATTN_TARGET_BEGIN(ATTN_FEATURES_AVX512)
+#include "attn/ops/detail/kernels/pass.ipp"
+ATTN_TARGET_END
+#undef ATTN_PASS
+#undef ATTN_PASS_REGISTERS
+#endif
+
+namespace attn {
+namespace detail {
+
+/// @brief f(kernels) with the entry points (Kernels) of path isa for T's kernels, or of the
+/// baseline path where this build has no such path or T is not float (the wider paths'
+/// packet sets are float's).
+template <class T, class F>
+decltype(auto) with_kernels(KernelIsa isa, F&& f) {
+  if constexpr (std::is_same<T, float>::value) {
+#if ATTN_STAMP_AVX512
+    if (isa == KernelIsa::avx512) return f(avx512::Kernels{});
+#endif
+#if ATTN_STAMP_AVX2
+    if (isa == KernelIsa::avx2) return f(avx2::Kernels{});
+#endif
+  }
+  (void)isa;
+  return f(baseline::Kernels{});
+}
+
+/// @brief A weight W (n, k) in PyTorch's Linear layout (out_features, in_features), and
+/// its bias, packed for gemm() on the path of T's kernels when it is packed: for each
+/// k-block of kKC, for each panel of kNR output features, the block's rows of W^T, kNR
+/// values each (features past n are zero; kKC and kNR are the path's GemmBlocking).
+template <class T>
+class PackedWeight {
+ public:
+  PackedWeight() = default;
+  /// Packs w (n rows of k values, rows `ld` apart) and bias (n values, or null).
+  PackedWeight(const T* w, Index n, Index k, Index ld, const T* bias = nullptr) { pack(w, n, k, ld, bias); }
+
+  /// (Re)packs w (n rows of k values, rows `ld` apart) and bias (n values, or null).
+  void pack(const T* w, Index n, Index k, Index ld, const T* bias = nullptr) {
+    isa_ = kernel_isa_for<T>();
+    with_kernels<T>(isa_, [&](auto kernels) {
+      using B = typename decltype(kernels)::template Gemm<T>;
+      nr_ = B::kNR, kc_ = B::kKC;
+    });
+    n_ = n, k_ = k, panels_ = (n + nr_ - 1) / nr_;
+    data_.resize(panels_ * nr_ * k);
+    for (Index k0 = 0; k0 < k; k0 += kc_) {
+      const Index kc = std::min(kc_, k - k0);
+      for (Index p = 0; p < panels_; ++p) {
+        T* dst = data_.data() + k0 * panels_ * nr_ + p * kc * nr_;
+        for (Index c = 0; c < nr_; ++c) {
+          const Index col = p * nr_ + c;
+          for (Index kk = 0; kk < kc; ++kk) dst[kk * nr_ + c] = col < n ? w[col * ld + k0 + kk] : T(0);
+        }
+      }
+    }
+    bias_.setZero(bias ? panels_ * nr_ : 0);
+    if (bias) std::copy(bias, bias + n, bias_.data());
+  }
+
+  KernelIsa isa() const { return isa_; }  ///< the path it is packed for
+  Index rows() const { return n_; }       ///< n: output features
+  Index cols() const { return k_; }       ///< k: input features
+  Index panels() const { return panels_; }
+  /// Panel p of the k-block starting at k0 (kc x kNR values, row-major).
+  const T* panel(Index k0, Index p) const {
+    return data_.data() + k0 * panels_ * nr_ + p * std::min(kc_, k_ - k0) * nr_;
+  }
+  /// The bias of panel p's features (kNR values), or null without bias.
+  const T* bias(Index p) const { return bias_.size() ? bias_.data() + p * nr_ : nullptr; }
+
+ private:
+  Vector<T> data_, bias_;
+  KernelIsa isa_ = KernelIsa::baseline;
+  Index n_ = 0, k_ = 0, panels_ = 0, nr_ = 1, kc_ = 1;
+};
+
+/// @brief For every output o: rows [0, m) of x (m, k) W^T + bias, features [o.first,
+/// o.first + o.count), written where o says (outputs must not share features); x rows ldx
+/// apart; on the path w is packed for (kernels/gemm.ipp: gemm_run).
+template <class T>
+void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, const GemmOutput<T>* outputs, Index n_outputs) {
+  with_kernels<T>(w.isa(), [&](auto kernels) { decltype(kernels)::gemm(x, m, ldx, w, outputs, n_outputs); });
+}
+
+/// gemm into one plain output: c (m, count) = x W[first : first + count]^T + bias[...] (all
+/// features by default), c rows ldc apart.
+template <class T>
+void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, T* c, Index ldc, Index first = 0,
+          Index count = -1) {
+  const Index n = count < 0 ? w.rows() - first : count;
+  const GemmOutput<T> out{first, HeadsView<T>::bnhd(c, 1, m, 1, n, ldc)};
+  gemm(x, m, ldx, w, &out, 1);
+}
+
+}  // namespace detail
+}  // namespace attn
+
+ATTN_PACKET_CODE_END
