@@ -14,8 +14,13 @@
 /// deterministic for one path and thread count-independent on every path; different
 /// paths round differently (packet widths, fused multiply-adds).
 ///
-/// Today the GEMM of the projections (attn::linear, the modules' PackedLinear) dispatches;
-/// the attention kernels and float64 run on the baseline path.
+/// The float kernels dispatch: the projections' GEMM (attn::linear, the modules'
+/// PackedLinear), the attention kernels (scaled_dot_product_attention's tiled kernel and
+/// decode tile, talking_heads_attention) and softmax. float64 runs on the baseline path, as
+/// does the element-wise work between kernels (layer norm, activations, rotary embedding,
+/// the logits' softcap and masks). The wider paths pin register-tile rows as the Zen
+/// kernels do (ops/detail/packets.hpp: kPinRowPackets); a -march=native build on Sapphire
+/// Rapids uses its own policy.
 
 #include <atomic>
 #include <cstdlib>

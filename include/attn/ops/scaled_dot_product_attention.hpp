@@ -10,7 +10,7 @@
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
 #include "attn/ops/detail/sdpa_reference.hpp"
-#include "attn/ops/detail/sdpa_tiled.hpp"
+#include "attn/ops/detail/kernels.hpp"
 
 namespace attn {
 

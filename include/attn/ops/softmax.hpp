@@ -7,7 +7,7 @@
 #include <Eigen/Core>
 
 #include "attn/core/tensor.hpp"
-#include "attn/ops/detail/online_softmax.hpp"
+#include "attn/ops/detail/kernels.hpp"
 
 namespace attn {
 
@@ -33,12 +33,12 @@ void softmax_rows_inplace(M&& m) {
     auto row = m.row(i);
     if constexpr (kDirect) {
       if (row.innerStride() == 1) {
-        detail::softmax_row_inplace(row.data(), row.cols());
+        detail::softmax_rows(row.data(), 1, row.cols(), 0);
         continue;
       }
     }
     buffer = row.transpose();
-    detail::softmax_row_inplace(buffer.data(), buffer.size());
+    detail::softmax_rows(buffer.data(), 1, buffer.size(), 0);
     row = buffer.transpose();
   }
 }

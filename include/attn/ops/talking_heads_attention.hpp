@@ -9,7 +9,7 @@
 #include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
-#include "attn/ops/detail/talking_heads_kernel.hpp"
+#include "attn/ops/detail/kernels.hpp"
 
 namespace attn {
 

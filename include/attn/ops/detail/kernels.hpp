@@ -5,18 +5,29 @@
 /// build's own instruction set (the baseline path), and once more in attn::detail::avx2 and
 /// attn::detail::avx512, inside target regions, on those paths' packet sets (simd.hpp),
 /// where the build lacks them. with_kernels hands a caller the entry points (Kernels) of a
-/// path. The projections' GEMM dispatches; a weight is packed for the path chosen when it
-/// is packed and always runs on it. Not public API.
+/// path. Every float kernel dispatches here: the projections' GEMM (a weight is packed for
+/// the path chosen when it is packed and always runs on it), the tiled attention kernel and
+/// decode tile (sdpa_tiled), the talking-heads kernel (talking_heads) and the softmax rows
+/// (softmax_rows). Not public API.
 
 #include <algorithm>
 #include <type_traits>
 
 #include "attn/core/isa.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/ops/detail/checks.hpp"
+#include "attn/ops/detail/exp.hpp"
 #include "attn/ops/detail/gemm.hpp"
+#include "attn/ops/detail/online_softmax.hpp"
 #include "attn/ops/detail/packets.hpp"
 #include "attn/ops/detail/register_tile.hpp"
+#include "attn/ops/detail/sdpa_rows.hpp"
+#include "attn/ops/detail/sdpa_tiled.hpp"
 #include "attn/ops/detail/simd.hpp"
+#include "attn/ops/detail/talking_heads_kernel.hpp"
+#include "attn/ops/detail/talking_heads_tiles.hpp"
+#include "attn/ops/detail/tile.hpp"
+#include "attn/ops/detail/work.hpp"
 
 ATTN_PACKET_CODE_BEGIN
 
@@ -135,6 +146,26 @@ void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, T* c, Index 
   const Index n = count < 0 ? w.rows() - first : count;
   const GemmOutput<T> out{first, HeadsView<T>::bnhd(c, 1, m, 1, n, ldc)};
   gemm(x, m, ldx, w, &out, 1);
+}
+
+/// @brief The tiled attention kernel (kernels/sdpa_tiled.ipp: SdpaTiles, and SdpaRows for a
+/// few queries) on the path of T's kernels.
+template <class T>
+void sdpa_tiled(const AttentionCall<T>& call) {
+  with_kernels<T>(kernel_isa_for<T>(), [&](auto kernels) { decltype(kernels)::sdpa_tiled(call); });
+}
+
+/// @brief The talking-heads kernel (kernels/talking_heads.ipp) on the path of T's kernels.
+template <class T>
+void talking_heads(const TalkingHeadsCall<T>& c, TalkingHeadsScheme scheme) {
+  with_kernels<T>(kernel_isa_for<T>(), [&](auto kernels) { decltype(kernels)::talking_heads(c, scheme); });
+}
+
+/// @brief Softmax of `rows` rows of n contiguous values (rows `stride` apart) in place, on the
+/// path of T's kernels (online_softmax's softmax_row_inplace).
+template <class T>
+void softmax_rows(T* x, Index rows, Index n, Index stride) {
+  with_kernels<T>(kernel_isa_for<T>(), [&](auto kernels) { decltype(kernels)::softmax_rows(x, rows, n, stride); });
 }
 
 }  // namespace detail

@@ -11,7 +11,7 @@
 
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
-#include "attn/ops/detail/online_softmax.hpp"
+#include "attn/ops/detail/kernels.hpp"
 #include "attn/ops/detail/tile.hpp"
 #include "attn/ops/detail/work.hpp"
 
@@ -46,7 +46,7 @@ void sdpa_reference(const AttentionCall<T>& call, T* weights) {
                       Block s(s_data, tile.rows, d.len_k);
                       s.noalias() = Block(buffer, tile.rows, dim) * call.k.head(u.b, call.kv_head(u.h)).transpose();
                       if (call.adjusts(tile)) call.adjust_logits(tile, s_data, d.len_k, 1);
-                      for (Index r = 0; r < tile.rows; ++r) softmax_row_inplace(s_data + r * d.len_k, d.len_k);
+                      softmax_rows(s_data, tile.rows, d.len_k, d.len_k);
                       if (call.dropout_p > T(0)) dropout_tile(tile, call.dropout_p, call.dropout_key, s.data(), d.len_k, 1);
                       call.out.head(u.b, u.h).middleRows(u.i0, tile.rows).noalias() = s * call.v.head(u.b, call.kv_head(u.h));
                     });

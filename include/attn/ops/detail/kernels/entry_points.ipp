@@ -13,4 +13,28 @@ struct Kernels {
                    Index n_outputs) {
     gemm_run(x, m, ldx, w, outputs, n_outputs);
   }
+
+  /// The tiled attention kernel (kernels/sdpa_tiled.ipp) on this pass.
+  template <class T>
+  static void sdpa_tiled(const AttentionCall<T>& call) {
+    run_sdpa_tiled(call);
+  }
+
+  /// The talking-heads kernel (kernels/talking_heads.ipp) on this pass.
+  template <class T>
+  static void talking_heads(const TalkingHeadsCall<T>& c, TalkingHeadsScheme scheme) {
+    run_talking_heads(c, scheme);
+  }
+
+  /// softmax_row_inplace on `rows` rows of n contiguous values, rows `stride` apart.
+  template <class T>
+  static void softmax_rows(T* x, Index rows, Index n, Index stride) {
+    for (Index r = 0; r < rows; ++r) softmax_row_inplace(x + r * stride, n);
+  }
+
+  /// exp_shifted_inplace on this pass (the exp's accuracy tests call it on every path).
+  template <class T>
+  static T exp_shifted(T* x, Index n, T shift) {
+    return exp_shifted_inplace(x, n, shift);
+  }
 };

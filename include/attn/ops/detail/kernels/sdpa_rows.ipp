@@ -1,0 +1,164 @@
+// The decode tile of one kernel pass (no include guard: sdpa_rows.hpp includes it for the
+// baseline path, kernels/pass.ipp once per wider path; see kernels/packets.ipp).
+
+/// @brief The online softmax (online_softmax.hpp, in its row form) for tiles of at most
+/// kMaxRows queries, with the tile's scores query-major.
+///
+/// SdpaTiles vectorises across the queries of a block: with one query (a decode step) 15 of
+/// 16 float lanes would be idle and every score would cost head_dim multiply-adds. Here each
+/// score is a dot product over the head dimension and p v adds p_j v_j across it, so a few
+/// queries stream k and v at the rate memory gives them. The logit rules and dropout are the
+/// ones SdpaTiles uses, with the scores' strides swapped.
+///
+/// Every row of the tile is computed by the same packet operations whatever the number of
+/// rows: the head dimension's tail is a zero-padded packet (q and the accumulator are padded
+/// in the scratch, k's and v's tails loaded with load_partial), never scalar code, so a query
+/// head gives the same bits alone or grouped with others.
+template <class T>
+struct SdpaRows {
+  using P = Packet<T>;
+  static constexpr int kP = kPacketSize<T>;
+  static constexpr Index kMaxRows = 4;  ///< queries per tile at most
+  static constexpr Index kKeys = 128;   ///< keys per score tile
+  static constexpr Index kAhead = 16;   ///< rows of k and v prefetched ahead of their use
+
+  /// A head dimension rounded up to whole packets.
+  static Index padded(Index dim) { return (dim + kP - 1) / kP * kP; }
+
+  /// One tile's buffers, query-major: q (rows, D) scaled, the scores (rows, kKeys), the
+  /// accumulator (rows, Dv), and each query's running max and sum; q and the accumulator
+  /// rows padded to whole packets.
+  struct Scratch {
+    T *q, *s, *acc, *row_max, *row_sum;
+    Index dim, dim_v;  ///< padded row lengths of q and acc
+    static Index size(Index dim, Index dim_v) { return kMaxRows * (padded(dim) + kKeys + padded(dim_v) + 2); }
+    Scratch(T* base, Index d, Index dv)
+        : q(base), s(q + kMaxRows * padded(d)), acc(s + kMaxRows * kKeys), row_max(acc + kMaxRows * padded(dv)),
+          row_sum(row_max + kMaxRows), dim(padded(d)), dim_v(padded(dv)) {}
+  };
+
+  /// @brief How many heads one tile takes: query heads that read the same key/value head
+  /// (grouped-query attention) share the tile, so each key and value is loaded once for all
+  /// of them; at most kMaxRows rows (heads x queries), a divisor of the group size.
+  static Index heads_per_tile(const AttentionCall<T>& call) {
+    const Index group = call.q.heads / call.k.heads, fit = std::max<Index>(1, kMaxRows / call.q.length);
+    Index n = std::min(group, fit);
+    while (group % n != 0) --n;
+    return n;
+  }
+
+  /// @brief All queries of `heads` consecutive heads from tile.h (sharing one key/value
+  /// head: k[j][d] at k[j * ks + d], v[j][c] at v[j * vs + c]) over every key they may see.
+  /// Row r of the tile is query r % L of head tile.h + r / L.
+  static void block(const AttentionCall<T>& call, const Tile& tile, Index heads, const T* k, Index ks, const T* v,
+                    Index vs, const Scratch& w) {
+    static_assert(kMaxRows == 4, "block() dispatches on 1 to 4 rows");
+    switch (heads * tile.rows) {
+      case 1: return block_rows<1>(call, tile, heads, k, ks, v, vs, w);
+      case 2: return block_rows<2>(call, tile, heads, k, ks, v, vs, w);
+      case 3: return block_rows<3>(call, tile, heads, k, ks, v, vs, w);
+      default: return block_rows<4>(call, tile, heads, k, ks, v, vs, w);
+    }
+  }
+
+ private:
+  template <int R>
+  static EIGEN_DONT_INLINE void block_rows(const AttentionCall<T>& call, const Tile& tile, Index heads, const T* k,
+                                           Index ks, const T* v, Index vs, const Scratch& w) {
+    const Index dim_v = call.v.head_dim, key_end = tile.key_end(call.masks.causal);
+    const Index key_begin = tile.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys;
+    const Index per_head = tile.rows * kKeys;  // scores of one head's queries
+    for (Index e = 0; e < heads; ++e)
+      load_scaled_queries(call.q, tile.b, tile.h + e, tile.i0, tile.rows, tile.rows, call.scale,
+                          w.q + e * tile.rows * w.dim, w.dim, 1);
+    for (Index r = 0; r < R; ++r) std::fill(w.q + r * w.dim + call.q.head_dim, w.q + (r + 1) * w.dim, T(0));
+    std::fill(w.acc, w.acc + R * w.dim_v, T(0));
+    std::fill(w.row_max, w.row_max + R, -std::numeric_limits<T>::infinity());
+    std::fill(w.row_sum, w.row_sum + R, T(0));
+    for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
+      const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
+      scores<R>(t.cols, k + j0 * ks, ks, call.q.head_dim, w);
+      if (call.adjusts(t))
+        for (Index e = 0; e < heads; ++e) call.adjust_logits(t.head(t.h + e), w.s + e * per_head, kKeys, 1);
+      for (Index r = 0; r < R; ++r) {
+        const T alpha = row_online_step(w.s + r * kKeys, t.cols, w.row_max[r], w.row_sum[r]);
+        if (alpha != T(1))
+          for (Index c = 0; c < w.dim_v; c += kP)
+            ei::pstoreu(w.acc + r * w.dim_v + c, ei::pmul(ei::ploadu<P>(w.acc + r * w.dim_v + c), ei::pset1<P>(alpha)));
+      }
+      if (call.dropout_p > T(0))
+        for (Index e = 0; e < heads; ++e)
+          dropout_tile(t.head(t.h + e), call.dropout_p, call.dropout_key, w.s + e * per_head, kKeys, 1);
+      accumulate<R>(t.cols, v + j0 * vs, vs, dim_v, w);
+    }
+    for (Index r = 0; r < heads * tile.rows; ++r)
+      finalise_row(w.acc + r * w.dim_v, dim_v, w.row_max[r], w.row_sum[r],
+                   call.out.row(tile.b, tile.h + r / tile.rows, tile.i0 + r % tile.rows));
+  }
+
+  /// s[r][j] = q_r . k_j for `cols` keys, four at a time (4 R independent sums), each key
+  /// row loaded once for all R queries.
+  template <int R>
+  static EIGEN_DONT_INLINE void scores(Index cols, const T* k, Index ks, Index dim, const Scratch& w) {
+    Index j = 0;
+    for (; j + 4 <= cols; j += 4) dots<R, 4>(k + j * ks, ks, dim, w, j);
+    for (; j < cols; ++j) dots<R, 1>(k + j * ks, ks, dim, w, j);
+  }
+
+  /// s[r][j + x] = q_r . k_x for the N keys k_x at k + x * ks: packets of multiply-adds along
+  /// the head dimension (its tail a zero-padded packet), then the lanes summed in order.
+  template <int R, int N>
+  static EIGEN_ALWAYS_INLINE void dots(const T* k, Index ks, Index dim, const Scratch& w, Index j) {
+    P acc[R][N];
+    for (int r = 0; r < R; ++r)
+      for (int x = 0; x < N; ++x) acc[r][x] = ei::pset1<P>(T(0));
+    const auto step = [&](Index d, const P* kd) {
+      for (int x = 0; x < N; ++x)
+        for (int r = 0; r < R; ++r) acc[r][x] = ei::pmadd(ei::ploadu<P>(w.q + r * w.dim + d), kd[x], acc[r][x]);
+    };
+    Index d = 0;
+    P kd[N];
+    for (; d + kP <= dim; d += kP) {
+      for (int x = 0; x < N; ++x) {
+        prefetch(k + (x + kAhead) * ks + d);
+        kd[x] = ei::ploadu<P>(k + x * ks + d);
+      }
+      step(d, kd);
+    }
+    if (d < dim) {
+      for (int x = 0; x < N; ++x) kd[x] = load_partial(k + x * ks + d, dim - d);
+      step(d, kd);
+    }
+    for (int r = 0; r < R; ++r)
+      for (int x = 0; x < N; ++x) w.s[r * kKeys + j + x] = sum_lanes(acc[r][x]);
+  }
+
+  /// acc[r] += sum_j p[r][j] v_j over `cols` keys: the accumulator kept in registers for C
+  /// packets of columns at a time, each v packet loaded once for all R queries; the last
+  /// columns are one zero-padded packet.
+  template <int R>
+  static EIGEN_DONT_INLINE void accumulate(Index cols, const T* v, Index vs, Index dim_v, const Scratch& w) {
+    Index c = 0;
+    for (; c + 4 * kP <= dim_v; c += 4 * kP) accumulate_columns<R, 4, false>(cols, v + c, vs, 0, c, w);
+    for (; c + kP <= dim_v; c += kP) accumulate_columns<R, 1, false>(cols, v + c, vs, 0, c, w);
+    if (c < dim_v) accumulate_columns<R, 1, true>(cols, v + c, vs, dim_v - c, c, w);
+  }
+
+  /// accumulate() for C packets of columns from column c0 (Partial: one packet of `width` < kP).
+  template <int R, int C, bool Partial>
+  static EIGEN_ALWAYS_INLINE void accumulate_columns(Index cols, const T* v, Index vs, Index width, Index c0,
+                                                     const Scratch& w) {
+    T* acc = w.acc + c0;
+    P a[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int x = 0; x < C; ++x) a[r][x] = ei::ploadu<P>(acc + r * w.dim_v + x * kP);
+    for (Index j = 0; j < cols; ++j)
+      for (int x = 0; x < C; ++x) {
+        prefetch(v + (j + kAhead) * vs + x * kP);
+        const P vp = Partial ? load_partial(v + j * vs, width) : ei::ploadu<P>(v + j * vs + x * kP);
+        for (int r = 0; r < R; ++r) a[r][x] = ei::pmadd(ei::pset1<P>(w.s[r * kKeys + j]), vp, a[r][x]);
+      }
+    for (int r = 0; r < R; ++r)
+      for (int x = 0; x < C; ++x) ei::pstoreu(acc + r * w.dim_v + x * kP, a[r][x]);
+  }
+};
