@@ -1,6 +1,8 @@
 // safetensors reading and writing (the fixture format; issue-level hardening lives here too).
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <fstream>
 
@@ -100,6 +102,55 @@ TEST(Safetensors, EveryFloatDtypeMatchesPyTorchBothWays) {
   EXPECT_TRUE(AllClose(r.get<float>("f16_from_double"), f16, 0.0));  // exact halves stay exact
   EXPECT_EQ(r.info("f64").dtype, attn::io::DType::kF64);
   ExpectInvalid([&] { w.add("x", source, attn::io::DType::kI32); }, {"'x' is floating-point", "I32"});
+  std::remove(path.c_str());
+}
+
+/// The bits of every element of t (16-bit element types).
+template <class T>
+std::vector<std::uint16_t> bits_of(const Tensor<T>& t) {
+  std::vector<std::uint16_t> out(static_cast<std::size_t>(t.numel()));
+  static_assert(sizeof(T) == 2, "16-bit element types");
+  std::memcpy(out.data(), t.data(), out.size() * 2);
+  return out;
+}
+
+// attn::bfloat16 and attn::half as tensor element types, against PyTorch (fixture dtypes_f32):
+// a BF16 or F16 tensor loads into them in 2 bytes an element with its bits kept (its .float()
+// values are PyTorch's), F32 and F64 load into them rounded as torch's .bfloat16() / .half(),
+// and they save as BF16 / F16 bit for bit (the bytes PyTorch wrote) or widen exactly to F32.
+TEST(Safetensors, Bfloat16AndHalfTensorsLoadAndSaveWithoutWidening) {
+  using attn::bfloat16;
+  using attn::half;
+  const attn::io::SafetensorsFile ref(std::string(ATTN_REFERENCE_DIR) + "/dtypes_f32.safetensors");
+  const Tensor<float> bf16_values = ref.get<float>("output.bf16_as_f32"), f16_values = ref.get<float>("output.f16_as_f32");
+  const Tensor<bfloat16> b = ref.get<bfloat16>("output.bf16");
+  const Tensor<half> h = ref.get<half>("output.f16");
+  static_assert(sizeof(bfloat16) == 2 && sizeof(half) == 2, "two bytes an element");
+  ASSERT_EQ(b.shape(), bf16_values.shape());
+  for (Index i = 0; i < b.numel(); ++i) {
+    EXPECT_EQ(static_cast<float>(b[i]), bf16_values[i]) << "element " << i;
+    EXPECT_EQ(static_cast<float>(h[i]), f16_values[i]) << "element " << i;
+  }
+  const Tensor<bfloat16> b_from_f32 = ref.get<bfloat16>("input.source");
+  const Tensor<half> h_from_f64 = ref.get<half>("output.f64");
+  EXPECT_EQ(bits_of(b_from_f32), bits_of(b));  // rounded as torch's .bfloat16()
+  EXPECT_EQ(bits_of(h_from_f64), bits_of(h));  // as torch's .half() (through float)
+
+  const std::string path = temp_path("bfloat16_half");
+  attn::io::SafetensorsWriter w;
+  w.add("b", b);
+  w.add("h", h);
+  w.add("b_as_f32", b, attn::io::DType::kF32);
+  w.write(path);
+  const attn::io::SafetensorsFile r(path);
+  EXPECT_EQ(r.info("b").dtype, attn::io::DType::kBF16);
+  EXPECT_EQ(r.info("h").dtype, attn::io::DType::kF16);
+  EXPECT_EQ(bits_of(r.get<bfloat16>("b")), bits_of(b));
+  EXPECT_EQ(bits_of(r.get<half>("h")), bits_of(h));
+  EXPECT_TRUE(AllClose(r.get<float>("b_as_f32"), bf16_values, 0.0));
+  const attn::StateDict<bfloat16> dict = r.state_dict<bfloat16>();
+  EXPECT_EQ(dict.size(), 3u);
+  EXPECT_EQ(bits_of(dict.at("h")), bits_of(ref.get<bfloat16>("output.f16")));  // F16 -> bfloat16 via float
   std::remove(path.c_str());
 }
 

@@ -19,6 +19,14 @@
 
 namespace attn {
 
+/// @brief bfloat16 (the top 16 bits of a float32; torch.bfloat16), a tensor element type
+/// for weights and activations stored in 16 bits (Eigen's type: arithmetic goes through
+/// float). safetensors BF16 tensors load into it and save from it bit for bit.
+using bfloat16 = Eigen::bfloat16;
+/// @brief IEEE 754 half precision (torch.float16), Eigen's type; safetensors F16 tensors
+/// load into it and save from it bit for bit.
+using half = Eigen::half;
+
 /// Dynamic row-major matrix (PyTorch's memory order).
 template <class T>
 using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

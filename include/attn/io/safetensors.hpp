@@ -157,6 +157,54 @@ inline float bf16_to_float(std::uint16_t h) {
   return f;
 }
 
+/// Whether T is a floating-point element type a tensor can be read as and written from:
+/// float, double, attn::bfloat16 or attn::half.
+template <class T>
+constexpr bool is_floating_element() {
+  return std::is_floating_point<T>::value || std::is_same<T, bfloat16>::value || std::is_same<T, half>::value;
+}
+
+/// @brief The floating-point element of dtype t at p as T. Exact where T holds every value of
+/// t (BF16 and F16 into their own types bit for bit, anything into float64, 16-bit types into
+/// float); else rounded to nearest even as PyTorch's .to() rounds (F64 into a 16-bit type
+/// through float first, as torch does).
+template <class T>
+T read_floating(DType t, const unsigned char* p) {
+  if constexpr (std::is_same<T, bfloat16>::value) {
+    if (t == DType::kBF16) return Eigen::numext::bit_cast<bfloat16>(load_le<std::uint16_t>(p));
+    return Eigen::numext::bit_cast<bfloat16>(float_to_bf16(read_floating<float>(t, p)));
+  } else if constexpr (std::is_same<T, half>::value) {
+    if (t == DType::kF16) return Eigen::numext::bit_cast<half>(load_le<std::uint16_t>(p));
+    return Eigen::numext::bit_cast<half>(float_to_half(read_floating<float>(t, p)));
+  } else {
+    switch (t) {
+      case DType::kF32: return static_cast<T>(load_le<float>(p));
+      case DType::kF64: return static_cast<T>(load_le<double>(p));
+      case DType::kF16: return static_cast<T>(half_to_float(load_le<std::uint16_t>(p)));
+      default: return static_cast<T>(bf16_to_float(load_le<std::uint16_t>(p)));  // kBF16 (callers check)
+    }
+  }
+}
+
+/// The dtype a tensor of T is written as by default: its own (F32, F64, BF16, F16).
+template <class T>
+constexpr DType dtype_of() {
+  if constexpr (std::is_same<T, float>::value) return DType::kF32;
+  else if constexpr (std::is_same<T, double>::value) return DType::kF64;
+  else if constexpr (std::is_same<T, bfloat16>::value) return DType::kBF16;
+  else return DType::kF16;
+}
+
+/// x as a 16-bit dtype `as` (F16 or BF16): its own bits when it is of that type, else rounded
+/// from float to nearest even (as PyTorch's .half() / .bfloat16(); a double through float).
+template <class T>
+std::uint16_t encode16(const T& x, DType as) {
+  if constexpr (std::is_same<T, half>::value || std::is_same<T, bfloat16>::value)
+    if (as == dtype_of<T>()) return Eigen::numext::bit_cast<std::uint16_t>(x);
+  const float f = static_cast<float>(x);
+  return as == DType::kF16 ? float_to_half(f) : float_to_bf16(f);
+}
+
 /// The bytes of a file: memory-mapped read-only where POSIX mmap exists, else read once.
 class FileBytes {
  public:
@@ -259,24 +307,19 @@ class SafetensorsFile {
     return it->second;
   }
 
-  /// @brief A floating-point tensor (F32, F64, F16, BF16) converted to T.
+  /// @brief A floating-point tensor (F32, F64, F16, BF16) as T: float, double, or, without
+  /// widening, attn::bfloat16 or attn::half (a BF16 tensor read as bfloat16, or F16 as half,
+  /// keeps its bits; other conversions round to nearest even, as PyTorch's .to()).
   template <class T>
   Tensor<T> get(const std::string& name) const {
-    static_assert(std::is_floating_point<T>::value, "use get_bool for masks");
+    static_assert(detail::is_floating_element<T>(), "use get_bool for masks");
     const TensorInfo& ti = info(name);
     if (ti.dtype != DType::kF32 && ti.dtype != DType::kF64 && ti.dtype != DType::kF16 && ti.dtype != DType::kBF16)
       fail("tensor '" + name + "' has dtype " + dtype_name(ti.dtype) + ", not a floating-point type");
-    Tensor<T> t(ti.shape);
+    Tensor<T> t = Tensor<T>::uninitialized(ti.shape);
     const unsigned char* p = data_start() + ti.begin;
-    for (Index i = 0; i < t.numel(); ++i) {
-      switch (ti.dtype) {
-        case DType::kF32: t[i] = static_cast<T>(detail::load_le<float>(p + 4 * i)); break;
-        case DType::kF64: t[i] = static_cast<T>(detail::load_le<double>(p + 8 * i)); break;
-        case DType::kF16: t[i] = static_cast<T>(detail::half_to_float(detail::load_le<std::uint16_t>(p + 2 * i))); break;
-        case DType::kBF16: t[i] = static_cast<T>(detail::bf16_to_float(detail::load_le<std::uint16_t>(p + 2 * i))); break;
-        default: break;  // excluded above
-      }
-    }
+    const std::size_t size = dtype_size(ti.dtype);
+    for (Index i = 0; i < t.numel(); ++i) t[i] = detail::read_floating<T>(ti.dtype, p + size * std::size_t(i));
     return t;
   }
 
@@ -430,18 +473,18 @@ class SafetensorsFile {
 /// @brief Collects tensors and writes them as one safetensors file.
 class SafetensorsWriter {
  public:
-  /// Adds a tensor stored as F32 / F64 (its own type) or, converted, as any floating dtype:
-  /// F16 and BF16 round to nearest even as PyTorch does (a double goes through float first).
-  template <class T, std::enable_if_t<std::is_floating_point<T>::value, int> = 0>
-  void add(const std::string& name, const Tensor<T>& t, DType as = std::is_same<T, float>::value ? DType::kF32 : DType::kF64) {
+  /// Adds a tensor of float, double, attn::bfloat16 or attn::half stored as its own dtype
+  /// (F32, F64, BF16, F16: bit for bit) or, converted, as any floating dtype: F16 and BF16
+  /// round to nearest even as PyTorch does (a double goes through float first).
+  template <class T, std::enable_if_t<detail::is_floating_element<T>(), int> = 0>
+  void add(const std::string& name, const Tensor<T>& t, DType as = detail::dtype_of<T>()) {
     std::vector<unsigned char> bytes(static_cast<std::size_t>(t.numel()) * dtype_size(as));
     for (Index i = 0; i < t.numel(); ++i) {
       unsigned char* dst = bytes.data() + static_cast<std::size_t>(i) * dtype_size(as);
       switch (as) {
         case DType::kF32: store(dst, static_cast<float>(t[i])); break;
         case DType::kF64: store(dst, static_cast<double>(t[i])); break;
-        case DType::kF16: store(dst, detail::float_to_half(static_cast<float>(t[i]))); break;
-        case DType::kBF16: store(dst, detail::float_to_bf16(static_cast<float>(t[i]))); break;
+        case DType::kF16: case DType::kBF16: store(dst, detail::encode16(t[i], as)); break;
         default:
           throw std::invalid_argument("attn::io::SafetensorsWriter::add: tensor '" + name +
                                       "' is floating-point, cannot store it as " + dtype_name(as));
