@@ -1,4 +1,5 @@
-// Prints this machine's measured FMA peak (GFLOP/s, float32) for 1 .. all hardware threads.
+// Prints this machine's measured FMA peak (GFLOP/s, float32) for 1 .. all hardware threads,
+// and its bf16 dot-product peak (AVX512-BF16) where the CPU has it.
 // The benchmarks measure the same loop at startup for their own thread count and report
 // peak_frac = GFLOP/s / peak.
 //
@@ -56,14 +57,21 @@ int main(int argc, char** argv) {
     for (int t = 1; t <= hw; ++t) threads.push_back(t);
   }
 
-  std::vector<double> gflops;
+  std::vector<double> gflops, bf16;
   for (int t : threads) gflops.push_back(fma_peak::measure_gflops(t, seconds, reps));
+#if FMA_PEAK_HAS_BF16
+  if (fma_peak::bf16_supported())
+    for (int t : threads) bf16.push_back(fma_peak::measure_gflops(t, seconds, reps, fma_peak::bf16()));
+#endif
 
   if (json) {
     std::printf("{\"isa\": \"%s\", \"accumulators\": %d, \"seconds\": %g, \"reps\": %d, \"peak\": [", fma_peak::isa(),
                 fma_peak::kAccumulators, seconds, reps);
     for (std::size_t i = 0; i < threads.size(); ++i)
       std::printf("%s{\"threads\": %d, \"gflops\": %.2f}", i ? ", " : "", threads[i], gflops[i]);
+    std::printf("], \"bf16_peak\": [");
+    for (std::size_t i = 0; i < bf16.size(); ++i)
+      std::printf("%s{\"threads\": %d, \"gflops\": %.2f}", i ? ", " : "", threads[i], bf16[i]);
     std::printf("]}\n");
   } else {
     std::printf("FMA peak: %s, %d independent accumulators, best of %d runs of %g s\n", fma_peak::isa(),
@@ -71,6 +79,15 @@ int main(int argc, char** argv) {
     std::printf("threads  GFLOP/s  per thread\n");
     for (std::size_t i = 0; i < threads.size(); ++i)
       std::printf("%7d  %7.1f  %10.1f\n", threads[i], gflops[i], gflops[i] / threads[i]);
+    if (bf16.empty()) {
+      std::printf("bf16 peak: this CPU has no AVX512-BF16\n");
+    } else {
+      std::printf("bf16 peak: AVX512-BF16 vdpbf16ps (64 FLOPs each), %d independent accumulators\n",
+                  fma_peak::kAccumulators);
+      std::printf("threads  GFLOP/s  per thread  vs float32 FMA\n");
+      for (std::size_t i = 0; i < threads.size(); ++i)
+        std::printf("%7d  %7.1f  %10.1f  %13.2fx\n", threads[i], bf16[i], bf16[i] / threads[i], bf16[i] / gflops[i]);
+    }
   }
   return 0;
 }
