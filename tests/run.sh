@@ -11,10 +11,10 @@
 #                    UndefinedBehaviorSanitizer (-fno-sanitize-recover=all, leaks checked),
 #                    built without -march: the kernels run on the widest run-time path the
 #                    CPU has (AVX-512 or AVX2 packet code under the sanitizers); then their ctest
-#                    suite (no packaging tests, no benchmarks; the example programs are
-#                    built but not run: at their full sizes they take minutes each under
-#                    the sanitizers and repeat forward passes that the unit tests' reference
-#                    cases already run there);
+#                    suite (no packaging tests, no benchmarks; the example programs other
+#                    than attn_run are not built: at their full sizes they take minutes each
+#                    under the sanitizers and repeat forward passes that the unit tests'
+#                    reference cases already run there);
 #   3. build-tsan/   test_concurrency under ThreadSanitizer (without OpenMP);
 #   4. build-fuzz/   when clang++ is installed: the libFuzzer target of the safetensors
 #                    reader, fuzzed for ATTN_FUZZ_SECONDS (60) seconds from its seed corpus.
