@@ -6,7 +6,8 @@
 #                    reference tests also for the other machine kinds' instruction sets the CPU
 #                    runs (ATTN_ISA_TESTS: zen4 and unpinned on AVX-512 with BF16, avx2 on AVX2),
 #                    and the reference tests on every run-time kernel path the CPU runs
-#                    besides the widest (ATTN_KERNEL_PATH_TESTS: baseline, and avx2 on AVX-512);
+#                    besides the widest (ATTN_KERNEL_PATH_TESTS: baseline, avx2 on AVX-512, and
+#                    avx512 where avx512bf16 is the widest);
 #   2. build-asan/   tests and examples (attn_run) under AddressSanitizer +
 #                    UndefinedBehaviorSanitizer (-fno-sanitize-recover=all, leaks checked),
 #                    built without -march: the kernels run on the widest run-time path the
@@ -59,7 +60,10 @@ isa_list="$(IFS=';'; echo "${isa_tests[*]}")"
 echo "=== tests/run.sh: instruction-set test builds: ${isa_list:-none}"
 # The kernel paths the baseline test builds run on besides the widest (attn/core/isa.hpp).
 path_tests=(baseline)
-if has avx512f && has avx512dq && has avx512bw && has avx512vl && has avx2 && has fma; then path_tests+=(avx2); fi
+avx512=0
+if has avx512f && has avx512dq && has avx512bw && has avx512vl && has avx2 && has fma; then avx512=1; fi
+if [ "$avx512" = 1 ]; then path_tests+=(avx2); fi
+if [ "$avx512" = 1 ] && has avx512_bf16; then path_tests+=(avx512); fi
 path_list="$(IFS=';'; echo "${path_tests[*]}")"
 echo "=== tests/run.sh: kernel paths tested besides the widest: $path_list"
 plain() {

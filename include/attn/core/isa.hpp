@@ -9,7 +9,12 @@
 /// support. A program compiled for AVX-512 (-march=native on such a CPU) needs no other
 /// path and has only its own (`baseline`).
 ///
-/// Forcing a path: the environment variable ATTN_KERNEL_ISA (baseline, avx2 or avx512),
+/// The 16-bit storage types (bfloat16, half) run the same float kernels on tiles converted to
+/// float32, except where a path multiplies them natively: avx512bf16 (AVX512-BF16's
+/// vdpbf16ps, float32 accumulators) for the bfloat16 GEMM. That path is compiled in
+/// whatever the build's flags (a target function), and runs the float kernels of avx512.
+///
+/// Forcing a path: the environment variable ATTN_KERNEL_ISA (baseline, avx2, avx512 or avx512bf16),
 /// read once at the first kernel call, or attn::set_kernel_isa. Results are
 /// deterministic for one path and thread count-independent on every path; different
 /// paths round differently (packet widths, fused multiply-adds).
@@ -54,6 +59,8 @@
 #define ATTN_STAMP_AVX512 (ATTN_DISPATCH && !ATTN_BUILD_AVX512)
 /// The kernels are compiled once more for AVX2 (in a target region).
 #define ATTN_STAMP_AVX2 (ATTN_DISPATCH && !ATTN_BUILD_AVX2 && !ATTN_BUILD_AVX512)
+/// The AVX512-BF16 kernels (a target region whatever the build's flags) are compiled in.
+#define ATTN_HAS_AVX512BF16 ATTN_DISPATCH
 
 namespace attn {
 
@@ -62,6 +69,7 @@ enum class KernelIsa {
   baseline,  ///< the instruction set the program is compiled for (Eigen's packets for its flags)
   avx2,      ///< AVX2 with FMA: 256-bit packets, 16 registers (compiled in when the build lacks AVX2)
   avx512,    ///< AVX-512 F/DQ/BW/VL: 512-bit packets, 32 registers (compiled in when the build lacks it)
+  avx512bf16,  ///< avx512 and AVX512-BF16: bfloat16 products on vdpbf16ps (float kernels as avx512)
 };
 
 /// The name of a path, as ATTN_KERNEL_ISA spells it.
@@ -69,6 +77,7 @@ inline const char* to_string(KernelIsa isa) {
   switch (isa) {
     case KernelIsa::avx2: return "avx2";
     case KernelIsa::avx512: return "avx512";
+    case KernelIsa::avx512bf16: return "avx512bf16";
     default: return "baseline";
   }
 }
@@ -84,6 +93,7 @@ inline bool cpu_runs(KernelIsa isa) {
     case KernelIsa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    case KernelIsa::avx512bf16: return cpu_runs(KernelIsa::avx512) && __builtin_cpu_supports("avx512bf16");
     default: return true;
   }
 #else
@@ -94,13 +104,13 @@ inline bool cpu_runs(KernelIsa isa) {
 /// Whether this build has the path compiled in.
 constexpr bool compiled_in(KernelIsa isa) {
   return isa == KernelIsa::baseline || (isa == KernelIsa::avx2 && ATTN_STAMP_AVX2) ||
-         (isa == KernelIsa::avx512 && ATTN_STAMP_AVX512);
+         (isa == KernelIsa::avx512 && ATTN_STAMP_AVX512) || (isa == KernelIsa::avx512bf16 && ATTN_HAS_AVX512BF16);
 }
 
 /// The paths this program can run, baseline first.
 inline std::vector<KernelIsa> runnable_isas() {
   std::vector<KernelIsa> out;
-  for (KernelIsa isa : {KernelIsa::baseline, KernelIsa::avx2, KernelIsa::avx512})
+  for (KernelIsa isa : {KernelIsa::baseline, KernelIsa::avx2, KernelIsa::avx512, KernelIsa::avx512bf16})
     if (compiled_in(isa) && cpu_runs(isa)) out.push_back(isa);
   return out;
 }
@@ -150,10 +160,11 @@ inline KernelIsa kernel_isa() {
 }
 
 namespace detail {
-/// The path of T's kernels: kernel_isa() for float; float64 runs on the baseline path.
+/// The path of T's kernels: kernel_isa() for float and the 16-bit storage types (whose
+/// kernels are float's); float64 runs on the baseline path.
 template <class T>
 KernelIsa kernel_isa_for() {
-  return std::is_same<T, float>::value ? kernel_isa() : KernelIsa::baseline;
+  return std::is_same<T, double>::value ? KernelIsa::baseline : kernel_isa();
 }
 }  // namespace detail
 

@@ -12,17 +12,25 @@
 /// output in kMR * kNV registers: per k, kNV packet loads of W, kMR broadcasts of x and
 /// kMR * kNV multiply-adds.
 ///
+/// The 16-bit storage types (bfloat16, half) keep x and W in 16 bits and sum in float32:
+/// their GEMM (kernels/gemm16.ipp) converts W's panels and x's rows to float32 tiles for the
+/// float micro-kernel, or, on the avx512bf16 path for bfloat16, multiplies them as they are
+/// with vdpbf16ps (gemm_bf16.hpp: W packed in k-pairs). Sums over several k-blocks are kept
+/// in float32 between blocks, and every output is rounded once.
+///
 /// Work items are (row block, column block) pairs fixed by the problem's size; every
 /// output element is one chain of multiply-adds over k in the same order whatever thread
 /// computes it, so results are bit-identical for every thread count.
 
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 #include <vector>
 
 #include "attn/core/heads_view.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/ops/detail/convert16.hpp"
 #include "attn/ops/detail/packets.hpp"
 #include "attn/ops/detail/register_tile.hpp"
 #include "attn/ops/detail/work.hpp"
@@ -60,8 +68,35 @@ struct GemmOutput {
 template <class T>
 class PackedWeight;
 
+/// The 16-bit storage types: stored in 16 bits, computed in float32 (gemm16.ipp).
+template <class T>
+struct is_storage16 : std::integral_constant<bool, std::is_same<T, bfloat16>::value || std::is_same<T, half>::value> {};
+
+/// @brief How a path packs a weight for its GEMM (PackedWeight): k-blocks of kc, panels of
+/// nr features, and whether a panel's rows are k-pairs (the avx512bf16 micro-kernel's).
+struct GemmLayout {
+  Index nr = 1, kc = 1;
+  bool pairs = false;
+};
+
+/// @brief Rows of x per GEMM work item: x's packed block, `row_bytes` per row, takes about a
+/// quarter of the L2 cache (read from the machine; 1 MiB assumed where it cannot be); a
+/// multiple of mr, from 4 mr to 64 mr.
+inline Index gemm_row_block(Index row_bytes, Index mr) {
+  static const Index l2 = [] {
+    long bytes = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return bytes > 0 ? Index(bytes) : Index(1) << 20;
+  }();
+  return std::clamp<Index>(l2 / 4 / row_bytes / mr * mr, 4 * mr, 64 * mr);
+}
+
 namespace baseline {
+namespace cv = convert16::build;
 #include "attn/ops/detail/kernels/gemm.ipp"
+#include "attn/ops/detail/kernels/gemm16.ipp"
 }  // namespace baseline
 
 }  // namespace detail

@@ -18,6 +18,7 @@
 #include "attn/ops/detail/checks.hpp"
 #include "attn/ops/detail/exp.hpp"
 #include "attn/ops/detail/gemm.hpp"
+#include "attn/ops/detail/gemm_bf16.hpp"
 #include "attn/ops/detail/online_softmax.hpp"
 #include "attn/ops/detail/packets.hpp"
 #include "attn/ops/detail/register_tile.hpp"
@@ -63,13 +64,13 @@ namespace attn {
 namespace detail {
 
 /// @brief f(kernels) with the entry points (Kernels) of path isa for T's kernels, or of the
-/// baseline path where this build has no such path or T is not float (the wider paths'
-/// packet sets are float's).
+/// baseline path where this build has no such path or T is float64 (the wider paths' packet
+/// sets are float's; the 16-bit types run float's kernels). avx512bf16 runs avx512's.
 template <class T, class F>
 decltype(auto) with_kernels(KernelIsa isa, F&& f) {
-  if constexpr (std::is_same<T, float>::value) {
+  if constexpr (!std::is_same<T, double>::value) {
 #if ATTN_STAMP_AVX512
-    if (isa == KernelIsa::avx512) return f(avx512::Kernels{});
+    if (isa == KernelIsa::avx512 || isa == KernelIsa::avx512bf16) return f(avx512::Kernels{});
 #endif
 #if ATTN_STAMP_AVX2
     if (isa == KernelIsa::avx2) return f(avx2::Kernels{});
@@ -81,8 +82,9 @@ decltype(auto) with_kernels(KernelIsa isa, F&& f) {
 
 /// @brief A weight W (n, k) in PyTorch's Linear layout (out_features, in_features), and
 /// its bias, packed for gemm() on the path of T's kernels when it is packed: for each
-/// k-block of kKC, for each panel of kNR output features, the block's rows of W^T, kNR
-/// values each (features past n are zero; kKC and kNR are the path's GemmBlocking).
+/// k-block of kc, for each panel of nr output features, the block's rows of W^T, nr values
+/// each, or on avx512bf16 (bfloat16) its k-pairs: pair j of feature c at (j * nr + c) * 2
+/// (features past n and a last odd k are zero; kc and nr are the path's GemmLayout).
 template <class T>
 class PackedWeight {
  public:
@@ -93,23 +95,22 @@ class PackedWeight {
   /// (Re)packs w (n rows of k values, rows `ld` apart) and bias (n values, or null).
   void pack(const T* w, Index n, Index k, Index ld, const T* bias = nullptr) {
     isa_ = kernel_isa_for<T>();
-    with_kernels<T>(isa_, [&](auto kernels) {
-      using B = typename decltype(kernels)::template Gemm<T>;
-      nr_ = B::kNR, kc_ = B::kKC;
+    layout_ = with_kernels<T>(isa_, [&](auto kernels) {
+      return decltype(kernels)::template gemm_layout<T>(isa_ == KernelIsa::avx512bf16);
     });
-    n_ = n, k_ = k, panels_ = (n + nr_ - 1) / nr_;
-    data_.resize(panels_ * nr_ * k);
-    for (Index k0 = 0; k0 < k; k0 += kc_) {
-      const Index kc = std::min(kc_, k - k0);
+    const Index nr = layout_.nr;
+    n_ = n, k_ = k, panels_ = (n + nr - 1) / nr;
+    data_.resize(panels_ * nr * block_depth(k));
+    for (Index k0 = 0; k0 < k; k0 += layout_.kc) {
+      const Index kc = std::min(layout_.kc, k - k0);
       for (Index p = 0; p < panels_; ++p) {
-        T* dst = data_.data() + k0 * panels_ * nr_ + p * kc * nr_;
-        for (Index c = 0; c < nr_; ++c) {
-          const Index col = p * nr_ + c;
-          for (Index kk = 0; kk < kc; ++kk) dst[kk * nr_ + c] = col < n ? w[col * ld + k0 + kk] : T(0);
-        }
+        T* dst = data_.data() + k0 * panels_ * nr + p * block_depth(kc) * nr;
+        std::fill(dst, dst + block_depth(kc) * nr, T(0));
+        for (Index c = 0; c < nr && p * nr + c < n; ++c)
+          for (Index kk = 0; kk < kc; ++kk) dst[at(kk, c)] = w[(p * nr + c) * ld + k0 + kk];
       }
     }
-    bias_.setZero(bias ? panels_ * nr_ : 0);
+    bias_.setZero(bias ? panels_ * nr : 0);
     if (bias) std::copy(bias, bias + n, bias_.data());
   }
 
@@ -117,17 +118,25 @@ class PackedWeight {
   Index rows() const { return n_; }       ///< n: output features
   Index cols() const { return k_; }       ///< k: input features
   Index panels() const { return panels_; }
-  /// Panel p of the k-block starting at k0 (kc x kNR values, row-major).
+  /// Panel p of the k-block starting at k0 (kc x nr values, or its k-pairs).
   const T* panel(Index k0, Index p) const {
-    return data_.data() + k0 * panels_ * nr_ + p * std::min(kc_, k_ - k0) * nr_;
+    return data_.data() + k0 * panels_ * layout_.nr + p * block_depth(std::min(layout_.kc, k_ - k0)) * layout_.nr;
   }
-  /// The bias of panel p's features (kNR values), or null without bias.
-  const T* bias(Index p) const { return bias_.size() ? bias_.data() + p * nr_ : nullptr; }
+  /// The bias of panel p's features (nr values), or null without bias.
+  const T* bias(Index p) const { return bias_.size() ? bias_.data() + p * layout_.nr : nullptr; }
 
  private:
+  /// Rows of a k-block of kc in the packed panels (k-pairs round up).
+  Index block_depth(Index kc) const { return layout_.pairs ? (kc + 1) / 2 * 2 : kc; }
+  /// Where W[c][k0 + kk] goes in its block's panel.
+  Index at(Index kk, Index c) const {
+    return layout_.pairs ? ((kk / 2) * layout_.nr + c) * 2 + kk % 2 : kk * layout_.nr + c;
+  }
+
   Vector<T> data_, bias_;
   KernelIsa isa_ = KernelIsa::baseline;
-  Index n_ = 0, k_ = 0, panels_ = 0, nr_ = 1, kc_ = 1;
+  GemmLayout layout_;
+  Index n_ = 0, k_ = 0, panels_ = 0;
 };
 
 /// @brief For every output o: rows [0, m) of x (m, k) W^T + bias, features [o.first,

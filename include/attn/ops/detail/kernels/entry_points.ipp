@@ -3,15 +3,34 @@
 
 /// @brief This pass's kernels: what the dispatch in kernels.hpp calls.
 struct Kernels {
-  /// The GEMM's blocking, which fixes the packed weight's layout.
+  /// The layout gemm() reads T's weights in on this pass (`native`: on the avx512bf16 path).
   template <class T>
-  using Gemm = GemmBlocking<T>;
+  static GemmLayout gemm_layout(bool native) {
+    (void)native;
+    if constexpr (is_storage16<T>::value) {
+#if ATTN_HAS_AVX512BF16
+      if (std::is_same<T, bfloat16>::value && native) return {GemmBf16::kNR, GemmBf16::kKC, true};
+#endif
+      return {Gemm16Float<T>::kNR, Gemm16Float<T>::kKC, false};
+    } else {
+      return {GemmBlocking<T>::kNR, GemmBlocking<T>::kKC, false};
+    }
+  }
 
-  /// gemm_run on this pass (w packed with Gemm<T>'s layout).
+  /// gemm_run on this pass (w packed with gemm_layout<T>'s layout); gemm16_run for the
+  /// 16-bit types, on vdpbf16ps where w is packed for avx512bf16.
   template <class T>
   static void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, const GemmOutput<T>* outputs,
                    Index n_outputs) {
-    gemm_run(x, m, ldx, w, outputs, n_outputs);
+    if constexpr (!is_storage16<T>::value) {
+      gemm_run(x, m, ldx, w, outputs, n_outputs);
+    } else {
+#if ATTN_HAS_AVX512BF16
+      if constexpr (std::is_same<T, bfloat16>::value)
+        if (w.isa() == KernelIsa::avx512bf16) return gemm16_run<T, GemmBf16>(x, m, ldx, w, outputs, n_outputs);
+#endif
+      gemm16_run<T, Gemm16Float<T>>(x, m, ldx, w, outputs, n_outputs);
+    }
   }
 
   /// The tiled attention kernel (kernels/sdpa_tiled.ipp) on this pass.

@@ -1,6 +1,7 @@
 // The GEMM of one kernel pass (no include guard: gemm.hpp includes it for the baseline
 // path, kernels.hpp once per wider path; see kernels/packets.ipp). The weight's packed layout
-// (PackedWeight, kernels.hpp) follows the pass's GemmBlocking.
+// (PackedWeight, kernels.hpp) follows the pass's GemmBlocking. The 16-bit storage types'
+// GEMM (kernels/gemm16.ipp) shares its panels, outputs and work items.
 
 /// @brief Register and cache blocking of the GEMM for T on the target ISA.
 template <class T>
@@ -10,28 +11,16 @@ struct GemmBlocking {
   static constexpr Index kNR = kNV * kPacketSize<T>;             ///< columns of a panel
   static constexpr Index kKC = 2048 / Index(sizeof(T));          ///< depth of a k-block: a kMR x kKC panel of x is 12 KiB
 
-  /// Rows of x per work item: x's packed (rows, kKC) block takes about a quarter of the
-  /// L2 cache (read from the machine; 1 MiB assumed where it cannot be), a multiple of kMR.
-  static Index row_block() {
-    static const Index rows = [] {
-      long l2 = 0;
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-      l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-      if (l2 <= 0) l2 = 1 << 20;
-      const Index r = Index(l2) / 4 / (kKC * Index(sizeof(T)));
-      return std::clamp<Index>(r / kMR * kMR, 4 * kMR, 64 * kMR);
-    }();
-    return rows;
-  }
+  /// Rows of x per work item (gemm_row_block: x's packed block in a quarter of the L2 cache).
+  static Index row_block() { return gemm_row_block(kKC * Index(sizeof(T)), kMR); }
 };
 
-/// @brief The outputs of one panel of kNR features starting at feature f0. When the whole
+/// @brief The outputs of one panel of nr features starting at feature f0. When the whole
 /// panel falls in one head of one output (`single`), a block of rows within one batch
 /// element is stored in place (`direct`).
 template <class T>
 struct GemmPanel {
-  Index f0;
+  Index f0, nr;
   const GemmOutput<T>* outputs;
   Index n_outputs;
   const GemmOutput<T>* single = nullptr;
@@ -48,11 +37,10 @@ struct GemmPanel {
   /// row r sends to one place.
   template <class F>
   void runs(Index r, F&& f) const {
-    constexpr Index kNR = GemmBlocking<T>::kNR;
     for (Index o = 0; o < n_outputs; ++o) {
       const GemmOutput<T>& out = outputs[o];
-      for (Index fe = std::max(f0, out.first); fe < std::min(f0 + kNR, out.first + out.count());) {
-        const Index n = std::min(out.run(fe - out.first), f0 + kNR - fe);
+      for (Index fe = std::max(f0, out.first); fe < std::min(f0 + nr, out.first + out.count());) {
+        const Index n = std::min(out.run(fe - out.first), f0 + nr - fe);
         f(out.at(r, fe - out.first), fe - f0, n);
         fe += n;
       }
@@ -102,16 +90,17 @@ EIGEN_DONT_INLINE void gemm_micro(const T* a, const T* b, Index kc, const GemmPa
 }
 
 /// Packs rows [0, rows) x columns [0, kc) of x (rows ldx apart) into panels of kMR rows,
-/// k-major (a[p * kMR * kc + k * kMR + i]), zero rows past the end.
-template <class T>
-void gemm_pack_rows(const T* x, Index rows, Index kc, Index ldx, T* a) {
+/// k-major (a[p * kMR * kc + k * kMR + i]), zero rows past the end; x's elements converted
+/// to T.
+template <class T, class X>
+void gemm_pack_rows(const X* x, Index rows, Index kc, Index ldx, T* a) {
   constexpr int MR = GemmBlocking<T>::kMR;
   for (Index ip = 0; ip < rows; ip += MR) {
     T* dst = a + ip * kc;
     for (int r = 0; r < MR; ++r) {
       if (ip + r < rows) {
-        const T* src = x + (ip + r) * ldx;
-        for (Index k = 0; k < kc; ++k) dst[k * MR + r] = src[k];
+        const X* src = x + (ip + r) * ldx;
+        for (Index k = 0; k < kc; ++k) dst[k * MR + r] = static_cast<T>(src[k]);
       } else {
         for (Index k = 0; k < kc; ++k) dst[k * MR + r] = T(0);
       }
@@ -119,22 +108,64 @@ void gemm_pack_rows(const T* x, Index rows, Index kc, Index ldx, T* a) {
   }
 }
 
-/// The panels of kNR features that gemm computes for these outputs, each with its outputs.
+/// The panels of nr features that gemm computes for these outputs, each with its outputs.
 template <class T>
-std::vector<GemmPanel<T>> gemm_panels(const GemmOutput<T>* outputs, Index n_outputs) {
-  constexpr Index kNR = GemmBlocking<T>::kNR;
+std::vector<GemmPanel<T>> gemm_panels(const GemmOutput<T>* outputs, Index n_outputs, Index nr) {
   std::vector<GemmPanel<T>> panels;
   for (Index o = 0; o < n_outputs; ++o) {
     const GemmOutput<T>& out = outputs[o];
-    for (Index p = out.first / kNR; p * kNR < out.first + out.count(); ++p) {
-      if (std::any_of(panels.begin(), panels.end(), [&](const GemmPanel<T>& q) { return q.f0 == p * kNR; })) continue;
-      const Index f0 = p * kNR, d = out.target.head_dim;
-      const bool one_head = f0 >= out.first && f0 + kNR <= out.first + out.count() &&
-                            (f0 - out.first) / d == (f0 + kNR - 1 - out.first) / d;
-      panels.push_back({f0, outputs, n_outputs, n_outputs == 1 && one_head ? &out : nullptr});
+    for (Index p = out.first / nr; p * nr < out.first + out.count(); ++p) {
+      if (std::any_of(panels.begin(), panels.end(), [&](const GemmPanel<T>& q) { return q.f0 == p * nr; })) continue;
+      const Index f0 = p * nr, d = out.target.head_dim;
+      const bool one_head = f0 >= out.first && f0 + nr <= out.first + out.count() &&
+                            (f0 - out.first) / d == (f0 + nr - 1 - out.first) / d;
+      panels.push_back({f0, nr, outputs, n_outputs, n_outputs == 1 && one_head ? &out : nullptr});
     }
   }
   return panels;
+}
+
+/// @brief gemm's work items: row blocks of mc rows (a multiple of the micro-kernel's mr),
+/// each cut into col_blocks ranges of panels when there are few row blocks (short inputs),
+/// so that there are about 8 items. Item `it` is row block it / col_blocks and panel range
+/// it % col_blocks.
+struct GemmItems {
+  Index m, n_panels, mc, row_blocks, col_blocks, per_block;
+
+  /// @param row_block the rows of x a work item packs (a multiple of mr)
+  static GemmItems of(Index m, Index n_panels, Index mr, Index row_block) {
+    GemmItems g{m, n_panels, std::min(row_block, (m + mr - 1) / mr * mr), 0, 0, 0};
+    g.row_blocks = (m + g.mc - 1) / g.mc;
+    g.col_blocks = g.row_blocks >= 8 ? 1 : std::min(n_panels, (8 + g.row_blocks - 1) / g.row_blocks);
+    g.per_block = (n_panels + g.col_blocks - 1) / g.col_blocks;
+    return g;
+  }
+  Index items() const { return row_blocks * col_blocks; }
+  Index row0(Index it) const { return (it / col_blocks) * mc; }                 ///< item's first row
+  Index rows(Index it) const { return std::min(mc, m - row0(it)); }             ///< item's rows
+  Index panel0(Index it) const { return (it % col_blocks) * per_block; }        ///< item's first panel
+  Index panel1(Index it) const { return std::min(n_panels, panel0(it) + per_block); }  ///< past its last
+
+  /// Runs item(it) for every item: threaded when the product (m x nr columns per panel x k)
+  /// is worth it.
+  template <class F>
+  void run(Index nr, Index k, F&& item) const {
+    if (double(m) * double(n_panels * nr) * double(k) >= kMinParallelWork)
+      parallel_for(items(), item);
+    else
+      for (Index it = 0; it < items(); ++it) item(it);
+  }
+};
+
+/// The result of an empty sum (k = 0): every output is its bias (or 0).
+template <class T, class B>
+void gemm_bias_only(const std::vector<GemmPanel<T>>& panels, Index m, const B& bias_of_panel) {
+  for (const GemmPanel<T>& panel : panels)
+    for (Index r = 0; r < m; ++r)
+      panel.runs(r, [&](T* at, Index j, Index n) {
+        const auto* bias = bias_of_panel(panel.f0 / panel.nr);
+        for (Index c = 0; c < n; ++c) at[c] = bias ? bias[j + c] : T(0);
+      });
 }
 
 /// @brief For every output o: rows [0, m) of x (m, k) W^T + bias, features [o.first,
@@ -145,41 +176,23 @@ template <class T>
 void gemm_run(const T* x, Index m, Index ldx, const PackedWeight<T>& w, const GemmOutput<T>* outputs, Index n_outputs) {
   using BL = GemmBlocking<T>;
   const Index k = w.cols();
-  const std::vector<GemmPanel<T>> panels = gemm_panels(outputs, n_outputs);
-  const Index n_panels = static_cast<Index>(panels.size());
-  if (m == 0 || n_panels == 0) return;
-  if (k == 0) {  // an empty sum: the bias (or 0)
-    for (const GemmPanel<T>& panel : panels)
-      for (Index r = 0; r < m; ++r)
-        panel.runs(r, [&](T* at, Index j, Index n) {
-          for (Index c = 0; c < n; ++c) at[c] = w.bias(0) ? w.bias(0)[panel.f0 + j + c] : T(0);
-        });
-    return;
-  }
-  const Index mc = std::min(BL::row_block(), (m + BL::kMR - 1) / BL::kMR * BL::kMR);
-  const Index row_blocks = (m + mc - 1) / mc;
-  // Few row blocks (short inputs): the panels are split too, so that there are about 8 items.
-  const Index col_blocks = row_blocks >= 8 ? 1 : std::min(n_panels, (8 + row_blocks - 1) / row_blocks);
-  const Index per_block = (n_panels + col_blocks - 1) / col_blocks;
-  const auto item = [&](Index it) {
-    const WorkBuffer<T> packed_rows(mc * std::min(k, BL::kKC));  // this item's rows of x, packed
+  const std::vector<GemmPanel<T>> panels = gemm_panels(outputs, n_outputs, BL::kNR);
+  if (m == 0 || panels.empty()) return;
+  if (k == 0) return gemm_bias_only(panels, m, [&](Index p) { return w.bias(p); });
+  const GemmItems g = GemmItems::of(m, Index(panels.size()), BL::kMR, BL::row_block());
+  g.run(BL::kNR, k, [&](Index it) {
+    const WorkBuffer<T> packed_rows(g.mc * std::min(k, BL::kKC));  // this item's rows of x, packed
     T* a = packed_rows.data();
-    const Index i0 = (it / col_blocks) * mc, rows = std::min(mc, m - i0);
-    const Index q0 = (it % col_blocks) * per_block, q1 = std::min(n_panels, q0 + per_block);
+    const Index i0 = g.row0(it), rows = g.rows(it);
     for (Index k0 = 0; k0 < k; k0 += BL::kKC) {
       const Index kc = std::min(BL::kKC, k - k0);
       gemm_pack_rows(x + i0 * ldx + k0, rows, kc, ldx, a);
-      for (Index q = q0; q < q1; ++q) {
+      for (Index q = g.panel0(it); q < g.panel1(it); ++q) {
         const Index p = panels[q].f0 / BL::kNR;
         for (Index ip = 0; ip < rows; ip += BL::kMR)
           gemm_micro<T, BL::kMR>(a + ip * kc, w.panel(k0, p), kc, panels[q], i0 + ip,
                                  std::min<Index>(BL::kMR, rows - ip), k0 > 0, k0 + kc == k ? w.bias(p) : nullptr);
       }
     }
-  };
-  const Index items = row_blocks * col_blocks;
-  if (double(m) * double(n_panels * BL::kNR) * double(k) >= kMinParallelWork)
-    parallel_for(items, item);
-  else
-    for (Index it = 0; it < items; ++it) item(it);
+  });
 }
