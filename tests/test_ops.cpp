@@ -1,4 +1,8 @@
 // Stateless ops (linear, softmax, layer_norm, activations, head mixing) against PyTorch.
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
 #include "support.hpp"
 
 namespace {
@@ -66,6 +70,47 @@ TYPED_TEST(OpsTyped, MixHeadsIsLinearOverHeads) {
           for (Index h = 0; h < 3; ++h) expect += w(g, h) * x(n, h, i, j);
           EXPECT_NEAR(double(y(n, g, i, j)), double(expect), 1e-6);
         }
+}
+
+/// The largest and the mean |y - exact| over the elements (y in any element type).
+template <class T>
+std::pair<double, double> errors_against(const Tensor<T>& y, const Tensor<double>& exact) {
+  double worst = 0, sum = 0;
+  for (Index i = 0; i < exact.numel(); ++i) {
+    const double e = std::abs(double(y[i]) - exact[i]);
+    worst = std::max(worst, e), sum += e;
+  }
+  return {worst, sum / double(std::max<Index>(exact.numel(), 1))};
+}
+
+// bfloat16 linear against PyTorch's own bfloat16 nn.Linear (module.to(torch.bfloat16)): on
+// every case, attn's error against the float64 product of the same bfloat16 values is no
+// larger than PyTorch's, as the largest and as the mean error. Through the op and through
+// the Linear module loaded from the file.
+TEST(Bfloat16, LinearIsAtLeastAsAccurateAsPyTorch) {
+  using attn::bfloat16;
+  for (const char* name : {"linear_small_bf16", "linear_3d_bf16", "linear_deep_bf16", "linear_nobias_bf16"}) {
+    SCOPED_TRACE(name);
+    const Case c(name);
+    ASSERT_EQ(c.meta("dtype"), "bfloat16");
+    const Tensor<bfloat16> x = c.get<bfloat16>("input.x"), w = c.get<bfloat16>("param.weight");
+    const Tensor<double> exact = c.get<double>("output.exact");
+    const bool bias = c.meta_bool("bias");
+    ASSERT_EQ(bias, c.has("param.bias"));
+    const Tensor<bfloat16> y = bias ? attn::linear<bfloat16>(x, w, c.get<bfloat16>("param.bias"))
+                                    : attn::linear<bfloat16>(x, w);
+    attn::Linear<bfloat16> module(c.meta_int("in_features"), c.meta_int("out_features"), bias);
+    module.load_state_dict(c.params<bfloat16>(), "");
+    const Tensor<bfloat16> y_module = module.forward(x);
+    ASSERT_EQ(y.shape(), exact.shape());
+    ASSERT_EQ(std::memcmp(y.data(), y_module.data(), sizeof(bfloat16) * y.numel()), 0);
+    const auto [attn_max, attn_mean] = errors_against(y, exact);
+    const auto [torch_max, torch_mean] = errors_against(c.get<bfloat16>("output.torch"), exact);
+    std::printf("%s on %s: max error attn %.4g, PyTorch %.4g; mean error attn %.4g, PyTorch %.4g\n", name,
+                attn::to_string(attn::kernel_isa()), attn_max, torch_max, attn_mean, torch_mean);
+    EXPECT_LE(attn_max, torch_max);
+    EXPECT_LE(attn_mean, torch_mean);
+  }
 }
 
 TEST(OpsErrors, ShapesAreNamed) {

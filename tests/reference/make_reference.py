@@ -48,8 +48,8 @@ MODULES_FILE = HERE.parents[1] / "examples" / "torch_reference.py"
 sys.path.insert(0, str(MODULES_FILE.parent))
 import torch_reference as ref  # noqa: E402  (examples/torch_reference.py of this repository)
 
-DTYPES = {"f32": torch.float32, "f64": torch.float64}
-DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+DTYPES = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16}
+DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
 ST_DTYPES = {torch.float32: ("F32", "<f4"), torch.float64: ("F64", "<f8"), torch.bool: ("BOOL", "|u1"),
              torch.float16: ("F16", "<f2"), torch.bfloat16: ("BF16", "<u2"), torch.uint8: ("U8", "|u1"),
              torch.int32: ("I32", "<i4"), torch.int64: ("I64", "<i8")}
@@ -642,6 +642,19 @@ def build_dtypes(c: Case):
     return tensors, {}
 
 
+def build_linear16(c: Case, shape, out_features, bias=True):
+    """nn.Linear(shape[-1], out_features, bias) cast to the case's 16-bit dtype as a PyTorch
+    user would (module.to(dtype)), on x drawn in float32 and rounded: output.torch is
+    PyTorch's own 16-bit result, output.exact the float64 product of the same 16-bit values
+    (the accuracy tests measure both against it)."""
+    dt = c.dtype
+    m = nn.Linear(shape[-1], out_features, bias=bias).to(dt)
+    x = torch.randn(*shape).to(dt)
+    exact = F.linear(x.double(), m.weight.double(), m.bias.double() if bias else None)
+    return ({**params(m), "input.x": x, "output.torch": m(x), "output.exact": exact},
+            {"in_features": shape[-1], "out_features": out_features, "bias": bias})
+
+
 def build_sdpa(c: Case, scale, kpm=None, mask=None, shape=(2, 3, 5, 7, 4, 6), weights=True):
     """softmax(q @ k^T * scale + bias) @ v; shape = (B, H, L, S, D, Dv); weights: also store
     output.attn_weights (B, H, L, S)."""
@@ -895,6 +908,15 @@ case("sdpa_f32", build_sdpa, "softmax(q @ k^T * 0.3 + bias) @ v with q (2,3,5,4)
      "key_padding_mask (B,S) and bool attn_mask (L,S), True = masked.", scale="0.3", kpm="bool", mask="bool2d")
 case("sdpa_f64", build_sdpa, "softmax(q @ k^T * 0.7 + attn_mask) @ v with q (2,3,5,4), k (2,3,7,4), v (2,3,7,6) "
      "and a float additive attn_mask (B*H,L,S) with some -inf.", scale="0.7", mask="float3d")
+
+# 16-bit modules against PyTorch's own (module.to(torch.bfloat16)): accuracy against float64
+case("linear_small_bf16", build_linear16, "nn.Linear(7, 6) in bfloat16 on x (5,7).", shape=(5, 7), out_features=6)
+case("linear_3d_bf16", build_linear16, "nn.Linear(130, 70) in bfloat16 on x (3,11,130).", shape=(3, 11, 130),
+     out_features=70)
+case("linear_deep_bf16", build_linear16, "nn.Linear(2101, 96) in bfloat16 on x (64,2101): k spans several k-blocks "
+     "and is odd.", shape=(64, 2101), out_features=96)
+case("linear_nobias_bf16", build_linear16, "nn.Linear(256, 384, bias=False) in bfloat16 on x (17,256).",
+     shape=(17, 256), out_features=384, bias=False)
 
 # --- The tiled kernel against PyTorch (need_weights off: the path users take by default) ---
 # Lengths span several query blocks (64 floats with AVX-512, 16 with SSE2) and key tiles
@@ -1170,7 +1192,7 @@ MODULES = {SA: "self_attention", MHA: "multi_head_attention", SEP: "multi_head_a
            FUSED: "multi_head_attention", TH: "talking_heads", AB: "attention_block", ENC: "transformer_encoder",
            build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes", build_broadcast: "mask_broadcast",
            GQA: "gqa_attention", CORE: "attention_core", TEL: "transformer_encoder_layer",
-           TDL: "transformer_decoder_layer"}
+           TDL: "transformer_decoder_layer", build_linear16: "linear"}
 
 REQUIRED_META = {
     "self_attention": ["embed_dim", "causal"],
@@ -1180,6 +1202,7 @@ REQUIRED_META = {
     "attention_block": ["embed_dim", "num_heads", "causal"],
     "transformer_encoder": ["embed_dim", "num_heads", "ffn_dim", "causal"],
     "ops": ["eps"],
+    "linear": ["in_features", "out_features", "bias"],
     "sdpa": ["scale"],
     "dtypes": [],
     "mask_broadcast": ["target", "mask_kind", "batch", "heads", "len_q", "len_k", "shapes"],
@@ -1201,7 +1224,8 @@ PROVENANCE = ("made_by", "script_sha256", "modules_sha256", "torch_version")
 # difference measured between two CPUs (Sapphire Rapids vs the machine the files were first
 # made on): 9.8e-7 (float32, th_cait_f32) and 6.9e-16 (float64) of the tensor's max |value|.
 # Anything the script changes on purpose moves outputs by far more.
-FRESH_TOLERANCE = {"F32": 4e-6, "F64": 1e-13}
+# A bfloat16 output may move by one step of its largest value (2^-7 of it).
+FRESH_TOLERANCE = {"F32": 4e-6, "F64": 1e-13, "BF16": 2.0 ** -7}
 
 
 # ----------------------------------------------------------------------------
@@ -1229,7 +1253,8 @@ def generate(c: Case, out_dir: Path = DATA_DIR) -> Path:
     metadata.update({k: s(v) for k, v in meta.items()})
     metadata.update(provenance())
     for name, t in tensors.items():
-        assert t.dtype in (torch.bool, c.dtype) or c.builder is build_dtypes, f"{c.name}: {name} has dtype {t.dtype}"
+        assert t.dtype in (torch.bool, c.dtype) or c.builder is build_dtypes or (name == "output.exact" and t.dtype ==
+                                                                                torch.float64), f"{c.name}: {name} has dtype {t.dtype}"
     path = out_dir / f"{c.name}.safetensors"
     write_safetensors(path, tensors, metadata)
     return path
@@ -1242,8 +1267,9 @@ def check(c: Case, data_dir: Path = DATA_DIR) -> int:
     assert meta["module"] == module and meta["dtype"] == DTYPE_NAMES[c.dtype], path
     missing = [k for k in ["module", "dtype", "description", *PROVENANCE] + REQUIRED_META[module] if k not in meta]
     assert not missing, f"{path}: missing metadata {missing}"
-    want = "F32" if c.dtype == torch.float32 else "F64"
+    case_dtype = ST_DTYPES[c.dtype][0]
     for name, a in arrays.items():
+        want = "F64" if name == "output.exact" else case_dtype
         if module == "dtypes":
             continue
         assert name.split(".", 1)[0] in ("param", "input", "output"), f"{path}: bad tensor name {name}"
@@ -1251,6 +1277,7 @@ def check(c: Case, data_dir: Path = DATA_DIR) -> int:
             assert name.startswith("input.") and name.endswith("mask") and a.max(initial=0) <= 1, f"{path}: {name}"
         else:
             assert a.dtype == ST_NUMPY[want], f"{path}: {name} is {a.dtype}, case is {want}"
+            a = as_float64(a.tobytes(), want)
             assert not np.isnan(a).any(), f"{path}: NaN in {name}"
             finite = np.isfinite(a) | (np.isneginf(a) if name.endswith("mask") else False)
             assert finite.all(), f"{path}: inf in {name}"
@@ -1263,6 +1290,12 @@ def header_of(path: Path):
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
     return header.pop("__metadata__", {}), header, raw[8 + n:]
+
+
+def as_float64(raw: bytes, st_dtype: str) -> np.ndarray:
+    """A float tensor's bytes as float64 values (BF16: the top half of a float32)."""
+    a = np.frombuffer(raw, dtype=ST_NUMPY[st_dtype])
+    return (a.astype(np.uint32) << 16).view(np.float32).astype(np.float64) if st_dtype == "BF16" else a.astype(np.float64)
 
 
 def compare_fresh(name: str, committed: Path, fresh: Path):
@@ -1289,8 +1322,7 @@ def compare_fresh(name: str, committed: Path, fresh: Path):
         if not t.startswith("output.") or ci["dtype"] not in FRESH_TOLERANCE:
             problems.append(f"{t}: differs (must be identical)")
             continue
-        a = np.frombuffer(cb, dtype=ST_NUMPY[ci["dtype"]]).astype(np.float64)
-        b = np.frombuffer(fb, dtype=ST_NUMPY[fi["dtype"]]).astype(np.float64)
+        a, b = as_float64(cb, ci["dtype"]), as_float64(fb, fi["dtype"])
         rel = float(np.abs(a - b).max() / max(np.abs(b).max(), np.finfo(np.float64).tiny))
         worst = max(worst, rel)
         if not rel <= FRESH_TOLERANCE[ci["dtype"]]:
