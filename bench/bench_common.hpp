@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include <attn/attn.hpp>
@@ -62,6 +63,7 @@ inline double encoder_flops(double b, double n, double c, double f, double h) {
 struct Setup {
   int threads = 1;           // attn::get_num_threads() after applying the setting
   double peak_gflops = 0.0;  // FMA peak for `threads` threads
+  double bf16_peak_gflops = 0.0;  // vdpbf16ps peak for `threads` threads (0 without AVX512-BF16)
 };
 
 inline Setup& setup() {
@@ -105,10 +107,12 @@ inline void init_peak() {
   if (const char* env = std::getenv("ATTN_PEAK_GFLOPS"); env && *env) peak = std::atof(env);
   if (peak <= 0.0) peak = fma_peak::measure_gflops(s.threads, 0.05, 3);
   s.peak_gflops = peak;
+  if (fma_peak::bf16_supported()) s.bf16_peak_gflops = fma_peak::measure_gflops(s.threads, 0.05, 3, fma_peak::bf16());
 
   benchmark::AddCustomContext("attn_threads", std::to_string(s.threads));
   benchmark::AddCustomContext("peak_gflops", std::to_string(s.peak_gflops));
   benchmark::AddCustomContext("peak_isa", fma_peak::isa());
+  benchmark::AddCustomContext("bf16_peak_gflops", std::to_string(s.bf16_peak_gflops));
   benchmark::AddCustomContext("flops", "GEMM multiply-adds x2, see bench/README.md");
 }
 
@@ -116,12 +120,20 @@ inline void init_peak() {
 // Timing and counters.
 // ---------------------------------------------------------------------------------------
 
+/// The peak a T computation is measured against: the bf16 dot-product peak for bfloat16 on
+/// the avx512bf16 kernel path, else the FMA peak.
+template <class T>
+double peak_for() {
+  const bool bf16 = std::is_same<T, attn::bfloat16>::value && attn::kernel_isa() == attn::KernelIsa::avx512bf16;
+  return bf16 && setup().bf16_peak_gflops > 0.0 ? setup().bf16_peak_gflops : setup().peak_gflops;
+}
+
 /// Runs f once per iteration, timed by wall clock (attn threads with OpenMP, so the main
 /// thread's CPU time would be wrong; register with ->UseManualTime()). Sets the counters
-/// GFLOP/s (flops per call / wall time) and peak_frac (GFLOP/s / measured peak). Returns the
-/// mean wall time of a call in seconds.
+/// GFLOP/s (flops per call / wall time) and peak_frac (GFLOP/s / `peak`, by default the FMA
+/// peak). Returns the mean wall time of a call in seconds.
 template <class F>
-double run(benchmark::State& state, double flops, F&& f) {
+double run(benchmark::State& state, double flops, F&& f, double peak = setup().peak_gflops) {
   using clock = std::chrono::steady_clock;
   double total = 0.0;
   for (auto _ : state) {
@@ -133,7 +145,7 @@ double run(benchmark::State& state, double flops, F&& f) {
   }
   const double gflops = total > 0.0 ? flops * double(state.iterations()) / total * 1e-9 : 0.0;
   state.counters["GFLOP/s"] = gflops;
-  state.counters["peak_frac"] = setup().peak_gflops > 0.0 ? gflops / setup().peak_gflops : 0.0;
+  state.counters["peak_frac"] = peak > 0.0 ? gflops / peak : 0.0;
   state.counters["threads"] = setup().threads;
   return state.iterations() > 0 ? total / double(state.iterations()) : 0.0;
 }

@@ -93,18 +93,23 @@ BENCHMARK(BM_Mha)->ArgNames({"B", "N", "E", "H"})
     ->UseManualTime()->Unit(benchmark::kMillisecond);
 
 // ---- the projection GEMM: Linear(512, 1536) (a fused qkv projection) on 2048 rows -------
+// In float32, and in bfloat16 and half (16-bit weights, inputs and outputs, float32 sums):
+// vdpbf16ps where the CPU has AVX512-BF16, else tiles converted to float32.
 
+template <class T>
 void BM_Linear(benchmark::State& state) {
   const Index rows = state.range(0), in = state.range(1), out = state.range(2);
-  attn::Linear<float> m(in, out);
-  const auto x = input({rows, in});
-  attn::RowMatrix<float> y(rows, out);
+  attn::Linear<T> m(in, out);
+  const attn::RowMatrix<T> x = input({rows, in}).matrix().template cast<T>();
+  attn::RowMatrix<T> y(rows, out);
   run(state, attn_bench::linear_flops(rows, in, out), [&] {
-    m.apply(x.matrix(), y);
+    m.apply(x, y);
     benchmark::DoNotOptimize(y.data());
-  });
+  }, attn_bench::peak_for<T>());
 }
-BENCHMARK(BM_Linear)->ArgNames({"M", "K", "N"})->Args({2048, 512, 1536})->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_Linear, float)->ArgNames({"M", "K", "N"})->Args({2048, 512, 1536})->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_Linear, attn::bfloat16)->ArgNames({"M", "K", "N"})->Args({2048, 512, 1536})->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_Linear, attn::half)->ArgNames({"M", "K", "N"})->Args({2048, 512, 1536})->UseManualTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -99,11 +99,11 @@ def gqa_prefill_flops(b, n, e, h, k, d):
 # files without metadata (attn_run writes none)
 # ---------------------------------------------------------------------------------------
 
-ST_NUMPY = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BOOL": np.dtype("u1")}
+ST_NUMPY = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BOOL": np.dtype("u1"), "BF16": np.dtype("<u2")}
 
 
 def read_safetensors(path):
-    """{name: numpy array} (F32, F64, BOOL); tolerates files without __metadata__."""
+    """{name: numpy array} (F32, F64, BOOL, and BF16 as float32); tolerates files without __metadata__."""
     raw = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
@@ -112,7 +112,8 @@ def read_safetensors(path):
     out = {}
     for name, info in header.items():
         b, e = info["data_offsets"]
-        out[name] = np.frombuffer(data[b:e], dtype=ST_NUMPY[info["dtype"]]).reshape(info["shape"])
+        a = np.frombuffer(data[b:e], dtype=ST_NUMPY[info["dtype"]]).reshape(info["shape"])
+        out[name] = (a.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else a
     return out
 
 
@@ -123,7 +124,8 @@ def read_safetensors(path):
 class Workload:
     """One module at one shape, runnable by PyTorch, by attn_run and (with an OrtModel) by ORT."""
 
-    def __init__(self, name, build, inputs, attn_args, flops, target=None, torch_call=None, ort=None):
+    def __init__(self, name, build, inputs, attn_args, flops, target=None, torch_call=None, ort=None,
+                 dtype=torch.float32):
         self.name = name            # table label
         self.build = build          # () -> torch module (eval mode is set by the caller)
         self.inputs = inputs        # () -> dict of input tensors, as attn_run reads them
@@ -132,6 +134,7 @@ class Workload:
         self.target = target        # minimum speed-up torch/attn, or None
         self.torch_call = torch_call or (lambda m, x: m(x["x"]))
         self.ort = ort              # OrtModel, or None: no ORT column
+        self.dtype = dtype          # both sides compute in it (PyTorch: module.to(dtype))
 
 
 class OrtModel:
@@ -201,6 +204,14 @@ def linear(rows, k, n):
         ort=OrtModel(lambda state, x: onnx_models.linear_model(state, x["x"].shape)))
 
 
+def linear_bf16(rows, k, n):
+    """nn.Linear(k, n) with bias on x (rows, k), all in bfloat16 (module.to(torch.bfloat16))."""
+    return Workload(
+        f"linear ({rows} x {k}) x ({k} x {n}), bias, bfloat16", lambda: nn.Linear(k, n), lambda: {"x": randn(rows, k)},
+        ["--module", "linear", "--in-features", str(k), "--out-features", str(n), "--dtype", "bfloat16"],
+        linear_flops(rows, k, n), dtype=torch.bfloat16)
+
+
 def gqa_prefill(n, e, h, k, d):
     """A Llama-3-8B-shaped attention layer over a prompt of n tokens (causal, RoPE), against HF's
     eager LlamaAttention (torch_reference.LlamaAttention, float32)."""
@@ -229,6 +240,7 @@ def workloads(need_weights):
                label="multi-head (64, 10, 128), 8 heads (nn.MultiheadAttention)"),
         *(core(1, 8, n, d) for n, d in ((2048, 64), (4096, 64), (1024, 128), (4096, 8), (4096, 16))),
         linear(2048, 512, 1536),
+        linear_bf16(2048, 512, 1536),
         gqa_prefill(2048, 4096, 32, 8, 128),
         Workload("SeparateProjectionMultiHeadAttention (64, 10, 128), 8 heads",
                  lambda: ref.SeparateProjectionMultiHeadAttention(128, 8),
@@ -380,6 +392,8 @@ def output_tensor(path):
 
 
 TOLERANCE = 1e-4  # max relative difference accepted between two sides' outputs
+# bfloat16 outputs: one step of bfloat16 at the largest value (2^-7 of it)
+TOLERANCES = {torch.float32: TOLERANCE, torch.bfloat16: 2.0 ** -7}
 
 
 def rel_diff(ours, ref):
@@ -443,10 +457,10 @@ def with_nonzero_biases(module, scale=0.1):
     return module
 
 
-def check_attn(name, attn_out, torch_out):
-    """attn's max relative difference to PyTorch's output; warns above TOLERANCE."""
+def check_attn(name, attn_out, torch_out, tolerance):
+    """attn's max relative difference to PyTorch's output; warns above the tolerance."""
     d = rel_diff(attn_out, torch_out)
-    if not d <= TOLERANCE:
+    if not d <= tolerance:
         print(f"WARNING: {name}: attn's output differs from PyTorch's by {d:.2e} "
               "(relative to the largest value): not the same computation?", file=sys.stderr)
     return d
@@ -454,21 +468,22 @@ def check_attn(name, attn_out, torch_out):
 
 def measure(w, threads, opts, blas_lib, workdir, run_torch=True, run_ort=True):
     torch.manual_seed(0)
-    module = with_nonzero_biases(w.build().eval())
-    inputs = w.inputs()
-    result = {"workload": w.name, "threads": threads, "flops": w.flops, "target": w.target}
+    module = with_nonzero_biases(w.build().eval()).to(w.dtype)
+    inputs = {k: v.to(w.dtype) if v.is_floating_point() else v for k, v in w.inputs().items()}
+    result = {"workload": w.name, "threads": threads, "flops": w.flops, "target": w.target,
+              "dtype": str(w.dtype).replace("torch.", "")}
     outputs = {}  # side -> its output (numpy), for the checks
     if run_torch:
         set_torch_threads(threads, blas_lib)
         result["torch_ms"], out = time_torch(module, w.torch_call, inputs, opts.repeat, opts.warmup)
-        outputs["PyTorch"] = out.detach().numpy()
+        outputs["PyTorch"] = out.detach().float().numpy() if w.dtype == torch.bfloat16 else out.detach().numpy()
     if opts.attn_run:
         fields, out = measure_attn(w, module, inputs, threads, opts, workdir)
         result.update(fields)
         if out is not None:
             outputs["attn"] = out
             if "PyTorch" in outputs:
-                result["rel_diff"] = check_attn(w.name, out, outputs["PyTorch"])
+                result["rel_diff"] = check_attn(w.name, out, outputs["PyTorch"], TOLERANCES[w.dtype])
     if opts.ort and w.ort and run_ort:
         result.update(measure_ort(w, module, inputs, threads, opts, workdir, outputs))
     return result
@@ -511,7 +526,7 @@ def print_table(results, peaks):
     for r in results:
         t, o, a = r.get("torch_ms"), r.get("ort_ms"), r.get("attn_ms")
         gf = r["flops"] / (a * 1e-3) * 1e-9 if a else None
-        peak = peaks.get(r["threads"])
+        peak = peaks.get(r.get("dtype", "float32"), {}).get(r["threads"])
         diff = max_rel_diff(r)
         cells = [r["workload"], str(r["threads"]), fmt_ms(t), fmt_ms(o), fmt_ms(a),
                  fmt_ratio(ratio(o, a)), fmt_ratio(ratio(t, a)), target_cell(r["target"], ratio(t, a)),
@@ -540,7 +555,12 @@ def measure_peaks(peak_bin, thread_counts):
         data = json.loads(out)
         print(f"FMA peak ({data['isa']}): " +
               ", ".join(f"{p['threads']} thread(s) {p['gflops']:.0f} GFLOP/s" for p in data["peak"]))
-        return {p["threads"]: p["gflops"] for p in data["peak"]}
+        peaks = {"float32": {p["threads"]: p["gflops"] for p in data["peak"]}}
+        if data.get("bf16_peak"):
+            print("bfloat16 dot-product peak (vdpbf16ps): " +
+                  ", ".join(f"{p['threads']} thread(s) {p['gflops']:.0f} GFLOP/s" for p in data["bf16_peak"]))
+            peaks["bfloat16"] = {p["threads"]: p["gflops"] for p in data["bf16_peak"]}
+        return peaks
     except (OSError, subprocess.CalledProcessError, ValueError) as e:
         print(f"WARNING: peak measurement failed: {e}", file=sys.stderr)
         return {}
