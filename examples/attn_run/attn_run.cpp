@@ -22,7 +22,9 @@
 #include <new>
 #include <set>
 #include <stdexcept>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -53,7 +55,7 @@ const char* const kUsage =
     "                [--in-features K --out-features N]\n"
     "                [--qkv-bias] [--no-bias] [--add-bias-kv] [--add-zero-attn]\n"
     "                --weights W.safetensors [--prefix P] --inputs X.safetensors --output Y.safetensors\n"
-    "                [--need-weights] [--per-head-weights] [--threads N] [--repeat N]\n"
+    "                [--need-weights] [--per-head-weights] [--dtype D] [--threads N] [--repeat N]\n"
     "\n"
     "Runs one module (in eval mode) on the inputs and writes its outputs.\n"
     "\n"
@@ -92,11 +94,16 @@ const char* const kUsage =
     "              Optional: key_padding_mask (B, S) and attn_mask (any shape that broadcasts to\n"
     "              (B, H, L, S), or (B*H, L, S)), bool or\n"
     "              uint8 (true = masked out) or float (added to the logits): nn.MultiheadAttention's\n"
-    "              conventions. Computation is in the dtype of x / query (F32 or F64).\n"
+    "              conventions. Computation is in the dtype of x / query, or --dtype's.\n"
     "  --output    output; with --need-weights (multi_head_attention only) also attn_weights,\n"
     "              averaged over heads (B, L, S), or per head (B, H, L, S) with --per-head-weights\n"
     "              (which implies --need-weights).\n"
     "\n"
+    "  --dtype D    float32, float64, bfloat16 or float16: the dtype of the computation, of the\n"
+    "               weights and activations it stores, and of the output (default: that of x /\n"
+    "               query). Weights and inputs of any float dtype (F32, F64, BF16, F16) are converted\n"
+    "               once, on load (rounded to nearest even). bfloat16 and float16 run --module linear\n"
+    "               so far (float32 sums, one rounding per output).\n"
     "  --threads N  threads for attn's kernels (0 = all cores, the default)\n"
     "  --repeat N   after the first forward pass, run it N more times and print\n"
     "               'forward median: <ms> ms (N runs)' (forward pass only, no I/O)\n"
@@ -117,7 +124,7 @@ struct Options {
   std::string activation = "relu";
   bool qkv_bias = false, no_bias = false, add_bias_kv = false, add_zero_attn = false;
   bool no_rope = false, rope_interleaved = false, norm_first = false, causal = false;
-  std::string weights, prefix, inputs, output;
+  std::string weights, prefix, inputs, output, dtype;
   bool need_weights = false, per_head_weights = false;
   int threads = 0;
   long repeat = 0;
@@ -178,6 +185,7 @@ Options parse_args(int argc, char** argv) {
       {"prefix", [&](const std::string& v) { o.prefix = v; }},
       {"inputs", [&](const std::string& v) { o.inputs = v; }},
       {"output", [&](const std::string& v) { o.output = v; }},
+      {"dtype", [&](const std::string& v) { o.dtype = v; }},
       {"threads", [&](const std::string& v) { o.threads = static_cast<int>(parse_number("threads", v, 0, 4096)); }},
       {"repeat", [&](const std::string& v) { o.repeat = parse_number("repeat", v, 0, 1000000000L); }},
   };
@@ -269,12 +277,21 @@ void validate_decoding_flags(const Options& o) {
   if (o.incremental > 0 && o.need_weights) throw UsageError("--incremental does not return attention weights");
 }
 
+/// The safetensors dtype of a --dtype name, or nothing.
+std::optional<DType> dtype_of(const std::string& name) {
+  if (name == "float32") return DType::kF32;
+  if (name == "float64") return DType::kF64;
+  if (name == "bfloat16") return DType::kBF16;
+  if (name == "float16") return DType::kF16;
+  return std::nullopt;
+}
+
 /// Checks what parse_args cannot: required flags, flags the module does not take, and
 /// the constructor arguments. Fills in the modules' default head counts.
 void validate(Options& o) {
   if (o.module == "transformer_encoder") o.module = "mobilevit_encoder_layer";  // its former name
   const bool sdpa = o.module == "sdpa";  // the attention core has no weights
-  std::set<std::string> common{"module", "inputs", "output", "threads", "repeat"};
+  std::set<std::string> common{"module", "inputs", "output", "threads", "repeat", "dtype"};
   if (!sdpa) common.insert({"weights", "prefix"});
   for (const char* f : {"module", "inputs", "output"})
     if (!o.given.count(f)) throw UsageError(std::string("--") + f + " is required");
@@ -293,6 +310,8 @@ void validate(Options& o) {
     }
   for (const auto& f : it->second.required)
     if (!o.given.count(f)) throw UsageError("--module " + o.module + " needs --" + f);
+  if (o.given.count("dtype") && !dtype_of(o.dtype))
+    throw UsageError("--dtype expects float32, float64, bfloat16 or float16, got '" + o.dtype + "'");
   if (o.per_head_weights) o.need_weights = true;
   if (!o.given.count("num-heads")) o.num_heads = o.module == "self_attention" ? 1 : 8;  // PyTorch defaults
   validate_decoding_flags(o);
@@ -536,6 +555,15 @@ std::function<Result<T>()> mha_forward(const Options& o, const Inputs<T>& in, co
 template <class T>
 std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, const attn::StateDict<T>& weights) {
   auto load = [&](attn::Module<T>& m) { m.load_state_dict(weights); };
+  if constexpr (std::is_same<T, attn::bfloat16>::value || std::is_same<T, attn::half>::value) {
+    if (o.module != "linear")
+      throw std::runtime_error("--module " + o.module +
+                               " does not compute in bfloat16 or float16 yet (linear does; use --dtype float32)");
+    const attn::Tensor<T>& x = in.values.at("x");
+    auto m = std::make_shared<attn::Linear<T>>(o.in_features, o.out_features, !o.no_bias);
+    load(*m);
+    return [m, &x] { return Result<T>{m->forward(x), {}}; };
+  } else {
   if (o.module == "multi_head_attention") return mha_forward(o, in, weights);
   if (o.module == "transformer_decoder_layer") return decoder_forward(o, in, weights);
   if (o.module == "sdpa") return sdpa_forward(o, in);
@@ -561,6 +589,7 @@ std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, c
     return single(std::make_shared<attn::TransformerEncoderLayer<T>>(o.embed_dim, o.num_heads, layer_options(o)));
   if (o.module == "gqa_attention") return gqa_forward(o, x, in.masks, weights);
   return single(std::make_shared<attn::MobileViTEncoderLayer<T>>(o.embed_dim, o.ffn_dim, o.num_heads));
+  }
 }
 
 /// Writes to a temporary file next to `path`, then renames it: `path` exists only if
@@ -653,14 +682,18 @@ int main(int argc, char** argv) {
     const attn::io::SafetensorsFile inputs(o.inputs);
     const std::string main_input = input_names(o.module).front();
     if (!inputs.contains(main_input)) throw std::runtime_error(o.inputs + ": no tensor named '" + main_input + "'");
-    const DType dtype = inputs.info(main_input).dtype;
+    const DType dtype = o.dtype.empty() ? inputs.info(main_input).dtype : *dtype_of(o.dtype);
     if (dtype == DType::kF32)
       run<float>(o, inputs);
     else if (dtype == DType::kF64)
       run<double>(o, inputs);
+    else if (dtype == DType::kBF16)
+      run<attn::bfloat16>(o, inputs);
+    else if (dtype == DType::kF16)
+      run<attn::half>(o, inputs);
     else
       throw std::runtime_error(o.inputs + ": " + main_input + " has dtype " + attn::io::dtype_name(dtype) +
-                               "; attn_run computes in F32 or F64");
+                               "; attn_run computes in F32, F64, BF16 or F16");
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr,
                  "attn_run: out of memory: the %s's parameters or activations for --embed-dim %lld and these "

@@ -7,6 +7,11 @@
     e2e_test.py errors ATTN_RUN WORKDIR
         attn_run's failures: exit status, a one-line message on stderr, no output file.
         Needs neither PyTorch nor NumPy (the files are written with struct).
+    e2e_test.py dtypes ATTN_RUN WORKDIR
+        --dtype bfloat16 and float16 (linear) against PyTorch: bfloat16 against PyTorch's own
+        bfloat16 nn.Linear, float16 against the float64 product of the float16 values
+        (PyTorch 1.13 has no float16 matmul on CPU). Float32 files, converted on load; the
+        output must be in the --dtype. Exit 77 without PyTorch, as `case`.
 """
 import json
 import re
@@ -134,7 +139,9 @@ def run_errors(attn_run, workdir):
     check("x does not fit embed_dim", args(inputs=w / "narrow.safetensors"), 1, "x")
     check("attn_mask shape", args(inputs=w / "badmask.safetensors"), 1, "attn_mask")
     check("unexpected input tensor", args(inputs=w / "extra.safetensors"), 1, "query")
-    check("float16 input", args(inputs=w / "half.safetensors"), 1, "F16")
+    check("float16 input to a module without float16", args(inputs=w / "half.safetensors"), 1, "float16")
+    check("unknown --dtype", base + ["--dtype", "int8"], 2, "--dtype")
+    check("--dtype bfloat16 for a module without it", base + ["--dtype", "bfloat16"], 1, "bfloat16")
     check("output directory missing", args(output=w / "no_such_dir" / "y.safetensors"), 1, "no_such_dir")
     (w / "outdir").mkdir()
     check("output is a directory (rename fails)", args(output=w / "outdir"), 1, "outdir")
@@ -176,13 +183,61 @@ def run_errors(attn_run, workdir):
     return 1 if failures else 0
 
 
+def run_dtypes(attn_run, workdir):
+    try:
+        import numpy as np
+        import torch
+    except ImportError as e:
+        print(f"SKIPPED: {sys.executable} cannot import PyTorch/NumPy ({e}); "
+              "install python3-torch python3-numpy to run the end-to-end check")
+        return SKIP
+    w = Path(workdir)
+    shutil.rmtree(w, ignore_errors=True)
+    w.mkdir(parents=True)
+    torch.manual_seed(0)
+    K, N = 67, 40
+    m, x = torch.nn.Linear(K, N), torch.randn(3, 7, K)
+    f32 = lambda t: ("F32", list(t.shape), t.detach().flatten().tolist())  # noqa: E731
+    write_st(w / "weights.safetensors", {k: f32(v) for k, v in m.state_dict().items()})
+    write_st(w / "inputs.safetensors", {"x": f32(x)})
+    with torch.no_grad():
+        h = {k: v.half().double() for k, v in m.state_dict().items()}
+        expected = {"float16": ("F16", "<f2", x.half().double() @ h["weight"].T + h["bias"], 2.0 ** -10),
+                    "bfloat16": ("BF16", "<u2", m.to(torch.bfloat16)(x.to(torch.bfloat16)).float(), 2.0 ** -7)}
+    failures = []
+    for dtype, (st_dtype, np_dtype, ref, tol) in expected.items():
+        out = w / f"{dtype}.safetensors"
+        r = subprocess.run([attn_run, "--module", "linear", "--in-features", str(K), "--out-features", str(N),
+                            "--weights", str(w / "weights.safetensors"), "--inputs", str(w / "inputs.safetensors"),
+                            "--output", str(out), "--dtype", dtype], capture_output=True, text=True)
+        if r.returncode != 0:
+            failures.append(f"{dtype}: exit {r.returncode}: {r.stderr.strip()}")
+            continue
+        info = read_header(out)["output"]
+        raw = out.read_bytes()
+        begin, end = info["data_offsets"]
+        a = np.frombuffer(raw[8 + int.from_bytes(raw[:8], "little"):][begin:end], dtype=np_dtype)
+        got = (a.astype(np.uint32) << 16).view(np.float32) if st_dtype == "BF16" else a.astype(np.float32)
+        ref = ref.numpy().reshape(-1)
+        err = float(np.abs(got.astype(np.float64) - ref).max()) / float(np.abs(ref).max())
+        ok = info["dtype"] == st_dtype and info["shape"] == [3, 7, N] and err <= tol
+        print(f"{'ok  ' if ok else 'FAIL'} --dtype {dtype}: output {info['dtype']}{info['shape']}, max error "
+              f"{err:.3g} of max |ref| (tolerance {tol:g}: one {dtype} step)")
+        if not ok:
+            failures.append(dtype)
+    print(f"{len(failures)} failure(s)" + (": " + ", ".join(failures) if failures else ""))
+    return 1 if failures else 0
+
+
 def main(argv):
-    if len(argv) < 3 or argv[0] not in ("case", "errors"):
+    if len(argv) < 3 or argv[0] not in ("case", "errors", "dtypes"):
         print(__doc__, file=sys.stderr)
         return 2
     mode, attn_run, workdir = argv[:3]
     if mode == "case":
         return run_case(attn_run, workdir, argv[3:])
+    if mode == "dtypes":
+        return run_dtypes(attn_run, workdir)
     return run_errors(attn_run, workdir)
 
 
