@@ -57,8 +57,13 @@
 #endif
 /// The kernels are compiled once more for AVX-512 (in a target region).
 #define ATTN_STAMP_AVX512 (ATTN_DISPATCH && !ATTN_BUILD_AVX512)
-/// The kernels are compiled once more for AVX2 (in a target region).
+/// The kernels are compiled once more for AVX2 (in a target region); -DATTN_NO_AVX2_PATH
+/// leaves that path out (tests/run.sh's sanitized tree on AVX-512 CPUs, where it never runs).
+#if defined(ATTN_NO_AVX2_PATH)
+#define ATTN_STAMP_AVX2 0
+#else
 #define ATTN_STAMP_AVX2 (ATTN_DISPATCH && !ATTN_BUILD_AVX2 && !ATTN_BUILD_AVX512)
+#endif
 /// The AVX512-BF16 kernels (a target region whatever the build's flags) are compiled in.
 #define ATTN_HAS_AVX512BF16 ATTN_DISPATCH
 
