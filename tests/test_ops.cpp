@@ -122,6 +122,10 @@ TEST(OpsErrors, ShapesAreNamed) {
   ExpectInvalid([&] { attn::layer_norm<float>(x, {}, {}, -1.0f); }, {"eps", "-1"});
   float scalar = 100;  // a 0-d bias is a tensor, not "no bias"
   ExpectInvalid([&] { attn::linear<float>(Tensor<float>({2, 4}), w, attn::TensorView<const float>(&scalar, {})); }, {"bias", "()"});
+  using attn::bfloat16;
+  ExpectInvalid([&] { attn::linear<bfloat16>(Tensor<bfloat16>({2, 5}), Tensor<bfloat16>({3, 4})); },
+                {"linear", "(2, 5)", "(3, 4)"});
+  ExpectInvalid([&] { attn::Linear<bfloat16>(4, 3).forward(Tensor<bfloat16>({2, 5})); }, {"Linear", "(2, 5)"});
   ExpectInvalid([&] { attn::mix_heads<float>(Tensor<float>({1, 2, 3, 3}), Tensor<float>({3, 3}), Tensor<float>({3})); },
                 {"mix_heads", "(3, 3)", "(1, 2, 3, 3)"});
 }
