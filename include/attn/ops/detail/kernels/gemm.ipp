@@ -157,13 +157,13 @@ struct GemmItems {
   }
 };
 
-/// The result of an empty sum (k = 0): every output is its bias (or 0).
-template <class T, class B>
-void gemm_bias_only(const std::vector<GemmPanel<T>>& panels, Index m, const B& bias_of_panel) {
+/// The result of an empty sum (k = 0): every output is w's bias (or 0).
+template <class T>
+void gemm_bias_only(const std::vector<GemmPanel<T>>& panels, Index m, const PackedWeight<T>& w) {
   for (const GemmPanel<T>& panel : panels)
     for (Index r = 0; r < m; ++r)
       panel.runs(r, [&](T* at, Index j, Index n) {
-        const auto* bias = bias_of_panel(panel.f0 / panel.nr);
+        const T* bias = w.bias(panel.f0 / panel.nr);
         for (Index c = 0; c < n; ++c) at[c] = bias ? bias[j + c] : T(0);
       });
 }
@@ -178,7 +178,7 @@ void gemm_run(const T* x, Index m, Index ldx, const PackedWeight<T>& w, const Ge
   const Index k = w.cols();
   const std::vector<GemmPanel<T>> panels = gemm_panels(outputs, n_outputs, BL::kNR);
   if (m == 0 || panels.empty()) return;
-  if (k == 0) return gemm_bias_only(panels, m, [&](Index p) { return w.bias(p); });
+  if (k == 0) return gemm_bias_only(panels, m, w);
   const GemmItems g = GemmItems::of(m, Index(panels.size()), BL::kMR, BL::row_block());
   g.run(BL::kNR, k, [&](Index it) {
     const WorkBuffer<T> packed_rows(g.mc * std::min(k, BL::kKC));  // this item's rows of x, packed

@@ -67,7 +67,7 @@ void gemm16_run(const S* x, Index m, Index ldx, const PackedWeight<S>& w, const 
   const Index k = w.cols();
   const std::vector<GemmPanel<S>> panels = gemm_panels(outputs, n_outputs, NR);
   if (m == 0 || panels.empty()) return;
-  if (k == 0) return gemm_bias_only(panels, m, [&](Index p) { return w.bias(p); });
+  if (k == 0) return gemm_bias_only(panels, m, w);
   const GemmItems g = GemmItems::of(m, Index(panels.size()), MR,
                                     gemm_row_block(Micro::a_size(MR, KC) * Index(sizeof(typename Micro::A)) / MR, MR));
   g.run(NR, k, [&](Index it) {
