@@ -121,10 +121,10 @@ TYPED_TEST(GemmTyped, OnEveryPathMatchesFloat64) {
   struct Shape {
     Index m, n, k;
   };
-  // Sizes around the register blocks (6 rows; 8, 16 or 64 columns), odd depths (the k-pairs
-  // of avx512bf16), more than one k-block (512 floats, 1024 bfloat16 pairs), and a row count
-  // that spans several row blocks.
-  const Shape shapes[] = {{1, 1, 1}, {5, 17, 3}, {7, 65, 129}, {13, 70, 600}, {6, 64, 1030}, {9, 33, 2101},
+  // An empty sum (k = 0: the bias), sizes around the register blocks (6 rows; 8, 16 or 64
+  // columns), odd depths (the k-pairs of avx512bf16), more than one k-block (512 floats, 1024
+  // bfloat16 pairs), and a row count that spans several row blocks.
+  const Shape shapes[] = {{3, 5, 0}, {1, 1, 1}, {5, 17, 3}, {7, 65, 129}, {13, 70, 600}, {6, 64, 1030}, {9, 33, 2101},
                           {400, 33, 40}};
   for (KernelIsa isa : attn::available_kernel_isas()) {
     attn::set_kernel_isa(isa);
