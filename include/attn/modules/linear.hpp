@@ -18,7 +18,9 @@ namespace attn {
 
 /// @brief y = x W^T + b with weight (out_features, in_features): torch.nn.Linear.
 /// Parameters: `weight`, `bias` (if bias). Initialised like PyTorch's reset_parameters,
-/// U(-1/sqrt(in), 1/sqrt(in)), from a fixed seed.
+/// U(-1/sqrt(in), 1/sqrt(in)), from a fixed seed. T is float, double, attn::bfloat16 or
+/// attn::half; in the 16-bit types the weights, inputs and outputs are 16-bit, the products
+/// are summed in float32 and each output is rounded once (attn/ops/linear.hpp).
 template <class T>
 class Linear : public Module<T> {
  public:
