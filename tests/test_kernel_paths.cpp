@@ -123,8 +123,10 @@ TYPED_TEST(GemmTyped, OnEveryPathMatchesFloat64) {
   };
   // An empty sum (k = 0: the bias), sizes around the register blocks (6 rows; 8, 16 or 64
   // columns), odd depths (the k-pairs of avx512bf16), more than one k-block (512 floats, 1024
-  // bfloat16 pairs), and a row count that spans several row blocks.
-  const Shape shapes[] = {{3, 5, 0}, {1, 1, 1}, {5, 17, 3}, {7, 65, 129}, {13, 70, 600}, {6, 64, 1030}, {9, 33, 2101},
+  // bfloat16 values) and depths that are whole k-blocks, items of several panels over several
+  // k-blocks, and a row count that spans several row blocks.
+  const Shape shapes[] = {{3, 5, 0},     {1, 1, 1},      {5, 17, 3},     {7, 65, 129},  {13, 70, 600},
+                          {6, 64, 1030}, {9, 33, 2101},  {5, 40, 1024},  {7, 20, 2048}, {13, 700, 1100},
                           {400, 33, 40}};
   for (KernelIsa isa : attn::available_kernel_isas()) {
     attn::set_kernel_isa(isa);
@@ -143,7 +145,7 @@ TYPED_TEST(GemmTyped, OnEveryPathMatchesFloat64) {
 TYPED_TEST(GemmTyped, WritesEachOutputRangeIntoItsHeads) {
   using T = TypeParam;
   PathGuard guard;
-  const Index m = 9, k = 37, heads = 3, d = 11, n = 2 * heads * d;
+  const Index m = 9, k = 1100, heads = 3, d = 11, n = 2 * heads * d;  // k: several k-blocks
   const RowMatrix<T> x = random<T>(m, k), w = random<T>(n, k);
   const attn::Vector<T> b = random<T>(n, 1);
   const RowMatrix<double> ref = product(x, w, b);

@@ -60,13 +60,12 @@ ATTN_TARGET_BEGIN(ATTN_FEATURES_AVX512 ",avx512bf16")
 /// c (6 x 64, row-major) = the products of a's and b's pairs over kc. Never inlined.
 EIGEN_DONT_INLINE inline void GemmBf16::micro(const A* a, const bfloat16* b, Index kc, float* c) {
   const Index pairs = (kc + 1) / 2;
-  const auto* w = reinterpret_cast<const std::uint16_t*>(b);
   __m512 acc[kMR][4];
   ATTN_UNROLL for (int i = 0; i < kMR; ++i)
     ATTN_UNROLL for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
   for (Index j = 0; j < pairs; ++j) {
     __m512bh bv[4];
-    ATTN_UNROLL for (int v = 0; v < 4; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(w + j * 2 * kNR + v * 32);
+    ATTN_UNROLL for (int v = 0; v < 4; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + j * 2 * kNR + v * 32);
     ATTN_UNROLL for (int i = 0; i < kMR; ++i) {
       const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[j * kMR + i]));
       ATTN_UNROLL for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], av, bv[v]);

@@ -84,7 +84,7 @@ void gemm16_run(const S* x, Index m, Index ldx, const PackedWeight<S>& w, const 
         const auto* b = Micro::panel(w.panel(k0, p), kc, converted.data());
         for (Index ip = 0; ip < rows; ip += MR) {
           Micro::micro(a.data() + Micro::a_size(ip, kc), b, kc, c);
-          float* before = sums.data() + ((q - q0) * rows_pad + ip) * NR;
+          float* before = k > KC ? sums.data() + ((q - q0) * rows_pad + ip) * NR : nullptr;
           if (k0 > 0)
             for (int i = 0; i < MR; ++i) gemm16_add<NR>(c + i * NR, before + i * NR);
           if (k0 + kc == k)
