@@ -11,8 +11,8 @@
 #   2. build-asan/   tests and examples (attn_run) under AddressSanitizer +
 #                    UndefinedBehaviorSanitizer (-fno-sanitize-recover=all, leaks checked),
 #                    built without -march: the kernels run on the widest run-time path the
-#                    CPU has (AVX-512 or AVX2 packet code under the sanitizers; on AVX-512 the
-#                    avx2 path, which would not run, is not compiled); then their ctest
+#                    CPU has (AVX-512 or AVX2 packet code under the sanitizers; on AVX-512 only
+#                    test_kernel_paths compiles the avx2 path, which it runs); then their ctest
 #                    suite (no packaging tests, no benchmarks; the example programs other
 #                    than attn_run are not built: at their full sizes they take minutes each
 #                    under the sanitizers and repeat forward passes that the unit tests'
@@ -87,8 +87,10 @@ stage "build/ (Release, -Werror)" plain "$@"
 # Any report ends the process with a non-zero status (halt_on_error, -fno-sanitize-recover).
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1:strict_string_checks=1:check_initialization_order=1:detect_stack_use_after_return=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-# On an AVX-512 CPU the tests run the avx512 path (or avx512bf16), never avx2: that path is
-# left out of this tree (ATTN_NO_AVX2_PATH), which compiles each test about 10% faster.
+# On an AVX-512 CPU the tests run the widest path (avx512 or avx512bf16); only
+# test_kernel_paths, which loops over every path, runs avx2, and it keeps that path
+# (tests/CMakeLists.txt). The others are built without it (ATTN_NO_AVX2_PATH): each compiles
+# about 10% faster.
 asan_flags=""
 if [ "$avx512" = 1 ]; then asan_flags="-DATTN_NO_AVX2_PATH"; fi
 sanitized() {
