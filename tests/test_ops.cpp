@@ -86,7 +86,8 @@ std::pair<double, double> errors_against(const Tensor<T>& y, const Tensor<double
 // bfloat16 linear against PyTorch's own bfloat16 nn.Linear (module.to(torch.bfloat16)): on
 // every case, attn's error against the float64 product of the same bfloat16 values is no
 // larger than PyTorch's, as the largest and as the mean error. Through the op and through
-// the Linear module loaded from the file.
+// the Linear module loaded from the file. (It also prints how many outputs differ from
+// PyTorch's bits.)
 TEST(Bfloat16, LinearIsAtLeastAsAccurateAsPyTorch) {
   using attn::bfloat16;
   for (const char* name : {"linear_small_bf16", "linear_3d_bf16", "linear_deep_bf16", "linear_nobias_bf16"}) {
@@ -104,10 +105,14 @@ TEST(Bfloat16, LinearIsAtLeastAsAccurateAsPyTorch) {
     const Tensor<bfloat16> y_module = module.forward(x);
     ASSERT_EQ(y.shape(), exact.shape());
     ASSERT_EQ(std::memcmp(y.data(), y_module.data(), sizeof(bfloat16) * y.numel()), 0);
+    const Tensor<bfloat16> torch = c.get<bfloat16>("output.torch");
     const auto [attn_max, attn_mean] = errors_against(y, exact);
-    const auto [torch_max, torch_mean] = errors_against(c.get<bfloat16>("output.torch"), exact);
-    std::printf("%s on %s: max error attn %.4g, PyTorch %.4g; mean error attn %.4g, PyTorch %.4g\n", name,
-                attn::to_string(attn::kernel_isa()), attn_max, torch_max, attn_mean, torch_mean);
+    const auto [torch_max, torch_mean] = errors_against(torch, exact);
+    Index differ = 0;
+    for (Index i = 0; i < y.numel(); ++i) differ += std::memcmp(&y[i], &torch[i], sizeof(bfloat16)) != 0;
+    std::printf("%s on %s: max error attn %.4g, PyTorch %.4g; mean error attn %.4g, PyTorch %.4g; %ld of %ld "
+                "outputs differ from PyTorch's\n", name, attn::to_string(attn::kernel_isa()), attn_max, torch_max,
+                attn_mean, torch_mean, static_cast<long>(differ), static_cast<long>(y.numel()));
     EXPECT_LE(attn_max, torch_max);
     EXPECT_LE(attn_mean, torch_mean);
   }

@@ -4,9 +4,9 @@
 ///
 /// The element type is float, double, attn::bfloat16 or attn::half. In the 16-bit types the
 /// weight is packed in 16 bits and the products are summed in float32; the bias is added in
-/// float32 and each output rounded once, to nearest even (PyTorch's bfloat16 nn.Linear gives
-/// the same bits on its reference cases). bfloat16 runs on AVX512-BF16's vdpbf16ps on the
-/// avx512bf16 kernel path (attn/core/isa.hpp); elsewhere tiles are converted to float32.
+/// float32 and each output rounded once, to nearest even, as PyTorch's bfloat16 nn.Linear
+/// does. bfloat16 runs on AVX512-BF16's vdpbf16ps on the avx512bf16 kernel path
+/// (attn/core/isa.hpp); elsewhere tiles are converted to float32.
 
 #include <algorithm>
 #include <initializer_list>
