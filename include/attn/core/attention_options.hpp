@@ -16,8 +16,9 @@ namespace attn {
 /// causal and sliding-window masking, softmax, dropout.
 template <class T>
 struct SdpaOptions {
-  /// Multiplies q k^T; default 1/sqrt(head_dim).
-  std::optional<T> scale;
+  /// Multiplies q k^T; default 1/sqrt(head_dim). (The scalars are in compute_t<T>: float32
+  /// for bfloat16 and half.)
+  std::optional<compute_t<T>> scale;
   /// (B, S): one entry per key of each batch element, the same for every head and query.
   Mask<T> key_padding_mask;
   /// Any shape that broadcasts to (B, H, L, S) (PyTorch's rule: (L, S), (B, 1, L, S), (H, L, S),
@@ -33,12 +34,12 @@ struct SdpaOptions {
   std::optional<Index> sliding_window;
   /// @brief Logit soft-capping: logits = c * tanh(logits / c) after the scale, before ALiBi
   /// and the masks (Gemma 2, Grok; FlashAttention's and ggml's softcap). c must be > 0.
-  std::optional<T> softcap;
+  std::optional<compute_t<T>> softcap;
   /// @brief ALiBi: (H) per-head slopes; head h's logit (i, j) gets -slope_h * |i + S - L - j|
   /// (FlashAttention's alibi_slopes), after soft-capping, before the masks. Empty: none.
   TensorView<const T> alibi_slopes;
   /// Dropout on the attention weights, applied when > 0 (callers pass 0 in eval mode).
-  T dropout_p = T(0);
+  compute_t<T> dropout_p = 0;
   /// Source of the dropout mask; required when dropout_p > 0.
   Generator* generator = nullptr;
   /// If set, receives the attention weights (B, H, L, S), after dropout (what multiplies v,

@@ -27,6 +27,18 @@ using bfloat16 = Eigen::bfloat16;
 /// load into it and save from it bit for bit.
 using half = Eigen::half;
 
+namespace detail {
+/// The 16-bit storage types: stored in 16 bits, computed in float32.
+template <class T>
+struct is_storage16 : std::integral_constant<bool, std::is_same<T, bfloat16>::value || std::is_same<T, half>::value> {};
+}  // namespace detail
+
+/// @brief The type attn computes a T in: float32 for bfloat16 and half, else T itself. The
+/// kernels' sums and softmax statistics are in it, and so are the scalars of an attention
+/// call (SdpaOptions' scale, softcap and dropout probability), which 16 bits would round.
+template <class T>
+using compute_t = std::conditional_t<detail::is_storage16<T>::value, float, T>;
+
 /// Dynamic row-major matrix (PyTorch's memory order).
 template <class T>
 using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

@@ -71,7 +71,7 @@ namespace detail {
 /// key padding mask seen as (1, S), as PyTorch does). The module sets causal masking,
 /// dropout and its generator itself, then check_options.
 template <class T>
-SdpaOptions<T> sdpa_options(const char* where, const AttentionMasks<T>& masks, T scale, bool unbatched,
+SdpaOptions<T> sdpa_options(const char* where, const AttentionMasks<T>& masks, compute_t<T> scale, bool unbatched,
                             Index len_k) {
   SdpaOptions<T> opt;
   opt.scale = scale;

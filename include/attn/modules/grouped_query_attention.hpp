@@ -123,9 +123,9 @@ class GroupedQueryAttention : public Module<T> {
     SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale(), false, keys);
     opt.causal = Causal::kBottomRight;
     opt.sliding_window = options_.sliding_window;
-    if (options_.softcap) opt.softcap = static_cast<T>(*options_.softcap);
+    if (options_.softcap) opt.softcap = static_cast<compute_t<T>>(*options_.softcap);
     opt.generator = args.generator;
-    opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
+    opt.dropout_p = this->is_training() ? static_cast<compute_t<T>>(options_.dropout) : 0;
     detail::check_options(where, opt, nb, num_heads_, len, keys);
     return opt;
   }
@@ -157,7 +157,7 @@ class GroupedQueryAttention : public Module<T> {
     return y;
   }
 
-  T scale() const { return T(1) / std::sqrt(static_cast<T>(head_dim_)); }
+  compute_t<T> scale() const { return compute_t<T>(1) / std::sqrt(static_cast<compute_t<T>>(head_dim_)); }
 
   Index check_input(const char* where, const TensorView<const T>& x, const GqaArgs<T>& args) const {
     detail::require(x.dim() == 3 && x.size(2) == embed_dim(), where, ": x has shape ", x.shape(),

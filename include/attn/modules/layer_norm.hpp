@@ -25,7 +25,7 @@ class LayerNorm : public Module<T> {
   /// (zeros) parameters (default true); without them the output is only normalised
   /// @throws std::invalid_argument if normalized_shape <= 0 or eps < 0
   explicit LayerNorm(Index normalized_shape, double eps = 1e-5, bool elementwise_affine = true)
-      : features_(normalized_shape), eps_(static_cast<T>(eps)) {
+      : features_(normalized_shape), eps_(static_cast<compute_t<T>>(eps)) {
     detail::require(normalized_shape > 0, "attn::LayerNorm: normalized_shape must be positive, got ",
                     normalized_shape);
     detail::require(eps >= 0, "attn::LayerNorm: eps must be >= 0, got ", eps);
@@ -35,8 +35,8 @@ class LayerNorm : public Module<T> {
 
   /// C, the size of the normalised last dimension.
   Index features() const { return features_; }
-  /// The epsilon added to the variance, converted to T.
-  T eps() const { return eps_; }
+  /// The epsilon added to the variance, converted to compute_t<T> (T, or float32 for the 16-bit types).
+  compute_t<T> eps() const { return eps_; }
 
   /// Normalises the rows of x (rows, C) into out; out may be x itself.
   template <class X, class Out>
@@ -64,7 +64,7 @@ class LayerNorm : public Module<T> {
  private:
   Vector<T> weight_, bias_;
   Index features_;
-  T eps_;
+  compute_t<T> eps_;
 };
 
 }  // namespace attn

@@ -96,7 +96,7 @@ class MultiHeadAttention : public Module<T> {
   /// The current parameter-name layout (see MhaLayout).
   MhaLayout layout() const { return layout_; }
   /// The factor q k^T is multiplied by (depends on the layout, see MhaLayout).
-  T scale() const { return scale_; }
+  compute_t<T> scale() const { return scale_; }
 
   /// Chooses the parameter names and scale convention (load_state_dict does it by itself).
   /// @throws std::invalid_argument for kFusedQkv unless kdim == vdim == embed_dim
@@ -108,11 +108,11 @@ class MultiHeadAttention : public Module<T> {
     options_.layout = layout;
     const double d = static_cast<double>(head_dim_);
     switch (layout) {
-      case MhaLayout::kTorch: scale_ = static_cast<T>(1.0 / std::sqrt(d)); break;
+      case MhaLayout::kTorch: scale_ = static_cast<compute_t<T>>(1.0 / std::sqrt(d)); break;
       case MhaLayout::kSeparateLinears:
-        scale_ = T(1) / static_cast<T>(std::sqrt(static_cast<float>(head_dim_)));
+        scale_ = compute_t<T>(1) / static_cast<compute_t<T>>(std::sqrt(static_cast<float>(head_dim_)));
         break;
-      case MhaLayout::kFusedQkv: scale_ = static_cast<T>(std::pow(d, -0.5)); break;
+      case MhaLayout::kFusedQkv: scale_ = static_cast<compute_t<T>>(std::pow(d, -0.5)); break;
     }
   }
 
@@ -362,7 +362,7 @@ class MultiHeadAttention : public Module<T> {
     SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale_, unbatched, len_k);
     opt.causal = causal;
     opt.generator = args.generator;
-    opt.dropout_p = this->is_training() ? static_cast<T>(options_.dropout) : T(0);
+    opt.dropout_p = this->is_training() ? static_cast<compute_t<T>>(options_.dropout) : 0;
     detail::check_options(where, opt, nb, num_heads_, len_q, len_k);
     return opt;
   }
@@ -515,7 +515,7 @@ class MultiHeadAttention : public Module<T> {
   Index embed_dim_, num_heads_, head_dim_, kdim_, vdim_;
   MultiHeadAttentionOptions options_;
   MhaLayout layout_ = MhaLayout::kTorch;
-  T scale_ = T(1);
+  compute_t<T> scale_ = 1;
   Vector<T> in_weight_;  // [W_q (E, E); W_k (E, kdim); W_v (E, vdim)], row-major, back to back
   Vector<T> in_bias_;    // [b_q; b_k; b_v] (3E) or empty
   /// Projections [projection, projection + count) of [W_q; W_k; W_v] (0: q, 1: k, 2: v),

@@ -33,12 +33,12 @@ class SelfAttention : public Module<T> {
   /// @param embed_size E, the features of each token (input and output); must be > 0
   /// @throws std::invalid_argument if embed_size <= 0 or the stacked weight's element count overflows
   explicit SelfAttention(Index embed_size)
-      : qkv_(make_qkv(embed_size)), scale_(T(1) / static_cast<T>(std::sqrt(static_cast<float>(embed_size)))) {}
+      : qkv_(make_qkv(embed_size)), scale_(compute_t<T>(1) / static_cast<compute_t<T>>(std::sqrt(static_cast<float>(embed_size)))) {}
 
   /// E, the features of each token.
   Index embed_size() const { return qkv_.in_features(); }
   /// The factor applied to q k^T: 1 / sqrt(E), with the square root rounded to float.
-  T scale() const { return scale_; }
+  compute_t<T> scale() const { return scale_; }
 
   /// @param x (B, N, E) or (N, E) @param args optional masks (one head: attn_mask (L, S),
   /// (B, L, S) or any shape broadcasting to (B, 1, L, S)), causal @return (B, N, E) or (N, E)
@@ -88,7 +88,7 @@ class SelfAttention : public Module<T> {
   }
 
   Linear<T> qkv_;
-  T scale_;
+  compute_t<T> scale_;
 };
 
 }  // namespace attn

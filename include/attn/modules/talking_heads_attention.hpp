@@ -50,14 +50,14 @@ class TalkingHeadsAttention : public Module<T> {
         proj_(dim, dim, true, 23),
         proj_l_(num_heads, num_heads, true, 25),
         proj_w_(num_heads, num_heads, true, 27),
-        scale_(static_cast<T>(std::pow(static_cast<double>(dim / num_heads), -0.5))) {}
+        scale_(static_cast<compute_t<T>>(std::pow(static_cast<double>(dim / num_heads), -0.5))) {}
 
   /// C, the features of each token.
   Index dim() const { return qkv_.in_features(); }
   /// H, the number of heads.
   Index num_heads() const { return num_heads_; }
   /// The factor q is multiplied by: (C / H)^-0.5, as timm's head_dim ** -0.5.
-  T scale() const { return scale_; }
+  compute_t<T> scale() const { return scale_; }
   /// The constructor options.
   const TalkingHeadsOptions& options() const { return options_; }
 
@@ -76,7 +76,7 @@ class TalkingHeadsAttention : public Module<T> {
     SdpaOptions<T> opt = detail::sdpa_options(where, args, scale_, x.dim() == 2, n);
     opt.causal = args.causal;
     opt.generator = args.generator;
-    opt.dropout_p = training ? static_cast<T>(options_.attn_drop) : T(0);
+    opt.dropout_p = training ? static_cast<compute_t<T>>(options_.attn_drop) : 0;
     detail::check_options(where, opt, nb, nh, n, n);
     // q as (B*N, C) rows, k and v head-major (B, H, N, D): the kernel reads them in place.
     const detail::WorkBuffer<T> q(x.numel()), k(x.numel()), v(x.numel()), mixed(x.numel());
@@ -128,7 +128,7 @@ class TalkingHeadsAttention : public Module<T> {
   Index num_heads_;
   TalkingHeadsOptions options_;
   Linear<T> qkv_, proj_, proj_l_, proj_w_;
-  T scale_;
+  compute_t<T> scale_;
 };
 
 }  // namespace attn

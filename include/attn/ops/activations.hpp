@@ -1,6 +1,7 @@
 #pragma once
 /// @file
-/// @brief Element-wise activations: ReLU, SiLU and GELU (exact and tanh approximation).
+/// @brief Element-wise activations: ReLU, SiLU and GELU (exact and tanh approximation). On
+/// bfloat16 and half each value is computed in float32 and rounded once.
 
 #include <cmath>
 #include <type_traits>
@@ -25,7 +26,11 @@ template <class M>
 void silu_inplace(M&& m) {
   detail::require_writable<M>();
   using T = typename std::decay_t<M>::Scalar;
-  m = m.unaryExpr([](T v) { return v / (T(1) + std::exp(-v)); });
+  using C = compute_t<T>;
+  m = m.unaryExpr([](T v) {
+    const C x = static_cast<C>(v);
+    return T(x / (C(1) + std::exp(-x)));
+  });
 }
 
 /// GELU variant: torch.nn.GELU(approximate='none') or approximate='tanh'.
@@ -40,12 +45,18 @@ template <class M>
 void gelu_inplace(M&& m, GeluApproximation approximate = GeluApproximation::kNone) {
   detail::require_writable<M>();
   using T = typename std::decay_t<M>::Scalar;
+  using C = compute_t<T>;
   if (approximate == GeluApproximation::kNone) {
-    m = m.unaryExpr([](T v) { return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440))); });
+    m = m.unaryExpr([](T v) {
+      const C x = static_cast<C>(v);
+      return T(C(0.5) * x * (C(1) + std::erf(x * C(0.70710678118654752440))));
+    });
   } else {
-    const T k = T(0.79788456080286535588);  // sqrt(2 / pi)
-    m = m.unaryExpr(
-        [k](T v) { return T(0.5) * v * (T(1) + std::tanh(k * (v + T(0.044715) * v * v * v))); });
+    const C k = C(0.79788456080286535588);  // sqrt(2 / pi)
+    m = m.unaryExpr([k](T v) {
+      const C x = static_cast<C>(v);
+      return T(C(0.5) * x * (C(1) + std::tanh(k * (x + C(0.044715) * x * x * x))));
+    });
   }
 }
 

@@ -14,16 +14,19 @@ namespace attn {
 /// @brief y = (x - mean) / sqrt(var + eps) * weight + bias, row by row.
 ///
 /// The variance is the biased one (divided by C), as in PyTorch. Mean and variance are
-/// computed in two passes over the row for accuracy.
+/// computed in two passes over the row for accuracy, in compute_t<T> (float32 for bfloat16
+/// and half, whose outputs are rounded once).
 /// @param x (rows, C); @param weight (C) or empty for no affine scale; @param bias (C) or empty
 /// @param eps added to the variance before the square root; must be >= 0
 /// @param out (rows, C), may alias x
 /// @throws std::invalid_argument on mismatched sizes or eps < 0
 template <class X, class Out>
 void layer_norm(const Eigen::MatrixBase<X>& x, const Eigen::Ref<const Vector<typename X::Scalar>>& weight,
-                const Eigen::Ref<const Vector<typename X::Scalar>>& bias, typename X::Scalar eps, Out&& out) {
+                const Eigen::Ref<const Vector<typename X::Scalar>>& bias, compute_t<typename X::Scalar> eps,
+                Out&& out) {
   detail::require_writable<Out>();
   using T = typename X::Scalar;
+  using C = compute_t<T>;
   const Index c = x.cols();
   detail::require(weight.size() == 0 || weight.size() == c, "attn::layer_norm: weight has ",
                   weight.size(), " elements but the input rows have ", c);
@@ -31,14 +34,17 @@ void layer_norm(const Eigen::MatrixBase<X>& x, const Eigen::Ref<const Vector<typ
                   " elements but the input rows have ", c);
   detail::require(out.rows() == x.rows() && out.cols() == c,
                   "attn::layer_norm: output shape does not match the input");
-  detail::require(eps >= T(0), "attn::layer_norm: eps must be >= 0, got ", eps);
+  detail::require(eps >= C(0), "attn::layer_norm: eps must be >= 0, got ", eps);
+  Vector<C> row(c);  // one row in C (out may alias x)
   for (Index i = 0; i < x.rows(); ++i) {
-    const T mean = x.row(i).mean();
-    const T var = (x.row(i).array() - mean).square().mean();
-    const T rstd = T(1) / std::sqrt(var + eps);
-    out.row(i) = ((x.row(i).array() - mean) * rstd).matrix();
-    if (weight.size() > 0) out.row(i).array() *= weight.transpose().array();
-    if (bias.size() > 0) out.row(i) += bias.transpose();
+    row = x.row(i).transpose().template cast<C>();
+    const C mean = row.mean();
+    const C var = (row.array() - mean).square().mean();
+    const C rstd = C(1) / std::sqrt(var + eps);
+    row = (row.array() - mean) * rstd;
+    if (weight.size() > 0) row.array() *= weight.array().template cast<C>();
+    if (bias.size() > 0) row += bias.template cast<C>();
+    out.row(i) = row.transpose().template cast<T>();
   }
 }
 
@@ -51,7 +57,7 @@ void layer_norm(const Eigen::MatrixBase<X>& x, const Eigen::Ref<const Vector<typ
 /// @throws std::invalid_argument on a rank-0 input, mismatched weight / bias or eps < 0
 template <class T>
 Tensor<T> layer_norm(const TensorView<const T>& x, const TensorView<const T>& weight,
-                     const TensorView<const T>& bias, T eps = T(1e-5)) {
+                     const TensorView<const T>& bias, compute_t<T> eps = compute_t<T>(1e-5)) {
   detail::require(x.dim() >= 1, "attn::layer_norm: input must have at least one dimension");
   for (const auto* p : {&weight, &bias})
     detail::require(p->data() == nullptr || p->shape() == Shape{x.size(-1)}, "attn::layer_norm: ",

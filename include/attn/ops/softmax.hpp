@@ -20,15 +20,17 @@ namespace attn {
 /// @note A row whose every entry is -inf (every key masked) becomes all zeros, not NaN:
 /// PyTorch 1.13 returns NaN there, PyTorch >= 2.5's scaled_dot_product_attention and ONNX
 /// return 0, which is what a caller can use. NaN in a row propagates to that row;
-/// +inf gives NaN (inf - inf), as in PyTorch.
+/// +inf gives NaN (inf - inf), as in PyTorch. A bfloat16 or half row is computed in float32
+/// and rounded once.
 /// @param m any writable row-major or column-major matrix expression; rows are normalised
 template <class M>
 void softmax_rows_inplace(M&& m) {
   detail::require_writable<M>();
   using T = typename std::decay_t<M>::Scalar;
+  using C = compute_t<T>;
   using Row = std::decay_t<decltype(m.row(0))>;
-  constexpr bool kDirect = (int(Row::Flags) & Eigen::DirectAccessBit) != 0;
-  Vector<T> buffer;  // a row whose elements are not contiguous is normalised in a copy
+  constexpr bool kDirect = std::is_same<T, C>::value && (int(Row::Flags) & Eigen::DirectAccessBit) != 0;
+  Vector<C> buffer;  // a row that is not contiguous, or in 16 bits, is normalised in a float copy
   for (Index i = 0; i < m.rows(); ++i) {
     auto row = m.row(i);
     if constexpr (kDirect) {
@@ -37,9 +39,9 @@ void softmax_rows_inplace(M&& m) {
         continue;
       }
     }
-    buffer = row.transpose();
+    buffer = row.transpose().template cast<C>();
     detail::softmax_rows(buffer.data(), 1, buffer.size(), 0);
-    row = buffer.transpose();
+    row = buffer.transpose().template cast<T>();
   }
 }
 

@@ -105,15 +105,17 @@ TileMasks<T> tile_masks(const char*, SdpaOptions<T>&&, const AttentionDims&) = d
 
 /// @brief What every work item of one attention call reads: the views, the masks, the
 /// scale and the dropout stream. Built by prepare_call once the arguments are checked; its
-/// masks refer to the caller's SdpaOptions, which must outlive it.
+/// masks refer to the caller's SdpaOptions, which must outlive it. The views hold T; the
+/// kernels compute in C = compute_t<T> (float32 for a 16-bit T), and so do the call's scalars.
 template <class T>
 struct AttentionCall {
+  using C = compute_t<T>;
   HeadsView<const T> q, k, v;
   HeadsView<T> out;
   TileMasks<T> masks;
-  T scale = T(1);           ///< multiplies q before the product
-  T softcap = T(0);         ///< logit soft-capping (0: none)
-  T dropout_p = T(0);       ///< dropout on the weights (0: none)
+  C scale = C(1);           ///< multiplies q before the product
+  C softcap = C(0);         ///< logit soft-capping (0: none)
+  C dropout_p = C(0);       ///< dropout on the weights (0: none)
   std::uint64_t dropout_key = 0;
 
   AttentionDims dims() const { return {q.batch, q.heads, q.length, k.length}; }
@@ -121,12 +123,12 @@ struct AttentionCall {
   Index kv_head(Index h) const { return h / (q.heads / k.heads); }
 
   /// Whether adjust_logits would change something in tile t.
-  bool adjusts(const Tile& t) const { return softcap > T(0) || masks.touch(t); }
+  bool adjusts(const Tile& t) const { return softcap > C(0) || masks.touch(t); }
   /// @brief What happens to a tile's logits between q k^T and the softmax, in this order:
   /// soft-capping, then the masks (TileMasks::apply). Logit (r, c) of tile t is at
   /// s[r * qs + c * ks]. Every kernel calls this one compiled copy (never inlined).
-  EIGEN_DONT_INLINE void adjust_logits(const Tile& t, T* s, Index qs, Index ks) const {
-    if (softcap > T(0)) {  // on lines of contiguous logits: query rows, or key columns
+  EIGEN_DONT_INLINE void adjust_logits(const Tile& t, C* s, Index qs, Index ks) const {
+    if (softcap > C(0)) {  // on lines of contiguous logits: query rows, or key columns
       if (ks == 1)
         for (Index r = 0; r < t.rows; ++r) softcap_inplace(s + r * qs, t.cols, softcap);
       else if (qs == 1)
@@ -146,11 +148,11 @@ template <class T>
 TileMasks<T> check_options(const char* where, const SdpaOptions<T>& opt, const AttentionDims& d) {
   TileMasks<T> masks = tile_masks(where, opt, d);
   check_dropout_p(opt.dropout_p, where);
-  require(opt.dropout_p == T(0) || opt.generator != nullptr, where, ": dropout_p = ", opt.dropout_p,
+  require(opt.dropout_p == 0 || opt.generator != nullptr, where, ": dropout_p = ", opt.dropout_p,
           " needs a Generator (SdpaOptions::generator)");
   if (opt.scale) require(std::isfinite(*opt.scale), where, ": scale must be finite");
   if (opt.softcap)
-    require(*opt.softcap > T(0) && std::isfinite(*opt.softcap), where, ": softcap must be > 0, got ", *opt.softcap);
+    require(*opt.softcap > 0 && std::isfinite(*opt.softcap), where, ": softcap must be > 0, got ", *opt.softcap);
   return masks;
 }
 
@@ -163,8 +165,9 @@ AttentionCall<T> prepare_call(const char* where, const HeadsView<const T>& q, co
   check_views(where, q, k, v, out);
   AttentionCall<T> call{q, k, v, out, {}};
   call.masks = check_options(where, opt, call.dims());
-  call.scale = opt.scale ? *opt.scale : T(1) / std::sqrt(static_cast<T>(q.head_dim));
-  call.softcap = opt.softcap ? *opt.softcap : T(0);
+  using C = compute_t<T>;
+  call.scale = opt.scale ? *opt.scale : C(1) / std::sqrt(static_cast<C>(q.head_dim));
+  call.softcap = opt.softcap ? *opt.softcap : C(0);
   call.dropout_p = opt.dropout_p;
   if (opt.dropout_p > T(0)) call.dropout_key = opt.generator->next_key();
   return call;

@@ -68,10 +68,6 @@ struct GemmOutput {
 template <class T>
 class PackedWeight;
 
-/// The 16-bit storage types: stored in 16 bits, computed in float32 (gemm16.ipp).
-template <class T>
-struct is_storage16 : std::integral_constant<bool, std::is_same<T, bfloat16>::value || std::is_same<T, half>::value> {};
-
 /// @brief How a path packs a weight for its GEMM (PackedWeight): k-blocks of kc, panels of
 /// nr features, and whether a panel's rows are k-pairs (the avx512bf16 micro-kernel's).
 struct GemmLayout {
@@ -94,7 +90,6 @@ inline Index gemm_row_block(Index row_bytes, Index mr) {
 }
 
 namespace baseline {
-namespace cv = convert16::build;
 #include "attn/ops/detail/kernels/gemm.ipp"
 #include "attn/ops/detail/kernels/gemm16.ipp"
 }  // namespace baseline

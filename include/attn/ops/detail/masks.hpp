@@ -30,19 +30,21 @@ struct BroadcastMask {
 
   /// @brief dst[c * dst_stride] += the logit bias of entry (b, h, i, j0 + c), c < n: -inf
   /// where a boolean mask blocks (true for block_where_true, false for keep_where_true),
-  /// else 0; an additive mask's value. The one place where a mask's polarity is read.
-  void add(Index b, Index h, Index i, Index j0, Index n, T* dst, Index dst_stride) const {
+  /// else 0; an additive mask's value. The one place where a mask's polarity is read. dst is
+  /// in the kernel's compute type C (float32 for a 16-bit T).
+  template <class C>
+  void add(Index b, Index h, Index i, Index j0, Index n, C* dst, Index dst_stride) const {
     using Kind = typename Mask<T>::Kind;
     const Index at = b * sb + h * sh + i * si + j0 * sj;
     if (empty()) return;
     if (mask->kind() == Kind::kAdditive) {
       const T* src = mask->additive_data() + at;
-      for (Index c = 0; c < n; ++c) dst[c * dst_stride] += src[c * sj];
+      for (Index c = 0; c < n; ++c) dst[c * dst_stride] += static_cast<C>(src[c * sj]);
     } else {
-      constexpr T kBlocked = -std::numeric_limits<T>::infinity();
+      constexpr C kBlocked = -std::numeric_limits<C>::infinity();
       const bool* src = mask->bool_data() + at;
       const bool blocked_if = mask->kind() == Kind::kBlockWhereTrue;
-      for (Index c = 0; c < n; ++c) dst[c * dst_stride] += src[c * sj] == blocked_if ? kBlocked : T(0);
+      for (Index c = 0; c < n; ++c) dst[c * dst_stride] += src[c * sj] == blocked_if ? kBlocked : C(0);
     }
   }
 };
@@ -137,11 +139,12 @@ struct TileMasks {
 
   /// @brief Masks the tile's logits s: entry (r, c) is at s[r * qs + c * ks]. Causal and
   /// window masking set keys to -inf rather than adding it, so that a NaN or +inf logit of
-  /// a key a query cannot see does not reach its row.
-  void apply(const Tile& t, T* s, Index qs, Index ks) const {
-    constexpr T kHidden = -std::numeric_limits<T>::infinity();
+  /// a key a query cannot see does not reach its row. s is in the kernel's compute type C.
+  template <class C>
+  void apply(const Tile& t, C* s, Index qs, Index ks) const {
+    constexpr C kHidden = -std::numeric_limits<C>::infinity();
     for (Index r = 0; r < t.rows; ++r) {
-      T* row = s + r * qs;
+      C* row = s + r * qs;
       if (alibi) add_alibi(t, r, row, ks);
       if (!key_padding.empty()) key_padding.add(t.b, t.h, t.i0 + r, t.j0, t.cols, row, ks);
       if (!attn.empty()) attn.add(t.b, t.h, t.i0 + r, t.j0, t.cols, row, ks);
@@ -153,12 +156,13 @@ struct TileMasks {
 
  private:
   /// row[c * ks] += -slope_h * |i + S - L - j| for keys j = j0 + c.
-  void add_alibi(const Tile& t, Index r, T* row, Index ks) const {
-    const T slope = alibi[t.h];
+  template <class C>
+  void add_alibi(const Tile& t, Index r, C* row, Index ks) const {
+    const C slope = static_cast<C>(alibi[t.h]);
     const Index at = t.i0 + r + t.dims.len_k - t.dims.len_q;
     for (Index c = 0; c < t.cols; ++c) {
       const Index distance = at - (t.j0 + c);
-      row[c * ks] -= slope * static_cast<T>(distance < 0 ? -distance : distance);
+      row[c * ks] -= slope * static_cast<C>(distance < 0 ? -distance : distance);
     }
   }
 };

@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 
 #include "attn/core/tensor.hpp"
+#include "attn/ops/detail/convert16.hpp"
 
 static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "attn needs Eigen >= 3.4 (its packet math and PropagateNaN)");
 
@@ -90,6 +91,7 @@ EIGEN_ALWAYS_INLINE void prefetch(const void* p) {
 /// (A namespace of its own, as the other paths' attn::detail::avx2 ..., so that argument-
 /// dependent lookup from attn::detail's types never finds two paths' functions.)
 namespace baseline {
+namespace cv = convert16::build;
 #include "attn/ops/detail/kernels/packets.ipp"
 }  // namespace baseline
 using namespace baseline;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include <Eigen/Core>
 
@@ -25,30 +26,38 @@ constexpr Index kReferenceQueryBlock = 64;
 /// @brief out = softmax(scale q k^T + masks) v per (batch, head), a block of query rows at
 /// a time, each block holding its full (rows, S) score rows (query-major).
 ///
-/// Threaded over (batch, head, query block) units with for_each_block; bit-identical for
-/// every thread count.
+/// Computes in C = compute_t<T>: a 16-bit T's q, k and v are widened for the products, its
+/// weights and outputs rounded once. Threaded over (batch, head, query block) units with
+/// for_each_block; bit-identical for every thread count.
 /// @param weights if not null, (B, H, L, S) storage that receives the weights (after
-/// dropout); the scores are then computed in place there
+/// dropout); where T is C the scores are computed in place there
 template <class T>
 void sdpa_reference(const AttentionCall<T>& call, T* weights) {
+  using C = compute_t<T>;
+  constexpr bool in_place = std::is_same<T, C>::value;  // scores computed in the weights' storage
   const AttentionDims d = call.dims();
   if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || (call.out.head_dim == 0 && weights == nullptr)) return;
   const Index dim = call.q.head_dim, rows_max = std::min(kReferenceQueryBlock, d.len_q);
   const QueryBlocks blocks{d.batch, d.heads, d.len_q, rows_max};
-  const Index scratch = rows_max * (dim + (weights ? 0 : d.len_k));
-  using Block = Eigen::Map<RowMatrix<T>>;
-  for_each_block<T>(blocks, double(rows_max) * double(d.len_k) * double(dim + call.v.head_dim + 8), scratch,
-                    [&](const QueryBlock& u, T* buffer) {
+  const Index scratch = rows_max * (dim + (weights && in_place ? 0 : d.len_k));
+  using Block = Eigen::Map<RowMatrix<C>>;
+  for_each_block<C>(blocks, double(rows_max) * double(d.len_k) * double(dim + call.v.head_dim + 8), scratch,
+                    [&](const QueryBlock& u, C* buffer) {
                       const Tile tile{d, u.b, u.h, u.i0, blocks.rows_at(u.i0), 0, d.len_k};
+                      const Index kvh = call.kv_head(u.h), at = ((u.b * d.heads + u.h) * d.len_q + u.i0) * d.len_k;
                       load_scaled_queries(call.q, u.b, u.h, u.i0, tile.rows, tile.rows, call.scale, buffer, dim, 1);
-                      T* s_data = weights ? weights + ((u.b * d.heads + u.h) * d.len_q + u.i0) * d.len_k
-                                          : buffer + tile.rows * dim;
+                      C* s_data = buffer + tile.rows * dim;
+                      if constexpr (in_place)
+                        if (weights) s_data = weights + at;
                       Block s(s_data, tile.rows, d.len_k);
-                      s.noalias() = Block(buffer, tile.rows, dim) * call.k.head(u.b, call.kv_head(u.h)).transpose();
+                      s.noalias() = Block(buffer, tile.rows, dim) * call.k.head(u.b, kvh).template cast<C>().transpose();
                       if (call.adjusts(tile)) call.adjust_logits(tile, s_data, d.len_k, 1);
                       softmax_rows(s_data, tile.rows, d.len_k, d.len_k);
-                      if (call.dropout_p > T(0)) dropout_tile(tile, call.dropout_p, call.dropout_key, s.data(), d.len_k, 1);
-                      call.out.head(u.b, u.h).middleRows(u.i0, tile.rows).noalias() = s * call.v.head(u.b, call.kv_head(u.h));
+                      if (call.dropout_p > C(0)) dropout_tile(tile, call.dropout_p, call.dropout_key, s.data(), d.len_k, 1);
+                      if constexpr (!in_place)
+                        if (weights) Eigen::Map<RowMatrix<T>>(weights + at, tile.rows, d.len_k) = s.template cast<T>();
+                      call.out.head(u.b, u.h).middleRows(u.i0, tile.rows).noalias() =
+                          (s * call.v.head(u.b, kvh).template cast<C>()).template cast<T>();
                     });
 }
 

@@ -6,12 +6,15 @@
 /// element d of row r at dst[r * row_step + d * dim_step]; rows r in [rows, padded_rows) are
 /// zero (queries past a block's end, whose results are unused). The one query load of every
 /// attention tile (query-major: row_step = D, dim_step = 1; key-major: 1 and the block width).
+/// dst is in compute_t<T> (a 16-bit q is widened, then scaled in float32).
 template <class T>
 void load_scaled_queries(const HeadsView<const T>& q, Index b, Index h, Index i0, Index rows, Index padded_rows,
-                         T scale, T* dst, Index row_step, Index dim_step) {
+                         compute_t<T> scale, compute_t<T>* dst, Index row_step, Index dim_step) {
+  using C = compute_t<T>;
   for (Index r = 0; r < padded_rows; ++r) {
     const T* src = q.row(b, h, i0 + r);
-    for (Index d = 0; d < q.head_dim; ++d) dst[r * row_step + d * dim_step] = r < rows ? src[d] * scale : T(0);
+    for (Index d = 0; d < q.head_dim; ++d)
+      dst[r * row_step + d * dim_step] = r < rows ? static_cast<C>(src[d]) * scale : C(0);
   }
 }
 
@@ -46,14 +49,15 @@ EIGEN_ALWAYS_INLINE P finalise(const P& acc, const P& m, const P& l) {
 }
 
 /// finalise for one query: out[c] = finalise(acc[c], m, l) for the n contiguous values of acc
-/// (out may be acc).
+/// (out may be acc; a 16-bit out gets each value rounded once).
 template <class T>
-EIGEN_DONT_INLINE void finalise_row(const T* acc, Index n, T m, T l, T* out) {
-  using P = Packet<T>;
-  constexpr int kP = kPacketSize<T>;
+EIGEN_DONT_INLINE void finalise_row(const compute_t<T>* acc, Index n, compute_t<T> m, compute_t<T> l, T* out) {
+  using C = compute_t<T>;
+  using P = Packet<C>;
+  constexpr int kP = kPacketSize<C>;
   const P pm = ei::pset1<P>(m), pl = ei::pset1<P>(l);
   Index c = 0;
-  for (; c + kP <= n; c += kP) ei::pstoreu(out + c, finalise(ei::ploadu<P>(acc + c), pm, pl));
+  for (; c + kP <= n; c += kP) store_packet(out + c, finalise(ei::ploadu<P>(acc + c), pm, pl));
   if (c < n) store_partial(out + c, finalise(load_partial(acc + c, n - c), pm, pl), n - c);
 }
 

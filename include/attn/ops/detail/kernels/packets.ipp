@@ -24,20 +24,49 @@ EIGEN_ALWAYS_INLINE void keep_in_register(P& p) {
 #endif
 }
 
-/// @brief The first n (< kPacketSize<T>) elements at p as a packet whose other lanes are 0: a
-/// row's tail goes through the same packet operations as its full packets, so no element is
-/// computed by scalar code whose rounding (fused or not) the compiler would choose.
+/// @brief The first n (< kPacketSize) elements at p, in compute_t<T>, as a packet whose other
+/// lanes are 0: a row's tail goes through the same packet operations as its full packets, so
+/// no element is computed by scalar code whose rounding (fused or not) the compiler would
+/// choose.
 template <class T>
-EIGEN_ALWAYS_INLINE Packet<T> load_partial(const T* p, Index n) {
-  T lanes[kPacketSize<T>] = {};
-  for (Index i = 0; i < n; ++i) lanes[i] = p[i];
-  return ei::ploadu<Packet<T>>(lanes);
+EIGEN_ALWAYS_INLINE Packet<compute_t<T>> load_partial(const T* p, Index n) {
+  using C = compute_t<T>;
+  C lanes[kPacketSize<C>] = {};
+  for (Index i = 0; i < n; ++i) lanes[i] = static_cast<C>(p[i]);
+  return ei::ploadu<Packet<C>>(lanes);
 }
 
-/// Stores the first n (< kPacketSize<T>) lanes of x at p.
+/// Stores the first n (< kPacketSize) lanes of x at p (rounded to nearest even for a 16-bit T).
 template <class T>
-EIGEN_ALWAYS_INLINE void store_partial(T* p, const Packet<T>& x, Index n) {
-  T lanes[kPacketSize<T>];
+EIGEN_ALWAYS_INLINE void store_partial(T* p, const Packet<compute_t<T>>& x, Index n) {
+  using C = compute_t<T>;
+  C lanes[kPacketSize<C>];
   ei::pstoreu(lanes, x);
-  for (Index i = 0; i < n; ++i) p[i] = lanes[i];
+  for (Index i = 0; i < n; ++i) p[i] = T(lanes[i]);
+}
+
+/// @brief A whole packet of compute_t<T> from the elements at p: a plain load, or for a
+/// 16-bit T its elements widened (exactly) in registers, where a kernel reads 16-bit data in
+/// place (a decode step's keys and values).
+template <class T>
+EIGEN_ALWAYS_INLINE Packet<compute_t<T>> load_packet(const T* p) {
+  if constexpr (is_storage16<T>::value) {
+    alignas(64) float lanes[kPacketSize<float>];
+    cv::widen(p, lanes, kPacketSize<float>);
+    return ei::ploadu<Packet<float>>(lanes);
+  } else {
+    return ei::ploadu<Packet<T>>(p);
+  }
+}
+
+/// A whole packet x stored at p: a plain store, or for a 16-bit T rounded to nearest even.
+template <class T>
+EIGEN_ALWAYS_INLINE void store_packet(T* p, const Packet<compute_t<T>>& x) {
+  if constexpr (is_storage16<T>::value) {
+    alignas(64) float lanes[kPacketSize<float>];
+    ei::pstoreu(lanes, x);
+    cv::narrow(lanes, p, kPacketSize<float>);
+  } else {
+    ei::pstoreu(p, x);
+  }
 }

@@ -14,10 +14,15 @@
 /// rows: the head dimension's tail is a zero-padded packet (q and the accumulator are padded
 /// in the scratch, k's and v's tails loaded with load_partial), never scalar code, so a query
 /// head gives the same bits alone or grouped with others.
+///
+/// k and v are read in place in their own element type T; a 16-bit T's packets are widened
+/// in registers (load_packet), so a cache in bfloat16 or half is read at half the bytes.
+/// The tile computes in C = compute_t<T>.
 template <class T>
 struct SdpaRows {
-  using P = Packet<T>;
-  static constexpr int kP = kPacketSize<T>;
+  using C = compute_t<T>;
+  using P = Packet<C>;
+  static constexpr int kP = kPacketSize<C>;
   static constexpr Index kMaxRows = 4;  ///< queries per tile at most
   static constexpr Index kKeys = 128;   ///< keys per score tile
   static constexpr Index kAhead = 16;   ///< rows of k and v prefetched ahead of their use
@@ -29,10 +34,10 @@ struct SdpaRows {
   /// accumulator (rows, Dv), and each query's running max and sum; q and the accumulator
   /// rows padded to whole packets.
   struct Scratch {
-    T *q, *s, *acc, *row_max, *row_sum;
+    C *q, *s, *acc, *row_max, *row_sum;
     Index dim, dim_v;  ///< padded row lengths of q and acc
     static Index size(Index dim, Index dim_v) { return kMaxRows * (padded(dim) + kKeys + padded(dim_v) + 2); }
-    Scratch(T* base, Index d, Index dv)
+    Scratch(C* base, Index d, Index dv)
         : q(base), s(q + kMaxRows * padded(d)), acc(s + kMaxRows * kKeys), row_max(acc + kMaxRows * padded(dv)),
           row_sum(row_max + kMaxRows), dim(padded(d)), dim_v(padded(dv)) {}
   };
@@ -71,22 +76,22 @@ struct SdpaRows {
     for (Index e = 0; e < heads; ++e)
       load_scaled_queries(call.q, tile.b, tile.h + e, tile.i0, tile.rows, tile.rows, call.scale,
                           w.q + e * tile.rows * w.dim, w.dim, 1);
-    for (Index r = 0; r < R; ++r) std::fill(w.q + r * w.dim + call.q.head_dim, w.q + (r + 1) * w.dim, T(0));
-    std::fill(w.acc, w.acc + R * w.dim_v, T(0));
-    std::fill(w.row_max, w.row_max + R, -std::numeric_limits<T>::infinity());
-    std::fill(w.row_sum, w.row_sum + R, T(0));
+    for (Index r = 0; r < R; ++r) std::fill(w.q + r * w.dim + call.q.head_dim, w.q + (r + 1) * w.dim, C(0));
+    std::fill(w.acc, w.acc + R * w.dim_v, C(0));
+    std::fill(w.row_max, w.row_max + R, -std::numeric_limits<C>::infinity());
+    std::fill(w.row_sum, w.row_sum + R, C(0));
     for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
       const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
       scores<R>(t.cols, k + j0 * ks, ks, call.q.head_dim, w);
       if (call.adjusts(t))
         for (Index e = 0; e < heads; ++e) call.adjust_logits(t.head(t.h + e), w.s + e * per_head, kKeys, 1);
       for (Index r = 0; r < R; ++r) {
-        const T alpha = row_online_step(w.s + r * kKeys, t.cols, w.row_max[r], w.row_sum[r]);
-        if (alpha != T(1))
+        const C alpha = row_online_step(w.s + r * kKeys, t.cols, w.row_max[r], w.row_sum[r]);
+        if (alpha != C(1))
           for (Index c = 0; c < w.dim_v; c += kP)
             ei::pstoreu(w.acc + r * w.dim_v + c, ei::pmul(ei::ploadu<P>(w.acc + r * w.dim_v + c), ei::pset1<P>(alpha)));
       }
-      if (call.dropout_p > T(0))
+      if (call.dropout_p > C(0))
         for (Index e = 0; e < heads; ++e)
           dropout_tile(t.head(t.h + e), call.dropout_p, call.dropout_key, w.s + e * per_head, kKeys, 1);
       accumulate<R>(t.cols, v + j0 * vs, vs, dim_v, w);
@@ -111,7 +116,7 @@ struct SdpaRows {
   static EIGEN_ALWAYS_INLINE void dots(const T* k, Index ks, Index dim, const Scratch& w, Index j) {
     P acc[R][N];
     for (int r = 0; r < R; ++r)
-      for (int x = 0; x < N; ++x) acc[r][x] = ei::pset1<P>(T(0));
+      for (int x = 0; x < N; ++x) acc[r][x] = ei::pset1<P>(C(0));
     const auto step = [&](Index d, const P* kd) {
       for (int x = 0; x < N; ++x)
         for (int r = 0; r < R; ++r) acc[r][x] = ei::pmadd(ei::ploadu<P>(w.q + r * w.dim + d), kd[x], acc[r][x]);
@@ -121,7 +126,7 @@ struct SdpaRows {
     for (; d + kP <= dim; d += kP) {
       for (int x = 0; x < N; ++x) {
         prefetch(k + (x + kAhead) * ks + d);
-        kd[x] = ei::ploadu<P>(k + x * ks + d);
+        kd[x] = load_packet(k + x * ks + d);
       }
       step(d, kd);
     }
@@ -133,7 +138,7 @@ struct SdpaRows {
       for (int x = 0; x < N; ++x) w.s[r * kKeys + j + x] = sum_lanes(acc[r][x]);
   }
 
-  /// acc[r] += sum_j p[r][j] v_j over `cols` keys: the accumulator kept in registers for C
+  /// acc[r] += sum_j p[r][j] v_j over `cols` keys: the accumulator kept in registers for N
   /// packets of columns at a time, each v packet loaded once for all R queries; the last
   /// columns are one zero-padded packet.
   template <int R>
@@ -144,21 +149,21 @@ struct SdpaRows {
     if (c < dim_v) accumulate_columns<R, 1, true>(cols, v + c, vs, dim_v - c, c, w);
   }
 
-  /// accumulate() for C packets of columns from column c0 (Partial: one packet of `width` < kP).
-  template <int R, int C, bool Partial>
+  /// accumulate() for N packets of columns from column c0 (Partial: one packet of `width` < kP).
+  template <int R, int N, bool Partial>
   static EIGEN_ALWAYS_INLINE void accumulate_columns(Index cols, const T* v, Index vs, Index width, Index c0,
                                                      const Scratch& w) {
-    T* acc = w.acc + c0;
-    P a[R][C];
+    C* acc = w.acc + c0;
+    P a[R][N];
     for (int r = 0; r < R; ++r)
-      for (int x = 0; x < C; ++x) a[r][x] = ei::ploadu<P>(acc + r * w.dim_v + x * kP);
+      for (int x = 0; x < N; ++x) a[r][x] = ei::ploadu<P>(acc + r * w.dim_v + x * kP);
     for (Index j = 0; j < cols; ++j)
-      for (int x = 0; x < C; ++x) {
+      for (int x = 0; x < N; ++x) {
         prefetch(v + (j + kAhead) * vs + x * kP);
-        const P vp = Partial ? load_partial(v + j * vs, width) : ei::ploadu<P>(v + j * vs + x * kP);
+        const P vp = Partial ? load_partial(v + j * vs, width) : load_packet(v + j * vs + x * kP);
         for (int r = 0; r < R; ++r) a[r][x] = ei::pmadd(ei::pset1<P>(w.s[r * kKeys + j]), vp, a[r][x]);
       }
     for (int r = 0; r < R; ++r)
-      for (int x = 0; x < C; ++x) ei::pstoreu(acc + r * w.dim_v + x * kP, a[r][x]);
+      for (int x = 0; x < N; ++x) ei::pstoreu(acc + r * w.dim_v + x * kP, a[r][x]);
   }
 };

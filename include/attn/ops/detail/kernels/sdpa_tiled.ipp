@@ -8,11 +8,14 @@
 /// register tiles (register_tile.hpp), and the softmax statistics (max, sum) of a query are
 /// one lane of a packet, with no horizontal reductions. The online softmax is
 /// online_softmax.hpp's, in its lanes form; dropout zeroes or scales p after the sum took
-/// it, so the result is dropout applied to the probabilities.
+/// it, so the result is dropout applied to the probabilities. T is the views' element type;
+/// everything inside a tile is in C = compute_t<T> (a 16-bit T's k and v are widened when
+/// they are packed, its q when it is loaded, and each output is rounded once).
 template <class T>
 struct SdpaTiles {
-  using P = Packet<T>;
-  static constexpr int kP = kPacketSize<T>;
+  using C = compute_t<T>;
+  using P = Packet<C>;
+  static constexpr int kP = kPacketSize<C>;
   static constexpr int kVecs = 4;                ///< packets of queries in a full block
   static constexpr Index kQueries = kP * kVecs;  ///< queries per block (64 floats with AVX-512)
   static constexpr Index kKeys = 128;            ///< keys per tile
@@ -21,9 +24,9 @@ struct SdpaTiles {
   /// Where one head's k and v are: k[j][d] at k[j * k_stride + d]; v either in rows,
   /// v[j][c] at v[j * v_stride + c], or in panels (see pack()).
   struct Head {
-    const T* k;
+    const C* k;
     Index k_stride;
-    const T* v;
+    const C* v;
     Index v_stride;
     bool v_panels;
   };
@@ -31,25 +34,27 @@ struct SdpaTiles {
   /// One thread's buffers, each kQueries wide: q^T (D rows), the score tile (kKeys rows),
   /// the accumulator (Dv rows), and the running max, sum and rescale factor.
   struct Scratch {
-    T *qt, *s, *acc, *row_max, *row_sum, *alpha;
+    C *qt, *s, *acc, *row_max, *row_sum, *alpha;
     static Index size(Index dim, Index dim_v) { return kQueries * (dim + kKeys + dim_v + 3); }
-    Scratch(T* base, Index dim, Index dim_v)
+    Scratch(C* base, Index dim, Index dim_v)
         : qt(base), s(qt + dim * kQueries), acc(s + kKeys * kQueries), row_max(acc + dim_v * kQueries),
           row_sum(row_max + kQueries), alpha(row_sum + kQueries) {}
   };
 
   /// Whether k and v are copied first: when their rows are strided (rows of a projection's
   /// output, 3E apart, fall into few cache sets and thrash the caches, and the hardware
-  /// prefetcher does not follow them across pages) and several query blocks reuse them.
+  /// prefetcher does not follow them across pages) and several query blocks reuse them; and
+  /// always for a 16-bit T, whose k and v the tiles read widened.
   static bool packs(const HeadsView<const T>& q, const HeadsView<const T>& k, const HeadsView<const T>& v) {
-    return q.length > kQueries && (k.row_stride != k.head_dim || v.row_stride != v.head_dim);
+    return is_storage16<T>::value ||
+           (q.length > kQueries && (k.row_stride != k.head_dim || v.row_stride != v.head_dim));
   }
 
   /// Copies every (key/value) head's k into contiguous (S, D) rows and its v into panels of kRegRows
   /// columns, each (S, kRegRows) row-major (and single columns for Dv % kRegRows), the
-  /// layout accumulate() walks. Threaded over (batch, block of keys): each reads whole rows.
-  /// k_packed and v_packed hold B*H*S*D and B*H*S*Dv elements.
-  static void pack(const HeadsView<const T>& k, const HeadsView<const T>& v, T* k_packed, T* v_packed) {
+  /// layout accumulate() walks, in C. Threaded over (batch, block of keys): each reads whole
+  /// rows. k_packed and v_packed hold B*H*S*D and B*H*S*Dv elements.
+  static void pack(const HeadsView<const T>& k, const HeadsView<const T>& v, C* k_packed, C* v_packed) {
     const Index nb = k.batch, nh = k.heads, len_k = k.length, dim = k.head_dim, dim_v = v.head_dim;
     constexpr Index kChunk = 64;
     const Index chunks = (len_k + kChunk - 1) / kChunk;
@@ -60,12 +65,13 @@ struct SdpaTiles {
         for (Index h = 0; h < nh; ++h) {
           const Index bh = b * nh + h;
           const T* krow = k.row(b, h, j);
-          std::copy(krow, krow + dim, k_packed + (bh * len_k + j) * dim);
+          C* kp = k_packed + (bh * len_k + j) * dim;
+          for (Index d = 0; d < dim; ++d) kp[d] = static_cast<C>(krow[d]);
           const T* vrow = v.row(b, h, j);
-          T* vp = v_packed + bh * len_k * dim_v;
+          C* vp = v_packed + bh * len_k * dim_v;
           for (Index r0 = 0; r0 < full; r0 += kRegRows)
-            for (int r = 0; r < kRegRows; ++r) vp[r0 * len_k + j * kRegRows + r] = vrow[r0 + r];
-          for (Index r0 = full; r0 < dim_v; ++r0) vp[r0 * len_k + j] = vrow[r0];
+            for (int r = 0; r < kRegRows; ++r) vp[r0 * len_k + j * kRegRows + r] = static_cast<C>(vrow[r0 + r]);
+          for (Index r0 = full; r0 < dim_v; ++r0) vp[r0 * len_k + j] = static_cast<C>(vrow[r0]);
         }
     });
   }
@@ -89,29 +95,29 @@ struct SdpaTiles {
     // Causal or window masking: tiles no query of the block may see are skipped.
     const Index key_begin = tile.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys;
     load_scaled_queries(call.q, tile.b, tile.h, tile.i0, tile.rows, V * kP, call.scale, w.qt, 1, kQueries);
-    for (Index dv = 0; dv < dim_v; ++dv) std::fill(w.acc + dv * kQueries, w.acc + dv * kQueries + V * kP, T(0));
-    std::fill(w.row_max, w.row_max + kQueries, -std::numeric_limits<T>::infinity());
-    std::fill(w.row_sum, w.row_sum + kQueries, T(0));
+    for (Index dv = 0; dv < dim_v; ++dv) std::fill(w.acc + dv * kQueries, w.acc + dv * kQueries + V * kP, C(0));
+    std::fill(w.row_max, w.row_max + kQueries, -std::numeric_limits<C>::infinity());
+    std::fill(w.row_sum, w.row_sum + kQueries, C(0));
     for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
       const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
       P tile_max[V];  // per query, taken as the scores are stored
-      for (int c = 0; c < V; ++c) tile_max[c] = ei::pset1<P>(-std::numeric_limits<T>::infinity());
-      outer_products<T, kRegRows, V, false>(kv.k + j0 * kv.k_stride, kv.k_stride, 1, t.cols, w.qt, kQueries,
+      for (int c = 0; c < V; ++c) tile_max[c] = ei::pset1<P>(-std::numeric_limits<C>::infinity());
+      outer_products<C, kRegRows, V, false>(kv.k + j0 * kv.k_stride, kv.k_stride, 1, t.cols, w.qt, kQueries,
                                             call.q.head_dim, w.s, kQueries,
                                             [&](int c, const P& p) { tile_max[c] = ei::pmax(tile_max[c], p); });
       if (call.adjusts(t)) {
         call.adjust_logits(t, w.s, 1, kQueries);
-        lanes_max<T, V>(w.s, t.cols, kQueries, tile_max);
+        lanes_max<C, V>(w.s, t.cols, kQueries, tile_max);
       }
-      if (lanes_online_step<T, V>(w.s, t.cols, kQueries, tile_max, w.row_max, w.row_sum, w.alpha))
+      if (lanes_online_step<C, V>(w.s, t.cols, kQueries, tile_max, w.row_max, w.row_sum, w.alpha))
         rescale<V>(dim_v, w);
-      if (call.dropout_p > T(0)) dropout_tile(t, call.dropout_p, call.dropout_key, w.s, 1, kQueries);
+      if (call.dropout_p > C(0)) dropout_tile(t, call.dropout_p, call.dropout_key, w.s, 1, kQueries);
       accumulate<V>(kv, t, dim_v, w);
     }
-    lanes_finalise<T, V>(w.acc, dim_v, kQueries, w.row_max, w.row_sum);
+    lanes_finalise<C, V>(w.acc, dim_v, kQueries, w.row_max, w.row_sum);
     for (Index c = 0; c < tile.rows; ++c) {
       T* out = call.out.row(tile.b, tile.h, tile.i0 + c);
-      for (Index dv = 0; dv < dim_v; ++dv) out[dv] = w.acc[dv * kQueries + c];
+      for (Index dv = 0; dv < dim_v; ++dv) out[dv] = T(w.acc[dv * kQueries + c]);
     }
   }
 
@@ -120,7 +126,7 @@ struct SdpaTiles {
   static EIGEN_DONT_INLINE void rescale(Index dim_v, const Scratch& w) {
     for (Index dv = 0; dv < dim_v; ++dv)
       for (int c = 0; c < V; ++c) {
-        T* at = w.acc + dv * kQueries + c * kP;
+        C* at = w.acc + dv * kQueries + c * kP;
         ei::pstoreu(at, ei::pmul(ei::ploadu<P>(at), ei::ploadu<P>(w.alpha + c * kP)));
       }
   }
@@ -129,7 +135,7 @@ struct SdpaTiles {
   template <int V>
   static void accumulate(const Head& kv, const Tile& t, Index dim_v, const Scratch& w) {
     if (!kv.v_panels) {
-      outer_products<T, kRegRows, V, true>(kv.v + t.j0 * kv.v_stride, 1, kv.v_stride, dim_v, w.s, kQueries, t.cols,
+      outer_products<C, kRegRows, V, true>(kv.v + t.j0 * kv.v_stride, 1, kv.v_stride, dim_v, w.s, kQueries, t.cols,
                                            w.acc, kQueries);
       return;
     }
@@ -138,15 +144,15 @@ struct SdpaTiles {
 
   /// accumulate() for v in panels (see pack()): one register tile per panel of kRegRows columns.
   template <int V>
-  static EIGEN_DONT_INLINE void panels(const T* v, Index len_k, Index j0, Index cols, Index dim_v, const Scratch& w) {
+  static EIGEN_DONT_INLINE void panels(const C* v, Index len_k, Index j0, Index cols, Index dim_v, const Scratch& w) {
     const Index full = dim_v - dim_v % kRegRows;
     NoSeen none;
     Index r = 0;
     for (; r < full; r += kRegRows)
-      outer_product_block<T, kRegRows, V, true>(v + r * len_k + j0 * kRegRows, 1, kRegRows, w.s, kQueries, cols,
+      outer_product_block<C, kRegRows, V, true>(v + r * len_k + j0 * kRegRows, 1, kRegRows, w.s, kQueries, cols,
                                                 w.acc + r * kQueries, kQueries, none);
     for (; r < dim_v; ++r)
-      outer_product_block<T, 1, V, true>(v + r * len_k + j0, 1, 1, w.s, kQueries, cols, w.acc + r * kQueries, kQueries,
+      outer_product_block<C, 1, V, true>(v + r * len_k + j0, 1, 1, w.s, kQueries, cols, w.acc + r * kQueries, kQueries,
                                          none);
   }
 };
@@ -164,33 +170,36 @@ struct SdpaTiles {
 template <class T>
 void run_sdpa_tiled(const AttentionCall<T>& call) {
   using K = SdpaTiles<T>;
+  using C = compute_t<T>;
   const AttentionDims d = call.dims();
   const Index dim = call.q.head_dim, dim_v = call.v.head_dim;
   if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || dim_v == 0) return;
-  const bool packed = K::packs(call.q, call.k, call.v);
-  const WorkBuffer<T> k_packed(packed ? d.batch * call.k.heads * d.len_k * dim : 0),
-      v_packed(packed ? d.batch * call.k.heads * d.len_k * dim_v : 0);
-  if (packed) K::pack(call.k, call.v, k_packed.data(), v_packed.data());
-  const auto head = [&](Index b, Index h) -> typename K::Head {
-    const Index kvh = call.kv_head(h), bh = b * call.k.heads + kvh;
-    if (packed) return {k_packed.data() + bh * d.len_k * dim, dim, v_packed.data() + bh * d.len_k * dim_v, 0, true};
-    return {call.k.row(b, kvh), call.k.row_stride, call.v.row(b, kvh), call.v.row_stride, false};
-  };
   if (d.len_q <= SdpaRows<T>::kMaxRows) {  // decoding: a few queries, query-major, grouped heads together
     using R = SdpaRows<T>;
     const Index heads = R::heads_per_tile(call);
     const QueryBlocks units{d.batch, d.heads / heads, d.len_q, d.len_q};
-    for_each_block<T>(units, double(heads * d.len_q) * double(d.len_k) * double(dim + dim_v + 8),
-                      R::Scratch::size(dim, dim_v), [&](const QueryBlock& u, T* scratch) {
-                        const typename K::Head kv = head(u.b, u.h * heads);
-                        R::block(call, Tile{d, u.b, u.h * heads, 0, d.len_q, 0, d.len_k}, heads, kv.k, kv.k_stride,
-                                 kv.v, kv.v_stride, typename R::Scratch(scratch, dim, dim_v));
+    for_each_block<C>(units, double(heads * d.len_q) * double(d.len_k) * double(dim + dim_v + 8),
+                      R::Scratch::size(dim, dim_v), [&](const QueryBlock& u, C* scratch) {
+                        const Index kvh = call.kv_head(u.h * heads);
+                        R::block(call, Tile{d, u.b, u.h * heads, 0, d.len_q, 0, d.len_k}, heads, call.k.row(u.b, kvh),
+                                 call.k.row_stride, call.v.row(u.b, kvh), call.v.row_stride,
+                                 typename R::Scratch(scratch, dim, dim_v));
                       });
     return;
   }
+  const bool packed = K::packs(call.q, call.k, call.v);
+  const WorkBuffer<C> k_packed(packed ? d.batch * call.k.heads * d.len_k * dim : 0),
+      v_packed(packed ? d.batch * call.k.heads * d.len_k * dim_v : 0);
+  if (packed) K::pack(call.k, call.v, k_packed.data(), v_packed.data());
+  const auto head = [&](Index b, Index h) -> typename K::Head {
+    const Index kvh = call.kv_head(h), bh = b * call.k.heads + kvh;
+    if constexpr (!is_storage16<T>::value)  // (a 16-bit T is always packed)
+      if (!packed) return {call.k.row(b, kvh), call.k.row_stride, call.v.row(b, kvh), call.v.row_stride, false};
+    return {k_packed.data() + bh * d.len_k * dim, dim, v_packed.data() + bh * d.len_k * dim_v, 0, true};
+  };
   const QueryBlocks blocks{d.batch, d.heads, d.len_q, K::kQueries};
-  for_each_block<T>(blocks, double(K::kQueries) * double(d.len_k) * double(dim + dim_v + 8), K::Scratch::size(dim, dim_v),
-                    [&](const QueryBlock& u, T* scratch) {
+  for_each_block<C>(blocks, double(K::kQueries) * double(d.len_k) * double(dim + dim_v + 8), K::Scratch::size(dim, dim_v),
+                    [&](const QueryBlock& u, C* scratch) {
                       const Tile tile{d, u.b, u.h, u.i0, blocks.rows_at(u.i0), 0, d.len_k};
                       K::block(call, tile, head(u.b, u.h), typename K::Scratch(scratch, dim, dim_v));
                     });
