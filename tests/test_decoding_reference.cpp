@@ -117,13 +117,13 @@ void check_gqa(const GqaSpec& spec, bool incremental) {
   check_gqa_meta(c, spec);
   if (::testing::Test::HasFatalFailure()) return;
   const attn::GroupedQueryAttention<T> m = make_gqa<T>(c, spec);
-  const Tensor<T> x = c.get<T>("input.x"), expected = c.get<T>("output.output");
+  const Tensor<T> x = c.get<T>("input.x");
   const double tol = tolerance<T>(c.is_double());
   const Tensor<bool> kpm = stored_bools(c, "input.key_padding_mask");
   if (!incremental) {
     attn::GqaArgs<T> args;
     if (!kpm.empty()) args.key_padding_mask = attn::Mask<T>::block_where_true(kpm);
-    EXPECT_TRUE(AllClose(m.forward(x, args), expected, tol));
+    ExpectMatchesReference(c, m.forward(x, args), tol);
     return;
   }
   for (Index step : chunk_sizes(x.size(1))) {
@@ -135,7 +135,7 @@ void check_gqa(const GqaSpec& spec, bool incremental) {
       return m.forward(chunk, cache, args);
     });
     EXPECT_EQ(cache.length(), x.size(1));
-    EXPECT_TRUE(AllClose(y, expected, tol)) << "chunks of " << step;
+    ExpectMatchesReference(c, y, tol, "chunks of " + std::to_string(step));
   }
 }
 
@@ -168,6 +168,15 @@ TEST_P(GqaReference, IncrementalFloat) { check_gqa<float>(GetParam(), true); }
 TEST_P(GqaReference, IncrementalDouble) { check_gqa<double>(GetParam(), true); }
 
 INSTANTIATE_TEST_SUITE_P(PyTorch, GqaReference, ::testing::ValuesIn(kGqaCases),
+                         [](const ::testing::TestParamInfo<GqaSpec>& info) { return std::string(info.param.name); });
+
+// GroupedQueryAttention cast to bfloat16 against LlamaAttention in bfloat16 (the 16-bit
+// rule of ExpectMatchesReference), whole and through the cache.
+const GqaSpec kGqa16Cases[] = {{"gqa_bf16", 2, "half", 0, 1e4, 0, 0, true, 0, ""}};
+class GqaReference16 : public ::testing::TestWithParam<GqaSpec> {};
+TEST_P(GqaReference16, Bfloat16) { check_gqa<attn::bfloat16>(GetParam(), false); }
+TEST_P(GqaReference16, IncrementalBfloat16) { check_gqa<attn::bfloat16>(GetParam(), true); }
+INSTANTIATE_TEST_SUITE_P(PyTorch, GqaReference16, ::testing::ValuesIn(kGqa16Cases),
                          [](const ::testing::TestParamInfo<GqaSpec>& info) { return std::string(info.param.name); });
 
 // ---------------------------------------------------------------------------
@@ -286,8 +295,7 @@ void check_encoder(const LayerSpec& spec) {
   args.key_padding_mask = c.mask<T>("input.src_key_padding_mask", kb, kf);
   args.attn_mask = c.mask<T>("input.src_mask", ab, af);
   args.causal = spec.causal;
-  EXPECT_TRUE(AllClose(layer.forward(c.get<T>("input.src"), args), c.get<T>("output.output"),
-                       tolerance<T>(c.is_double())));
+  ExpectMatchesReference(c, layer.forward(c.get<T>("input.src"), args), tolerance<T>(c.is_double()));
 }
 
 const LayerSpec kEncoderCases[] = {
@@ -304,6 +312,11 @@ TEST_P(EncoderLayerReference, Double) { check_encoder<double>(GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(PyTorch, EncoderLayerReference, ::testing::ValuesIn(kEncoderCases),
                          [](const ::testing::TestParamInfo<LayerSpec>& info) { return std::string(info.param.name); });
+const LayerSpec kEncoder16Cases[] = {{"tel_bf16", "gelu", false, 1e-5, kNoCausal, "src_key_padding_mask"}};
+class EncoderLayerReference16 : public ::testing::TestWithParam<LayerSpec> {};
+TEST_P(EncoderLayerReference16, Bfloat16) { check_encoder<attn::bfloat16>(GetParam()); }
+INSTANTIATE_TEST_SUITE_P(PyTorch, EncoderLayerReference16, ::testing::ValuesIn(kEncoder16Cases),
+                         [](const ::testing::TestParamInfo<LayerSpec>& info) { return std::string(info.param.name); });
 
 /// The decoder's full forward, or (incremental) encode_memory then chunks through the caches.
 template <class T>
@@ -314,7 +327,7 @@ void check_decoder(const LayerSpec& spec, bool incremental) {
   if (::testing::Test::HasFailure()) return;
   attn::TransformerDecoderLayer<T> layer(c.meta_int("embed_dim"), c.meta_int("num_heads"), o);
   layer.load_state_dict(c.params<T>());
-  const Tensor<T> tgt = c.get<T>("input.tgt"), memory = c.get<T>("input.memory"), expected = c.get<T>("output.output");
+  const Tensor<T> tgt = c.get<T>("input.tgt"), memory = c.get<T>("input.memory");
   const Tensor<bool> tgt_kpm = stored_bools(c, "input.tgt_key_padding_mask"),
                      mem_kpm = stored_bools(c, "input.memory_key_padding_mask");
   attn::DecoderArgs<T> args;
@@ -323,7 +336,7 @@ void check_decoder(const LayerSpec& spec, bool incremental) {
   const double tol = tolerance<T>(c.is_double());
   if (!incremental) {
     if (!tgt_kpm.empty()) args.self.key_padding_mask = attn::Mask<T>::block_where_true(tgt_kpm);
-    EXPECT_TRUE(AllClose(layer.forward(tgt, memory, args), expected, tol));
+    ExpectMatchesReference(c, layer.forward(tgt, memory, args), tol);
     return;
   }
   ASSERT_NE(spec.causal, kNoCausal) << "a cache decodes causally";
@@ -336,7 +349,7 @@ void check_decoder(const LayerSpec& spec, bool incremental) {
       if (!tgt_kpm.empty()) a.self.key_padding_mask = attn::Mask<T>::block_where_true(seen);
       return layer.forward(chunk, cache, a);
     });
-    EXPECT_TRUE(AllClose(y, expected, tol)) << "chunks of " << step;
+    ExpectMatchesReference(c, y, tol, "chunks of " + std::to_string(step));
   }
 }
 
@@ -362,6 +375,13 @@ INSTANTIATE_TEST_SUITE_P(PyTorch, DecoderLayerReference, ::testing::ValuesIn(kDe
 INSTANTIATE_TEST_SUITE_P(PyTorchNoncausal, DecoderLayerReference, ::testing::ValuesIn(kDecoderNoncausalCases),
                          layer_name);
 INSTANTIATE_TEST_SUITE_P(PyTorch, DecoderLayerIncremental, ::testing::ValuesIn(kDecoderCases), layer_name);
+
+// The layers cast to bfloat16 (the 16-bit rule of ExpectMatchesReference), whole and incremental.
+const LayerSpec kDecoder16Cases[] = {{"tdl_bf16", "relu", true, 1e-5, kTopLeft, "memory_key_padding_mask"}};
+class DecoderLayerReference16 : public ::testing::TestWithParam<LayerSpec> {};
+TEST_P(DecoderLayerReference16, Bfloat16) { check_decoder<attn::bfloat16>(GetParam(), false); }
+TEST_P(DecoderLayerReference16, IncrementalBfloat16) { check_decoder<attn::bfloat16>(GetParam(), true); }
+INSTANTIATE_TEST_SUITE_P(PyTorch, DecoderLayerReference16, ::testing::ValuesIn(kDecoder16Cases), layer_name);
 
 // ---------------------------------------------------------------------------
 // MultiHeadAttention self-attention through a KV cache vs nn.MultiheadAttention, causal

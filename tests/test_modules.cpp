@@ -27,8 +27,7 @@ void check(const Case& c, const ModuleSpec& spec, M& module) {
   args.key_padding_mask = c.mask<T>("input.key_padding_mask", kpm_b, kpm_f);
   args.attn_mask = c.mask<T>("input.attn_mask", am_b, am_f);
   args.causal = spec.causal;
-  const Tensor<T> y = module.forward(c.get<T>("input.x"), args);
-  EXPECT_TRUE(AllClose(y, c.get<T>("output.output"), tolerance<T>(c.is_double())));
+  ExpectMatchesReference(c, module.forward(c.get<T>("input.x"), args), tolerance<T>(c.is_double()));
 }
 
 template <class T>
@@ -102,6 +101,19 @@ TEST_P(ModuleReference, Float) { check_case<float>(GetParam()); }
 TEST_P(ModuleReference, Double) { check_case<double>(GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(PyTorch, ModuleReference, ::testing::ValuesIn(kModuleCases),
+                         [](const ::testing::TestParamInfo<ModuleSpec>& info) { return std::string(info.param.name); });
+
+// The modules cast to bfloat16, against PyTorch's own bfloat16 modules: at least as accurate
+// (ExpectMatchesReference's 16-bit rule).
+const ModuleSpec kBfloat16Cases[] = {
+    {"sa_bf16", kSA, kNoCausal, ""},
+    {"th_bf16", kTH, kNoCausal, ""},
+    {"ab_bf16", kAB, kNoCausal, ""},
+    {"enc_bf16", kENC, kNoCausal, ""},
+};
+class ModuleReference16 : public ::testing::TestWithParam<ModuleSpec> {};
+TEST_P(ModuleReference16, Bfloat16) { check_case<attn::bfloat16>(GetParam()); }
+INSTANTIATE_TEST_SUITE_P(PyTorch, ModuleReference16, ::testing::ValuesIn(kBfloat16Cases),
                          [](const ::testing::TestParamInfo<ModuleSpec>& info) { return std::string(info.param.name); });
 
 template <class T>

@@ -73,21 +73,8 @@ TYPED_TEST(OpsTyped, MixHeadsIsLinearOverHeads) {
 }
 
 /// The largest and the mean |y - exact| over the elements (y in any element type).
-template <class T>
-std::pair<double, double> errors_against(const Tensor<T>& y, const Tensor<double>& exact) {
-  double worst = 0, sum = 0;
-  for (Index i = 0; i < exact.numel(); ++i) {
-    const double e = std::abs(double(y[i]) - exact[i]);
-    worst = std::max(worst, e), sum += e;
-  }
-  return {worst, sum / double(std::max<Index>(exact.numel(), 1))};
-}
-
-// bfloat16 linear against PyTorch's own bfloat16 nn.Linear (module.to(torch.bfloat16)): on
-// every case, attn's error against the float64 product of the same bfloat16 values is no
-// larger than PyTorch's, as the largest and as the mean error. Through the op and through
-// the Linear module loaded from the file. (It also prints how many outputs differ from
-// PyTorch's bits.)
+// bfloat16 linear against PyTorch's own bfloat16 nn.Linear (module.to(torch.bfloat16)),
+// through the op and through the Linear module loaded from the file (the same bits).
 TEST(Bfloat16, LinearIsAtLeastAsAccurateAsPyTorch) {
   using attn::bfloat16;
   for (const char* name : {"linear_small_bf16", "linear_3d_bf16", "linear_deep_bf16", "linear_nobias_bf16"}) {
@@ -95,7 +82,6 @@ TEST(Bfloat16, LinearIsAtLeastAsAccurateAsPyTorch) {
     const Case c(name);
     ASSERT_EQ(c.meta("dtype"), "bfloat16");
     const Tensor<bfloat16> x = c.get<bfloat16>("input.x"), w = c.get<bfloat16>("param.weight");
-    const Tensor<double> exact = c.get<double>("output.exact");
     const bool bias = c.meta_bool("bias");
     ASSERT_EQ(bias, c.has("param.bias"));
     const Tensor<bfloat16> y = bias ? attn::linear<bfloat16>(x, w, c.get<bfloat16>("param.bias"))
@@ -103,18 +89,55 @@ TEST(Bfloat16, LinearIsAtLeastAsAccurateAsPyTorch) {
     attn::Linear<bfloat16> module(c.meta_int("in_features"), c.meta_int("out_features"), bias);
     module.load_state_dict(c.params<bfloat16>(), "");
     const Tensor<bfloat16> y_module = module.forward(x);
-    ASSERT_EQ(y.shape(), exact.shape());
+    ASSERT_EQ(y.shape(), y_module.shape());
     ASSERT_EQ(std::memcmp(y.data(), y_module.data(), sizeof(bfloat16) * y.numel()), 0);
-    const Tensor<bfloat16> torch = c.get<bfloat16>("output.torch");
-    const auto [attn_max, attn_mean] = errors_against(y, exact);
-    const auto [torch_max, torch_mean] = errors_against(torch, exact);
-    Index differ = 0;
-    for (Index i = 0; i < y.numel(); ++i) differ += std::memcmp(&y[i], &torch[i], sizeof(bfloat16)) != 0;
-    std::printf("%s on %s: max error attn %.4g, PyTorch %.4g; mean error attn %.4g, PyTorch %.4g; %ld of %ld "
-                "outputs differ from PyTorch's\n", name, attn::to_string(attn::kernel_isa()), attn_max, torch_max,
-                attn_mean, torch_mean, static_cast<long>(differ), static_cast<long>(y.numel()));
-    EXPECT_LE(attn_max, torch_max);
-    EXPECT_LE(attn_mean, torch_mean);
+    ExpectAtLeastAsAccurateAsPyTorch(c, y);
+  }
+}
+
+// bfloat16 attention (q, k, v and the output in bfloat16; float32 inside) against PyTorch's
+// bfloat16 ops on the same expression: the tiled kernel, the decode tile (which reads bfloat16
+// k and v in place) and the kernel that returns the weights (the same outputs up to rounding).
+TEST(Bfloat16, SdpaIsAtLeastAsAccurateAsPyTorch) {
+  using attn::bfloat16;
+  for (const char* name : {"sdpa_bf16", "sdpa_long_bf16", "sdpa_decode_bf16"}) {
+    SCOPED_TRACE(name);
+    const Case c(name);
+    ASSERT_EQ(c.meta("dtype"), "bfloat16");
+    Tensor<bool> kb, ab;
+    Tensor<bfloat16> kf, af, weights;
+    attn::SdpaOptions<bfloat16> opt;
+    opt.scale = std::stof(c.meta("scale"));
+    opt.key_padding_mask = c.mask<bfloat16>("input.key_padding_mask", kb, kf);
+    opt.attn_mask = c.mask<bfloat16>("input.attn_mask", ab, af);
+    if (c.meta("causal") == "bottom_right") opt.causal = attn::Causal::kBottomRight;
+    const Tensor<bfloat16> q = c.get<bfloat16>("input.query"), k = c.get<bfloat16>("input.key"),
+                           v = c.get<bfloat16>("input.value");
+    const Tensor<bfloat16> y = attn::scaled_dot_product_attention<bfloat16>(q, k, v, opt);
+    ExpectAtLeastAsAccurateAsPyTorch(c, y);
+    opt.attn_weights = &weights;
+    const Tensor<bfloat16> y_weights = attn::scaled_dot_product_attention<bfloat16>(q, k, v, opt);
+    EXPECT_TRUE(AllClose(y_weights, y, 1e-2));
+    ASSERT_EQ(weights.shape(), (attn::Shape{q.size(0), q.size(1), q.size(2), k.size(2)}));
+  }
+}
+
+// nn.MultiheadAttention cast to bfloat16 (self and cross, with a key padding mask) against
+// PyTorch's bfloat16 module in inference.
+TEST(Bfloat16, MultiHeadAttentionIsAtLeastAsAccurateAsPyTorch) {
+  using attn::bfloat16;
+  for (const char* name : {"mha_self_bf16", "mha_cross_bf16"}) {
+    SCOPED_TRACE(name);
+    const Case c(name);
+    ASSERT_EQ(c.meta("dtype"), "bfloat16");
+    attn::MultiHeadAttention<bfloat16> m(c.meta_int("embed_dim"), c.meta_int("num_heads"));
+    m.load_state_dict(c.params<bfloat16>(), "");
+    Tensor<bool> kb;
+    Tensor<bfloat16> kf;
+    attn::MhaArgs<bfloat16> args;
+    args.key_padding_mask = c.mask<bfloat16>("input.key_padding_mask", kb, kf);
+    const Tensor<bfloat16> q = c.get<bfloat16>("input.query"), k = c.get<bfloat16>("input.key");
+    ExpectAtLeastAsAccurateAsPyTorch(c, m.forward(q, k, k, args).output);
   }
 }
 

@@ -655,6 +655,47 @@ def build_linear16(c: Case, shape, out_features, bias=True):
             {"in_features": shape[-1], "out_features": out_features, "bias": bias})
 
 
+def build_sdpa16(c: Case, scale, shape, kpm=None, mask=None, causal="none"):
+    """softmax(q * scale @ k^T + bias) @ v in the case's 16-bit dtype as PyTorch 1.13 computes it
+    (nn.MultiheadAttention's order: q scaled first, each op rounding to the dtype): output.torch,
+    with output.exact the same expression in float64 on the same 16-bit values. shape = (B, H,
+    L, S, D, Dv); causal is merged into the bias (not stored; the test passes the flag)."""
+    dt = c.dtype
+    B, H, L, S, d, dv = shape
+    q, k, v = (torch.randn(B, H, n, e).to(dt) for n, e in ((L, d), (S, d), (S, dv)))
+    kp, am = draw_masks(lambda: (make_kpm(kpm, B, S, dt), make_attn_mask(mask, B, H, L, S, dt)), B, H, L, S,
+                        causal=causal)
+    cm = causal_mask(causal, L, S)
+
+    def attend(q, k, v, dtype):
+        bias = additive_bias(kp, am, B, H, L, S, dtype)
+        if cm is not None:
+            bias = bias.masked_fill(cm, float("-inf"))
+        return torch.softmax((q * float(scale)) @ k.transpose(-1, -2) + bias, -1) @ v
+
+    exact = attend(q.double(), k.double(), v.double(), torch.float64)
+    return ({"input.query": q, "input.key": k, "input.value": v, **mask_tensors(kp, am),
+             "output.torch": attend(q, k, v, dt), "output.exact": exact}, {"scale": scale, "causal": causal})
+
+
+def build_mha16(c: Case, B, L, E, H, S=None, kpm=None):
+    """nn.MultiheadAttention(E, H, batch_first=True) cast to the case's 16-bit dtype as a PyTorch
+    user would (module.to(dtype)), in inference (no_grad, need_weights=False: PyTorch's fast
+    path): output.torch, with output.exact the same module and inputs in float64. Self-attention,
+    or cross-attention over a key (B, S, E) that is also the value."""
+    dt = c.dtype
+    m = reinit(nn.MultiheadAttention(E, H, batch_first=True).to(dt))
+    query = torch.randn(B, L, E).to(dt)
+    key = query if S is None else torch.randn(B, S, E).to(dt)
+    kp = make_kpm(kpm, B, key.shape[1], dt)
+    out = m(query, key, key, key_padding_mask=kp, need_weights=False)[0]
+    exact = copy.deepcopy(m).double()(query.double(), key.double(), key.double(), key_padding_mask=kp,
+                                      need_weights=False)[0]
+    inputs = {"input.query": query, "input.key": key, "input.value": key}
+    return ({**params(m), **inputs, **mask_tensors(kp, None), "output.torch": out, "output.exact": exact},
+            mha_meta(E, H, E, E, True, False, False, "torch", False, True, "none"))
+
+
 def build_sdpa(c: Case, scale, kpm=None, mask=None, shape=(2, 3, 5, 7, 4, 6), weights=True):
     """softmax(q @ k^T * scale + bias) @ v; shape = (B, H, L, S, D, Dv); weights: also store
     output.attn_weights (B, H, L, S)."""
@@ -779,6 +820,40 @@ def build_torch_decoder_layer(c: Case, B, T, S, E, H, ffn, activation="relu", no
         if t is not None:
             tensors[name] = t
     return tensors, torch_layer_meta(E, H, ffn, activation, norm_first, eps, causal)
+
+
+def in16(builder: Callable) -> Callable:
+    """builder's case in the case's 16-bit dtype, as a PyTorch user runs a module cast with
+    module.to(dtype): the builder's output.output becomes output.torch (PyTorch's own 16-bit
+    result), and output.exact is the float64 result of the same module and inputs: the module
+    the builder called (it must call exactly one, directly), copied to float64 and called
+    again with its arguments in float64."""
+    def build(c: Case, **kw):
+        calls, depth, call = [], [0], nn.Module.__call__
+
+        def record(module, *args, **kwargs):
+            if depth[0] == 0:
+                calls.append((module, args, kwargs))
+            depth[0] += 1
+            try:
+                return call(module, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        nn.Module.__call__ = record
+        try:
+            tensors, meta = builder(c, **kw)
+        finally:
+            nn.Module.__call__ = call
+        assert len(calls) == 1, f"{c.name}: the builder called {len(calls)} modules"
+        module, args, kwargs = calls[0]
+        wide = lambda t: t.double() if torch.is_tensor(t) and t.is_floating_point() else t
+        exact = copy.deepcopy(module).double()(*map(wide, args), **{k: wide(v) for k, v in kwargs.items()})
+        tensors["output.torch"] = tensors.pop("output.output")
+        tensors["output.exact"] = exact[0] if isinstance(exact, tuple) else exact
+        return tensors, meta
+    build.wrapped = builder
+    return build
 
 
 # ----------------------------------------------------------------------------
@@ -1002,6 +1077,20 @@ case("enc_masks_f32", ENC, "TransformerEncoder x (2,9,24), ffn 20, 4 heads, bool
      mask="bool2d", full_rows=(3,))
 case("enc_mask3d_f64", ENC, "TransformerEncoder x (2,7,12) in float64, ffn 10, 3 heads, float attn_mask (B*H,L,S) "
      "with -inf.", shape=(2, 7, 12), ffn=10, H=3, mask="float3d")
+case("sdpa_bf16", build_sdpa16, "softmax(q * 0.125 @ k^T + bias) @ v in bfloat16 with q (2,3,5,64), k and v "
+     "(2,3,7,64), bool key_padding_mask and bool attn_mask (L,S).", scale="0.125", shape=(2, 3, 5, 7, 64, 64),
+     kpm="bool", mask="bool2d")
+case("sdpa_long_bf16", build_sdpa16, "softmax(q * 0.1 @ k^T + bias) @ v in bfloat16 with q (1,2,150,72), k (1,2,260,72), "
+     "v (1,2,260,56), causal (bottom right) and a float key_padding_mask with -inf: the tiled kernel.", scale="0.1",
+     shape=(1, 2, 150, 260, 72, 56), kpm="float", causal="bottom_right")
+case("sdpa_decode_bf16", build_sdpa16, "softmax(q * 0.125 @ k^T) @ v in bfloat16 with q (1,3,2,64), k (1,3,600,64) and v "
+     "(1,3,600,48): a decode step of two tokens (the decode tile reads bfloat16 k and v in place).", scale="0.125",
+     shape=(1, 3, 2, 600, 64, 48))
+case("mha_self_bf16", build_mha16, "nn.MultiheadAttention(128, 4) in bfloat16, self-attention on (2,50,128), bool "
+     "key_padding_mask.", B=2, L=50, E=128, H=4, kpm="bool")
+case("mha_cross_bf16", build_mha16, "nn.MultiheadAttention(96, 2) in bfloat16, cross-attention from (1,70,96) over "
+     "(1,150,96).", B=1, L=70, E=96, H=2, S=150)
+
 case("enc_causal_f32", ENC, "TransformerEncoder x (2,10,16), ffn 8, 2 heads, causal plus float key_padding_mask "
      "with -inf.", shape=(2, 10, 16), ffn=8, H=2, kpm="float", causal="top_left")
 case("enc_long_f32", ENC, "TransformerEncoder x (1,300,20), ffn 12, 2 heads (head_dim 10), causal plus bool "
@@ -1107,6 +1196,21 @@ case("tdl_long_f32", TDL, "tgt (1,100,20) over memory (1,140,20), 2 heads (head_
      "causal, bool memory_key_padding_mask (tiled kernel).", B=1, T=100, S=140, E=20, H=2, ffn=24,
      activation="gelu", norm_first=True, memory_kpm="bool")
 
+# Every module cast to bfloat16 against PyTorch's own (module.to(torch.bfloat16)): accuracy against float64
+case("sa_bf16", in16(SA), "SingleHeadSelfAttention in bfloat16, x (2,40,64).", shape=(2, 40, 64))
+case("th_bf16", in16(TH), "timm CaiT TalkingHeadAttn in bfloat16, x (2,50,64), 4 heads.", shape=(2, 50, 64), H=4)
+case("ab_bf16", in16(AB), "AttentionBlock in bfloat16, x (2,64,50), 4 heads.", shape=(2, 64, 50), H=4)
+case("enc_bf16", in16(ENC), "MobileViTTransformerEncoder in bfloat16, x (2,40,64), ffn 128, 4 heads.",
+     shape=(2, 40, 64), ffn=128, H=4)
+case("gqa_bf16", in16(GQA), "LlamaAttention in bfloat16, x (2,40,128), 4 heads over 2 kv heads, rope rotate_half, "
+     "qkv bias.", B=2, L=40, E=128, H=4, K=2, qkv_bias=True)
+case("tel_bf16", in16(TEL), "nn.TransformerEncoderLayer in bfloat16, src (2,30,64), 4 heads, ffn 128, gelu, "
+     "post-norm, bool src_key_padding_mask.", shape=(2, 30, 64), H=4, ffn=128, activation="gelu", kpm="bool")
+case("tdl_bf16", in16(TDL), "nn.TransformerDecoderLayer in bfloat16, tgt (2,20,64) over memory (2,30,64), 4 heads, "
+     "ffn 128, relu, norm_first, causal, bool memory_key_padding_mask.", B=2, T=20, S=30, E=64, H=4, ffn=128,
+     norm_first=True, memory_kpm="bool")
+
+
 
 # --- attn_mask shapes that broadcast to (B, H, L, S) ---------------------------------
 
@@ -1192,7 +1296,9 @@ MODULES = {SA: "self_attention", MHA: "multi_head_attention", SEP: "multi_head_a
            FUSED: "multi_head_attention", TH: "talking_heads", AB: "attention_block", ENC: "transformer_encoder",
            build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes", build_broadcast: "mask_broadcast",
            GQA: "gqa_attention", CORE: "attention_core", TEL: "transformer_encoder_layer",
-           TDL: "transformer_decoder_layer", build_linear16: "linear"}
+           TDL: "transformer_decoder_layer", build_linear16: "linear",
+           build_sdpa16: "sdpa", build_mha16: "multi_head_attention"}
+MODULES.update({c.builder: MODULES[c.builder.wrapped] for c in CASES if hasattr(c.builder, "wrapped")})
 
 REQUIRED_META = {
     "self_attention": ["embed_dim", "causal"],
