@@ -102,8 +102,8 @@ const char* const kUsage =
     "  --dtype D    float32, float64, bfloat16 or float16: the dtype of the computation, of the\n"
     "               weights and activations it stores, and of the output (default: that of x /\n"
     "               query). Weights and inputs of any float dtype (F32, F64, BF16, F16) are converted\n"
-    "               once, on load (rounded to nearest even). bfloat16 and float16 run --module linear\n"
-    "               so far (float32 sums, one rounding per output).\n"
+    "               once, on load (rounded to nearest even). bfloat16 and float16 keep weights and\n"
+    "               activations in 16 bits and compute inside each op in float32.\n"
     "  --threads N  threads for attn's kernels (0 = all cores, the default)\n"
     "  --repeat N   after the first forward pass, run it N more times and print\n"
     "               'forward median: <ms> ms (N runs)' (forward pass only, no I/O)\n"
@@ -555,15 +555,6 @@ std::function<Result<T>()> mha_forward(const Options& o, const Inputs<T>& in, co
 template <class T>
 std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, const attn::StateDict<T>& weights) {
   auto load = [&](attn::Module<T>& m) { m.load_state_dict(weights); };
-  if constexpr (std::is_same<T, attn::bfloat16>::value || std::is_same<T, attn::half>::value) {
-    if (o.module != "linear")
-      throw std::runtime_error("--module " + o.module +
-                               " does not compute in bfloat16 or float16 yet (linear does; use --dtype float32)");
-    const attn::Tensor<T>& x = in.values.at("x");
-    auto m = std::make_shared<attn::Linear<T>>(o.in_features, o.out_features, !o.no_bias);
-    load(*m);
-    return [m, &x] { return Result<T>{m->forward(x), {}}; };
-  } else {
   if (o.module == "multi_head_attention") return mha_forward(o, in, weights);
   if (o.module == "transformer_decoder_layer") return decoder_forward(o, in, weights);
   if (o.module == "sdpa") return sdpa_forward(o, in);
@@ -589,7 +580,6 @@ std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, c
     return single(std::make_shared<attn::TransformerEncoderLayer<T>>(o.embed_dim, o.num_heads, layer_options(o)));
   if (o.module == "gqa_attention") return gqa_forward(o, x, in.masks, weights);
   return single(std::make_shared<attn::MobileViTEncoderLayer<T>>(o.embed_dim, o.ffn_dim, o.num_heads));
-  }
 }
 
 /// Writes to a temporary file next to `path`, then renames it: `path` exists only if
