@@ -150,9 +150,17 @@ double run(benchmark::State& state, double flops, F&& f, double peak = setup().p
   return state.iterations() > 0 ? total / double(state.iterations()) : 0.0;
 }
 
-/// Deterministic inputs in [0, 1).
-inline attn::Tensor<float> input(attn::Shape shape, std::uint64_t seed = 0) {
-  return attn::random_uniform<float>(std::move(shape), seed);
+/// Deterministic inputs in [0, 1), in T (float32 values rounded to a 16-bit T).
+template <class T = float>
+attn::Tensor<T> input(attn::Shape shape, std::uint64_t seed = 0) {
+  attn::Tensor<float> x = attn::random_uniform<float>(std::move(shape), seed);
+  if constexpr (std::is_same<T, float>::value) {
+    return x;
+  } else {
+    auto y = attn::Tensor<T>::uninitialized(x.shape());
+    for (attn::Index i = 0; i < x.numel(); ++i) y.data()[i] = T(x.data()[i]);
+    return y;
+  }
 }
 
 }  // namespace attn_bench

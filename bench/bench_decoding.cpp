@@ -52,18 +52,21 @@ struct LayerShape {
 };
 
 /// The layer of the benchmarks: GroupedQueryAttention(E, H, K, D), RoPE theta 500000 (Llama 3).
-attn::GroupedQueryAttention<float> make_layer(const LayerShape& s) {
+template <class T = float>
+attn::GroupedQueryAttention<T> make_layer(const LayerShape& s) {
   attn::GqaOptions o;
   o.rotary.theta = 500000.0;
-  return attn::GroupedQueryAttention<float>(s.e, s.h, s.k, s.d, o);
+  return attn::GroupedQueryAttention<T>(s.e, s.h, s.k, s.d, o);
 }
 
-/// Bytes of the four projection weights.
-double weight_bytes(const LayerShape& s) { return 4.0 * double(s.e) * double((2 * s.h + 2 * s.k) * s.d); }
+/// Bytes of the four projection weights in T.
+template <class T>
+double weight_bytes(const LayerShape& s) { return double(sizeof(T)) * double(s.e) * double((2 * s.h + 2 * s.k) * s.d); }
 
 /// Fills the first `length` positions of a cache with deterministic values.
-void fill_cache(attn::KVCache<float>& cache, Index length) {
-  const attn::HeadsView<float> k = cache.next_keys(length), v = cache.next_values(length);
+template <class T>
+void fill_cache(attn::KVCache<T>& cache, Index length) {
+  const attn::HeadsView<T> k = cache.next_keys(length), v = cache.next_values(length);
   for (Index b = 0; b < k.batch; ++b)
     for (Index h = 0; h < k.heads; ++h) {
       k.head(b, h).setRandom();
@@ -87,26 +90,35 @@ void step_counters(benchmark::State& state, double bytes, Index tokens, double s
 /// One new token per sequence at context `ctx` (the cache holds ctx positions; each step
 /// appends one, then the cache is rolled back). Counters: ms per step (each step yields B
 /// tokens), bytes read per step (weights + the cache's keys and values) / time, and that as a
-/// fraction of the measured read bandwidth.
+/// fraction of the measured read bandwidth. In float32, and in bfloat16 (weights, cache and
+/// activations in 16 bits: half the bytes).
+template <class T>
 void BM_DecodeStep(benchmark::State& state) {
   const LayerShape s{state.range(0), state.range(1), state.range(2), state.range(3)};
   const Index b = state.range(4), ctx = state.range(5);
-  const auto layer = make_layer(s);
-  attn::KVCache<float> cache = layer.make_cache(b, ctx + 1);
+  const auto layer = make_layer<T>(s);
+  attn::KVCache<T> cache = layer.make_cache(b, ctx + 1);
   fill_cache(cache, ctx);
-  const auto x = attn_bench::input({b, 1, s.e});
+  const auto x = attn_bench::input<T>({b, 1, s.e});
   const double flops = attn_bench::linear_flops(b, s.e, double((2 * s.h + 2 * s.k) * s.d)) +
                        attn_bench::core_flops(b, s.h, 1, ctx + 1, s.d, s.d);
   const double secs = run(state, flops, [&] {
     cache.truncate(ctx);
     benchmark::DoNotOptimize(layer.forward(x, cache));
   });
-  step_counters(state, weight_bytes(s) + 8.0 * double(b * s.k * (ctx + 1) * s.d), b, secs);
+  step_counters(state, weight_bytes<T>(s) + 2.0 * sizeof(T) * double(b * s.k * (ctx + 1) * s.d), b, secs);
 }
-BENCHMARK(BM_DecodeStep)
+BENCHMARK_TEMPLATE(BM_DecodeStep, float)
+    ->Name("BM_DecodeStep")
     ->ArgNames({"E", "H", "K", "D", "B", "ctx"})
     ->ArgsProduct({{4096}, {32}, {8}, {128}, {1, 8}, {512, 4096, 16384}})
     ->Args({256, 8, 2, 32, 1, 64})  // a small layer: the ctest smoke case
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_DecodeStep, attn::bfloat16)
+    ->Name("BM_DecodeStep_bf16")
+    ->ArgNames({"E", "H", "K", "D", "B", "ctx"})
+    ->ArgsProduct({{4096}, {32}, {8}, {128}, {1}, {4096, 16384}})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
@@ -152,15 +164,24 @@ BENCHMARK(BM_CausalCore)
 
 /// The attention core of one decode step: a query per head (1, 32, 1, 128) over a cache of
 /// ctx keys and values with 8 heads; counters GB/s (the cache's bytes / time) and bw_frac.
+/// In float32, and in bfloat16 (the decode tile widens k and v in registers: half the bytes).
+template <class T>
 void BM_DecodeCore(benchmark::State& state) {
   const Index h = state.range(0), k = state.range(1), ctx = state.range(2), d = state.range(3);
-  const auto q = attn_bench::input({1, h, 1, d}, 1), kk = attn_bench::input({1, k, ctx, d}, 2),
-             v = attn_bench::input({1, k, ctx, d}, 3);
+  const auto q = attn_bench::input<T>({1, h, 1, d}, 1), kk = attn_bench::input<T>({1, k, ctx, d}, 2),
+             v = attn_bench::input<T>({1, k, ctx, d}, 3);
   const double secs = run(state, attn_bench::core_flops(1, h, 1, ctx, d, d),
-                          [&] { benchmark::DoNotOptimize(attn::scaled_dot_product_attention<float>(q, kk, v)); });
-  step_counters(state, 8.0 * double(k * ctx * d), 1, secs);
+                          [&] { benchmark::DoNotOptimize(attn::scaled_dot_product_attention<T>(q, kk, v)); });
+  step_counters(state, 2.0 * sizeof(T) * double(k * ctx * d), 1, secs);
 }
-BENCHMARK(BM_DecodeCore)
+BENCHMARK_TEMPLATE(BM_DecodeCore, float)
+    ->Name("BM_DecodeCore")
+    ->ArgNames({"H", "K", "ctx", "D"})
+    ->Args({32, 8, 16384, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_DecodeCore, attn::bfloat16)
+    ->Name("BM_DecodeCore_bf16")
     ->ArgNames({"H", "K", "ctx", "D"})
     ->Args({32, 8, 16384, 128})
     ->UseManualTime()

@@ -1,4 +1,6 @@
-// Every module at the shape of its upstream demo and the workloads of the speed targets, float32, one forward call per iteration, wall-clock time.
+// Every module at the shape of its upstream demo and the workloads of the speed targets, float32
+// (and the GEMM, MHA and attention core in bfloat16 and half too), one forward call per
+// iteration, wall-clock time.
 // Counters: GFLOP/s (FLOPs as defined in bench/README.md), peak_frac (of the FMA peak
 // measured at startup for the same thread count), threads.
 //
@@ -82,15 +84,35 @@ BENCHMARK(BM_MobileViTEncoderLayer)->ArgNames({"B", "N", "C", "F", "H"})->Args({
 
 // (32, 1024, 64) h8 (head_dim 8); (1, 2048, 512) h8 (head_dim 64); the demo shape
 // (64, 10, 128) h8. Self-attention at N = 16384 is in bench_sweep (BM_Mha_N).
+// BM_Mha_bf16: (1, 2048, 512) in bfloat16 (projections on the bf16 GEMM, the core in float32
+// on bfloat16 q, k and v).
+template <class T>
 void BM_Mha(benchmark::State& state) {
   const Index b = state.range(0), n = state.range(1), e = state.range(2), h = state.range(3);
-  attn::MultiHeadAttention<float> m(e, h);
-  const auto x = input({b, n, e});
+  attn::MultiHeadAttention<T> m(e, h);
+  const auto x = input<T>({b, n, e});
   run(state, attn_bench::mha_flops(b, n, e, h), [&] { benchmark::DoNotOptimize(m.forward(x, x, x)); });
 }
-BENCHMARK(BM_Mha)->ArgNames({"B", "N", "E", "H"})
+BENCHMARK_TEMPLATE(BM_Mha, float)->Name("BM_Mha")->ArgNames({"B", "N", "E", "H"})
     ->Args({32, 1024, 64, 8})->Args({1, 2048, 512, 8})->Args({64, 10, 128, 8})
     ->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_Mha, attn::bfloat16)->Name("BM_Mha_bf16")->ArgNames({"B", "N", "E", "H"})
+    ->Args({1, 2048, 512, 8})->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// ---- the attention core (1, 8, 2048, 64) in float32, bfloat16 and half -------------------
+// The 16-bit types' q, k, v and output are 16-bit; the tiles compute in float32 (k and v
+// widened once, when they are packed), so the FMA peak is the roof.
+
+template <class T>
+void BM_Core(benchmark::State& state) {
+  const Index b = state.range(0), h = state.range(1), n = state.range(2), d = state.range(3);
+  const auto q = input<T>({b, h, n, d}, 1), k = input<T>({b, h, n, d}, 2), v = input<T>({b, h, n, d}, 3);
+  run(state, attn_bench::core_flops(b, h, n, n, d, d),
+      [&] { benchmark::DoNotOptimize(attn::scaled_dot_product_attention<T>(q, k, v)); });
+}
+BENCHMARK_TEMPLATE(BM_Core, float)->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_Core, attn::bfloat16)->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_Core, attn::half)->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
 
 // ---- the projection GEMM: Linear(512, 1536) (a fused qkv projection) on 2048 rows -------
 // In float32, and in bfloat16 and half (16-bit weights, inputs and outputs, float32 sums):

@@ -204,12 +204,11 @@ def linear(rows, k, n):
         ort=OrtModel(lambda state, x: onnx_models.linear_model(state, x["x"].shape)))
 
 
-def linear_bf16(rows, k, n):
-    """nn.Linear(k, n) with bias on x (rows, k), all in bfloat16 (module.to(torch.bfloat16))."""
-    return Workload(
-        f"linear ({rows} x {k}) x ({k} x {n}), bias, bfloat16", lambda: nn.Linear(k, n), lambda: {"x": randn(rows, k)},
-        ["--module", "linear", "--in-features", str(k), "--out-features", str(n), "--dtype", "bfloat16"],
-        linear_flops(rows, k, n), dtype=torch.bfloat16)
+def in_bf16(w):
+    """Workload w with both sides in bfloat16: PyTorch's module.to(torch.bfloat16) on bfloat16
+    inputs, attn_run --dtype bfloat16 (no ORT column: its CPU kernels have no bfloat16)."""
+    return Workload(f"{w.name}, bfloat16", w.build, w.inputs, w.attn_args + ["--dtype", "bfloat16"], w.flops,
+                    None, w.torch_call, None, torch.bfloat16)
 
 
 def gqa_prefill(n, e, h, k, d):
@@ -240,7 +239,9 @@ def workloads(need_weights):
                label="multi-head (64, 10, 128), 8 heads (nn.MultiheadAttention)"),
         *(core(1, 8, n, d) for n, d in ((2048, 64), (4096, 64), (1024, 128), (4096, 8), (4096, 16))),
         linear(2048, 512, 1536),
-        linear_bf16(2048, 512, 1536),
+        in_bf16(linear(2048, 512, 1536)),
+        in_bf16(nn_mha(2048, 512, 8, b=1, need_weights=nw)),
+        in_bf16(core(1, 8, 2048, 64)),
         gqa_prefill(2048, 4096, 32, 8, 128),
         Workload("SeparateProjectionMultiHeadAttention (64, 10, 128), 8 heads",
                  lambda: ref.SeparateProjectionMultiHeadAttention(128, 8),
@@ -392,8 +393,11 @@ def output_tensor(path):
 
 
 TOLERANCE = 1e-4  # max relative difference accepted between two sides' outputs
-# bfloat16 outputs: one step of bfloat16 at the largest value (2^-7 of it)
-TOLERANCES = {torch.float32: TOLERANCE, torch.bfloat16: 2.0 ** -7}
+# bfloat16 outputs: two steps of bfloat16 at the largest value (2^-6 of it). PyTorch rounds
+# the logits to bfloat16 before its softmax (attn keeps them in float32): on the attention
+# core (1, 8, 2048, 64) the two differ by 9.5e-3 (tests/test_ops.cpp measures both against
+# float64: attn's error is the smaller).
+TOLERANCES = {torch.float32: TOLERANCE, torch.bfloat16: 2.0 ** -6}
 
 
 def rel_diff(ours, ref):
