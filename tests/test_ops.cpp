@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "support.hpp"
 
@@ -139,6 +140,43 @@ TEST(Bfloat16, MultiHeadAttentionIsAtLeastAsAccurateAsPyTorch) {
     const Tensor<bfloat16> q = c.get<bfloat16>("input.query"), k = c.get<bfloat16>("input.key");
     ExpectAtLeastAsAccurateAsPyTorch(c, m.forward(q, k, k, args).output);
   }
+}
+
+// The bfloat16 attention kernels and a bfloat16 module give the same bits on 1, 2 and 3
+// threads: the tiled kernel (with masks, causal and dropout), the decode tile, the kernel that
+// returns the weights, and nn.MultiheadAttention.
+TEST(Bfloat16, BitIdenticalForEveryThreadCount) {
+  using attn::bfloat16;
+  const Tensor<bfloat16> q = random_tensor<bfloat16>({2, 4, 150, 32}, 1), k = random_tensor<bfloat16>({2, 4, 170, 32}, 2),
+                         v = random_tensor<bfloat16>({2, 4, 170, 24}, 3), x = random_tensor<bfloat16>({2, 150, 64}, 4),
+                         step = random_tensor<bfloat16>({2, 4, 2, 32}, 5);  // a decode step's queries
+  Tensor<bool> padding({2, 170}, false);
+  for (Index j = 140; j < 170; ++j) padding(1, j) = true;
+  const attn::MultiHeadAttention<bfloat16> mha(64, 4);
+  const auto run = [&](int threads) {
+    attn::set_num_threads(threads);
+    std::vector<Tensor<bfloat16>> r;
+    attn::SdpaOptions<bfloat16> opt;
+    opt.key_padding_mask = attn::Mask<bfloat16>::block_where_true(padding);
+    opt.causal = attn::Causal::kBottomRight;
+    attn::Generator gen(7);
+    opt.dropout_p = 0.2f, opt.generator = &gen;
+    r.push_back(attn::scaled_dot_product_attention<bfloat16>(q, k, v, opt));
+    r.push_back(attn::scaled_dot_product_attention<bfloat16>(step, k, v, opt));
+    Tensor<bfloat16> weights;
+    opt.attn_weights = &weights;
+    r.push_back(attn::scaled_dot_product_attention<bfloat16>(q, k, v, opt));
+    r.push_back(weights);
+    r.push_back(mha.forward(x, x, x).output);
+    return r;
+  };
+  const auto one = run(1);
+  for (int threads : {2, 3}) {
+    const auto many = run(threads);
+    for (std::size_t i = 0; i < one.size(); ++i)
+      EXPECT_TRUE(same_bits(one[i], many[i])) << "result " << i << ", " << threads << " threads";
+  }
+  attn::set_num_threads(0);
 }
 
 TEST(OpsErrors, ShapesAreNamed) {
