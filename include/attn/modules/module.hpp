@@ -69,7 +69,9 @@ class ParameterEdit {
 ///
 /// Parameters are exposed under their PyTorch state_dict names, so a checkpoint's tensors
 /// load one to one. Modules start in eval mode (PyTorch modules start in training mode):
-/// call train() to enable dropout, and pass a Generator to forward when you do.
+/// call train() to enable dropout, and pass a Generator to forward when you do. T is float,
+/// double, attn::bfloat16 or attn::half; in the 16-bit types parameters and activations are
+/// stored in 16 bits and every op computes in float32 inside (compute_t<T>).
 template <class T>
 class Module {
  public:

@@ -33,7 +33,8 @@ namespace attn {
 /// A query row whose keys are all masked gets weights 0 and output 0 (PyTorch >= 2.5 SDPA
 /// and ONNX behaviour; PyTorch 1.13 gives NaN). NaN in a row's logits gives a NaN row.
 /// Dropout zeroes weights after the softmax (the normaliser is the sum before dropout) with
-/// the same mask on both paths.
+/// the same mask on both paths. For bfloat16 and half, q, k, v, out (and the weights) are
+/// 16-bit and everything in between is float32: each output is rounded once.
 /// @throws std::invalid_argument on mismatched shapes, masks, dropout p or a missing generator
 template <class T>
 void scaled_dot_product_attention(const HeadsView<const T>& q, const HeadsView<const T>& k,

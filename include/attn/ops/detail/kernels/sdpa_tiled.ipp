@@ -160,9 +160,9 @@ struct SdpaTiles {
 /// @brief out = softmax(scale q k^T + masks) v per (batch, head), one tile at a time with
 /// SdpaTiles (FlashAttention-2's online softmax; the algorithm is described there).
 ///
-/// Strided k and v read by several query blocks are first copied into contiguous rows
-/// (SdpaTiles::pack), O(B*H*S*(D+Dv)) memory (the modules project k and v head-major, which
-/// needs no copy); each thread has one scratch buffer of SdpaTiles::Scratch::size elements.
+/// Strided k and v read by several query blocks, and 16-bit k and v (widened to float32), are
+/// first copied into contiguous rows (SdpaTiles::pack), O(B*H*S*(D+Dv)) memory (the modules
+/// project k and v head-major, which needs no copy in float); each thread has one scratch buffer of SdpaTiles::Scratch::size elements.
 /// Both come from the workspace (attn/core/workspace.hpp). Threaded over (batch, head, query block) units with
 /// for_each_block; bit-identical for every thread count. A call of at most
 /// SdpaRows::kMaxRows queries (a decode step) runs SdpaRows' query-major tiles instead, over
