@@ -34,7 +34,9 @@ namespace attn {
 /// and ONNX behaviour; PyTorch 1.13 gives NaN). NaN in a row's logits gives a NaN row.
 /// Dropout zeroes weights after the softmax (the normaliser is the sum before dropout) with
 /// the same mask on both paths. For bfloat16 and half, q, k, v, out (and the weights) are
-/// 16-bit and everything in between is float32: each output is rounded once.
+/// 16-bit and everything in between is float32: each output is rounded once. (On the
+/// avx512bf16 path bfloat16 multiplies on vdpbf16ps, which also rounds p to bfloat16 for
+/// its product with v, as FlashAttention does.)
 /// @throws std::invalid_argument on mismatched shapes, masks, dropout p or a missing generator
 template <class T>
 void scaled_dot_product_attention(const HeadsView<const T>& q, const HeadsView<const T>& k,

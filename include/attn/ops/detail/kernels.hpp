@@ -22,6 +22,7 @@
 #include "attn/ops/detail/online_softmax.hpp"
 #include "attn/ops/detail/packets.hpp"
 #include "attn/ops/detail/register_tile.hpp"
+#include "attn/ops/detail/sdpa_bf16.hpp"
 #include "attn/ops/detail/sdpa_rows.hpp"
 #include "attn/ops/detail/sdpa_tiled.hpp"
 #include "attn/ops/detail/simd.hpp"
@@ -161,7 +162,8 @@ void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, T* c, Index 
 /// few queries) on the path of T's kernels.
 template <class T>
 void sdpa_tiled(const AttentionCall<T>& call) {
-  with_kernels<T>(kernel_isa_for<T>(), [&](auto kernels) { decltype(kernels)::sdpa_tiled(call); });
+  const KernelIsa isa = kernel_isa_for<T>();
+  with_kernels<T>(isa, [&](auto kernels) { decltype(kernels)::sdpa_tiled(call, isa == KernelIsa::avx512bf16); });
 }
 
 /// @brief The talking-heads kernel (kernels/talking_heads.ipp) on the path of T's kernels.

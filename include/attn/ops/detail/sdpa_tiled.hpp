@@ -16,6 +16,7 @@
 #include "attn/ops/detail/checks.hpp"
 #include "attn/ops/detail/online_softmax.hpp"
 #include "attn/ops/detail/register_tile.hpp"
+#include "attn/ops/detail/sdpa_bf16.hpp"
 #include "attn/ops/detail/sdpa_rows.hpp"
 #include "attn/ops/detail/tile.hpp"
 #include "attn/ops/detail/work.hpp"

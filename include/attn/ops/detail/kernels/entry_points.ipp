@@ -33,10 +33,11 @@ struct Kernels {
     }
   }
 
-  /// The tiled attention kernel (kernels/sdpa_tiled.ipp) on this pass.
+  /// The tiled attention kernel (kernels/sdpa_tiled.ipp) on this pass (`native`: on the
+  /// avx512bf16 path, where bfloat16 tiles multiply on vdpbf16ps).
   template <class T>
-  static void sdpa_tiled(const AttentionCall<T>& call) {
-    run_sdpa_tiled(call);
+  static void sdpa_tiled(const AttentionCall<T>& call, bool native) {
+    run_sdpa_tiled(call, native);
   }
 
   /// The talking-heads kernel (kernels/talking_heads.ipp) on this pass.

@@ -157,6 +157,112 @@ struct SdpaTiles {
   }
 };
 
+#if ATTN_HAS_AVX512BF16
+/// @brief SdpaTiles for bfloat16 on the avx512bf16 path: the same blocks of 64 queries (four
+/// packets of 16 floats), key tiles, logit rules and online softmax, with q.k and p.v on
+/// vdpbf16ps (sdpa_bf16.hpp: SdpaBf16). q is packed in pairs along the head dimension and k
+/// read in place; p is rounded to bfloat16 for its product with v (as FlashAttention rounds
+/// it for its second GEMM; the softmax sums are of the float32 p) and v is packed in pairs
+/// along the keys. The scale multiplies the float32 scores. An even head dimension only
+/// (k's pairs are read in place).
+template <class T>
+struct SdpaTilesBf16 {
+  static_assert(std::is_same<T, bfloat16>::value, "bfloat16 only");
+  using Pair = SdpaBf16::Pair;
+  using P = Packet<float>;
+  static constexpr int kV = 4;
+  static constexpr Index kQueries = SdpaBf16::kQueries, kKeys = 128;
+
+  /// One block's buffers: q's pairs (D/2 rows of kQueries) and p's pairs (kKeys/2 rows) in
+  /// `pairs`; the score tile, the accumulator (Dv rows), the running max, sum, rescale factor
+  /// and the tile's max in `floats`.
+  struct Scratch {
+    Pair *qt2, *p2;
+    float *s, *acc, *row_max, *row_sum, *alpha, *tile_max;
+    static Index pair_count(Index dim) { return kQueries * (dim / 2 + kKeys / 2); }
+    static Index float_count(Index dim_v) { return kQueries * (kKeys + dim_v + 4); }
+    Scratch(Pair* pairs, float* floats, Index dim, Index dim_v)
+        : qt2(pairs), p2(pairs + dim / 2 * kQueries), s(floats), acc(s + kKeys * kQueries),
+          row_max(acc + dim_v * kQueries), row_sum(row_max + kQueries), alpha(row_sum + kQueries),
+          tile_max(alpha + kQueries) {}
+  };
+
+  /// v of every (batch, key/value head) as pairs along the keys: head bh's column c, pair jp at
+  /// v2[(bh * Dv + c) * s2 + jp], s2 = (S + 1) / 2 (a missing last key is 0).
+  static void pack_v(const HeadsView<const T>& v, Pair* v2) {
+    const Index s2 = (v.length + 1) / 2;
+    parallel_for(v.batch * v.heads, [&](Index bh) {
+      const Index b = bh / v.heads, h = bh % v.heads;
+      Pair* dst = v2 + bh * v.head_dim * s2;
+      for (Index jp = 0; jp < s2; ++jp) {
+        const T* lo = v.row(b, h, 2 * jp);
+        const T* hi = 2 * jp + 1 < v.length ? v.row(b, h, 2 * jp + 1) : nullptr;
+        for (Index c = 0; c < v.head_dim; ++c)
+          dst[c * s2 + jp] = SdpaBf16::bits(lo[c]) | (hi ? SdpaBf16::bits(hi[c]) : Pair(0)) << 16;
+      }
+    });
+  }
+
+  /// One (batch, head, query block) tile over all keys: k rows k_stride apart, v's pairs
+  /// (pack_v) of its key/value head at v2.
+  static EIGEN_DONT_INLINE void block(const AttentionCall<T>& call, const Tile& tile, const T* k, Index k_stride,
+                                      const Pair* v2, Index s2, const Scratch& w) {
+    const Index pairs = call.q.head_dim / 2, dim_v = call.v.head_dim, key_end = tile.key_end(call.masks.causal);
+    const Index key_begin = tile.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys;
+    for (Index r = 0; r < kQueries; ++r) {
+      const T* q = r < tile.rows ? call.q.row(tile.b, tile.h, tile.i0 + r) : nullptr;
+      for (Index p = 0; p < pairs; ++p)
+        w.qt2[p * kQueries + r] = q ? SdpaBf16::bits(q[2 * p]) | SdpaBf16::bits(q[2 * p + 1]) << 16 : Pair(0);
+    }
+    std::fill(w.acc, w.acc + dim_v * kQueries, 0.0f);
+    std::fill(w.row_max, w.row_max + kQueries, -std::numeric_limits<float>::infinity());
+    std::fill(w.row_sum, w.row_sum + kQueries, 0.0f);
+    for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
+      const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
+      SdpaBf16::scores(k + j0 * k_stride, k_stride, t.cols, w.qt2, pairs, call.scale, w.s, w.tile_max);
+      P tile_max[kV];
+      for (int v = 0; v < kV; ++v) tile_max[v] = ei::ploadu<P>(w.tile_max + v * kPacketSize<float>);
+      if (call.adjusts(t)) {
+        call.adjust_logits(t, w.s, 1, kQueries);
+        lanes_max<float, kV>(w.s, t.cols, kQueries, tile_max);
+      }
+      if (lanes_online_step<float, kV>(w.s, t.cols, kQueries, tile_max, w.row_max, w.row_sum, w.alpha))
+        for (Index c = 0; c < dim_v; ++c)
+          for (int v = 0; v < kV; ++v) {
+            float* at = w.acc + c * kQueries + v * kPacketSize<float>;
+            ei::pstoreu(at, ei::pmul(ei::ploadu<P>(at), ei::ploadu<P>(w.alpha + v * kPacketSize<float>)));
+          }
+      if (call.dropout_p > 0.0f) dropout_tile(t, call.dropout_p, call.dropout_key, w.s, 1, kQueries);
+      SdpaBf16::pair_rows(w.s, t.cols, w.p2);
+      SdpaBf16::values(v2 + j0 / 2, s2, (t.cols + 1) / 2, dim_v, w.p2, w.acc);
+    }
+    lanes_finalise<float, kV>(w.acc, dim_v, kQueries, w.row_max, w.row_sum);
+    for (Index c = 0; c < tile.rows; ++c) {
+      T* out = call.out.row(tile.b, tile.h, tile.i0 + c);
+      for (Index dv = 0; dv < dim_v; ++dv) out[dv] = T(w.acc[dv * kQueries + c]);
+    }
+  }
+
+  /// The whole call: v packed once, then (batch, head, query block) units with for_each_block.
+  static void run(const AttentionCall<T>& call) {
+    const AttentionDims d = call.dims();
+    const Index dim = call.q.head_dim, dim_v = call.v.head_dim, s2 = (d.len_k + 1) / 2;
+    const WorkBuffer<Pair> v2(d.batch * call.k.heads * dim_v * s2);
+    pack_v(call.v, v2.data());
+    const QueryBlocks blocks{d.batch, d.heads, d.len_q, kQueries};
+    for_each_block<float>(blocks, double(kQueries) * double(d.len_k) * double(dim + dim_v + 8),
+                          Scratch::float_count(dim_v), [&](const QueryBlock& u, float* floats) {
+                            const WorkBuffer<Pair> pairs(Scratch::pair_count(dim));
+                            const Index kvh = call.kv_head(u.h);
+                            block(call, Tile{d, u.b, u.h, u.i0, blocks.rows_at(u.i0), 0, d.len_k},
+                                  call.k.row(u.b, kvh), call.k.row_stride,
+                                  v2.data() + (u.b * call.k.heads + kvh) * dim_v * s2, s2,
+                                  Scratch(pairs.data(), floats, dim, dim_v));
+                          });
+  }
+};
+#endif
+
 /// @brief out = softmax(scale q k^T + masks) v per (batch, head), one tile at a time with
 /// SdpaTiles (FlashAttention-2's online softmax; the algorithm is described there).
 ///
@@ -166,9 +272,10 @@ struct SdpaTiles {
 /// Both come from the workspace (attn/core/workspace.hpp). Threaded over (batch, head, query block) units with
 /// for_each_block; bit-identical for every thread count. A call of at most
 /// SdpaRows::kMaxRows queries (a decode step) runs SdpaRows' query-major tiles instead, over
-/// (batch, group of heads sharing a key/value head) units.
+/// (batch, group of heads sharing a key/value head) units; bfloat16 on avx512bf16
+/// (native_bf16) with an even head dimension runs SdpaTilesBf16.
 template <class T>
-void run_sdpa_tiled(const AttentionCall<T>& call) {
+void run_sdpa_tiled(const AttentionCall<T>& call, bool native_bf16 = false) {
   using K = SdpaTiles<T>;
   using C = compute_t<T>;
   const AttentionDims d = call.dims();
@@ -187,6 +294,11 @@ void run_sdpa_tiled(const AttentionCall<T>& call) {
                       });
     return;
   }
+#if ATTN_HAS_AVX512BF16
+  if constexpr (std::is_same<T, bfloat16>::value && kPacketSize<float> == 16)
+    if (native_bf16 && dim % 2 == 0) return SdpaTilesBf16<T>::run(call);
+#endif
+  (void)native_bf16;
   const bool packed = K::packs(call.q, call.k, call.v);
   const WorkBuffer<C> k_packed(packed ? d.batch * call.k.heads * d.len_k * dim : 0),
       v_packed(packed ? d.batch * call.k.heads * d.len_k * dim_v : 0);
