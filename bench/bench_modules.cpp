@@ -84,8 +84,8 @@ BENCHMARK(BM_MobileViTEncoderLayer)->ArgNames({"B", "N", "C", "F", "H"})->Args({
 
 // (32, 1024, 64) h8 (head_dim 8); (1, 2048, 512) h8 (head_dim 64); the demo shape
 // (64, 10, 128) h8. Self-attention at N = 16384 is in bench_sweep (BM_Mha_N).
-// BM_Mha_bf16: (1, 2048, 512) in bfloat16 (projections on the bf16 GEMM, the core in float32
-// on bfloat16 q, k and v).
+// BM_Mha_bf16: (1, 2048, 512) in bfloat16 (projections and attention tiles on vdpbf16ps where
+// the CPU has AVX512-BF16).
 template <class T>
 void BM_Mha(benchmark::State& state) {
   const Index b = state.range(0), n = state.range(1), e = state.range(2), h = state.range(3);
@@ -100,15 +100,16 @@ BENCHMARK_TEMPLATE(BM_Mha, attn::bfloat16)->Name("BM_Mha_bf16")->ArgNames({"B", 
     ->Args({1, 2048, 512, 8})->UseManualTime()->Unit(benchmark::kMillisecond);
 
 // ---- the attention core (1, 8, 2048, 64) in float32, bfloat16 and half -------------------
-// The 16-bit types' q, k, v and output are 16-bit; the tiles compute in float32 (k and v
-// widened once, when they are packed), so the FMA peak is the roof.
+// The 16-bit types' q, k, v and output are 16-bit. bfloat16 on avx512bf16 multiplies on
+// vdpbf16ps (peak_frac of that peak); elsewhere, and half, the tiles compute in float32 (k and
+// v widened once, when they are packed: the FMA peak).
 
 template <class T>
 void BM_Core(benchmark::State& state) {
   const Index b = state.range(0), h = state.range(1), n = state.range(2), d = state.range(3);
   const auto q = input<T>({b, h, n, d}, 1), k = input<T>({b, h, n, d}, 2), v = input<T>({b, h, n, d}, 3);
   run(state, attn_bench::core_flops(b, h, n, n, d, d),
-      [&] { benchmark::DoNotOptimize(attn::scaled_dot_product_attention<T>(q, k, v)); });
+      [&] { benchmark::DoNotOptimize(attn::scaled_dot_product_attention<T>(q, k, v)); }, attn_bench::peak_for<T>());
 }
 BENCHMARK_TEMPLATE(BM_Core, float)->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_Core, attn::bfloat16)->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
