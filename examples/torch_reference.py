@@ -15,7 +15,7 @@ and `attention_reference` below write them from the upstream formulas.
 Needs PyTorch (Debian: apt-get install python3-torch python3-numpy, then /usr/bin/python3).
 Run as a script, it prints the output shape of each module on a small input.
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -286,6 +286,24 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[floa
     return out.to(q.dtype)
 
 
+def quantize_int8(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """attn::KVCache<T, std::int8_t>'s rule for one row x (..., D) of keys or values:
+    scale = max|x| / 127 in x's dtype, q = round-half-even(x / scale) (all 0 where max|x| = 0).
+    Returns (q, scale (..., 1)), q as integers in x's dtype."""
+    amax = x.abs().amax(-1, keepdim=True)
+    scale = amax / 127
+    return torch.where(amax > 0, torch.round(x / scale), torch.zeros_like(x)), scale
+
+
+def kv_store(dtype: str) -> Callable[[Tensor], Tensor]:
+    """What a KV cache stored in dtype ("bfloat16", "float16" or "int8") gives back for a row it
+    was handed: rounded to the 16-bit type, or quantised (quantize_int8) and scaled back."""
+    if dtype == "int8":
+        return lambda x: (lambda q, scale: q * scale)(*quantize_int8(x))
+    wide = getattr(torch, dtype)
+    return lambda x: x.to(wide).to(x.dtype)
+
+
 def rotate_half(x: Tensor) -> Tensor:
     """HF Llama / GPT-NeoX pairing: (x1, x2) halves -> (-x2, x1)."""
     half = x.shape[-1] // 2
@@ -331,6 +349,8 @@ class LlamaAttention(nn.Module):
     * causal masking; sliding_window W (MistralAttention: query i sees keys i-W < j <= i);
       attn_logit_softcapping (Gemma2Attention: c * tanh(logits / c), after scaling, before
       the masks); scale head_dim ** -0.5; optional key_padding_mask (B, L), True = padding.
+    * kv_store (an attribute, None by default): a function the new keys and values (after the
+      rotation) go through before attention, a KV cache's storage (kv_store()).
     Computes in the module's dtype (HF upcasts the softmax to float32; here float64 stays float64).
     """
 
@@ -349,6 +369,7 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
+        self.kv_store: Optional[Callable[[Tensor], Tensor]] = None
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
         return self.step(x, None, key_padding_mask)[0]
@@ -369,6 +390,8 @@ class LlamaAttention(nn.Module):
             cos, sin = rotary_cos_sin(torch.arange(start, start + L), self.rotary_dim, self.rope_theta,
                                       self.interleaved, x.dtype)
             q, k = apply_rotary(q, cos, sin, self.interleaved), apply_rotary(k, cos, sin, self.interleaved)
+        if self.kv_store is not None:
+            k, v = self.kv_store(k), self.kv_store(v)
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
         S = k.shape[2]

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -110,30 +111,39 @@ TYPED_TEST(Decoding, CacheAppendKeepsChunksInOrder) {
         }
 }
 
-// next_keys / next_values write in place; only commit makes the positions part of the cache.
-TYPED_TEST(Decoding, CacheNextKeysAndCommit) {
+// append_written hands the writer the cache's own memory (T storage), appends what it wrote,
+// and appends nothing when the writer throws or the positions do not fit.
+TYPED_TEST(Decoding, CacheAppendWrittenWritesInPlace) {
   using T = TypeParam;
   KVCache<T> c(1, 2, 5, 3);
   fill(c, 2, 5);
   const CacheState<T> before(c);
-  const HeadsView<T> k = c.next_keys(2), v = c.next_values(2);
-  ASSERT_EQ(k.shape(), Shape({1, 2, 2, 3}));
   const Tensor<T> nk = random_tensor<T>({1, 2, 2, 3}, 7), nv = random_tensor<T>({1, 2, 2, 3}, 8);
-  for (Index h = 0; h < 2; ++h) {
-    k.head(0, h) = heads_of(nk).head(0, h);
-    v.head(0, h) = heads_of(nv).head(0, h);
-  }
-  EXPECT_TRUE(Unchanged(c, before));  // written, not committed
-  c.commit(2);
+  const auto write = [&](const HeadsView<T>& k, const HeadsView<T>& v) {
+    ASSERT_EQ(k.shape(), Shape({1, 2, 2, 3}));
+    EXPECT_EQ(k.data, c.keys().data + 2 * 3);  // the cache's memory, after the positions held
+    for (Index h = 0; h < 2; ++h) {
+      k.head(0, h) = heads_of(nk).head(0, h);
+      v.head(0, h) = heads_of(nv).head(0, h);
+    }
+  };
+  EXPECT_THROW(c.append_written(2, [&](const HeadsView<T>& k, const HeadsView<T>& v) {
+    write(k, v);
+    throw std::runtime_error("writer fails");
+  }), std::runtime_error);
+  EXPECT_EQ(c.length(), 2);
+  c.append_written(2, write);
   ASSERT_EQ(c.length(), 4);
   for (Index h = 0; h < 2; ++h) {
     EXPECT_EQ(c.keys().head(0, h).topRows(2), heads_of(before.keys).head(0, h)) << h;
     EXPECT_EQ(c.keys().head(0, h).bottomRows(2), heads_of(nk).head(0, h)) << h;
     EXPECT_EQ(c.values().head(0, h).bottomRows(2), heads_of(nv).head(0, h)) << h;
   }
-  ExpectInvalid([&] { c.next_keys(2); }, {"2 more positions do not fit", "length 4", "capacity 5"});
-  ExpectInvalid([&] { c.next_values(-1); }, {"-1 more positions"});
-  ExpectInvalid([&] { c.commit(2); }, {"2 more positions do not fit"});
+  bool called = false;
+  const auto mark = [&](const HeadsView<T>&, const HeadsView<T>&) { called = true; };
+  ExpectInvalid([&] { c.append_written(2, mark); }, {"2 more positions do not fit", "length 4", "capacity 5"});
+  ExpectInvalid([&] { c.append_written(-1, mark); }, {"-1 more positions"});
+  EXPECT_FALSE(called);
   EXPECT_EQ(c.length(), 4);
 }
 
@@ -343,16 +353,16 @@ TYPED_TEST(Decoding, RotaryPairingsArePermutationsOfEachOther) {
 
 /// One causal decoding step of either attention layer, with these masks, returning the
 /// output only.
-template <class T>
-Tensor<T> decode(const attn::MultiHeadAttention<T>& m, const Tensor<T>& x, KVCache<T>& cache,
+template <class T, class S>
+Tensor<T> decode(const attn::MultiHeadAttention<T>& m, const Tensor<T>& x, KVCache<T, S>& cache,
                  const attn::AttentionMasks<T>& masks = {}) {
   attn::MhaArgs<T> args;
   static_cast<attn::AttentionMasks<T>&>(args) = masks;
   args.causal = attn::Causal::kBottomRight;
   return m.forward(x, cache, args).output;
 }
-template <class T>
-Tensor<T> decode(const attn::GroupedQueryAttention<T>& m, const Tensor<T>& x, KVCache<T>& cache,
+template <class T, class S>
+Tensor<T> decode(const attn::GroupedQueryAttention<T>& m, const Tensor<T>& x, KVCache<T, S>& cache,
                  const attn::AttentionMasks<T>& masks = {}) {
   attn::GqaArgs<T> args;
   static_cast<attn::AttentionMasks<T>&>(args) = masks;
@@ -756,6 +766,143 @@ TYPED_TEST(Decoding, RaggedPromptsMatchUnpaddedRunsGqa) {
 /// thread: from the first single token on, the workspace keeps its size (the prompt's
 /// scratch is reused; nothing grows with the cached length), and the caches never move
 /// (addresses() gives where their memory is).
+// ---------------------------------------------------------------------------------------
+// KV caches stored in bfloat16, half or int8 (float32 compute). PyTorch's numbers for them
+// are in test_decoding_reference (GqaStoredCache, KVCacheReference).
+// ---------------------------------------------------------------------------------------
+
+template <class S>
+class StoredCache : public ::testing::Test {};
+using StorageTypes = ::testing::Types<attn::bfloat16, attn::half, std::int8_t>;
+TYPED_TEST_SUITE(StoredCache, StorageTypes);
+
+/// The largest difference storage in S makes to a row x of keys or values: half an ulp of
+/// the 16-bit type relative to |x|, or for int8 half a step of the row's scale.
+template <class S>
+double storage_error(double x, double row_max) {
+  if (std::is_same<S, std::int8_t>::value) return row_max / 127 / 2 * (1 + 1e-6);
+  return std::abs(x) * (std::is_same<S, attn::bfloat16>::value ? 0x1p-8 : 0x1p-11) * (1 + 1e-6);
+}
+
+// Each appended row is rounded (16-bit) or quantised (int8: a scale per row, |q| <= 127 and
+// 127 at the row's largest value) once; bytes() counts S and the scales; misfits are rejected.
+TYPED_TEST(StoredCache, AppendRoundsOrQuantisesEachRowOnce) {
+  using S = TypeParam;
+  constexpr bool int8 = std::is_same<S, std::int8_t>::value;
+  KVCache<float, S> c(2, 3, 8, 5);
+  EXPECT_EQ(c.bytes(), 2 * sizeof(S) * 2 * 3 * 8 * 5 + (int8 ? 2 * sizeof(float) * 2 * 3 * 8 : 0));
+  const Tensor<float> k = random_tensor<float>({2, 3, 4, 5}, 3), v = random_tensor<float>({2, 3, 4, 5}, 4);
+  c.append(heads_of(k), heads_of(v));
+  ASSERT_EQ(c.length(), 4);
+  EXPECT_EQ(bool(c.key_scales()), int8);
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 3; ++h)
+      for (Index n = 0; n < 4; ++n) {
+        const auto row = k.matrix().row(((b * 3 + h) * 4) + n);
+        const double row_max = row.cwiseAbs().maxCoeff();
+        const S* q = c.keys().row(b, h, n);
+        const double scale = int8 ? c.key_scales().row(b, h)[n] : 1.0;
+        int largest = 0;
+        for (Index d = 0; d < 5; ++d) {
+          EXPECT_LE(std::abs(double(q[d]) * scale - row(d)), storage_error<S>(row(d), row_max)) << b << h << n << d;
+          largest = std::max(largest, int(std::abs(float(q[d]))));
+        }
+        if (int8) {
+          EXPECT_EQ(largest, 127);
+        }
+      }
+  ExpectInvalid([&] { c.append(heads_of(k), heads_of(random_tensor<float>({2, 3, 4, 4}, 5))); }, {"append", "v (2, 3, 4, 4)"});
+  const Tensor<float> five = random_tensor<float>({2, 3, 5, 5}, 6);
+  ExpectInvalid([&] { c.append(heads_of(five), heads_of(five)); }, {"5 more positions do not fit", "length 4", "capacity 8"});
+  EXPECT_EQ(c.length(), 4);
+}
+
+// A row holding inf or NaN is stored as NaN (int8: its scale), so attention over it gives NaN
+// as it would over the float32 row; the other rows and queries that cannot see it are unharmed.
+TEST(StoredCacheInt8, NonFiniteRowsAreNaN) {
+  KVCache<float, std::int8_t> c(1, 1, 3, 4);
+  Tensor<float> k = random_tensor<float>({1, 1, 3, 4}, 7);
+  k(0, 0, 1, 2) = std::numeric_limits<float>::infinity();
+  k(0, 0, 2, 0) = std::numeric_limits<float>::quiet_NaN();
+  const Tensor<float> v = random_tensor<float>({1, 1, 3, 4}, 8);
+  c.append(heads_of(k), heads_of(v));
+  EXPECT_TRUE(std::isfinite(c.key_scales().row(0, 0)[0]));
+  EXPECT_TRUE(std::isnan(c.key_scales().row(0, 0)[1]));
+  EXPECT_TRUE(std::isnan(c.key_scales().row(0, 0)[2]));
+  const Tensor<float> q = random_tensor<float>({1, 1, 3, 4}, 9);
+  Tensor<float> out({1, 1, 3, 4});
+  attn::SdpaOptions<float> causal;
+  causal.causal = attn::Causal::kTopLeft;
+  attn::scaled_dot_product_attention<float>(heads_of(q), c, HeadsView<float>::bhnd(out.data(), 1, 1, 3, 4), causal);
+  for (Index d = 0; d < 4; ++d) {
+    EXPECT_TRUE(std::isfinite(out(0, 0, 0, d)));  // sees key 0 only
+    EXPECT_TRUE(std::isnan(out(0, 0, 1, d)));
+    EXPECT_TRUE(std::isnan(out(0, 0, 2, d)));
+  }
+}
+
+/// decode() through a cache of any storage: chunks of `chunk` tokens of x.
+template <class Model, class S>
+Tensor<float> decode_stored(const Model& m, const Tensor<float>& x, Index chunk, KVCache<float, S>& cache) {
+  return in_chunks(x, chunk, [&](const Tensor<float>& c, Index) { return decode(m, c, cache); });
+}
+
+/// How far outputs over a cache stored in S may be from float32's, relative to max |ref|:
+/// about 4x what the storage's rounding made on Zen 5 (bfloat16 1.5e-3, half 1.6e-4, int8
+/// 3.5e-3), a check that each kernel reads S right, not a reference (those are PyTorch's).
+template <class S>
+double stored_tolerance() {
+  return std::is_same<S, std::int8_t>::value ? 1.2e-2 : std::is_same<S, attn::bfloat16>::value ? 6e-3 : 6e-4;
+}
+
+// GroupedQueryAttention, MultiHeadAttention and TransformerDecoderLayer decode through caches
+// stored in S, in chunks of 1, 3 (the decode tile) and 7 (the tiled kernel), close to float32.
+TYPED_TEST(StoredCache, ModulesDecodeCloseToFloat) {
+  using S = TypeParam;
+  const Tensor<float> x = random_tensor<float>({2, 19, 16}, 71), memory = random_tensor<float>({2, 9, 16}, 73);
+  attn::GroupedQueryAttention<float> gqa(16, 4, 2);
+  randomize(gqa, 75);
+  attn::MultiHeadAttention<float> mha(16, 4);
+  randomize(mha, 77);
+  attn::MhaArgs<float> causal;
+  causal.causal = attn::Causal::kBottomRight;
+  const attn::TransformerDecoderLayer<float> layer = decoder_layer<float>(true);
+  attn::DecoderArgs<float> dcausal;
+  dcausal.self.causal = attn::Causal::kTopLeft;
+  const Tensor<float> gqa_full = gqa.forward(x), mha_full = mha.forward(x, x, x, causal).output,
+                      layer_full = layer.forward(x, memory, dcausal);
+  for (Index chunk : {1, 3, 7}) {
+    SCOPED_TRACE("chunks of " + std::to_string(chunk));
+    auto gc = gqa.template make_cache<S>(2, 19);
+    EXPECT_TRUE(AllClose(decode_stored(gqa, x, chunk, gc), gqa_full, stored_tolerance<S>()));
+    auto mc = mha.template make_cache<S>(2, 19);
+    EXPECT_TRUE(AllClose(decode_stored(mha, x, chunk, mc), mha_full, stored_tolerance<S>()));
+    auto dc = layer.template make_cache<S>(2, 19, 9);
+    layer.encode_memory(memory, dc);
+    const Tensor<float> y = in_chunks(x, chunk, [&](const Tensor<float>& c, Index) { return layer.forward(c, dc, dcausal); });
+    EXPECT_TRUE(AllClose(y, layer_full, stored_tolerance<S>()));
+  }
+}
+
+// Decoding over a stored cache gives the same bits for every thread count, through both kernels.
+TYPED_TEST(StoredCache, BitIdenticalForEveryThreadCount) {
+  using S = TypeParam;
+  attn::GroupedQueryAttention<float> gqa(64, 8, 2, 16);
+  randomize(gqa, 79);
+  const Tensor<float> x = random_tensor<float>({2, 150, 64}, 81);
+  std::vector<Tensor<float>> runs;
+  for (int threads : {1, 2, 3}) {
+    attn::set_num_threads(threads);
+    auto cache = gqa.template make_cache<S>(2, 150);
+    runs.push_back(in_chunks(x, 75, [&](const Tensor<float>& c, Index first) {
+      return first == 0 ? decode(gqa, c, cache) : decode_stored(gqa, c, 1, cache);
+    }));
+  }
+  attn::set_num_threads(0);
+  EXPECT_TRUE(same_bits(runs[0], runs[1]));
+  EXPECT_TRUE(same_bits(runs[0], runs[2]));
+}
+
 template <class Step, class Addresses>
 void expect_steady_memory(Step&& step, Addresses&& addresses) {
   attn::release_workspace();

@@ -5,6 +5,7 @@
 // layer and MultiHeadAttention self-attention also run incrementally through a KV cache, chunk
 // by chunk, and the concatenated outputs are compared with PyTorch's full-sequence outputs.
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "support.hpp"
@@ -110,7 +111,9 @@ void check_gqa_meta(const Case& c, const GqaSpec& spec) {
   ASSERT_TRUE(c.HasMasks(spec.masks));
 }
 
-template <class T>
+/// The layer on spec's case, whole or (incremental) chunk by chunk through a KV cache stored
+/// in S.
+template <class T, class S = T>
 void check_gqa(const GqaSpec& spec, bool incremental) {
   SCOPED_TRACE(spec.name);
   const Case c(spec.name);
@@ -127,7 +130,7 @@ void check_gqa(const GqaSpec& spec, bool incremental) {
     return;
   }
   for (Index step : chunk_sizes(x.size(1))) {
-    attn::KVCache<T> cache = m.make_cache(x.size(0), x.size(1));
+    attn::KVCache<T, S> cache = m.template make_cache<S>(x.size(0), x.size(1));
     const Tensor<T> y = in_chunks(x, step, [&](const Tensor<T>& chunk, Index first) {
       attn::GqaArgs<T> args;
       const Tensor<bool> seen = kpm.empty() ? Tensor<bool>() : first_columns(kpm, first + chunk.size(1));
@@ -178,6 +181,43 @@ TEST_P(GqaReference16, Bfloat16) { check_gqa<attn::bfloat16>(GetParam(), false);
 TEST_P(GqaReference16, IncrementalBfloat16) { check_gqa<attn::bfloat16>(GetParam(), true); }
 INSTANTIATE_TEST_SUITE_P(PyTorch, GqaReference16, ::testing::ValuesIn(kGqa16Cases),
                          [](const ::testing::TestParamInfo<GqaSpec>& info) { return std::string(info.param.name); });
+
+// GroupedQueryAttention<float> over a KV cache stored in bfloat16, half or int8, chunk by
+// chunk (chunks of 1 and 3 through the decode tile, which widens k and v in registers, chunks
+// of 7 through the tiled kernel, which widens them into its packed copy), against
+// LlamaAttention whose keys and values go through the same storage (kv_store): at least as
+// accurate as PyTorch against float64 without the storage (ExpectMatchesReference's rule).
+template <class S>
+void check_gqa_stored(const GqaSpec& spec, const char* dtype) {
+  ASSERT_TRUE(Case(spec.name).MetaIs("kv_cache_dtype", dtype));
+  check_gqa<float, S>(spec, true);
+}
+TEST(GqaStoredCache, Bfloat16) {
+  check_gqa_stored<attn::bfloat16>({"gqa_kv_bf16_f32", 2, "half", 0, 1e4, 0, 0, false, 0, ""}, "bfloat16");
+}
+TEST(GqaStoredCache, Half) {
+  check_gqa_stored<attn::half>({"gqa_kv_f16_f32", 2, "half", 0, 1e4, 0, 0, false, 0, ""}, "float16");
+}
+TEST(GqaStoredCache, Int8) {
+  check_gqa_stored<std::int8_t>({"gqa_kv_int8_f32", 2, "half", 0, 1e4, 0, 0, true, 0, ""}, "int8");
+}
+
+// KVCache<float, int8>'s quantisation of each row is PyTorch's (quantize_int8 in
+// examples/torch_reference.py), bit for bit: the scales and the integers, ties rounded to even.
+TEST(KVCacheReference, Int8QuantisationIsPyTorchs) {
+  const Case c("kv_int8_rows_f32");
+  ASSERT_TRUE(c.MetaIs("module", "kv_int8"));
+  const Tensor<float> rows = c.get<float>("input.rows"), q = c.get<float>("output.q"), scale = c.get<float>("output.scale");
+  const Index n = rows.size(0), d = rows.size(1);
+  attn::KVCache<float, std::int8_t> cache(1, 1, n, d);
+  const auto h = attn::HeadsView<const float>::bhnd(rows.data(), 1, 1, n, d);
+  cache.append(h, h);
+  for (Index i = 0; i < n; ++i) {
+    ASSERT_EQ(cache.key_scales().row(0, 0)[i], scale(i, 0)) << "row " << i;
+    ASSERT_EQ(cache.value_scales().row(0, 0)[i], scale(i, 0)) << "row " << i;
+    for (Index j = 0; j < d; ++j) ASSERT_EQ(float(cache.keys().row(0, 0, i)[j]), q(i, j)) << "row " << i << " col " << j;
+  }
+}
 
 // ---------------------------------------------------------------------------
 // The attention core: grouped heads, sliding window, softcap, ALiBi

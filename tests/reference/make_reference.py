@@ -721,22 +721,44 @@ def opt_meta(value) -> str:
     return "none" if value is None else s(value)
 
 
-def build_gqa(c: Case, B, L, E, H, K, D=None, kpm=None, q_gain=1.0, **opts):
+def build_gqa(c: Case, B, L, E, H, K, D=None, kpm=None, q_gain=1.0, kv_cache_dtype=None, **opts):
     """LlamaAttention (HF Llama / Mistral / Qwen2 / Gemma 2 attention), causal over x (B, L, E).
     opts: qkv_bias, rope, rotary_dim, rope_theta, interleaved, sliding_window,
     attn_logit_softcapping. q_gain (a power of two: exact) scales q_proj to spread the logits
-    where the softcap should bite. kpm: a bool key_padding_mask (ragged prompts)."""
+    where the softcap should bite. kpm: a bool key_padding_mask (ragged prompts).
+    kv_cache_dtype ("bfloat16", "float16", "int8"): the keys and values go through a KV cache
+    stored in that type (ref.kv_store): output.torch is that, output.exact the same module and
+    inputs in float64 without the storage."""
     m = reinit(ref.LlamaAttention(E, H, K, D, **opts).to(c.dtype))
     m.q_proj.weight *= q_gain
     x = torch.randn(B, L, E, dtype=c.dtype)
     kp, _, _ = draw_case_masks(B, H, L, L, c.dtype, kpm, None, "bottom_right")
+    m.kv_store = ref.kv_store(kv_cache_dtype) if kv_cache_dtype else None
     out = m(x, kp)
     assert not out.isnan().any(), c.name
     meta = {"embed_dim": E, "num_heads": H, "num_kv_heads": K, "head_dim": m.head_dim, "qkv_bias": s(opts.get(
             "qkv_bias", False)), "rope": s(m.rope), "rotary_dim": m.rotary_dim if m.rope else 0,
             "rope_theta": s(m.rope_theta), "rope_interleaved": s(m.interleaved),
             "sliding_window": opt_meta(m.sliding_window), "softcap": opt_meta(m.softcap), "causal": "bottom_right"}
-    return {**params(m), "input.x": x, **mask_tensors(kp, None), "output.output": out}, meta
+    tensors = {**params(m), "input.x": x, **mask_tensors(kp, None)}
+    if not kv_cache_dtype:
+        return {**tensors, "output.output": out}, meta
+    exact = copy.deepcopy(m).double()
+    exact.kv_store = None
+    return ({**tensors, "output.torch": out, "output.exact": exact(x.double(), kp)},
+            {**meta, "kv_cache_dtype": kv_cache_dtype})
+
+
+def build_kv_int8(c: Case, N, D):
+    """KVCache<T, int8>'s quantisation (ref.quantize_int8) of N rows (N, D): input.rows,
+    output.q (the integers, in the case's dtype), output.scale (N, 1). Row 0 is zero; row 1 has
+    max|x| = 127 (scale exactly 1) and halves, which round to even."""
+    rows = torch.randn(N, D, dtype=c.dtype) * torch.logspace(-3, 3, N, dtype=c.dtype)[:, None]
+    rows[0] = 0
+    rows[1] = torch.randn(D, dtype=c.dtype).clamp(-100, 100)
+    rows[1, :6] = torch.tensor([127.0, 2.5, -3.5, 0.5, -0.5, -126.5])
+    q, scale = ref.quantize_int8(rows)
+    return {"input.rows": rows, "output.q": q, "output.scale": scale}, {"rows": N, "head_dim": D}
 
 
 def draw_unblocked_kpm(kind, B, H, L, S, dtype, blocked_ls) -> Optional[torch.Tensor]:
@@ -1206,6 +1228,14 @@ case("gqa_bf16", in16(GQA), "LlamaAttention in bfloat16, x (2,40,128), 4 heads o
      "qkv bias.", B=2, L=40, E=128, H=4, K=2, qkv_bias=True)
 case("tel_bf16", in16(TEL), "nn.TransformerEncoderLayer in bfloat16, src (2,30,64), 4 heads, ffn 128, gelu, "
      "post-norm, bool src_key_padding_mask.", shape=(2, 30, 64), H=4, ffn=128, activation="gelu", kpm="bool")
+case("gqa_kv_bf16_f32", GQA, "LlamaAttention x (2,40,64) over a KV cache in bfloat16 (float32 compute), 4 heads "
+     "over 2 kv heads, rope.", B=2, L=40, E=64, H=4, K=2, kv_cache_dtype="bfloat16")
+case("gqa_kv_f16_f32", GQA, "LlamaAttention x (2,40,64) over a KV cache in float16 (float32 compute), 4 heads "
+     "over 2 kv heads, rope.", B=2, L=40, E=64, H=4, K=2, kv_cache_dtype="float16")
+case("gqa_kv_int8_f32", GQA, "LlamaAttention x (2,40,64) over a KV cache in int8 (a scale per row, float32 compute), "
+     "4 heads over 2 kv heads, rope, qkv bias.", B=2, L=40, E=64, H=4, K=2, qkv_bias=True, kv_cache_dtype="int8")
+case("kv_int8_rows_f32", build_kv_int8, "KVCache int8 quantisation of 64 rows of 24 values, magnitudes 1e-3 to "
+     "1e3, a zero row, and ties that round half to even.", N=64, D=24)
 case("tdl_bf16", in16(TDL), "nn.TransformerDecoderLayer in bfloat16, tgt (2,20,64) over memory (2,30,64), 4 heads, "
      "ffn 128, relu, norm_first, causal, bool memory_key_padding_mask.", B=2, T=20, S=30, E=64, H=4, ffn=128,
      norm_first=True, memory_kpm="bool")
@@ -1297,7 +1327,7 @@ MODULES = {SA: "self_attention", MHA: "multi_head_attention", SEP: "multi_head_a
            build_ops: "ops", build_sdpa: "sdpa", build_dtypes: "dtypes", build_broadcast: "mask_broadcast",
            GQA: "gqa_attention", CORE: "attention_core", TEL: "transformer_encoder_layer",
            TDL: "transformer_decoder_layer", build_linear16: "linear",
-           build_sdpa16: "sdpa", build_mha16: "multi_head_attention"}
+           build_sdpa16: "sdpa", build_mha16: "multi_head_attention", build_kv_int8: "kv_int8"}
 MODULES.update({c.builder: MODULES[c.builder.wrapped] for c in CASES if hasattr(c.builder, "wrapped")})
 
 REQUIRED_META = {
@@ -1311,6 +1341,7 @@ REQUIRED_META = {
     "linear": ["in_features", "out_features", "bias"],
     "sdpa": ["scale"],
     "dtypes": [],
+    "kv_int8": ["rows", "head_dim"],
     "mask_broadcast": ["target", "mask_kind", "batch", "heads", "len_q", "len_k", "shapes"],
     "gqa_attention": ["embed_dim", "num_heads", "num_kv_heads", "head_dim", "qkv_bias", "rope", "rotary_dim",
                       "rope_theta", "rope_interleaved", "sliding_window", "softcap", "causal"],

@@ -63,4 +63,16 @@ struct HeadsView {
   Shape shape() const { return {batch, heads, length, head_dim}; }
 };
 
+/// @brief The float32 scale of each row (b, h, n) of an int8 HeadsView (a quantised KV
+/// cache, KVCache<T, std::int8_t>): element (b, h, n, d) stands for q * scale(b, h, n).
+/// Empty (data null) for the other element types, whose rows need no scale.
+struct RowScales {
+  /// The scale of row (b, h, n) is data[b * batch_stride + h * head_stride + n].
+  const float* data = nullptr;
+  Index batch_stride = 0, head_stride = 0;  ///< floats between batch elements, between heads
+  /// The scales of head h of batch element b, one per row (null when empty).
+  const float* row(Index b, Index h) const { return data ? data + b * batch_stride + h * head_stride : nullptr; }
+  explicit operator bool() const { return data != nullptr; }  ///< whether there are scales
+};
+
 }  // namespace attn

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cstdint>
 #include <initializer_list>
 #include <limits>
 #include <type_traits>
@@ -33,11 +34,13 @@ template <class T>
 struct is_storage16 : std::integral_constant<bool, std::is_same<T, bfloat16>::value || std::is_same<T, half>::value> {};
 }  // namespace detail
 
-/// @brief The type attn computes a T in: float32 for bfloat16 and half, else T itself. The
-/// kernels' sums and softmax statistics are in it, and so are the scalars of an attention
-/// call (SdpaOptions' scale, softcap and dropout probability), which 16 bits would round.
+/// @brief The type attn computes a T in: float32 for bfloat16 and half (and for the int8
+/// elements of a quantised KV cache), else T itself. The kernels' sums and softmax statistics
+/// are in it, and so are the scalars of an attention call (SdpaOptions' scale, softcap and
+/// dropout probability), which 16 bits would round.
 template <class T>
-using compute_t = std::conditional_t<detail::is_storage16<T>::value, float, T>;
+using compute_t =
+    std::conditional_t<detail::is_storage16<T>::value || std::is_same<T, std::int8_t>::value, float, T>;
 
 /// Dynamic row-major matrix (PyTorch's memory order).
 template <class T>

@@ -55,9 +55,11 @@ class GroupedQueryAttention : public Module<T> {
   Index head_dim() const { return head_dim_; }                ///< D
   const GqaOptions& options() const { return options_; }     ///< as constructed
 
-  /// @brief A cache for forward(x, cache): (batch, K, capacity, D).
-  KVCache<T> make_cache(Index batch, Index capacity) const {
-    return KVCache<T>(batch, num_kv_heads_, capacity, head_dim_);
+  /// @brief A cache for forward(x, cache): (batch, K, capacity, D), stored in S (T, or float,
+  /// bfloat16, half or std::int8_t: see KVCache).
+  template <class S = T>
+  KVCache<T, S> make_cache(Index batch, Index capacity) const {
+    return KVCache<T, S>(batch, num_kv_heads_, capacity, head_dim_);
   }
 
   /// @brief The whole sequence, causal.
@@ -73,27 +75,32 @@ class GroupedQueryAttention : public Module<T> {
     const HeadsView<T> kh = HeadsView<T>::bhnd(k.data(), nb, num_kv_heads_, len, head_dim_),
                        vh = HeadsView<T>::bhnd(v.data(), nb, num_kv_heads_, len, head_dim_);
     project(x, q.data(), kh, vh, 0);
-    return attend(where, x.shape(), q.data(), kh, vh, opt);
+    return attend(where, x.shape(), [&](const HeadsView<const T>& qh, const HeadsView<T>& out) {
+      scaled_dot_product_attention<T>(qh, kh, vh, out, opt);
+    }, q.data());
   }
 
   /// @brief A chunk of new tokens with a KV cache (decoding), at positions cache.length() ..
-  /// @param x (B, C, E); @param cache make_cache(B, capacity)
+  /// @param x (B, C, E); @param cache make_cache<S>(B, capacity): the chunk's keys and values
+  /// are stored in S (rounded or quantised once), and attention reads them in S
   /// @param args key_padding_mask (B, S) over the S cached tokens after the append (ragged
   /// prompts), attn_mask broadcastable to (B, H, C, S), generator; masking is causal
   /// (bottom-right)
   /// @return (B, C, E)
   /// @throws std::invalid_argument, the cache unchanged, for shapes, masks, or a cache that
   /// does not fit the layer or the chunk
-  Tensor<T> forward(const TensorView<const T>& x, KVCache<T>& cache, const GqaArgs<T>& args = {}) const {
+  template <class S>
+  Tensor<T> forward(const TensorView<const T>& x, KVCache<T, S>& cache, const GqaArgs<T>& args = {}) const {
     constexpr const char* where = "attn::GroupedQueryAttention::forward";
     const Index nb = check_input(where, x, args), len = x.size(1), before = cache.length();
     cache.require_fits(where, nb, num_kv_heads_, head_dim_, len);
     SdpaOptions<T> opt = attention_options(where, args, nb, len, before + len);
     const WorkBuffer q(nb * len * num_heads_ * head_dim_);
-    project(x, q.data(), cache.next_keys(len), cache.next_values(len), before);  // k, v straight into the cache
-    cache.commit(len);
+    cache.append_written(len, [&](const HeadsView<T>& k, const HeadsView<T>& v) { project(x, q.data(), k, v, before); });
     try {
-      return attend(where, x.shape(), q.data(), cache.keys(), cache.values(), opt);
+      return attend(where, x.shape(), [&](const HeadsView<const T>& qh, const HeadsView<T>& out) {
+        scaled_dot_product_attention<T>(qh, cache, out, opt);
+      }, q.data());
     } catch (...) {
       cache.truncate(before);
       throw;
@@ -143,14 +150,15 @@ class GroupedQueryAttention : public Module<T> {
     table.apply(k);
   }
 
-  /// Attention of the projected q over (k, v), causal, then o_proj.
-  Tensor<T> attend(const char* where, const Shape& shape, const T* q, const HeadsView<const T>& k,
-                   const HeadsView<const T>& v, const SdpaOptions<T>& opt) const {
+  /// Attention of the projected q (sdpa(q heads, out heads): over the sequence's or the
+  /// cache's keys and values), then o_proj.
+  template <class Sdpa>
+  Tensor<T> attend(const char* where, const Shape& shape, Sdpa&& sdpa, const T* q) const {
     const Index nb = shape[0], len = shape[1], hd = num_heads_ * head_dim_;
     const WorkBuffer out(nb * len * hd);
     detail::prefix_errors(where, [&] {
-      scaled_dot_product_attention<T>(HeadsView<const T>::bnhd(q, nb, len, num_heads_, head_dim_, hd), k, v,
-                                      HeadsView<T>::bnhd(out.data(), nb, len, num_heads_, head_dim_, hd), opt);
+      sdpa(HeadsView<const T>::bnhd(q, nb, len, num_heads_, head_dim_, hd),
+           HeadsView<T>::bnhd(out.data(), nb, len, num_heads_, head_dim_, hd));
     });
     auto y = Tensor<T>::uninitialized(shape);
     o_proj_.apply(Eigen::Map<const RowMatrix<T>>(out.data(), nb * len, hd), y.matrix());

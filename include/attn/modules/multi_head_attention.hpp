@@ -135,7 +135,7 @@ class MultiHeadAttention : public Module<T> {
     project(query, key, value, nb, p);
     ExtraKeys extra;
     if (extra_keys() > 0) append_extra_keys(p, opt, extra);
-    return attend(where, p.q, p.k, p.v, opt, args, query.shape());
+    return attend(where, p.q, kv_views(p.k, p.v), opt, args, query.shape());
   }
 
   /// Self-attention: forward(x, x, x, args).
@@ -143,8 +143,12 @@ class MultiHeadAttention : public Module<T> {
     return forward(x, x, x, args);
   }
 
-  /// @brief A cache for decoding with this layer: (batch, num_heads, capacity, head_dim).
-  KVCache<T> make_cache(Index batch, Index capacity) const { return KVCache<T>(batch, num_heads_, capacity, head_dim_); }
+  /// @brief A cache for decoding with this layer: (batch, num_heads, capacity, head_dim),
+  /// stored in S (T, or float, bfloat16, half or std::int8_t: see KVCache).
+  template <class S = T>
+  KVCache<T, S> make_cache(Index batch, Index capacity) const {
+    return KVCache<T, S>(batch, num_heads_, capacity, head_dim_);
+  }
 
   /// @brief Self-attention on a chunk of new tokens with a KV cache (autoregressive decoding):
   /// only the chunk is projected, its keys and values are appended to the cache, and the
@@ -160,7 +164,8 @@ class MultiHeadAttention : public Module<T> {
   /// @throws std::invalid_argument, the cache unchanged, for shapes, masks, a cache that
   /// does not fit the layer or the chunk, or add_bias_kv / add_zero_attn (PyTorch has no
   /// cached form of them)
-  MhaOutput<T> forward(const TensorView<const T>& x, KVCache<T>& cache, const MhaArgs<T>& args = {}) const {
+  template <class S>
+  MhaOutput<T> forward(const TensorView<const T>& x, KVCache<T, S>& cache, const MhaArgs<T>& args = {}) const {
     constexpr const char* where = "attn::MultiHeadAttention::forward";
     const Index nb = check_inputs(where, x, x, x, args);
     detail::require(x.dim() == 3 && same_embed_dims() && extra_keys() == 0, where,
@@ -171,12 +176,14 @@ class MultiHeadAttention : public Module<T> {
     const Causal causal = args.causal == Causal::kNone ? Causal::kNone : Causal::kBottomRight;  // positions
     SdpaOptions<T> opt = call_options(where, args, causal, false, nb, len, before + len);
     const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
-    project_rows(x, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)},
-                     {embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
-    cache.commit(len);
+    cache.append_written(len, [&](const HeadsView<T>& k, const HeadsView<T>& v) {
+      project_rows(x, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)},
+                       {embed_dim_, k},
+                       {2 * embed_dim_, v}});
+    });
     try {
       return attend(where, HeadsView<const T>::bnhd(qbuf.data(), nb, len, num_heads_, head_dim_, embed_dim_),
-                    cache.keys(), cache.values(), opt, args, x.shape());
+                    kv_cache(cache), opt, args, x.shape());
     } catch (...) {
       cache.truncate(before);
       throw;
@@ -188,7 +195,8 @@ class MultiHeadAttention : public Module<T> {
   /// @param memory (B, S, kdim); key = value = memory, as in a transformer decoder
   /// @param cache make_cache(B, capacity >= S)
   /// @throws std::invalid_argument, the cache unchanged, for shapes or a cache that does not fit
-  void encode_memory(const TensorView<const T>& memory, KVCache<T>& cache) const {
+  template <class S>
+  void encode_memory(const TensorView<const T>& memory, KVCache<T, S>& cache) const {
     constexpr const char* where = "attn::MultiHeadAttention::encode_memory";
     const Index nb = detail::check_sequence(where, "memory", memory.shape(), kdim_);
     detail::require(memory.dim() == 3 && kdim_ == vdim_, where, ": memory must be batched (B, S, kdim) and kdim = vdim",
@@ -198,15 +206,17 @@ class MultiHeadAttention : public Module<T> {
                     cache.capacity());
     cache.require_fits(where, nb, num_heads_, head_dim_, 0);
     cache.reset();
-    project_rows(memory, {{embed_dim_, cache.next_keys(len)}, {2 * embed_dim_, cache.next_values(len)}});
-    cache.commit(len);
+    cache.append_written(len, [&](const HeadsView<T>& k, const HeadsView<T>& v) {
+      project_rows(memory, {{embed_dim_, k}, {2 * embed_dim_, v}});
+    });
   }
 
   /// @brief Cross-attention of query over the memory encode_memory put in the cache.
   /// @param query (B, L, E); @param cache filled by encode_memory
   /// @param args key_padding_mask (B, S) over the memory, attn_mask, causal, generator,
   /// need_weights, as forward(query, memory, memory, args)
-  MhaOutput<T> forward_memory(const TensorView<const T>& query, const KVCache<T>& cache,
+  template <class S>
+  MhaOutput<T> forward_memory(const TensorView<const T>& query, const KVCache<T, S>& cache,
                               const MhaArgs<T>& args = {}) const {
     constexpr const char* where = "attn::MultiHeadAttention::forward_memory";
     const Index nb = detail::check_sequence(where, "query", query.shape(), embed_dim_);
@@ -219,7 +229,7 @@ class MultiHeadAttention : public Module<T> {
     const detail::WorkBuffer<T> qbuf(nb * len * embed_dim_);
     project_rows(query, {{0, HeadsView<T>::bnhd(qbuf.data(), nb, len, 1, embed_dim_, embed_dim_)}});
     return attend(where, HeadsView<const T>::bnhd(qbuf.data(), nb, len, num_heads_, head_dim_, embed_dim_),
-                  cache.keys(), cache.values(), opt, args, query.shape());
+                  kv_cache(cache), opt, args, query.shape());
   }
 
  protected:
@@ -337,16 +347,30 @@ class MultiHeadAttention : public Module<T> {
   }
 
   /// Attention of the projected heads, then the output projection: forward's common tail.
-  MhaOutput<T> attend(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
-                      const HeadsView<const T>& v, SdpaOptions<T>& opt, const MhaArgs<T>& args,
-                      const Shape& query_shape) const {
+  /// The attention kernel over k and v views: sdpa(q, out, opt) for attend.
+  static auto kv_views(const HeadsView<const T>& k, const HeadsView<const T>& v) {
+    return [k, v](const HeadsView<const T>& q, const HeadsView<T>& out, const SdpaOptions<T>& opt) {
+      scaled_dot_product_attention<T>(q, k, v, out, opt);
+    };
+  }
+  /// The attention kernel over what a cache holds, in its storage type: sdpa(q, out, opt) for attend.
+  template <class S>
+  static auto kv_cache(const KVCache<T, S>& cache) {
+    return [&cache](const HeadsView<const T>& q, const HeadsView<T>& out, const SdpaOptions<T>& opt) {
+      scaled_dot_product_attention<T>(q, cache, out, opt);
+    };
+  }
+
+  /// Attention of q (sdpa: kv_views or kv_cache), the weights if asked for, then out_proj.
+  template <class Sdpa>
+  MhaOutput<T> attend(const char* where, const HeadsView<const T>& q, const Sdpa& sdpa, SdpaOptions<T>& opt,
+                      const MhaArgs<T>& args, const Shape& query_shape) const {
     const Index nb = q.batch, len_q = q.length;
     MhaOutput<T> result;
     if (args.need_weights) opt.attn_weights = &result.attn_weights;
     const detail::WorkBuffer<T> attn_out(nb * len_q * embed_dim_);
     detail::prefix_errors(where, [&] {
-      scaled_dot_product_attention<T>(q, k, v, HeadsView<T>::bnhd(attn_out.data(), nb, len_q, num_heads_, head_dim_, embed_dim_),
-                                      opt);
+      sdpa(q, HeadsView<T>::bnhd(attn_out.data(), nb, len_q, num_heads_, head_dim_, embed_dim_), opt);
     });
     result.output = Tensor<T>::uninitialized(query_shape);
     out_proj_.apply(Eigen::Map<const RowMatrix<T>>(attn_out.data(), nb * len_q, embed_dim_), result.output.matrix());

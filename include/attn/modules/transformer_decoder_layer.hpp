@@ -38,11 +38,12 @@ struct DecoderArgs {
 };
 
 /// @brief The caches of incremental decoding: the self-attention keys and values of the
-/// target tokens so far, and the cross-attention keys and values of the memory.
-template <class T>
+/// target tokens so far, and the cross-attention keys and values of the memory, stored in S
+/// (see KVCache).
+template <class T, class S = T>
 struct DecoderCache {
-  KVCache<T> self;    ///< (B, nhead, capacity, head_dim), grows by each chunk
-  KVCache<T> memory;  ///< (B, nhead, memory length, head_dim), written once by encode_memory
+  KVCache<T, S> self;    ///< (B, nhead, capacity, head_dim), grows by each chunk
+  KVCache<T, S> memory;  ///< (B, nhead, memory length, head_dim), written once by encode_memory
 };
 
 /// @brief torch.nn.TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout,
@@ -92,9 +93,10 @@ class TransformerDecoderLayer : public Module<T> {
   }
 
   /// @brief Caches for incremental decoding of a batch of `batch`: up to `capacity` target
-  /// tokens, a memory of memory_length tokens.
-  DecoderCache<T> make_cache(Index batch, Index capacity, Index memory_length) const {
-    return {self_attn_.make_cache(batch, capacity), multihead_attn_.make_cache(batch, memory_length)};
+  /// tokens, a memory of memory_length tokens, stored in S.
+  template <class S = T>
+  DecoderCache<T, S> make_cache(Index batch, Index capacity, Index memory_length) const {
+    return {self_attn_.template make_cache<S>(batch, capacity), multihead_attn_.template make_cache<S>(batch, memory_length)};
   }
 
   /// @brief Projects the memory's keys and values once into cache.memory (and empties
@@ -102,7 +104,8 @@ class TransformerDecoderLayer : public Module<T> {
   /// @param memory (B, S, E)
   /// @param cache make_cache(B, capacity, memory length >= S)
   /// @throws std::invalid_argument, the caches unchanged, for shapes that do not fit
-  void encode_memory(const TensorView<const T>& memory, DecoderCache<T>& cache) const {
+  template <class S>
+  void encode_memory(const TensorView<const T>& memory, DecoderCache<T, S>& cache) const {
     detail::prefix_errors("attn::TransformerDecoderLayer::encode_memory",
                           [&] { multihead_attn_.encode_memory(memory, cache.memory); });
     cache.self.reset();
@@ -118,7 +121,9 @@ class TransformerDecoderLayer : public Module<T> {
   /// @return (B, C, E)
   /// @throws std::invalid_argument, the caches unchanged, for shapes or masks that do not fit,
   /// or a cache whose memory was never encoded
-  Tensor<T> forward(const TensorView<const T>& tgt_chunk, DecoderCache<T>& cache, const DecoderArgs<T>& args = {}) const {
+  template <class S>
+  Tensor<T> forward(const TensorView<const T>& tgt_chunk, DecoderCache<T, S>& cache,
+                    const DecoderArgs<T>& args = {}) const {
     constexpr const char* where = "attn::TransformerDecoderLayer::forward";
     check(where, tgt_chunk, args);
     detail::require(cache.memory.length() > 0, where,

@@ -1,13 +1,19 @@
 #pragma once
 /// @file
-/// @brief KVCache<T>: the keys and values of the tokens decoded so far, allocated once.
+/// @brief KVCache<T, S>: the keys and values of the tokens decoded so far, allocated once,
+/// stored in T or in a smaller type S (bfloat16, half, int8).
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
 
 #include "attn/core/error.hpp"
 #include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
+#include "attn/core/workspace.hpp"
 
 namespace attn {
 
@@ -18,9 +24,29 @@ namespace attn {
 /// and never reallocates. keys() and values() view the first length() positions as the
 /// head-major (B, K, length, D) layout the attention kernels read. Ragged prompts in one
 /// batch share the length: mask the padding with a key padding mask.
-template <class T>
+///
+/// T is the type the layer computes in, S the type the cache stores (T by default):
+/// - float, bfloat16 or half: each key and value is rounded to S once, when it is appended
+///   (a bfloat16 or half cache holds half the bytes of a float one);
+/// - std::int8_t: each row of D values (one token of one key/value head) is quantised
+///   symmetrically once, when it is appended: scale = max|x| / 127 in float32 and
+///   q = round-half-even(x / scale) (all zero when max|x| = 0), as torch.round would; the
+///   scales are stored beside (key_scales(), value_scales()). A quarter of a float cache's
+///   bytes, plus 4 bytes per row.
+/// The attention kernels read every S in place, widening (and scaling) in registers; the
+/// cache is never converted as a whole. S other than T needs T in float32 or 16 bits.
+template <class T, class S = T>
 class KVCache {
+  static_assert(std::is_same<S, T>::value ||
+                    (std::is_same<compute_t<T>, float>::value &&
+                     (std::is_same<S, float>::value || detail::is_storage16<S>::value ||
+                      std::is_same<S, std::int8_t>::value)),
+                "KVCache<T, S>: S is T, or float, bfloat16, half or int8_t for a float32 or 16-bit T");
+
  public:
+  /// Whether S is std::int8_t: rows stored with a scale each.
+  static constexpr bool kQuantised = std::is_same<S, std::int8_t>::value;
+
   /// An empty cache of capacity 0.
   KVCache() = default;
   /// @param batch B; @param kv_heads K, the key/value heads; @param capacity the most
@@ -34,6 +60,10 @@ class KVCache {
     const Index n = detail::checked_numel({batch, kv_heads, capacity, head_dim}, "attn::KVCache");
     keys_.resize(n);
     values_.resize(n);
+    if (kQuantised) {
+      key_scales_.setZero(batch * kv_heads * capacity);
+      value_scales_.setZero(batch * kv_heads * capacity);
+    }
   }
 
   Index batch() const { return batch_; }        ///< B
@@ -41,8 +71,11 @@ class KVCache {
   Index capacity() const { return capacity_; }  ///< the most positions it can hold
   Index head_dim() const { return head_dim_; }  ///< D
   Index length() const { return length_; }      ///< positions held
-  /// Bytes of keys and values allocated (the whole capacity).
-  std::size_t bytes() const { return sizeof(T) * static_cast<std::size_t>(keys_.size() + values_.size()); }
+  /// Bytes of keys and values allocated (the whole capacity), with int8's scales.
+  std::size_t bytes() const {
+    return sizeof(S) * static_cast<std::size_t>(keys_.size() + values_.size()) +
+           sizeof(float) * static_cast<std::size_t>(key_scales_.size() + value_scales_.size());
+  }
 
   /// @brief Checks that the cache suits a layer's call: `batch` sequences, `kv_heads` heads of
   /// `head_dim`, and room for `more` positions.
@@ -68,38 +101,77 @@ class KVCache {
     length_ = length;
   }
 
-  /// @brief Appends a chunk of C positions.
+  /// @brief Appends a chunk of C positions, rounded or quantised to S.
   /// @param k (B, K, C, D) keys; @param v (B, K, C, D) values (any strides)
   /// @throws std::invalid_argument, the cache unchanged, when the shapes differ from the
   /// cache's or length() + C would pass the capacity
   void append(const HeadsView<const T>& k, const HeadsView<const T>& v) {
     require_chunk("append", k.shape(), v.shape(), k.length);
     for (Index b = 0; b < batch_; ++b)
-      for (Index h = 0; h < heads_; ++h) {
-        StridedMap<T>(keys_.data() + offset(b, h, length_), k.length, head_dim_, Eigen::OuterStride<>(head_dim_)) =
-            k.head(b, h);
-        StridedMap<T>(values_.data() + offset(b, h, length_), v.length, head_dim_, Eigen::OuterStride<>(head_dim_)) =
-            v.head(b, h);
-      }
+      for (Index h = 0; h < heads_; ++h)
+        for (Index n = 0; n < k.length; ++n) {
+          const Index at = offset(b, h, length_ + n);
+          store_row(k.row(b, h, n), keys_.data() + at, kQuantised ? key_scales_.data() + at / head_dim_ : nullptr);
+          store_row(v.row(b, h, n), values_.data() + at, kQuantised ? value_scales_.data() + at / head_dim_ : nullptr);
+        }
     length_ += k.length;
   }
 
-  /// The keys of the positions held: (B, K, length, D).
-  HeadsView<const T> keys() const { return view(keys_.data(), 0, length_); }
-  /// The values of the positions held: (B, K, length, D).
-  HeadsView<const T> values() const { return view(values_.data(), 0, length_); }
+  /// @brief Appends `count` positions whose keys and values write(k, v) writes into two
+  /// (B, K, count, D) views of T: the cache's own memory when S is T (a projection writes
+  /// straight into the cache), else a buffer then appended (rounded or quantised). Nothing is
+  /// appended if write throws.
+  /// @throws std::invalid_argument, the cache unchanged, if length() + count would pass the capacity
+  template <class Write>
+  void append_written(Index count, Write&& write) {
+    checked_count(count);
+    if constexpr (std::is_same<S, T>::value) {
+      write(view(keys_.data(), length_, count), view(values_.data(), length_, count));
+      length_ += count;
+    } else {
+      const detail::WorkBuffer<T> k(batch_ * heads_ * count * head_dim_), v(k.size());
+      const auto kh = HeadsView<T>::bhnd(k.data(), batch_, heads_, count, head_dim_),
+                 vh = HeadsView<T>::bhnd(v.data(), batch_, heads_, count, head_dim_);
+      write(kh, vh);
+      append(kh, vh);
+    }
+  }
 
-  /// @brief The next C positions as writable views (B, K, C, D), for a projection that writes
-  /// its keys and values in place; commit(C) then makes them part of the cache.
-  /// @throws std::invalid_argument if length() + C would pass the capacity
-  HeadsView<T> next_keys(Index count) { return view(keys_.data(), length_, checked_count(count)); }
-  /// The values' counterpart of next_keys.
-  HeadsView<T> next_values(Index count) { return view(values_.data(), length_, checked_count(count)); }
-  /// Makes the next `count` positions, written through next_keys / next_values, part of the cache.
-  void commit(Index count) { length_ += checked_count(count); }
+  /// The keys of the positions held: (B, K, length, D), in S.
+  HeadsView<const S> keys() const { return view(keys_.data(), 0, length_); }
+  /// The values of the positions held: (B, K, length, D), in S.
+  HeadsView<const S> values() const { return view(values_.data(), 0, length_); }
+  /// For int8: the scale of each key row (B, K, length), else empty.
+  RowScales key_scales() const { return scales(key_scales_); }
+  /// For int8: the scale of each value row (B, K, length), else empty.
+  RowScales value_scales() const { return scales(value_scales_); }
 
  private:
   Index offset(Index b, Index h, Index n) const { return ((b * heads_ + h) * capacity_ + n) * head_dim_; }
+
+  RowScales scales(const Vector<float>& s) const {
+    return s.size() ? RowScales{s.data(), heads_ * capacity_, capacity_} : RowScales{};
+  }
+
+  /// One row of D values to S: rounded, or for int8 quantised with its scale written to *scale.
+  void store_row(const T* x, S* dst, float* scale) const {
+    if constexpr (kQuantised) {
+      float amax = 0;
+      bool finite = true;
+      for (Index d = 0; d < head_dim_; ++d) {
+        const float a = std::abs(static_cast<float>(x[d]));
+        finite = finite && std::isfinite(a);
+        amax = std::max(amax, a);
+      }
+      // A row holding inf or NaN is stored as NaN (scale NaN), as attention over it would give.
+      *scale = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
+      for (Index d = 0; d < head_dim_; ++d)
+        dst[d] = finite && amax > 0 ? static_cast<S>(std::nearbyint(static_cast<float>(x[d]) / *scale)) : S(0);
+    } else {
+      (void)scale;
+      for (Index d = 0; d < head_dim_; ++d) dst[d] = static_cast<S>(static_cast<compute_t<T>>(x[d]));
+    }
+  }
 
   template <class P>
   HeadsView<P> view(P* data, Index first, Index count) const {
@@ -121,7 +193,8 @@ class KVCache {
   }
 
   Index batch_ = 0, heads_ = 0, capacity_ = 0, head_dim_ = 0, length_ = 0;
-  Vector<T> keys_, values_;
+  Vector<S> keys_, values_;
+  Vector<float> key_scales_, value_scales_;  ///< int8: (B, K, capacity) each
 };
 
 }  // namespace attn

@@ -11,8 +11,23 @@
 #include "attn/ops/detail/checks.hpp"
 #include "attn/ops/detail/sdpa_reference.hpp"
 #include "attn/ops/detail/kernels.hpp"
+#include "attn/ops/kv_cache.hpp"
 
 namespace attn {
+namespace detail {
+
+/// A prepared call on its kernel: sdpa_reference where opt asks for the weights, else the tiled kernel.
+template <class T, class S>
+void run_attention(const AttentionCall<T, S>& call, const SdpaOptions<T>& opt) {
+  if (opt.attn_weights) {
+    *opt.attn_weights = Tensor<T>({call.q.batch, call.q.heads, call.q.length, call.k.length});
+    sdpa_reference<T>(call, opt.attn_weights->data());
+  } else {
+    sdpa_tiled<T>(call);
+  }
+}
+
+}  // namespace detail
 
 /// @brief out = softmax(scale * q k^T + masks) v for every (batch, head), written into `out`.
 ///
@@ -42,13 +57,25 @@ template <class T>
 void scaled_dot_product_attention(const HeadsView<const T>& q, const HeadsView<const T>& k,
                                   const HeadsView<const T>& v, const HeadsView<T>& out,
                                   const SdpaOptions<T>& opt = {}) {
-  const auto call = detail::prepare_call("attn::scaled_dot_product_attention", q, k, v, out, opt);
-  if (opt.attn_weights) {
-    *opt.attn_weights = Tensor<T>({q.batch, q.heads, q.length, k.length});
-    detail::sdpa_reference<T>(call, opt.attn_weights->data());
-  } else {
-    detail::sdpa_tiled<T>(call);
-  }
+  detail::run_attention(detail::prepare_call("attn::scaled_dot_product_attention", q, k, v, out, opt), opt);
+}
+
+/// @brief Attention of q over every position a KV cache holds, in the cache's storage type
+/// S: as scaled_dot_product_attention(q, cache.keys(), cache.values(), out, opt) over the
+/// keys and values the cache stands for. k and v are read in place, widened (16-bit) or
+/// scaled (int8) in registers by the decode tile; the tiled kernel (more than 4 queries)
+/// widens them once per call into its packed copy.
+/// @param q (B, H, L, D); @param cache (B, K, S, D) with H a multiple of K
+/// @param out (B, H, L, D); @param opt as in the form above
+/// @throws std::invalid_argument as the form above
+template <class T, class S>
+void scaled_dot_product_attention(const HeadsView<const T>& q, const KVCache<T, S>& cache, const HeadsView<T>& out,
+                                  const SdpaOptions<T>& opt = {}) {
+  auto call =
+      detail::prepare_call("attn::scaled_dot_product_attention", q, cache.keys(), cache.values(), out, opt);
+  call.k_scales = cache.key_scales();
+  call.v_scales = cache.value_scales();
+  detail::run_attention(call, opt);
 }
 
 /// @brief Checks opt against a call of `batch` x `heads` queries heads of `len_q` queries over

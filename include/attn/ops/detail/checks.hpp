@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <iterator>
+#include <type_traits>
 #include <utility>
 
 #include "attn/core/attention_options.hpp"
@@ -56,13 +57,14 @@ void check_disjoint(const char* where, const char* name, const HeadsView<T>& v) 
 
 /// Checks the views of an attention call: well formed, the output disjoint and not
 /// overlapping an input, and shapes that pair up.
-template <class T>
-void check_views(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
-                 const HeadsView<const T>& v, const HeadsView<T>& out) {
+template <class T, class S>
+void check_views(const char* where, const HeadsView<const T>& q, const HeadsView<const S>& k,
+                 const HeadsView<const S>& v, const HeadsView<T>& out) {
   const auto out_range = check_view(where, "output", out);
   check_disjoint(where, "output", out);
-  for (const auto& in : {std::make_pair("q", &q), std::make_pair("k", &k), std::make_pair("v", &v)}) {
-    const auto r = check_view(where, in.first, *in.second);
+  for (const auto& in : {std::make_pair("q", check_view(where, "q", q)), std::make_pair("k", check_view(where, "k", k)),
+                         std::make_pair("v", check_view(where, "v", v))}) {
+    const auto& r = in.second;
     std::less<const void*> before;  // a total order on pointers
     require(r.first == nullptr || out_range.first == nullptr || !before(r.first, out_range.second) ||
                 !before(out_range.first, r.second),
@@ -105,14 +107,20 @@ TileMasks<T> tile_masks(const char*, SdpaOptions<T>&&, const AttentionDims&) = d
 
 /// @brief What every work item of one attention call reads: the views, the masks, the
 /// scale and the dropout stream. Built by prepare_call once the arguments are checked; its
-/// masks refer to the caller's SdpaOptions, which must outlive it. The views hold T; the
-/// kernels compute in C = compute_t<T> (float32 for a 16-bit T), and so do the call's scalars.
-template <class T>
+/// masks refer to the caller's SdpaOptions, which must outlive it. q and out hold T, k and v
+/// S (a KV cache's storage type: T, float, bfloat16, half, or int8 with a float scale per row
+/// in k_scales and v_scales); the kernels compute in C = compute_t<T> (float32 for a 16-bit
+/// T), and so do the call's scalars.
+template <class T, class S = T>
 struct AttentionCall {
   using C = compute_t<T>;
-  HeadsView<const T> q, k, v;
+  static_assert(std::is_same<S, T>::value || std::is_same<C, float>::value,
+                "k and v in another type than q need float32 compute");
+  HeadsView<const T> q;
+  HeadsView<const S> k, v;
   HeadsView<T> out;
   TileMasks<T> masks;
+  RowScales k_scales, v_scales;  ///< for int8 k and v: each row's scale
   C scale = C(1);           ///< multiplies q before the product
   C softcap = C(0);         ///< logit soft-capping (0: none)
   C dropout_p = C(0);       ///< dropout on the weights (0: none)
@@ -159,11 +167,11 @@ TileMasks<T> check_options(const char* where, const SdpaOptions<T>& opt, const A
 /// @brief Checks an attention call's arguments (views, then check_options) and returns its
 /// AttentionCall. Takes one key from opt.generator when opt.dropout_p > 0 (after every
 /// check: a call that throws leaves the generator as it was).
-template <class T>
-AttentionCall<T> prepare_call(const char* where, const HeadsView<const T>& q, const HeadsView<const T>& k,
-                              const HeadsView<const T>& v, const HeadsView<T>& out, const SdpaOptions<T>& opt) {
+template <class T, class S>
+AttentionCall<T, S> prepare_call(const char* where, const HeadsView<const T>& q, const HeadsView<const S>& k,
+                                 const HeadsView<const S>& v, const HeadsView<T>& out, const SdpaOptions<T>& opt) {
   check_views(where, q, k, v, out);
-  AttentionCall<T> call{q, k, v, out, {}};
+  AttentionCall<T, S> call{q, k, v, out, {}, {}, {}};
   call.masks = check_options(where, opt, call.dims());
   using C = compute_t<T>;
   call.scale = opt.scale ? *opt.scale : C(1) / std::sqrt(static_cast<C>(q.head_dim));

@@ -2,7 +2,8 @@
 /// @file
 /// @brief Conversions between float32 and the 16-bit storage types (bfloat16, half) for the
 /// kernels that compute in float32 on 16-bit data: widen (exact) and narrow (rounded to
-/// nearest even, as Eigen's and PyTorch's conversions; a NaN stays a NaN). One set per
+/// nearest even, as Eigen's and PyTorch's conversions; a NaN stays a NaN); and widen for the
+/// int8 of a quantised KV cache. One set per
 /// instruction set: scalar (Eigen's conversions), AVX2 with F16C, and AVX-512; the kernel
 /// passes (kernels.hpp) call their own set as `cv`, and the baseline path the widest set
 /// its build's flags allow. Not public API.
@@ -61,6 +62,12 @@ inline void widen(const half* src, float* dst, Index n) {
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(load8(src + i)));
   scalar::widen(src + i, dst + i, n - i);
 }
+inline void widen(const std::int8_t* src, float* dst, Index n) {
+  Index i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i)))));
+  scalar::widen(src + i, dst + i, n - i);
+}
 inline void narrow(const float* src, bfloat16* dst, Index n) {
   Index i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -103,6 +110,14 @@ inline void widen(const bfloat16* src, float* dst, Index n) {
 inline void widen(const half* src, float* dst, Index n) {
   Index i = 0;
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_maskz_cvtph_ps(kAll, load16(src + i)));
+  scalar::widen(src + i, dst + i, n - i);
+}
+inline void widen(const std::int8_t* src, float* dst, Index n) {
+  Index i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i wide = _mm512_maskz_cvtepi8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    _mm512_storeu_ps(dst + i, _mm512_maskz_cvtepi32_ps(kAll, wide));
+  }
   scalar::widen(src + i, dst + i, n - i);
 }
 inline void narrow(const float* src, bfloat16* dst, Index n) {

@@ -160,8 +160,8 @@ void gemm(const T* x, Index m, Index ldx, const PackedWeight<T>& w, T* c, Index 
 
 /// @brief The tiled attention kernel (kernels/sdpa_tiled.ipp: SdpaTiles, and SdpaRows for a
 /// few queries) on the path of T's kernels.
-template <class T>
-void sdpa_tiled(const AttentionCall<T>& call) {
+template <class T, class S>
+void sdpa_tiled(const AttentionCall<T, S>& call) {
   const KernelIsa isa = kernel_isa_for<T>();
   with_kernels<T>(isa, [&](auto kernels) { decltype(kernels)::sdpa_tiled(call, isa == KernelIsa::avx512bf16); });
 }

@@ -23,16 +23,29 @@ namespace detail {
 /// small whatever L is.
 constexpr Index kReferenceQueryBlock = 64;
 
+/// Head (b, h) of k or v as a matrix of C: the view itself, widened; int8 rows times their
+/// scales (a copy).
+template <class C, class S>
+auto kv_head(const HeadsView<const S>& x, const RowScales& scales, Index b, Index h) {
+  if constexpr (std::is_same<S, std::int8_t>::value) {
+    return RowMatrix<C>(Eigen::Map<const Vector<float>>(scales.row(b, h), x.length).asDiagonal() *
+                        x.head(b, h).template cast<C>());
+  } else {
+    (void)scales;
+    return x.head(b, h).template cast<C>();
+  }
+}
+
 /// @brief out = softmax(scale q k^T + masks) v per (batch, head), a block of query rows at
 /// a time, each block holding its full (rows, S) score rows (query-major).
 ///
-/// Computes in C = compute_t<T>: a 16-bit T's q, k and v are widened for the products, its
-/// weights and outputs rounded once. Threaded over (batch, head, query block) units with
+/// Computes in C = compute_t<T>: 16-bit q, k and v are widened for the products (int8 k and
+/// v times their rows' scales: kv_head), the weights and outputs rounded once. Threaded over (batch, head, query block) units with
 /// for_each_block; bit-identical for every thread count.
 /// @param weights if not null, (B, H, L, S) storage that receives the weights (after
 /// dropout); where T is C the scores are computed in place there
-template <class T>
-void sdpa_reference(const AttentionCall<T>& call, T* weights) {
+template <class T, class S>
+void sdpa_reference(const AttentionCall<T, S>& call, T* weights) {
   using C = compute_t<T>;
   constexpr bool in_place = std::is_same<T, C>::value;  // scores computed in the weights' storage
   const AttentionDims d = call.dims();
@@ -50,14 +63,14 @@ void sdpa_reference(const AttentionCall<T>& call, T* weights) {
                       if constexpr (in_place)
                         if (weights) s_data = weights + at;
                       Block s(s_data, tile.rows, d.len_k);
-                      s.noalias() = Block(buffer, tile.rows, dim) * call.k.head(u.b, kvh).template cast<C>().transpose();
+                      s.noalias() = Block(buffer, tile.rows, dim) * kv_head<C>(call.k, call.k_scales, u.b, kvh).transpose();
                       if (call.adjusts(tile)) call.adjust_logits(tile, s_data, d.len_k, 1);
                       softmax_rows(s_data, tile.rows, d.len_k, d.len_k);
                       if (call.dropout_p > C(0)) dropout_tile(tile, call.dropout_p, call.dropout_key, s.data(), d.len_k, 1);
                       if constexpr (!in_place)
                         if (weights) Eigen::Map<RowMatrix<T>>(weights + at, tile.rows, d.len_k) = s.template cast<T>();
                       call.out.head(u.b, u.h).middleRows(u.i0, tile.rows).noalias() =
-                          (s * call.v.head(u.b, kvh).template cast<C>()).template cast<T>();
+                          (s * kv_head<C>(call.v, call.v_scales, u.b, kvh)).template cast<T>();
                     });
 }
 

@@ -35,8 +35,8 @@ struct Kernels {
 
   /// The tiled attention kernel (kernels/sdpa_tiled.ipp) on this pass (`native`: on the
   /// avx512bf16 path, where bfloat16 tiles multiply on vdpbf16ps).
-  template <class T>
-  static void sdpa_tiled(const AttentionCall<T>& call, bool native) {
+  template <class T, class S>
+  static void sdpa_tiled(const AttentionCall<T, S>& call, bool native) {
     run_sdpa_tiled(call, native);
   }
 

@@ -46,11 +46,11 @@ EIGEN_ALWAYS_INLINE void store_partial(T* p, const Packet<compute_t<T>>& x, Inde
 }
 
 /// @brief A whole packet of compute_t<T> from the elements at p: a plain load, or for a
-/// 16-bit T its elements widened (exactly) in registers, where a kernel reads 16-bit data in
-/// place (a decode step's keys and values).
+/// 16-bit or int8 T its elements widened (exactly) in registers, where a kernel reads 16-bit
+/// or quantised data in place (a decode step's keys and values).
 template <class T>
 EIGEN_ALWAYS_INLINE Packet<compute_t<T>> load_packet(const T* p) {
-  if constexpr (is_storage16<T>::value) {
+  if constexpr (is_storage16<T>::value || std::is_same<T, std::int8_t>::value) {
     alignas(64) float lanes[kPacketSize<float>];
     cv::widen(p, lanes, kPacketSize<float>);
     return ei::ploadu<Packet<float>>(lanes);

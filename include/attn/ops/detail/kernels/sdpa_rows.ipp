@@ -15,10 +15,12 @@
 /// in the scratch, k's and v's tails loaded with load_partial), never scalar code, so a query
 /// head gives the same bits alone or grouped with others.
 ///
-/// k and v are read in place in their own element type T; a 16-bit T's packets are widened
-/// in registers (load_packet), so a cache in bfloat16 or half is read at half the bytes.
-/// The tile computes in C = compute_t<T>.
-template <class T>
+/// k and v are read in place in their own element type S (a KV cache's storage type); 16-bit
+/// and int8 packets are widened in registers (load_packet), so a cache in bfloat16 or half is
+/// read at half the bytes and one in int8 at a quarter. An int8 key's scale multiplies its
+/// score, and a value's scale its weight (after the softmax sums took the weight), so no
+/// element is dequantised in memory. The tile computes in C = compute_t<T>.
+template <class T, class S = T>
 struct SdpaRows {
   using C = compute_t<T>;
   using P = Packet<C>;
@@ -45,31 +47,45 @@ struct SdpaRows {
   /// @brief How many heads one tile takes: query heads that read the same key/value head
   /// (grouped-query attention) share the tile, so each key and value is loaded once for all
   /// of them; at most kMaxRows rows (heads x queries), a divisor of the group size.
-  static Index heads_per_tile(const AttentionCall<T>& call) {
+  static Index heads_per_tile(const AttentionCall<T, S>& call) {
     const Index group = call.q.heads / call.k.heads, fit = std::max<Index>(1, kMaxRows / call.q.length);
     Index n = std::min(group, fit);
     while (group % n != 0) --n;
     return n;
   }
 
-  /// @brief All queries of `heads` consecutive heads from tile.h (sharing one key/value
-  /// head: k[j][d] at k[j * ks + d], v[j][c] at v[j * vs + c]) over every key they may see.
-  /// Row r of the tile is query r % L of head tile.h + r / L.
-  static void block(const AttentionCall<T>& call, const Tile& tile, Index heads, const T* k, Index ks, const T* v,
-                    Index vs, const Scratch& w) {
+  /// One key/value head as the tile reads it: k[j][d] at k[j * ks + d], v[j][c] at
+  /// v[j * vs + c], and for int8 each key's and value's scale (else null).
+  struct Head {
+    const S* k;
+    Index ks;
+    const S* v;
+    Index vs;
+    const float *k_scale, *v_scale;
+  };
+
+  /// Key/value head kvh of batch element b of the call.
+  static Head head(const AttentionCall<T, S>& call, Index b, Index kvh) {
+    return {call.k.row(b, kvh), call.k.row_stride, call.v.row(b, kvh), call.v.row_stride, call.k_scales.row(b, kvh),
+            call.v_scales.row(b, kvh)};
+  }
+
+  /// @brief All queries of `heads` consecutive heads from tile.h (sharing the key/value head
+  /// kv) over every key they may see. Row r of the tile is query r % L of head tile.h + r / L.
+  static void block(const AttentionCall<T, S>& call, const Tile& tile, Index heads, const Head& kv, const Scratch& w) {
     static_assert(kMaxRows == 4, "block() dispatches on 1 to 4 rows");
     switch (heads * tile.rows) {
-      case 1: return block_rows<1>(call, tile, heads, k, ks, v, vs, w);
-      case 2: return block_rows<2>(call, tile, heads, k, ks, v, vs, w);
-      case 3: return block_rows<3>(call, tile, heads, k, ks, v, vs, w);
-      default: return block_rows<4>(call, tile, heads, k, ks, v, vs, w);
+      case 1: return block_rows<1>(call, tile, heads, kv, w);
+      case 2: return block_rows<2>(call, tile, heads, kv, w);
+      case 3: return block_rows<3>(call, tile, heads, kv, w);
+      default: return block_rows<4>(call, tile, heads, kv, w);
     }
   }
 
  private:
   template <int R>
-  static EIGEN_DONT_INLINE void block_rows(const AttentionCall<T>& call, const Tile& tile, Index heads, const T* k,
-                                           Index ks, const T* v, Index vs, const Scratch& w) {
+  static EIGEN_DONT_INLINE void block_rows(const AttentionCall<T, S>& call, const Tile& tile, Index heads,
+                                           const Head& kv, const Scratch& w) {
     const Index dim_v = call.v.head_dim, key_end = tile.key_end(call.masks.causal);
     const Index key_begin = tile.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys;
     const Index per_head = tile.rows * kKeys;  // scores of one head's queries
@@ -82,7 +98,8 @@ struct SdpaRows {
     std::fill(w.row_sum, w.row_sum + R, C(0));
     for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
       const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
-      scores<R>(t.cols, k + j0 * ks, ks, call.q.head_dim, w);
+      scores<R>(t.cols, kv.k + j0 * kv.ks, kv.ks, call.q.head_dim, w);
+      if (kv.k_scale) scale_keys<R>(kv.k_scale + j0, t.cols, w);
       if (call.adjusts(t))
         for (Index e = 0; e < heads; ++e) call.adjust_logits(t.head(t.h + e), w.s + e * per_head, kKeys, 1);
       for (Index r = 0; r < R; ++r) {
@@ -94,17 +111,26 @@ struct SdpaRows {
       if (call.dropout_p > C(0))
         for (Index e = 0; e < heads; ++e)
           dropout_tile(t.head(t.h + e), call.dropout_p, call.dropout_key, w.s + e * per_head, kKeys, 1);
-      accumulate<R>(t.cols, v + j0 * vs, vs, dim_v, w);
+      if (kv.v_scale) scale_keys<R>(kv.v_scale + j0, t.cols, w);
+      accumulate<R>(t.cols, kv.v + j0 * kv.vs, kv.vs, dim_v, w);
     }
     for (Index r = 0; r < heads * tile.rows; ++r)
       finalise_row(w.acc + r * w.dim_v, dim_v, w.row_max[r], w.row_sum[r],
                    call.out.row(tile.b, tile.h + r / tile.rows, tile.i0 + r % tile.rows));
   }
 
+  /// s[r][j] *= scale[j] for `cols` keys: an int8 key's scale on its scores, or a value's
+  /// on its weights.
+  template <int R>
+  static void scale_keys(const float* scale, Index cols, const Scratch& w) {
+    for (Index r = 0; r < R; ++r)
+      for (Index j = 0; j < cols; ++j) w.s[r * kKeys + j] *= scale[j];
+  }
+
   /// s[r][j] = q_r . k_j for `cols` keys, four at a time (4 R independent sums), each key
   /// row loaded once for all R queries.
   template <int R>
-  static EIGEN_DONT_INLINE void scores(Index cols, const T* k, Index ks, Index dim, const Scratch& w) {
+  static EIGEN_DONT_INLINE void scores(Index cols, const S* k, Index ks, Index dim, const Scratch& w) {
     Index j = 0;
     for (; j + 4 <= cols; j += 4) dots<R, 4>(k + j * ks, ks, dim, w, j);
     for (; j < cols; ++j) dots<R, 1>(k + j * ks, ks, dim, w, j);
@@ -113,7 +139,7 @@ struct SdpaRows {
   /// s[r][j + x] = q_r . k_x for the N keys k_x at k + x * ks: packets of multiply-adds along
   /// the head dimension (its tail a zero-padded packet), then the lanes summed in order.
   template <int R, int N>
-  static EIGEN_ALWAYS_INLINE void dots(const T* k, Index ks, Index dim, const Scratch& w, Index j) {
+  static EIGEN_ALWAYS_INLINE void dots(const S* k, Index ks, Index dim, const Scratch& w, Index j) {
     P acc[R][N];
     for (int r = 0; r < R; ++r)
       for (int x = 0; x < N; ++x) acc[r][x] = ei::pset1<P>(C(0));
@@ -142,7 +168,7 @@ struct SdpaRows {
   /// packets of columns at a time, each v packet loaded once for all R queries; the last
   /// columns are one zero-padded packet.
   template <int R>
-  static EIGEN_DONT_INLINE void accumulate(Index cols, const T* v, Index vs, Index dim_v, const Scratch& w) {
+  static EIGEN_DONT_INLINE void accumulate(Index cols, const S* v, Index vs, Index dim_v, const Scratch& w) {
     Index c = 0;
     for (; c + 4 * kP <= dim_v; c += 4 * kP) accumulate_columns<R, 4, false>(cols, v + c, vs, 0, c, w);
     for (; c + kP <= dim_v; c += kP) accumulate_columns<R, 1, false>(cols, v + c, vs, 0, c, w);
@@ -151,7 +177,7 @@ struct SdpaRows {
 
   /// accumulate() for N packets of columns from column c0 (Partial: one packet of `width` < kP).
   template <int R, int N, bool Partial>
-  static EIGEN_ALWAYS_INLINE void accumulate_columns(Index cols, const T* v, Index vs, Index width, Index c0,
+  static EIGEN_ALWAYS_INLINE void accumulate_columns(Index cols, const S* v, Index vs, Index width, Index c0,
                                                      const Scratch& w) {
     C* acc = w.acc + c0;
     P a[R][N];

@@ -44,17 +44,21 @@ struct SdpaTiles {
   /// Whether k and v are copied first: when their rows are strided (rows of a projection's
   /// output, 3E apart, fall into few cache sets and thrash the caches, and the hardware
   /// prefetcher does not follow them across pages) and several query blocks reuse them; and
-  /// always for a 16-bit T, whose k and v the tiles read widened.
-  static bool packs(const HeadsView<const T>& q, const HeadsView<const T>& k, const HeadsView<const T>& v) {
-    return is_storage16<T>::value ||
+  /// always when they are not in C (16-bit or int8 k and v, which the tiles read widened).
+  template <class S>
+  static bool packs(const HeadsView<const T>& q, const HeadsView<const S>& k, const HeadsView<const S>& v) {
+    return !std::is_same<S, C>::value ||
            (q.length > kQueries && (k.row_stride != k.head_dim || v.row_stride != v.head_dim));
   }
 
   /// Copies every (key/value) head's k into contiguous (S, D) rows and its v into panels of kRegRows
   /// columns, each (S, kRegRows) row-major (and single columns for Dv % kRegRows), the
-  /// layout accumulate() walks, in C. Threaded over (batch, block of keys): each reads whole
-  /// rows. k_packed and v_packed hold B*H*S*D and B*H*S*Dv elements.
-  static void pack(const HeadsView<const T>& k, const HeadsView<const T>& v, C* k_packed, C* v_packed) {
+  /// layout accumulate() walks, in C (int8 rows times their scales). Threaded over (batch,
+  /// block of keys): each reads whole rows. k_packed and v_packed hold B*H*S*D and B*H*S*Dv
+  /// elements.
+  template <class S>
+  static void pack(const AttentionCall<T, S>& call, C* k_packed, C* v_packed) {
+    const HeadsView<const S>&k = call.k, &v = call.v;
     const Index nb = k.batch, nh = k.heads, len_k = k.length, dim = k.head_dim, dim_v = v.head_dim;
     constexpr Index kChunk = 64;
     const Index chunks = (len_k + kChunk - 1) / kChunk;
@@ -64,32 +68,34 @@ struct SdpaTiles {
       for (Index j = j_begin; j < j_end; ++j)
         for (Index h = 0; h < nh; ++h) {
           const Index bh = b * nh + h;
-          const T* krow = k.row(b, h, j);
+          const auto scale = [&](const RowScales& sc) { return sc ? C(sc.row(b, h)[j]) : C(1); };  // x 1 is exact
+          const C ks = scale(call.k_scales), vs = scale(call.v_scales);
+          const S *krow = k.row(b, h, j), *vrow = v.row(b, h, j);
           C* kp = k_packed + (bh * len_k + j) * dim;
-          for (Index d = 0; d < dim; ++d) kp[d] = static_cast<C>(krow[d]);
-          const T* vrow = v.row(b, h, j);
+          for (Index d = 0; d < dim; ++d) kp[d] = C(krow[d]) * ks;
           C* vp = v_packed + bh * len_k * dim_v;
           for (Index r0 = 0; r0 < full; r0 += kRegRows)
-            for (int r = 0; r < kRegRows; ++r) vp[r0 * len_k + j * kRegRows + r] = static_cast<C>(vrow[r0 + r]);
-          for (Index r0 = full; r0 < dim_v; ++r0) vp[r0 * len_k + j] = static_cast<C>(vrow[r0]);
+            for (int r = 0; r < kRegRows; ++r) vp[r0 * len_k + j * kRegRows + r] = C(vrow[r0 + r]) * vs;
+          for (Index r0 = full; r0 < dim_v; ++r0) vp[r0 * len_k + j] = C(vrow[r0]) * vs;
         }
     });
   }
 
   /// One (batch, head, query block) tile over all keys, on as few packets of queries as
   /// hold its rows (1, 2 or kVecs; each query's lane computes the same whatever the count).
-  static void block(const AttentionCall<T>& call, const Tile& tile, const Head& kv, const Scratch& w) {
+  template <class S>
+  static void block(const AttentionCall<T, S>& call, const Tile& tile, const Head& kv, const Scratch& w) {
     static_assert(kVecs == 4, "block() dispatches on 1, 2 or 4 packets");
     if (tile.rows <= kP)
-      block_packets<1>(call, tile, kv, w);
+      block_packets<1, S>(call, tile, kv, w);
     else if (tile.rows <= 2 * kP)
-      block_packets<2>(call, tile, kv, w);
+      block_packets<2, S>(call, tile, kv, w);
     else
-      block_packets<4>(call, tile, kv, w);
+      block_packets<4, S>(call, tile, kv, w);
   }
 
-  template <int V>
-  static EIGEN_DONT_INLINE void block_packets(const AttentionCall<T>& call, const Tile& tile, const Head& kv,
+  template <int V, class S>
+  static EIGEN_DONT_INLINE void block_packets(const AttentionCall<T, S>& call, const Tile& tile, const Head& kv,
                                               const Scratch& w) {
     const Index dim_v = call.v.head_dim, key_end = tile.key_end(call.masks.causal);
     // Causal or window masking: tiles no query of the block may see are skipped.
@@ -266,46 +272,47 @@ struct SdpaTilesBf16 {
 /// @brief out = softmax(scale q k^T + masks) v per (batch, head), one tile at a time with
 /// SdpaTiles (FlashAttention-2's online softmax; the algorithm is described there).
 ///
-/// Strided k and v read by several query blocks, and 16-bit k and v (widened to float32), are
-/// first copied into contiguous rows (SdpaTiles::pack), O(B*H*S*(D+Dv)) memory (the modules
+/// Strided k and v read by several query blocks, and k and v not in C (16-bit or int8,
+/// widened to float32 once per call), are first copied into contiguous rows
+/// (SdpaTiles::pack), O(B*H*S*(D+Dv)) memory (the modules
 /// project k and v head-major, which needs no copy in float); each thread has one scratch buffer of SdpaTiles::Scratch::size elements.
 /// Both come from the workspace (attn/core/workspace.hpp). Threaded over (batch, head, query block) units with
 /// for_each_block; bit-identical for every thread count. A call of at most
 /// SdpaRows::kMaxRows queries (a decode step) runs SdpaRows' query-major tiles instead, over
-/// (batch, group of heads sharing a key/value head) units; bfloat16 on avx512bf16
-/// (native_bf16) with an even head dimension runs SdpaTilesBf16.
-template <class T>
-void run_sdpa_tiled(const AttentionCall<T>& call, bool native_bf16 = false) {
+/// (batch, group of heads sharing a key/value head) units, reading k and v in place in any
+/// storage type; bfloat16 on avx512bf16 (native_bf16) with an even head dimension runs
+/// SdpaTilesBf16.
+template <class T, class S>
+void run_sdpa_tiled(const AttentionCall<T, S>& call, bool native_bf16 = false) {
   using K = SdpaTiles<T>;
   using C = compute_t<T>;
   const AttentionDims d = call.dims();
   const Index dim = call.q.head_dim, dim_v = call.v.head_dim;
   if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || dim_v == 0) return;
   if (d.len_q <= SdpaRows<T>::kMaxRows) {  // decoding: a few queries, query-major, grouped heads together
-    using R = SdpaRows<T>;
+    using R = SdpaRows<T, S>;
     const Index heads = R::heads_per_tile(call);
     const QueryBlocks units{d.batch, d.heads / heads, d.len_q, d.len_q};
     for_each_block<C>(units, double(heads * d.len_q) * double(d.len_k) * double(dim + dim_v + 8),
                       R::Scratch::size(dim, dim_v), [&](const QueryBlock& u, C* scratch) {
                         const Index kvh = call.kv_head(u.h * heads);
-                        R::block(call, Tile{d, u.b, u.h * heads, 0, d.len_q, 0, d.len_k}, heads, call.k.row(u.b, kvh),
-                                 call.k.row_stride, call.v.row(u.b, kvh), call.v.row_stride,
+                        R::block(call, Tile{d, u.b, u.h * heads, 0, d.len_q, 0, d.len_k}, heads, R::head(call, u.b, kvh),
                                  typename R::Scratch(scratch, dim, dim_v));
                       });
     return;
   }
 #if ATTN_HAS_AVX512BF16
-  if constexpr (std::is_same<T, bfloat16>::value && kPacketSize<float> == 16)
+  if constexpr (std::is_same<T, bfloat16>::value && std::is_same<S, T>::value && kPacketSize<float> == 16)
     if (native_bf16 && dim % 2 == 0) return SdpaTilesBf16<T>::run(call);
 #endif
   (void)native_bf16;
   const bool packed = K::packs(call.q, call.k, call.v);
   const WorkBuffer<C> k_packed(packed ? d.batch * call.k.heads * d.len_k * dim : 0),
       v_packed(packed ? d.batch * call.k.heads * d.len_k * dim_v : 0);
-  if (packed) K::pack(call.k, call.v, k_packed.data(), v_packed.data());
+  if (packed) K::pack(call, k_packed.data(), v_packed.data());
   const auto head = [&](Index b, Index h) -> typename K::Head {
     const Index kvh = call.kv_head(h), bh = b * call.k.heads + kvh;
-    if constexpr (!is_storage16<T>::value)  // (a 16-bit T is always packed)
+    if constexpr (std::is_same<S, C>::value)  // (k and v in another type are always packed)
       if (!packed) return {call.k.row(b, kvh), call.k.row_stride, call.v.row(b, kvh), call.v.row_stride, false};
     return {k_packed.data() + bh * d.len_k * dim, dim, v_packed.data() + bh * d.len_k * dim_v, 0, true};
   };
