@@ -390,6 +390,11 @@ TEST_F(AttnRunBadInput, DecodingFlagsAndInputs) {
   expect_failure(mha_args(w, path("query_kpm"), {"--incremental", "2"}), 1, "key_padding_mask");
   expect_failure(mha_args(w, q, {"--incremental", "2", "--need-weights"}), 2, "--incremental");
   expect_failure(mha_args(w, q, {"--incremental", "0"}), 2, "--incremental");
+  // --kv-cache-dtype: one of four storage types, only with --incremental, not under float64.
+  expect_failure(mha_args(w, q, {"--incremental", "2", "--kv-cache-dtype", "int4"}), 2, "--kv-cache-dtype expects");
+  expect_failure(mha_args(w, q, {"--kv-cache-dtype", "int8"}), 2, "needs --incremental");
+  expect_failure(mha_args(w, q, {"--incremental", "2", "--kv-cache-dtype", "int8", "--dtype", "float64"}), 2,
+                 "float64");
   // gqa_attention's options, checked before any file is read.
   const auto gqa = [&](std::vector<std::string> extra) {
     std::vector<std::string> a{"--module", "gqa_attention", "--embed-dim", "8", "--num-heads", "4",

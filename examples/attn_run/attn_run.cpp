@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -52,6 +53,7 @@ const char* const kUsage =
     "                [--num-kv-heads K] [--head-dim D] [--rope-theta T | --no-rope] [--rotary-dim R]\n"
     "                [--rope-interleaved] [--sliding-window W] [--softcap C]\n"
     "                [--activation relu|gelu] [--norm-first] [--causal] [--incremental C]\n"
+    "                [--kv-cache-dtype float32|bfloat16|float16|int8]\n"
     "                [--in-features K --out-features N]\n"
     "                [--qkv-bias] [--no-bias] [--add-bias-kv] [--add-zero-attn]\n"
     "                --weights W.safetensors [--prefix P] --inputs X.safetensors --output Y.safetensors\n"
@@ -104,6 +106,10 @@ const char* const kUsage =
     "               query). Weights and inputs of any float dtype (F32, F64, BF16, F16) are converted\n"
     "               once, on load (rounded to nearest even). bfloat16 and float16 keep weights and\n"
     "               activations in 16 bits and compute inside each op in float32.\n"
+    "  --kv-cache-dtype S  with --incremental: the KV cache stores keys and values in S (float32,\n"
+    "               bfloat16, float16, or int8 with a float32 scale per token and head, quantised\n"
+    "               when appended); attention reads them in S and computes in the --dtype\n"
+    "               (float32 or 16-bit; default: the cache stores the --dtype)\n"
     "  --threads N  threads for attn's kernels (0 = all cores, the default)\n"
     "  --repeat N   after the first forward pass, run it N more times and print\n"
     "               'forward median: <ms> ms (N runs)' (forward pass only, no I/O)\n"
@@ -124,7 +130,7 @@ struct Options {
   std::string activation = "relu";
   bool qkv_bias = false, no_bias = false, add_bias_kv = false, add_zero_attn = false;
   bool no_rope = false, rope_interleaved = false, norm_first = false, causal = false;
-  std::string weights, prefix, inputs, output, dtype;
+  std::string weights, prefix, inputs, output, dtype, kv_cache_dtype;
   bool need_weights = false, per_head_weights = false;
   int threads = 0;
   long repeat = 0;
@@ -186,6 +192,7 @@ Options parse_args(int argc, char** argv) {
       {"inputs", [&](const std::string& v) { o.inputs = v; }},
       {"output", [&](const std::string& v) { o.output = v; }},
       {"dtype", [&](const std::string& v) { o.dtype = v; }},
+      {"kv-cache-dtype", [&](const std::string& v) { o.kv_cache_dtype = v; }},
       {"threads", [&](const std::string& v) { o.threads = static_cast<int>(parse_number("threads", v, 0, 4096)); }},
       {"repeat", [&](const std::string& v) { o.repeat = parse_number("repeat", v, 0, 1000000000L); }},
   };
@@ -239,7 +246,7 @@ const std::map<std::string, ModuleFlags>& module_flags() {
       {"self_attention", {{"embed-dim"}, {"embed-dim"}}},
       {"multi_head_attention",
        {{"embed-dim", "num-heads", "kdim", "vdim", "no-bias", "add-bias-kv", "add-zero-attn", "need-weights",
-         "per-head-weights", "causal", "incremental"},
+         "per-head-weights", "causal", "incremental", "kv-cache-dtype"},
         {"embed-dim", "num-heads"}}},
       {"talking_heads", {{"embed-dim", "num-heads", "qkv-bias"}, {"embed-dim"}}},
       {"attention_block", {{"embed-dim", "num-heads"}, {"embed-dim", "num-heads"}}},
@@ -247,11 +254,11 @@ const std::map<std::string, ModuleFlags>& module_flags() {
       {"transformer_encoder_layer",
        {{"embed-dim", "num-heads", "ffn-dim", "activation", "norm-first"}, {"embed-dim", "num-heads", "ffn-dim"}}},
       {"transformer_decoder_layer",
-       {{"embed-dim", "num-heads", "ffn-dim", "activation", "norm-first", "incremental"},
+       {{"embed-dim", "num-heads", "ffn-dim", "activation", "norm-first", "incremental", "kv-cache-dtype"},
         {"embed-dim", "num-heads", "ffn-dim"}}},
       {"gqa_attention",
        {{"embed-dim", "num-heads", "num-kv-heads", "head-dim", "rope-theta", "no-rope", "rotary-dim", "rope-interleaved",
-         "qkv-bias", "sliding-window", "softcap", "incremental"},
+         "qkv-bias", "sliding-window", "softcap", "incremental", "kv-cache-dtype"},
         {"embed-dim", "num-heads", "num-kv-heads"}}},
       {"linear", {{"in-features", "out-features", "no-bias"}, {"in-features", "out-features"}}},
       {"sdpa", {{}, {}}},
@@ -275,6 +282,13 @@ void validate_decoding_flags(const Options& o) {
   if (o.activation != "relu" && o.activation != "gelu")
     throw UsageError("--activation expects relu or gelu, got '" + o.activation + "'");
   if (o.incremental > 0 && o.need_weights) throw UsageError("--incremental does not return attention weights");
+  if (o.given.count("kv-cache-dtype")) {
+    static const std::set<std::string> kinds{"float32", "bfloat16", "float16", "int8"};
+    if (!kinds.count(o.kv_cache_dtype))
+      throw UsageError("--kv-cache-dtype expects float32, bfloat16, float16 or int8, got '" + o.kv_cache_dtype + "'");
+    if (o.incremental == 0) throw UsageError("--kv-cache-dtype needs --incremental (the cache is what it stores)");
+    if (o.dtype == "float64") throw UsageError("--kv-cache-dtype needs a float32 or 16-bit computation, not float64");
+  }
 }
 
 /// The safetensors dtype of a --dtype name, or nothing.
@@ -446,6 +460,20 @@ attn::TransformerLayerOptions layer_options(const Options& o) {
   return lo;
 }
 
+/// f(S{}) for the KV cache storage type S --kv-cache-dtype names ("": the compute type T).
+template <class T, class F>
+auto with_kv_storage(const std::string& name, F&& f) {
+  if constexpr (!std::is_same<attn::compute_t<T>, float>::value) {  // float64: the cache stores T
+    if (!name.empty()) throw std::runtime_error("--kv-cache-dtype needs a float32 or 16-bit computation");
+  } else {
+    if (name == "float32") return f(float{});
+    if (name == "bfloat16") return f(attn::bfloat16{});
+    if (name == "float16") return f(attn::half{});
+    if (name == "int8") return f(std::int8_t{});
+  }
+  return f(T{});
+}
+
 /// gqa_attention: causal over x, whole or --incremental through a KV cache.
 template <class T>
 std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& x, const attn::AttentionMasks<T>& masks,
@@ -463,11 +491,13 @@ std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& 
   attn::GqaArgs<T> args;
   static_cast<attn::AttentionMasks<T>&>(args) = masks;
   if (o.incremental == 0) return [m, &x, args] { return Result<T>{m->forward(x, args), {}}; };
-  return [m, &x, args, c = o.incremental] {
-    attn::KVCache<T> cache = m->make_cache(x.size(0), x.size(1));
-    attn::GqaArgs<T> a = args;
-    return Result<T>{incremental(x, c, a, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a); }),
-                     {}};
+  return [m, &x, args, c = o.incremental, kv = o.kv_cache_dtype] {
+    return with_kv_storage<T>(kv, [&](auto s) {
+      auto cache = m->template make_cache<decltype(s)>(x.size(0), x.size(1));
+      attn::GqaArgs<T> a = args;
+      return Result<T>{incremental(x, c, a, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a); }),
+                       {}};
+    });
   };
 }
 
@@ -483,12 +513,14 @@ std::function<Result<T>()> decoder_forward(const Options& o, const Inputs<T>& in
   static_cast<attn::AttentionMasks<T>&>(args.self) = in.masks;
   args.self.causal = attn::Causal::kTopLeft;  // tgt_is_causal (with the cache: over the positions so far)
   if (o.incremental == 0) return [m, &tgt, &memory, args] { return Result<T>{m->forward(tgt, memory, args), {}}; };
-  return [m, &tgt, &memory, args, c = o.incremental] {
-    attn::DecoderCache<T> cache = m->make_cache(tgt.size(0), tgt.size(1), memory.size(1));
-    m->encode_memory(memory, cache);
-    attn::DecoderArgs<T> a = args;
-    return Result<T>{
-        incremental(tgt, c, a.self, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a); }), {}};
+  return [m, &tgt, &memory, args, c = o.incremental, kv = o.kv_cache_dtype] {
+    return with_kv_storage<T>(kv, [&](auto s) {
+      auto cache = m->template make_cache<decltype(s)>(tgt.size(0), tgt.size(1), memory.size(1));
+      m->encode_memory(memory, cache);
+      attn::DecoderArgs<T> a = args;
+      return Result<T>{
+          incremental(tgt, c, a.self, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a); }), {}};
+    });
   };
 }
 
@@ -538,11 +570,14 @@ std::function<Result<T>()> mha_forward(const Options& o, const Inputs<T>& in, co
   if (o.incremental > 0) {
     if (&k != &q || vp != &q)
       throw std::runtime_error(o.inputs + ": --incremental is self-attention: key and value must be the query");
-    return [m, &q, args, c = o.incremental] {
-      attn::KVCache<T> cache = m->make_cache(q.size(0), q.size(1));
-      attn::MhaArgs<T> a = args;
-      return Result<T>{
-          incremental(q, c, a, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a).output; }), {}};
+    return [m, &q, args, c = o.incremental, kv = o.kv_cache_dtype] {
+      return with_kv_storage<T>(kv, [&](auto s) {
+        auto cache = m->template make_cache<decltype(s)>(q.size(0), q.size(1));
+        attn::MhaArgs<T> a = args;
+        return Result<T>{
+            incremental(q, c, a, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a).output; }),
+            {}};
+      });
     };
   }
   return [m, &q, &k, vp, args] {
