@@ -3,6 +3,8 @@
 // attention core with grouped vs full key/value heads, and 256 decoded tokens with the
 // cache vs recomputing the prefix. bench/README.md says what each counter means.
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -63,16 +65,22 @@ attn::GroupedQueryAttention<T> make_layer(const LayerShape& s) {
 template <class T>
 double weight_bytes(const LayerShape& s) { return double(sizeof(T)) * double(s.e) * double((2 * s.h + 2 * s.k) * s.d); }
 
+/// Bytes of `rows` cached rows of keys and values of D elements in S (int8: and a float scale each).
+template <class S>
+double cache_bytes(Index rows, Index d) {
+  return 2.0 * double(rows) * (double(sizeof(S)) * double(d) + (std::is_same<S, std::int8_t>::value ? 4.0 : 0.0));
+}
+
 /// Fills the first `length` positions of a cache with deterministic values.
-template <class T>
-void fill_cache(attn::KVCache<T>& cache, Index length) {
-  const attn::HeadsView<T> k = cache.next_keys(length), v = cache.next_values(length);
-  for (Index b = 0; b < k.batch; ++b)
-    for (Index h = 0; h < k.heads; ++h) {
-      k.head(b, h).setRandom();
-      v.head(b, h).setRandom();
-    }
-  cache.commit(length);
+template <class T, class S>
+void fill_cache(attn::KVCache<T, S>& cache, Index length) {
+  cache.append_written(length, [](const attn::HeadsView<T>& k, const attn::HeadsView<T>& v) {
+    for (Index b = 0; b < k.batch; ++b)
+      for (Index h = 0; h < k.heads; ++h) {
+        k.head(b, h).setRandom();
+        v.head(b, h).setRandom();
+      }
+  });
 }
 
 /// The counters of a decode step that read `bytes` and yielded `tokens` in `secs`.
@@ -90,14 +98,15 @@ void step_counters(benchmark::State& state, double bytes, Index tokens, double s
 /// One new token per sequence at context `ctx` (the cache holds ctx positions; each step
 /// appends one, then the cache is rolled back). Counters: ms per step (each step yields B
 /// tokens), bytes read per step (weights + the cache's keys and values) / time, and that as a
-/// fraction of the measured read bandwidth. In float32, and in bfloat16 (weights, cache and
-/// activations in 16 bits: half the bytes).
-template <class T>
+/// fraction of the measured read bandwidth. In float32, in bfloat16 (weights, cache and
+/// activations in 16 bits: half the bytes), and in float32 over a cache stored in S
+/// (bfloat16 or int8: the cache's share of the bytes halved or quartered).
+template <class T, class S = T>
 void BM_DecodeStep(benchmark::State& state) {
   const LayerShape s{state.range(0), state.range(1), state.range(2), state.range(3)};
   const Index b = state.range(4), ctx = state.range(5);
   const auto layer = make_layer<T>(s);
-  attn::KVCache<T> cache = layer.make_cache(b, ctx + 1);
+  attn::KVCache<T, S> cache = layer.template make_cache<S>(b, ctx + 1);
   fill_cache(cache, ctx);
   const auto x = attn_bench::input<T>({b, 1, s.e});
   const double flops = attn_bench::linear_flops(b, s.e, double((2 * s.h + 2 * s.k) * s.d)) +
@@ -106,7 +115,7 @@ void BM_DecodeStep(benchmark::State& state) {
     cache.truncate(ctx);
     benchmark::DoNotOptimize(layer.forward(x, cache));
   });
-  step_counters(state, weight_bytes<T>(s) + 2.0 * sizeof(T) * double(b * s.k * (ctx + 1) * s.d), b, secs);
+  step_counters(state, weight_bytes<T>(s) + cache_bytes<S>(b * s.k * (ctx + 1), s.d), b, secs);
 }
 BENCHMARK_TEMPLATE(BM_DecodeStep, float)
     ->Name("BM_DecodeStep")
@@ -117,6 +126,18 @@ BENCHMARK_TEMPLATE(BM_DecodeStep, float)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_DecodeStep, attn::bfloat16)
     ->Name("BM_DecodeStep_bf16")
+    ->ArgNames({"E", "H", "K", "D", "B", "ctx"})
+    ->ArgsProduct({{4096}, {32}, {8}, {128}, {1}, {4096, 16384}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_DecodeStep, float, attn::bfloat16)
+    ->Name("BM_DecodeStep_kv_bf16")
+    ->ArgNames({"E", "H", "K", "D", "B", "ctx"})
+    ->ArgsProduct({{4096}, {32}, {8}, {128}, {1}, {4096, 16384}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_DecodeStep, float, std::int8_t)
+    ->Name("BM_DecodeStep_kv_int8")
     ->ArgNames({"E", "H", "K", "D", "B", "ctx"})
     ->ArgsProduct({{4096}, {32}, {8}, {128}, {1}, {4096, 16384}})
     ->UseManualTime()
@@ -164,7 +185,8 @@ BENCHMARK(BM_CausalCore)
 
 /// The attention core of one decode step: a query per head (1, 32, 1, 128) over a cache of
 /// ctx keys and values with 8 heads; counters GB/s (the cache's bytes / time) and bw_frac.
-/// In float32, and in bfloat16 (the decode tile widens k and v in registers: half the bytes).
+/// In float32, and in bfloat16 (the decode tile widens k and v in registers: half the bytes);
+/// BM_DecodeCore_kv_* in float32 over a KVCache stored in bfloat16 or int8.
 template <class T>
 void BM_DecodeCore(benchmark::State& state) {
   const Index h = state.range(0), k = state.range(1), ctx = state.range(2), d = state.range(3);
@@ -182,6 +204,34 @@ BENCHMARK_TEMPLATE(BM_DecodeCore, float)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_DecodeCore, attn::bfloat16)
     ->Name("BM_DecodeCore_bf16")
+    ->ArgNames({"H", "K", "ctx", "D"})
+    ->Args({32, 8, 16384, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+template <class S>
+void BM_DecodeCoreStored(benchmark::State& state) {
+  const Index h = state.range(0), k = state.range(1), ctx = state.range(2), d = state.range(3);
+  const auto q = attn_bench::input<float>({1, h, 1, d}, 1);
+  attn::KVCache<float, S> cache(1, k, ctx, d);
+  fill_cache(cache, ctx);
+  attn::Tensor<float> out({1, h, 1, d});
+  const auto qh = attn::HeadsView<const float>::bhnd(q.data(), 1, h, 1, d);
+  const auto oh = attn::HeadsView<float>::bhnd(out.data(), 1, h, 1, d);
+  const double secs = run(state, attn_bench::core_flops(1, h, 1, ctx, d, d), [&] {
+    attn::scaled_dot_product_attention<float>(qh, cache, oh);
+    benchmark::DoNotOptimize(out.data());
+  });
+  step_counters(state, cache_bytes<S>(k * ctx, d), 1, secs);
+}
+BENCHMARK_TEMPLATE(BM_DecodeCoreStored, attn::bfloat16)
+    ->Name("BM_DecodeCore_kv_bf16")
+    ->ArgNames({"H", "K", "ctx", "D"})
+    ->Args({32, 8, 16384, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_DecodeCoreStored, std::int8_t)
+    ->Name("BM_DecodeCore_kv_int8")
     ->ArgNames({"H", "K", "ctx", "D"})
     ->Args({32, 8, 16384, 128})
     ->UseManualTime()
