@@ -69,7 +69,11 @@ struct HeadsView {
 struct RowScales {
   /// The scale of row (b, h, n) is data[b * batch_stride + h * head_stride + n].
   const float* data = nullptr;
-  Index batch_stride = 0, head_stride = 0;  ///< floats between batch elements, between heads
+  /// @var batch_stride
+  /// @brief Floats between the scales of batch element b and b + 1.
+  /// @var head_stride
+  /// @brief Floats between the scales of head h and h + 1.
+  Index batch_stride = 0, head_stride = 0;
   /// The scales of head h of batch element b, one per row (null when empty).
   const float* row(Index b, Index h) const { return data ? data + b * batch_stride + h * head_stride : nullptr; }
   explicit operator bool() const { return data != nullptr; }  ///< whether there are scales
