@@ -346,7 +346,6 @@ class MultiHeadAttention : public Module<T> {
     return nb;
   }
 
-  /// Attention of the projected heads, then the output projection: forward's common tail.
   /// The attention kernel over k and v views: sdpa(q, out, opt) for attend.
   static auto kv_views(const HeadsView<const T>& k, const HeadsView<const T>& v) {
     return [k, v](const HeadsView<const T>& q, const HeadsView<T>& out, const SdpaOptions<T>& opt) {
@@ -361,7 +360,8 @@ class MultiHeadAttention : public Module<T> {
     };
   }
 
-  /// Attention of q (sdpa: kv_views or kv_cache), the weights if asked for, then out_proj.
+  /// Attention of the projected heads (sdpa: kv_views or kv_cache), the weights if asked
+  /// for, then the output projection: forward's common tail.
   template <class Sdpa>
   MhaOutput<T> attend(const char* where, const HeadsView<const T>& q, const Sdpa& sdpa, SdpaOptions<T>& opt,
                       const MhaArgs<T>& args, const Shape& query_shape) const {
