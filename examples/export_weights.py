@@ -96,8 +96,9 @@ PASSED_ON = [("num_kv_heads", True), ("head_dim", True), ("rope_theta", True), (
              ("activation", True), ("norm_first", False), ("incremental", True), ("causal", False),
              ("kv_cache_dtype", True)]
 TOLERANCE = {"F32": 1e-5, "F64": 1e-12}
-# --kv-cache-dtype: one rounding of the cache's storage (its unit roundoff; int8: half a step
-# of a row's scale, max |x| / 254). attn's and PyTorch's float32 projections differ in their
+# --kv-cache-dtype: about one rounding of the cache's storage: half the unit roundoff of
+# bfloat16 and float16; for int8 half a quantisation step of a row as large as the output,
+# 1 / 254. attn's and PyTorch's float32 projections differ in their
 # last bits, so now and then a key or value rounds the other way in one of them, which moves
 # an output by about that much.
 KV_TOLERANCE = {"bfloat16": 2.0 ** -9, "float16": 2.0 ** -12, "int8": 1.0 / 254}

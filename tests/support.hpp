@@ -184,9 +184,11 @@ void ExpectAtLeastAsAccurateAsPyTorch(const Case& c, const Tensor<T>& y) {
 /// stored keys and values, and the storage's rounding dominates both errors against
 /// output.exact (float64, no storage). So attn's mean and RMS errors are PyTorch's to 2%
 /// (not rounding, or rounding twice, moves them far more), and no output is further from
-/// PyTorch's than one rounding of the storage (its unit roundoff relative to max |ref|): a
-/// key or value whose rounding goes the other way in attn (the float32 projections differ in
-/// their last bits) moves an output by about that, so the float32 tolerance would not do.
+/// PyTorch's than about one rounding of the storage, relative to max |ref|: bfloat16 2^-9 and
+/// half 2^-12 (half their unit roundoff), int8 1/254 (half a quantisation step of a row whose
+/// largest value is max |ref|). A key or value whose rounding goes the other way in attn (the
+/// float32 projections differ in their last bits) moves an output by about that, so the
+/// float32 tolerance would not do.
 template <class T>
 void ExpectSameStorageErrorAsPyTorch(const Case& c, const Tensor<T>& y) {
   const std::string dtype = c.meta("kv_cache_dtype");
