@@ -250,29 +250,45 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     return x if n_rep == 1 else x[:, :, None].expand(b, k, n_rep, s, d).reshape(b, k * n_rep, s, d)
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, softcap: Optional[float] = None,
-                    bias: Optional[Tensor] = None) -> Tensor:
-    """HF's eager_attention_forward (modeling_llama / modeling_gemma2): q (B, H, L, D) over k,
-    v (B, K, S, D) repeated to H heads; logits = q k^T * scale, soft-capped c * tanh(logits / c),
-    plus an additive bias (ALiBi and masks, -inf = masked), softmax (softmax_policy), @ v."""
-    n_rep = q.shape[1] // k.shape[1]
-    logits = torch.matmul(q, repeat_kv(k, n_rep).transpose(-1, -2)) * scale
+def attention_logits(q: Tensor, k: Tensor, scale: float, softcap: Optional[float] = None,
+                     bias: Optional[Tensor] = None, sinks: Optional[Tensor] = None) -> Tensor:
+    """The logits of eager_attention: q k^T * scale over k repeated to q's heads, soft-capped
+    c * tanh(logits / c), plus an additive bias (ALiBi and masks, -inf = masked); with sinks
+    (H), gpt-oss's attention sinks, one more column holding head h's sink logit."""
+    logits = torch.matmul(q, repeat_kv(k, q.shape[1] // k.shape[1]).transpose(-1, -2)) * scale
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     if bias is not None:
         logits = logits + bias
-    return torch.matmul(softmax_policy(logits), repeat_kv(v, n_rep))
+    if sinks is not None:  # gpt-oss: torch.cat([QK, S], dim=-1), softmax, then W[..., :-1]
+        column = sinks.to(logits.dtype).reshape(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
+        logits = torch.cat((logits, column), dim=-1)
+    return logits
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, softcap: Optional[float] = None,
+                    bias: Optional[Tensor] = None, sinks: Optional[Tensor] = None) -> Tensor:
+    """HF's eager_attention_forward (modeling_llama / modeling_gemma2 / modeling_gpt_oss): q (B,
+    H, L, D) over k, v (B, K, S, D) repeated to H heads; softmax (softmax_policy) of
+    attention_logits, the sinks' column dropped, @ v."""
+    w = softmax_policy(attention_logits(q, k, scale, softcap, bias, sinks))
+    if sinks is not None:
+        w = w[..., :-1]
+    return torch.matmul(w, repeat_kv(v, q.shape[1] // k.shape[1]))
 
 
 def attention_reference(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None, causal: str = "none",
                         sliding_window: Optional[int] = None, softcap: Optional[float] = None,
-                        alibi: Optional[Tensor] = None, mask_bias: Optional[Tensor] = None) -> Tensor:
+                        alibi: Optional[Tensor] = None, mask_bias: Optional[Tensor] = None,
+                        sinks: Optional[Tensor] = None, return_lse: bool = False):
     """The attention core with decoding's options, computed in float64, returned in q's dtype.
 
     q (B, H, L, D); k, v (B, K, S, D) with H = g K (query head h reads key/value head h // g);
     scale default 1/sqrt(D); logits soft-capped, then ALiBi -slope_h * |i + S - L - j| (alibi:
     (H) slopes), then mask_bias (additive, broadcastable to (B, H, L, S)), then causal and
-    sliding-window masking (causal_window_mask; a window without causal is bottom-right)."""
+    sliding-window masking (causal_window_mask; a window without causal is bottom-right);
+    sinks (H): gpt-oss's attention sinks. return_lse: also the log-sum-exp (B, H, L) of the
+    logits (the sinks included), torch.logsumexp's, in q's dtype."""
     H, L, D, S = q.shape[1], q.shape[2], q.shape[3], k.shape[2]
     bias = torch.zeros(1, H, L, S, dtype=torch.float64)
     if alibi is not None:
@@ -282,8 +298,13 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[floa
         bias = bias + mask_bias.double()
     if causal != "none" or sliding_window is not None:
         bias = bias.masked_fill(causal_window_mask(L, S, causal, sliding_window), float("-inf"))
-    out = eager_attention(q.double(), k.double(), v.double(), D ** -0.5 if scale is None else scale, softcap, bias)
-    return out.to(q.dtype)
+    scale = D ** -0.5 if scale is None else scale
+    sinks = None if sinks is None else sinks.double()
+    out = eager_attention(q.double(), k.double(), v.double(), scale, softcap, bias, sinks).to(q.dtype)
+    if not return_lse:
+        return out
+    lse = torch.logsumexp(attention_logits(q.double(), k.double(), scale, softcap, bias, sinks), dim=-1)
+    return out, lse.to(q.dtype)
 
 
 def quantize_int8(x: Tensor) -> Tuple[Tensor, Tensor]:

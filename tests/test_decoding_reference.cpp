@@ -231,6 +231,7 @@ struct CoreSpec {
   double softcap;  ///< 0: none
   bool alibi;
   const char* masks;
+  bool sinks = false;  ///< input.sinks (gpt-oss attention sinks)
 };
 
 std::ostream& operator<<(std::ostream& os, const CoreSpec& s) { return os << s.name; }
@@ -248,9 +249,11 @@ void check_core(const CoreSpec& spec) {
   ASSERT_TRUE(c.MetaIs("scale", "default"));
   ASSERT_TRUE(c.HasMasks(spec.masks));
   ASSERT_EQ(c.has("input.alibi_slopes"), spec.alibi);
+  ASSERT_EQ(c.has("input.sinks"), spec.sinks);
   const Tensor<T> q = c.get<T>("input.query"), k = c.get<T>("input.key"), v = c.get<T>("input.value");
   ASSERT_EQ(k.size(1), spec.num_kv_heads);
   const Tensor<T> slopes = spec.alibi ? c.get<T>("input.alibi_slopes") : Tensor<T>();
+  const Tensor<T> sinks = spec.sinks ? c.get<T>("input.sinks") : Tensor<T>();
   Tensor<bool> kb, ab;
   Tensor<T> kf, af, weights;
   attn::SdpaOptions<T> opt;
@@ -259,11 +262,20 @@ void check_core(const CoreSpec& spec) {
   if (spec.window > 0) opt.sliding_window = spec.window;
   if (spec.softcap > 0) opt.softcap = static_cast<T>(spec.softcap);
   if (spec.alibi) opt.alibi_slopes = slopes;
+  opt.sinks = sinks;
   const double tol = tolerance<T>(c.is_double());
   const Tensor<T> expected = c.get<T>("output.output");
+  Tensor<T> lse;
+  if (c.has("output.lse")) opt.lse = &lse;
   EXPECT_TRUE(AllClose(attn::scaled_dot_product_attention<T>(q, k, v, opt), expected, tol)) << "tiled kernel";
+  if (opt.lse) {
+    EXPECT_TRUE(AllClose(lse, c.get<T>("output.lse"), tol)) << "tiled kernel's lse";
+  }
   opt.attn_weights = &weights;
   EXPECT_TRUE(AllClose(attn::scaled_dot_product_attention<T>(q, k, v, opt), expected, tol)) << "with weights";
+  if (opt.lse) {
+    EXPECT_TRUE(AllClose(lse, c.get<T>("output.lse"), tol)) << "lse with weights";
+  }
 }
 
 using attn::Causal;
@@ -280,6 +292,9 @@ const CoreSpec kCoreCases[] = {
     {"core_alibi_bottom_right_f64", 2, kBottomRight, 0, 0, true, ""},
     {"core_combined_f64", 3, kNoCausal, 7, 3, true, "kpm:bool"},
     {"core_combined_long_f32", 2, kBottomRight, 40, 4, true, ""},
+    {"core_sinks_f32", 2, kBottomRight, 0, 0, false, "", true},
+    {"core_sinks_decode_f64", 2, kBottomRight, 16, 0, false, "kpm:bool", true},
+    {"core_lse_long_f32", 2, kNoCausal, 0, 4, false, ""},
 };
 
 class AttentionCoreReference : public ::testing::TestWithParam<CoreSpec> {};
@@ -288,6 +303,70 @@ TEST_P(AttentionCoreReference, Double) { check_core<double>(GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(PyTorch, AttentionCoreReference, ::testing::ValuesIn(kCoreCases),
                          [](const ::testing::TestParamInfo<CoreSpec>& info) { return std::string(info.param.name); });
+
+// ---------------------------------------------------------------------------
+// Attention states: attention over key ranges, merged, is attention over all of them
+// ---------------------------------------------------------------------------
+
+/// Keys [from, to) of k or v (B, K, S, D), or queries [from, to) of q.
+template <class T>
+Tensor<T> rows(const Tensor<T>& x, Index from, Index to) {
+  Tensor<T> y({x.size(0), x.size(1), to - from, x.size(3)});
+  for (Index b = 0; b < x.size(0); ++b)
+    for (Index h = 0; h < x.size(1); ++h)
+      for (Index j = from; j < to; ++j)
+        for (Index d = 0; d < x.size(3); ++d) y(b, h, j - from, d) = x(b, h, j, d);
+  return y;
+}
+
+/// The lse (B, H, L) of queries [from, to).
+template <class T>
+Tensor<T> lse_rows(const Tensor<T>& lse, Index from, Index to) {
+  const Index b = lse.size(0), h = lse.size(1);
+  return rows(Tensor<T>(lse).reshaped({b, h, lse.size(2), 1}), from, to).reshaped({b, h, to - from});
+}
+
+/// core_lse_long_f32's keys cut at `cuts` into ranges, each attended to alone with its lse
+/// (queries [q0, q1): 3 of them run the decode tile, more the tiled kernel), the states merged
+/// one by one in place, against PyTorch's attention over all keys and its logsumexp.
+template <class T>
+void check_merged_ranges(std::vector<Index> cuts, Index q0, Index q1) {
+  SCOPED_TRACE(::testing::Message() << "queries " << q0 << ".." << q1 << ", " << cuts.size() << " cuts");
+  const Case c("core_lse_long_f32");
+  ASSERT_TRUE(c.MetaIs("module", "attention_core"));
+  ASSERT_TRUE(MetaNumberIs(c, "softcap", 4));
+  ASSERT_TRUE(c.MetaIs("causal", "none"));  // (positions would move with the cuts)
+  const Tensor<T> q = rows(c.get<T>("input.query"), q0, q1), k = c.get<T>("input.key"), v = c.get<T>("input.value");
+  attn::SdpaOptions<T> opt;
+  opt.softcap = T(4);
+  cuts.insert(cuts.begin(), 0);
+  cuts.push_back(k.size(2));
+  Tensor<T> out, lse, part_lse;
+  for (std::size_t r = 0; r + 1 < cuts.size(); ++r) {
+    opt.lse = r == 0 ? &lse : &part_lse;
+    Tensor<T> part = attn::scaled_dot_product_attention<T>(q, rows(k, cuts[r], cuts[r + 1]),
+                                                           rows(v, cuts[r], cuts[r + 1]), opt);
+    if (r == 0)
+      out = std::move(part);
+    else
+      attn::merge_attention_state_inplace<T>(out, lse, part, part_lse);
+  }
+  const double tol = tolerance<T>(c.is_double());
+  EXPECT_TRUE(AllClose(out, rows(c.get<T>("output.output"), q0, q1), tol)) << "merged output";
+  EXPECT_TRUE(AllClose(lse, lse_rows(c.get<T>("output.lse"), q0, q1), tol)) << "merged lse";
+}
+
+TEST(AttentionStatesReference, TwoRangesMergeToAllKeys) {
+  for (Index cut : {1, 77, 128, 199}) {
+    check_merged_ranges<float>({cut}, 0, 70);
+    check_merged_ranges<double>({cut}, 0, 70);
+  }
+}
+TEST(AttentionStatesReference, ManyRangesMergeToAllKeys) {
+  check_merged_ranges<float>({13, 50, 51, 130}, 0, 70);
+  check_merged_ranges<float>({13, 50, 51, 130}, 5, 8);  // the decode tile
+  check_merged_ranges<double>({64, 128}, 60, 63);
+}
 
 // ---------------------------------------------------------------------------
 // torch.nn.TransformerEncoderLayer and TransformerDecoderLayer

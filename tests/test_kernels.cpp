@@ -302,8 +302,53 @@ TYPED_TEST(KernelsTyped, NanLogitsPropagateToTheirRowOnly) {
     for (Index c = 0; c < 8; ++c) EXPECT_EQ(std::isnan(out(0, 0, i, c)), i == 66) << i << ", " << c;
 }
 
+// Sinks and the log-sum-exp on every kernel: the decode tile (3 queries), the tiled kernel
+// (100) and the weights path agree with each other and with the definition computed here in
+// long double: lse = log(sum_j exp(logit_j) + exp(sink_h)), out = sum_j exp(logit_j - lse) v_j.
+TYPED_TEST(KernelsTyped, SinksAndLogSumExpOnEveryKernel) {
+  using T = TypeParam;
+  const double tol = std::is_same<T, float>::value ? 2e-6 : 1e-13;
+  for (Index len_q : {3, 100}) {
+    SCOPED_TRACE(::testing::Message() << len_q << " queries");
+    const Index len_k = 150, dim = 16;
+    const Tensor<T> q = random_tensor<T>({2, 4, len_q, dim}, 1, 2.0), k = random_tensor<T>({2, 2, len_k, dim}, 2, 2.0),
+                    v = random_tensor<T>({2, 2, len_k, 5}, 3), sinks = random_tensor<T>({4}, 4, 3.0);
+    attn::SdpaOptions<T> opt;
+    opt.causal = Causal::kBottomRight;
+    opt.sinks = sinks;
+    Tensor<T> lse, weights, lse_weights;
+    opt.lse = &lse;
+    const Tensor<T> out = attn::scaled_dot_product_attention<T>(q, k, v, opt);
+    opt.lse = &lse_weights;
+    opt.attn_weights = &weights;
+    EXPECT_TRUE(AllClose(attn::scaled_dot_product_attention<T>(q, k, v, opt), out, tol));
+    EXPECT_TRUE(AllClose(lse_weights, lse, tol));
+    Tensor<T> expect_lse({2, 4, len_q}), expect_out(out.shape());
+    for (Index b = 0; b < 2; ++b)
+      for (Index h = 0; h < 4; ++h)
+        for (Index i = 0; i < len_q; ++i) {
+          std::vector<long double> logits;
+          for (Index j = 0; j <= i + len_k - len_q; ++j) {
+            long double dot = 0;
+            for (Index d = 0; d < dim; ++d) dot += (long double)q(b, h, i, d) * k(b, h / 2, j, d);
+            logits.push_back(dot / std::sqrt((long double)dim));
+          }
+          long double sum = std::exp((long double)sinks(h));
+          for (long double x : logits) sum += std::exp(x);
+          expect_lse(b, h, i) = T(std::log(sum));
+          for (Index c = 0; c < 5; ++c) {
+            long double acc = 0;
+            for (std::size_t j = 0; j < logits.size(); ++j) acc += std::exp(logits[j]) / sum * v(b, h / 2, Index(j), c);
+            expect_out(b, h, i, c) = T(acc);
+          }
+        }
+    EXPECT_TRUE(AllClose(lse, expect_lse, tol)) << "lse";
+    EXPECT_TRUE(AllClose(out, expect_out, 2 * tol)) << "output";
+  }
+}
+
 // Every kernel gives the same bits on 1, 2 and 3 threads: SDPA (tiled, with weights, and the
-// decode tile over a long cache, with grouped heads and dropout), linear, and
+// decode tile over a long cache, with grouped heads and dropout; outputs and log-sum-exps), linear, and
 // MultiHeadAttention with masks and dropout. (Every module: test_threads.cpp.)
 TYPED_TEST(KernelsTyped, BitIdenticalForEveryThreadCount) {
   using T = TypeParam;
@@ -325,11 +370,15 @@ TYPED_TEST(KernelsTyped, BitIdenticalForEveryThreadCount) {
     std::vector<Tensor<T>> r;
     attn::SdpaOptions<T> opt;
     opt.causal = Causal::kBottomRight;
+    Tensor<T> lse, weights, weights_lse;
+    opt.lse = &lse;
     r.push_back(attn::scaled_dot_product_attention<T>(q, k, v, opt));
-    Tensor<T> weights;
+    r.push_back(std::move(lse));
     opt.attn_weights = &weights;
+    opt.lse = &weights_lse;
     r.push_back(attn::scaled_dot_product_attention<T>(q, k, v, opt));
     r.push_back(std::move(weights));
+    r.push_back(std::move(weights_lse));
     r.push_back(attn::linear<T>(x, w, bias));
     attn::MhaArgs<T> args;
     args.key_padding_mask = Mask<T>::block_where_true(padding);
@@ -350,7 +399,10 @@ TYPED_TEST(KernelsTyped, BitIdenticalForEveryThreadCount) {
     decode.dropout_p = T(0.1);
     decode.generator = &decode_gen;
     decode.causal = Causal::kBottomRight;
+    Tensor<T> decode_lse;
+    decode.lse = &decode_lse;
     r.push_back(attn::scaled_dot_product_attention<T>(q1, k_long, v_long, decode));
+    r.push_back(std::move(decode_lse));
     return r;
   };
   const auto one = run(1);

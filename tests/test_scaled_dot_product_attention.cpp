@@ -100,6 +100,92 @@ TYPED_TEST(SdpaTyped, FullyMaskedRowsGiveZeros) {
   }
 }
 
+// A query with every key masked has log-sum-exp -inf and output 0; with a sink its lse is the
+// sink (the sink takes all the weight) and its output still 0; the other rows are untouched
+// by the sink's presence only through their denominators. On the decode tile (3 queries), the
+// tiled kernel (8) and the weights path.
+TYPED_TEST(SdpaTyped, LogSumExpAndSinksOfFullyMaskedRows) {
+  using T = TypeParam;
+  for (Index len_q : {3, 8}) {
+    const Tensor<T> q = random_tensor<T>({1, 2, len_q, 4}, 4), k = random_tensor<T>({1, 2, 6, 4}, 5),
+                    v = random_tensor<T>({1, 2, 6, 4}, 6), sinks({2}, {T(0.5), T(-2)});
+    Tensor<bool> block({len_q, 6}, false);
+    for (Index j = 0; j < 6; ++j) block(1, j) = true;
+    for (bool with_sinks : {false, true})
+      for (bool weights_path : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << len_q << " queries, sinks " << with_sinks << ", weights " << weights_path);
+        Tensor<T> lse, weights;
+        attn::SdpaOptions<T> opt;
+        opt.attn_mask = attn::Mask<T>::block_where_true(block);
+        opt.lse = &lse;
+        if (weights_path) opt.attn_weights = &weights;
+        if (with_sinks) opt.sinks = sinks;
+        const Tensor<T> out = attn::scaled_dot_product_attention<T>(q, k, v, opt);
+        ASSERT_EQ(lse.shape(), (attn::Shape{1, 2, len_q}));
+        for (Index h = 0; h < 2; ++h) {
+          EXPECT_EQ(lse(0, h, 1), with_sinks ? sinks(h) : -std::numeric_limits<T>::infinity());
+          EXPECT_TRUE(std::isfinite(lse(0, h, 0)));
+          for (Index c = 0; c < 4; ++c) EXPECT_EQ(out(0, h, 1, c), T(0));
+          if (weights_path) {
+            T sum = 0;  // a sink's share leaves the weights summing to less than 1
+            for (Index j = 0; j < 6; ++j) sum += weights(0, h, 0, j);
+            EXPECT_NEAR(double(sum), with_sinks ? 1 - std::exp(double(sinks(h) - lse(0, h, 0))) : 1.0, 1e-6);
+          }
+        }
+      }
+  }
+}
+
+// Values with no features (Dv = 0): an empty output, but the log-sum-exp is still written,
+// the same as with values.
+TEST(Sdpa, LogSumExpWithEmptyValues) {
+  const Tensor<float> q = random_tensor<float>({1, 2, 4, 8}, 1), k = random_tensor<float>({1, 2, 5, 8}, 2);
+  for (bool weights_path : {false, true}) {
+    Tensor<float> lse0, lse3, weights;
+    attn::SdpaOptions<float> opt;
+    if (weights_path) opt.attn_weights = &weights;
+    opt.lse = &lse0;
+    attn::scaled_dot_product_attention<float>(q, k, Tensor<float>({1, 2, 5, 0}), opt);
+    opt.lse = &lse3;
+    attn::scaled_dot_product_attention<float>(q, k, random_tensor<float>({1, 2, 5, 3}, 3), opt);
+    EXPECT_TRUE(same_bits(lse0, lse3)) << "weights path " << weights_path;
+  }
+}
+
+// bfloat16 q, k and v (on the avx512bf16 path: vdpbf16ps tiles) give the log-sum-exp and the
+// sinks of float32 on the same (widened) values, to bfloat16's rounding of p.
+TEST(Sdpa, Bfloat16LogSumExpAndSinksFollowFloat) {
+  for (Index len_q : {2, 70}) {
+    const Tensor<float> qf = random_tensor<float>({1, 4, len_q, 64}, 1, 2.0), kf = random_tensor<float>({1, 2, 200, 64}, 2),
+                        vf = random_tensor<float>({1, 2, 200, 64}, 3), sf({4}, {1.f, -1.f, 3.f, 0.f});
+    auto bf = [](const Tensor<float>& x) {
+      Tensor<attn::bfloat16> y(x.shape());
+      for (Index i = 0; i < x.numel(); ++i) y.data()[i] = attn::bfloat16(x.data()[i]);
+      return y;
+    };
+    auto wide = [](const Tensor<attn::bfloat16>& x) {
+      Tensor<float> y(x.shape());
+      for (Index i = 0; i < x.numel(); ++i) y.data()[i] = float(x.data()[i]);
+      return y;
+    };
+    const Tensor<attn::bfloat16> q = bf(qf), k = bf(kf), v = bf(vf), sinks = bf(sf);
+    Tensor<float> lse, lse_float;
+    attn::SdpaOptions<attn::bfloat16> opt;
+    opt.causal = attn::Causal::kBottomRight;
+    opt.sinks = sinks;
+    opt.lse = &lse;
+    const Tensor<attn::bfloat16> out = attn::scaled_dot_product_attention<attn::bfloat16>(q, k, v, opt);
+    attn::SdpaOptions<float> f;
+    f.causal = attn::Causal::kBottomRight;
+    const Tensor<float> wide_sinks = wide(sinks);
+    f.sinks = wide_sinks;
+    f.lse = &lse_float;
+    const Tensor<float> expect = attn::scaled_dot_product_attention<float>(wide(q), wide(k), wide(v), f);
+    EXPECT_TRUE(AllClose(lse, lse_float, 1e-6)) << len_q << " queries";  // the scores are float32 sums
+    EXPECT_TRUE(AllClose(wide(out), expect, 1e-2)) << len_q << " queries";
+  }
+}
+
 // Keys cut from the middle of one buffer (strided heads) give what a packed copy gives.
 TYPED_TEST(SdpaTyped, StridedViewsEqualPackedTensors) {
   using T = TypeParam;
@@ -180,10 +266,50 @@ TEST(SdpaErrors, ShapesMasksAndDropout) {
   opt.alibi_slopes = slopes;
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"alibi_slopes", "(2,)", "(3,)"});
   opt = {};
+  opt.sinks = slopes;
+  ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"sinks", "(2,)", "(3,)"});
+  opt = {};
   opt.dropout_p = 0.2f;
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"Generator", "0.2"});
   opt.dropout_p = 1.0f;
   ExpectInvalid([&] { attn::scaled_dot_product_attention<float>(q, k, v, opt); }, {"dropout", "[0, 1)"});
+}
+
+// Merging with a state that saw no key (output 0, lse -inf) leaves the other state's bits;
+// two states that saw none merge into one; a NaN lse makes its query NaN.
+TEST(AttentionStates, MergeWithAnEmptyStateKeepsTheOther) {
+  const Tensor<float> o = random_tensor<float>({2, 3, 5, 4}, 1), lse = random_tensor<float>({2, 3, 5}, 2, 4.0);
+  const Tensor<float> none({2, 3, 5, 4}), none_lse({2, 3, 5}, -std::numeric_limits<float>::infinity());
+  const attn::AttentionState<float> a = attn::merge_attention_states<float>(o, lse, none, none_lse);
+  EXPECT_TRUE(same_bits(a.output, o));
+  EXPECT_TRUE(same_bits(a.lse, lse));
+  const attn::AttentionState<float> b = attn::merge_attention_states<float>(none, none_lse, o, lse);
+  EXPECT_TRUE(same_bits(b.output, o));
+  EXPECT_TRUE(same_bits(b.lse, lse));
+  const attn::AttentionState<float> c = attn::merge_attention_states<float>(none, none_lse, none, none_lse);
+  EXPECT_TRUE(same_bits(c.output, none));
+  EXPECT_TRUE(same_bits(c.lse, none_lse));
+  Tensor<float> nan_lse = lse;
+  nan_lse(1, 2, 3) = std::numeric_limits<float>::quiet_NaN();
+  const attn::AttentionState<float> d = attn::merge_attention_states<float>(o, lse, o, nan_lse);
+  EXPECT_TRUE(std::isnan(d.lse(1, 2, 3)) && std::isnan(d.output(1, 2, 3, 0)));
+  EXPECT_FLOAT_EQ(d.lse(0, 0, 0), lse(0, 0, 0) + std::log(2.0f));  // equal states: the same output, lse + log 2
+  EXPECT_FLOAT_EQ(d.output(0, 0, 0, 0), o(0, 0, 0, 0));
+}
+
+TEST(AttentionStatesErrors, ShapesThatDoNotPairUp) {
+  const Tensor<float> o({2, 3, 4}), lse({2, 3}), o_b({2, 3, 4}), lse_b({2, 3});
+  ExpectInvalid([&] { attn::merge_attention_states<float>(o, Tensor<float>({2, 4}), o_b, lse_b); },
+                {"merge_attention_states", "(2, 4)", "(2, 3)", "(2, 3, 4)"});
+  ExpectInvalid([&] { attn::merge_attention_states<float>(o, lse, Tensor<float>({2, 3, 5}), lse_b); },
+                {"(2, 3, 5)", "(2, 3, 4)"});
+  ExpectInvalid([&] { attn::merge_attention_states<float>(Tensor<float>(attn::Shape{}), Tensor<float>(attn::Shape{}), o_b, lse_b); },
+                {"at least one dimension"});
+  Tensor<float> a = random_tensor<float>({2, 3, 4}, 1), a_lse = random_tensor<float>({2, 3}, 2);
+  const Tensor<float> a0 = a, a_lse0 = a_lse;
+  ExpectInvalid([&] { attn::merge_attention_state_inplace<float>(a, a_lse, o_b, Tensor<float>({3, 2})); },
+                {"merge_attention_state_inplace", "(3, 2)"});
+  EXPECT_TRUE(same_bits(a, a0) && same_bits(a_lse, a_lse0));  // unchanged
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include "attn/modules/transformer_decoder_layer.hpp"
 #include "attn/modules/transformer_encoder_layer.hpp"
 #include "attn/ops/activations.hpp"
+#include "attn/ops/attention_states.hpp"
 #include "attn/ops/dropout.hpp"
 #include "attn/ops/head_mixing.hpp"
 #include "attn/ops/kv_cache.hpp"

@@ -772,10 +772,12 @@ def draw_unblocked_kpm(kind, B, H, L, S, dtype, blocked_ls) -> Optional[torch.Te
 
 
 def build_attention_core(c: Case, shape, causal="none", window=None, softcap=None, alibi=False, kpm=None,
-                         q_gain=1.0):
+                         q_gain=1.0, sinks=False, lse=False):
     """attention_reference (float64) on q (B, H, L, D), k, v (B, K, S, D): grouped heads,
     causal, sliding window, softcap, ALiBi (input.alibi_slopes, BLOOM's slopes), a bool
-    key_padding_mask; scale 1/sqrt(D). q_gain spreads the logits (softcap)."""
+    key_padding_mask; scale 1/sqrt(D). q_gain spreads the logits (softcap). sinks: gpt-oss
+    attention sinks input.sinks (H), 2 randn (logits of the scores' size). lse: also
+    output.lse (B, H, L), torch.logsumexp of the logits (the sinks included)."""
     dt = c.dtype
     B, H, K, L, S, D = shape
     q = torch.randn(B, H, L, D, dtype=dt) * q_gain
@@ -784,11 +786,18 @@ def build_attention_core(c: Case, shape, causal="none", window=None, softcap=Non
     blocked_ls = ref.causal_window_mask(L, S, align, window) if causal != "none" or window else None
     kp = draw_unblocked_kpm(kpm, B, H, L, S, dt, blocked_ls) if kpm else None
     slopes = ref.alibi_slopes(H).to(dt) if alibi else None
+    sink_logits = 2 * torch.randn(H, dtype=dt) if sinks else None
     out = ref.attention_reference(q, k, v, causal=causal, sliding_window=window, softcap=softcap, alibi=slopes,
-                                  mask_bias=None if kp is None else additive_bias(kp, None, B, H, L, S, dt))
+                                  mask_bias=None if kp is None else additive_bias(kp, None, B, H, L, S, dt),
+                                  sinks=sink_logits, return_lse=lse)
+    out, lse_out = out if lse else (out, None)
     tensors = {"input.query": q, "input.key": k, "input.value": v, **mask_tensors(kp, None), "output.output": out}
     if alibi:
         tensors["input.alibi_slopes"] = slopes
+    if sinks:
+        tensors["input.sinks"] = sink_logits
+    if lse:
+        tensors["output.lse"] = lse_out
     meta = {"num_heads": H, "num_kv_heads": K, "causal": causal, "sliding_window": opt_meta(window),
             "softcap": opt_meta(softcap), "alibi": s(alibi), "scale": "default"}
     return tensors, meta
@@ -1192,6 +1201,15 @@ case("core_combined_f64", CORE, "GQA 6 over 3, window 7, softcap 3 (q x 3), ALiB
 case("core_combined_long_f32", CORE, "GQA 4 over 2, window 40, softcap 4 (q x 3), ALiBi, causal bottom_right, q "
      "(1,4,100,10) over (1,2,150,10) (several query blocks and key tiles).", shape=(1, 4, 2, 100, 150, 10),
      causal="bottom_right", window=40, softcap=4.0, alibi=True, q_gain=3.0)
+case("core_sinks_f32", CORE, "gpt-oss attention sinks (one logit per head) with causal bottom_right, GQA 4 over 2, "
+     "q (2,4,9,8) over (2,2,9,8), and the log-sum-exp (output.lse).", shape=(2, 4, 2, 9, 9, 8),
+     causal="bottom_right", sinks=True, lse=True)
+case("core_sinks_decode_f64", CORE, "Sinks, window 16 and a bool key_padding_mask for 3 queries (the decode tile) over "
+     "40 keys, GQA 4 over 2, float64, with output.lse.", shape=(2, 4, 2, 3, 40, 8), causal="bottom_right",
+     window=16, kpm="bool", sinks=True, lse=True)
+case("core_lse_long_f32", CORE, "The log-sum-exp (output.lse) of q (1,4,70,16) over (1,2,200,16), softcap 4 (q x 3), "
+     "no mask: the key ranges the merge tests split and merge.", shape=(1, 4, 2, 70, 200, 16), softcap=4.0,
+     q_gain=3.0, lse=True)
 
 case("tel_relu_post_f32", TEL, "nn.TransformerEncoderLayer src (2,9,16), 4 heads, ffn 24, relu, post-norm.",
      shape=(2, 9, 16), H=4, ffn=24)

@@ -13,7 +13,8 @@ namespace attn {
 /// @brief Everything about one attention call besides q, k, v.
 ///
 /// The logits go through, in this order: scale, softcap, ALiBi, key_padding_mask, attn_mask,
-/// causal and sliding-window masking, softmax, dropout.
+/// causal and sliding-window masking, softmax (with the
+/// sinks in its denominator), dropout.
 template <class T>
 struct SdpaOptions {
   /// Multiplies q k^T; default 1/sqrt(head_dim). (The scalars are in compute_t<T>: float32
@@ -38,6 +39,10 @@ struct SdpaOptions {
   /// @brief ALiBi: (H) per-head slopes; head h's logit (i, j) gets -slope_h * |i + S - L - j|
   /// (FlashAttention's alibi_slopes), after soft-capping, before the masks. Empty: none.
   TensorView<const T> alibi_slopes;
+  /// @brief Attention sinks (gpt-oss): (H) per-head logits that join each query's softmax
+  /// denominator as one more key with no value, so the weights may sum to less than 1. Not
+  /// scaled, capped or masked; a query with every key masked gets output 0. Empty: none.
+  TensorView<const T> sinks;
   /// Dropout on the attention weights, applied when > 0 (callers pass 0 in eval mode).
   compute_t<T> dropout_p = 0;
   /// Source of the dropout mask; required when dropout_p > 0.
@@ -45,6 +50,12 @@ struct SdpaOptions {
   /// If set, receives the attention weights (B, H, L, S), after dropout (what multiplies v,
   /// and what nn.MultiheadAttention returns). Materialising them costs B*H*L*S elements.
   Tensor<T>* attn_weights = nullptr;
+  /// @brief If set, receives each query's log-sum-exp (B, H, L) in compute_t<T>: the log of
+  /// its softmax's denominator, log(sum_j exp(logit_j) [+ exp(sink)]) over the logits after
+  /// scale, softcap, ALiBi and masks (before dropout), so that output = sum_j exp(logit_j -
+  /// lse) v_j. -inf for a query with every key masked (its sink without one is its lse), NaN
+  /// for a NaN row. Attention states over disjoint keys merge with merge_attention_states.
+  Tensor<compute_t<T>>* lse = nullptr;
 };
 
 }  // namespace attn

@@ -16,9 +16,14 @@
 namespace attn {
 namespace detail {
 
-/// A prepared call on its kernel: sdpa_reference where opt asks for the weights, else the tiled kernel.
+/// A prepared call on its kernel: sdpa_reference where opt asks for the weights, else the
+/// tiled kernel; opt.lse, if asked for, is (re)allocated and written by the kernel.
 template <class T, class S>
-void run_attention(const AttentionCall<T, S>& call, const SdpaOptions<T>& opt) {
+void run_attention(AttentionCall<T, S> call, const SdpaOptions<T>& opt) {
+  if (opt.lse) {
+    *opt.lse = Tensor<compute_t<T>>({call.q.batch, call.q.heads, call.q.length});
+    call.lse = opt.lse->data();
+  }
   if (opt.attn_weights) {
     *opt.attn_weights = Tensor<T>({call.q.batch, call.q.heads, call.q.length, call.k.length});
     sdpa_reference<T>(call, opt.attn_weights->data());
@@ -41,12 +46,15 @@ void run_attention(const AttentionCall<T, S>& call, const SdpaOptions<T>& opt) {
 /// attn::set_num_threads' thread count; the result is bit-identical for every thread count.
 /// @param q (B, H, L, D); @param k (B, H, S, D); @param v (B, H, S, Dv)
 /// @param out (B, H, L, Dv), must not overlap q, k or v
-/// @param opt scale (default 1/sqrt(D)), masks, causal, dropout, optional weights output.
+/// @param opt scale (default 1/sqrt(D)), masks, causal, sinks, dropout, optional weights and
+/// log-sum-exp outputs.
 /// The attention mask may have any shape that broadcasts to (B, H, L, S) (PyTorch's rule),
 /// or nn.MultiheadAttention's (B*H, L, S); the key padding mask is (B, S).
 /// @note The scale multiplies q before the product, as nn.MultiheadAttention and timm do.
 /// A query row whose keys are all masked gets weights 0 and output 0 (PyTorch >= 2.5 SDPA
 /// and ONNX behaviour; PyTorch 1.13 gives NaN). NaN in a row's logits gives a NaN row.
+/// opt.lse receives each query's log-sum-exp, with which attention over disjoint key ranges
+/// merges (merge_attention_states) into attention over all of them.
 /// Dropout zeroes weights after the softmax (the normaliser is the sum before dropout) with
 /// the same mask on both paths. For bfloat16 and half, q, k, v, out (and the weights) are
 /// 16-bit and everything in between is float32: each output is rounded once. (On the

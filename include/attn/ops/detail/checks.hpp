@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <type_traits>
 #include <utility>
 
@@ -17,6 +18,7 @@
 #include "attn/core/heads_view.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/masks.hpp"
+#include "attn/ops/detail/softmax_state.hpp"
 #include "attn/ops/detail/tile.hpp"
 
 namespace attn {
@@ -106,7 +108,7 @@ template <class T>
 TileMasks<T> tile_masks(const char*, SdpaOptions<T>&&, const AttentionDims&) = delete;  // would dangle
 
 /// @brief What every work item of one attention call reads: the views, the masks, the
-/// scale and the dropout stream. Built by prepare_call once the arguments are checked; its
+/// scale, the dropout stream and the sinks; and where it writes the log-sum-exp. Built by prepare_call once the arguments are checked; its
 /// masks refer to the caller's SdpaOptions, which must outlive it. q and out hold T, k and v
 /// S (a KV cache's storage type: T, float, bfloat16, half, or int8 with a float scale per row
 /// in k_scales and v_scales); the kernels compute in C = compute_t<T> (float32 for a 16-bit
@@ -125,6 +127,8 @@ struct AttentionCall {
   C softcap = C(0);         ///< logit soft-capping (0: none)
   C dropout_p = C(0);       ///< dropout on the weights (0: none)
   std::uint64_t dropout_key = 0;
+  const T* sinks = nullptr;  ///< (H) sink logits, or null
+  C* lse = nullptr;          ///< (B, H, L): receives each query's log-sum-exp, or null
 
   AttentionDims dims() const { return {q.batch, q.heads, q.length, k.length}; }
   /// The key/value head query head h reads (grouped-query attention: H / K query heads share one).
@@ -147,14 +151,30 @@ struct AttentionCall {
     }
     if (masks.touch(t)) masks.apply(t, s, qs, ks);
   }
+
+  /// @brief The end of query i of head h of batch element b, whose softmax ended with max m
+  /// and sum l: writes its log-sum-exp (with the head's sink) where asked, and returns the
+  /// sum its output is divided by (sum_with_sink). Every kernel ends every row here.
+  C end_row(Index b, Index h, Index i, C m, C l) const {
+    const C sink = sinks ? C(sinks[h]) : -std::numeric_limits<C>::infinity();
+    if (lse) lse[(b * q.heads + h) * q.length + i] = log_sum_exp(m, l, sink);
+    return sum_with_sink(m, l, sink);
+  }
+  /// end_row for the queries of tile t, query c's max and sum at m[c] and l[c] (l updated).
+  void end_rows(const Tile& t, const C* m, C* l) const {
+    for (Index c = 0; c < t.rows; ++c) l[c] = end_row(t.b, t.h, t.i0 + c, m[c], l[c]);
+  }
 };
 
 /// @brief Checks everything in opt against a call of size d: the masks and ALiBi slopes
-/// (tile_masks), the dropout probability and its generator, the scale and the softcap.
+/// (tile_masks), the sinks, the dropout probability and its generator, the scale and the
+/// softcap.
 /// Returns the call's TileMasks (referring to opt's masks).
 template <class T>
 TileMasks<T> check_options(const char* where, const SdpaOptions<T>& opt, const AttentionDims& d) {
   TileMasks<T> masks = tile_masks(where, opt, d);
+  require(opt.sinks.empty() || opt.sinks.shape() == Shape{d.heads}, where, ": sinks has shape ", opt.sinks.shape(),
+          ", expected (heads) = ", Shape{d.heads});
   check_dropout_p(opt.dropout_p, where);
   require(opt.dropout_p == 0 || opt.generator != nullptr, where, ": dropout_p = ", opt.dropout_p,
           " needs a Generator (SdpaOptions::generator)");
@@ -177,6 +197,7 @@ AttentionCall<T, S> prepare_call(const char* where, const HeadsView<const T>& q,
   call.scale = opt.scale ? *opt.scale : C(1) / std::sqrt(static_cast<C>(q.head_dim));
   call.softcap = opt.softcap ? *opt.softcap : C(0);
   call.dropout_p = opt.dropout_p;
+  call.sinks = opt.sinks.empty() ? nullptr : opt.sinks.data();
   if (opt.dropout_p > T(0)) call.dropout_key = opt.generator->next_key();
   return call;
 }

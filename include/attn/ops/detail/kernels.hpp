@@ -172,11 +172,21 @@ void talking_heads(const TalkingHeadsCall<T>& c, TalkingHeadsScheme scheme) {
   with_kernels<T>(kernel_isa_for<T>(), [&](auto kernels) { decltype(kernels)::talking_heads(c, scheme); });
 }
 
+/// The end of a plain softmax row: its sum as it is.
+struct KeepSum {
+  template <class C>
+  C operator()(Index, C, C l) const {
+    return l;
+  }
+};
+
 /// @brief Softmax of `rows` rows of n contiguous values (rows `stride` apart) in place, on the
-/// path of T's kernels (online_softmax's softmax_row_inplace).
-template <class T>
-void softmax_rows(T* x, Index rows, Index n, Index stride) {
-  with_kernels<T>(kernel_isa_for<T>(), [&](auto kernels) { decltype(kernels)::softmax_rows(x, rows, n, stride); });
+/// path of T's kernels (online_softmax's softmax_row_inplace); row r's sum goes through
+/// end(r, max, sum) before the division (AttentionCall::end_row: sinks and log-sum-exp).
+template <class T, class End = KeepSum>
+void softmax_rows(T* x, Index rows, Index n, Index stride, const End& end = {}) {
+  with_kernels<T>(kernel_isa_for<T>(),
+                  [&](auto kernels) { decltype(kernels)::softmax_rows(x, rows, n, stride, end); });
 }
 
 }  // namespace detail

@@ -49,7 +49,7 @@ void sdpa_reference(const AttentionCall<T, S>& call, T* weights) {
   using C = compute_t<T>;
   constexpr bool in_place = std::is_same<T, C>::value;  // scores computed in the weights' storage
   const AttentionDims d = call.dims();
-  if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || (call.out.head_dim == 0 && weights == nullptr)) return;
+  if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || (call.out.head_dim == 0 && weights == nullptr && !call.lse)) return;
   const Index dim = call.q.head_dim, rows_max = std::min(kReferenceQueryBlock, d.len_q);
   const QueryBlocks blocks{d.batch, d.heads, d.len_q, rows_max};
   const Index scratch = rows_max * (dim + (weights && in_place ? 0 : d.len_k));
@@ -65,7 +65,9 @@ void sdpa_reference(const AttentionCall<T, S>& call, T* weights) {
                       Block s(s_data, tile.rows, d.len_k);
                       s.noalias() = Block(buffer, tile.rows, dim) * kv_head<C>(call.k, call.k_scales, u.b, kvh).transpose();
                       if (call.adjusts(tile)) call.adjust_logits(tile, s_data, d.len_k, 1);
-                      softmax_rows(s_data, tile.rows, d.len_k, d.len_k);
+                      softmax_rows(s_data, tile.rows, d.len_k, d.len_k, [&](Index r, C m, C l) {
+                        return call.end_row(u.b, u.h, u.i0 + r, m, l);
+                      });
                       if (call.dropout_p > C(0)) dropout_tile(tile, call.dropout_p, call.dropout_key, s.data(), d.len_k, 1);
                       if constexpr (!in_place)
                         if (weights) Eigen::Map<RowMatrix<T>>(weights + at, tile.rows, d.len_k) = s.template cast<T>();

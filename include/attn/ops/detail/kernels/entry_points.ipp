@@ -46,10 +46,12 @@ struct Kernels {
     run_talking_heads(c, scheme);
   }
 
-  /// softmax_row_inplace on `rows` rows of n contiguous values, rows `stride` apart.
-  template <class T>
-  static void softmax_rows(T* x, Index rows, Index n, Index stride) {
-    for (Index r = 0; r < rows; ++r) softmax_row_inplace(x + r * stride, n);
+  /// softmax_row_inplace on `rows` rows of n contiguous values, rows `stride` apart; row r's
+  /// sum goes through end(r, max, sum) before the division.
+  template <class T, class End>
+  static void softmax_rows(T* x, Index rows, Index n, Index stride, const End& end) {
+    for (Index r = 0; r < rows; ++r)
+      softmax_row_inplace(x + r * stride, n, [&](T m, T l) { return end(r, m, l); });
   }
 
   /// exp_shifted_inplace on this pass (the exp's accuracy tests call it on every path).

@@ -187,10 +187,11 @@ EIGEN_DONT_INLINE T row_online_step(T* s, Index n, T& m, T& l) {
 }
 
 /// @brief Softmax of the n contiguous values x, in place: one online step from the empty
-/// state, then the finalisation (a row of -inf is all 0, NaN or +inf makes the row NaN).
-template <class T>
-void softmax_row_inplace(T* x, Index n) {
+/// state, then the finalisation (a row of -inf is all 0, NaN or +inf makes the row NaN),
+/// dividing by end(max, sum).
+template <class T, class End>
+void softmax_row_inplace(T* x, Index n, const End& end) {
   T m = -std::numeric_limits<T>::infinity(), l = T(0);
   row_online_step(x, n, m, l);
-  finalise_row(x, n, m, l, x);
+  finalise_row(x, n, m, end(m, l), x);
 }

@@ -114,9 +114,11 @@ struct SdpaRows {
       if (kv.v_scale) scale_keys<R>(kv.v_scale + j0, t.cols, w);
       accumulate<R>(t.cols, kv.v + j0 * kv.vs, kv.vs, dim_v, w);
     }
-    for (Index r = 0; r < heads * tile.rows; ++r)
-      finalise_row(w.acc + r * w.dim_v, dim_v, w.row_max[r], w.row_sum[r],
-                   call.out.row(tile.b, tile.h + r / tile.rows, tile.i0 + r % tile.rows));
+    for (Index r = 0; r < heads * tile.rows; ++r) {
+      const Index h = tile.h + r / tile.rows, i = tile.i0 + r % tile.rows;
+      finalise_row(w.acc + r * w.dim_v, dim_v, w.row_max[r], call.end_row(tile.b, h, i, w.row_max[r], w.row_sum[r]),
+                   call.out.row(tile.b, h, i));
+    }
   }
 
   /// s[r][j] *= scale[j] for `cols` keys: an int8 key's scale on its scores, or a value's

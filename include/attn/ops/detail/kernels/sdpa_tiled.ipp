@@ -120,6 +120,7 @@ struct SdpaTiles {
       if (call.dropout_p > C(0)) dropout_tile(t, call.dropout_p, call.dropout_key, w.s, 1, kQueries);
       accumulate<V>(kv, t, dim_v, w);
     }
+    call.end_rows(tile, w.row_max, w.row_sum);
     lanes_finalise<C, V>(w.acc, dim_v, kQueries, w.row_max, w.row_sum);
     for (Index c = 0; c < tile.rows; ++c) {
       T* out = call.out.row(tile.b, tile.h, tile.i0 + c);
@@ -242,6 +243,7 @@ struct SdpaTilesBf16 {
       SdpaBf16::pair_rows(w.s, t.cols, w.p2);
       SdpaBf16::values(v2 + j0 / 2, s2, (t.cols + 1) / 2, dim_v, w.p2, w.acc);
     }
+    call.end_rows(tile, w.row_max, w.row_sum);
     lanes_finalise<float, kV>(w.acc, dim_v, kQueries, w.row_max, w.row_sum);
     for (Index c = 0; c < tile.rows; ++c) {
       T* out = call.out.row(tile.b, tile.h, tile.i0 + c);
@@ -288,7 +290,7 @@ void run_sdpa_tiled(const AttentionCall<T, S>& call, bool native_bf16 = false) {
   using C = compute_t<T>;
   const AttentionDims d = call.dims();
   const Index dim = call.q.head_dim, dim_v = call.v.head_dim;
-  if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || dim_v == 0) return;
+  if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || (dim_v == 0 && !call.lse)) return;
   if (d.len_q <= SdpaRows<T>::kMaxRows) {  // decoding: a few queries, query-major, grouped heads together
     using R = SdpaRows<T, S>;
     const Index heads = R::heads_per_tile(call);
