@@ -38,8 +38,8 @@ Modules (the constructor flags are attn_run's, see attn_run --help):
     transformer_decoder_layer  nn.TransformerDecoderLayer(...) likewise, inputs tgt (B, L, E) and
                           memory (B, S, E) (S: --source-length), causal tgt_mask
     gqa_attention         LlamaAttention(E, H, K, head_dim, qkv_bias, rope, rotary_dim, rope_theta,
-                          interleaved, sliding_window, softcap): HF Llama / Mistral / Qwen2
-                          attention, causal
+                          interleaved, sliding_window, softcap, sinks): HF Llama / Mistral / Qwen2
+                          / gpt-oss attention, causal
 All but nn.MultiheadAttention and the torch.nn layers are defined in torch_reference.py, next
 to this script. --incremental C is passed on to attn_run (gqa_attention, the decoder layer and
 multi_head_attention with --causal run through a KV cache C tokens at a time; PyTorch's
@@ -85,7 +85,7 @@ MODULE_FLAGS = {
     "transformer_decoder_layer": TORCH_LAYER_FLAGS | {"source_length", "incremental"},
     "gqa_attention": {"num_heads", "num_kv_heads", "head_dim", "rope_theta", "no_rope", "rotary_dim",
                       "rope_interleaved", "qkv_bias", "sliding_window", "softcap", "incremental", "key_padding_mask",
-                      "kv_cache_dtype"},
+                      "kv_cache_dtype", "sinks"},
 }
 REQUIRED = {"multi_head_attention": {"num_heads"}, "attention_block": {"num_heads"},
             "transformer_encoder": {"ffn_dim"}, "transformer_encoder_layer": {"num_heads", "ffn_dim"},
@@ -94,7 +94,7 @@ REQUIRED = {"multi_head_attention": {"num_heads"}, "attention_block": {"num_head
 PASSED_ON = [("num_kv_heads", True), ("head_dim", True), ("rope_theta", True), ("no_rope", False),
              ("rotary_dim", True), ("rope_interleaved", False), ("sliding_window", True), ("softcap", True),
              ("activation", True), ("norm_first", False), ("incremental", True), ("causal", False),
-             ("kv_cache_dtype", True)]
+             ("kv_cache_dtype", True), ("sinks", False)]
 TOLERANCE = {"F32": 1e-5, "F64": 1e-12}
 # --kv-cache-dtype: about one rounding of the cache's storage: half the unit roundoff of
 # bfloat16 and float16; for int8 half a quantisation step of a row as large as the output,
@@ -227,7 +227,7 @@ def build_module(a, ref, torch):
         m = ref.LlamaAttention(E, H, a.num_kv_heads, a.head_dim, qkv_bias=a.qkv_bias, rope=not a.no_rope,
                                rotary_dim=a.rotary_dim, rope_theta=a.rope_theta or 10000.0,
                                interleaved=a.rope_interleaved, sliding_window=a.sliding_window,
-                               attn_logit_softcapping=a.softcap)
+                               attn_logit_softcapping=a.softcap, sinks=a.sinks)
         m.kv_store = ref.kv_store(a.kv_cache_dtype) if a.kv_cache_dtype else None
         return m
     if a.layout == "separate":
@@ -468,6 +468,8 @@ def main(argv=None):
     p.add_argument("--rope-interleaved", action="store_true", help="gqa_attention: GPT-J pairs (2i, 2i+1)")
     p.add_argument("--sliding-window", type=int, help="gqa_attention: Mistral's sliding window W")
     p.add_argument("--softcap", type=float, help="gqa_attention: logit softcap c")
+    p.add_argument("--sinks", action="store_true",
+                   help="gqa_attention: gpt-oss attention sinks (a parameter sinks, one logit per head)")
     p.add_argument("--activation", choices=("relu", "gelu"), help="transformer_*_layer: default relu")
     p.add_argument("--norm-first", action="store_true", help="transformer_*_layer: pre-norm")
     p.add_argument("--incremental", type=int, metavar="C",

@@ -370,6 +370,8 @@ class LlamaAttention(nn.Module):
     * causal masking; sliding_window W (MistralAttention: query i sees keys i-W < j <= i);
       attn_logit_softcapping (Gemma2Attention: c * tanh(logits / c), after scaling, before
       the masks); scale head_dim ** -0.5; optional key_padding_mask (B, L), True = padding.
+    * sinks (GptOssAttention): a parameter `sinks` (H), registered after o_proj, one logit per
+      head in each softmax's denominator (attention_logits).
     * kv_store (an attribute, None by default): a function the new keys and values (after the
       rotation) go through before attention, a KV cache's storage (kv_store()).
     Computes in the module's dtype (HF upcasts the softmax to float32; here float64 stays float64).
@@ -378,7 +380,7 @@ class LlamaAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: Optional[int] = None,
                  qkv_bias: bool = False, rope: bool = True, rotary_dim: Optional[int] = None,
                  rope_theta: float = 10000.0, interleaved: bool = False, sliding_window: Optional[int] = None,
-                 attn_logit_softcapping: Optional[float] = None):
+                 attn_logit_softcapping: Optional[float] = None, sinks: bool = False):
         super().__init__()
         assert num_heads % num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
@@ -390,6 +392,7 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
+        self.sinks = nn.Parameter(torch.zeros(num_heads)) if sinks else None
         self.kv_store: Optional[Callable[[Tensor], Tensor]] = None
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
@@ -420,7 +423,7 @@ class LlamaAttention(nn.Module):
             causal_window_mask(L, S, "bottom_right", self.sliding_window), float("-inf"))
         if key_padding_mask is not None:
             bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        out = eager_attention(q, k, v, self.head_dim ** -0.5, self.softcap, bias)
+        out = eager_attention(q, k, v, self.head_dim ** -0.5, self.softcap, bias, self.sinks)
         return self.o_proj(out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim)), (k, v)
 
 if __name__ == "__main__":

@@ -524,7 +524,7 @@ struct GroupedQueryAttentionEntry {
   using Module = attn::GroupedQueryAttention<T>;
   static std::vector<std::string> configs() {
     return {"4 heads, 2 kv heads, rope", "interleaved rope over 2 of 4 dims, theta 500",
-            "multi-query, no rope, window 3, softcap 5, qkv bias"};
+            "multi-query, no rope, window 3, softcap 5, qkv bias, sinks"};
   }
   template <class T>
   static Module<T> make(int config = 0, double p = 0.0) {
@@ -540,6 +540,7 @@ struct GroupedQueryAttentionEntry {
       o.sliding_window = 3;
       o.softcap = 5.0;
       o.qkv_bias = true;
+      o.sinks = true;
     }
     return randomized(Module<T>(kFeatures, 4, config == 2 ? 1 : 2, 4, o), 108);
   }

@@ -73,6 +73,7 @@ struct GqaSpec {
   bool qkv_bias;
   Index head_dim;    ///< 0: E / H
   const char* masks;
+  bool sinks = false;  ///< gpt-oss attention sinks (param.sinks)
 };
 
 std::ostream& operator<<(std::ostream& os, const GqaSpec& s) { return os << s.name; }
@@ -88,6 +89,7 @@ attn::GroupedQueryAttention<T> make_gqa(const Case& c, const GqaSpec& spec) {
   o.rotary.interleaved = std::string(spec.rope) == "interleaved";
   if (spec.window > 0) o.sliding_window = spec.window;
   if (spec.softcap > 0) o.softcap = spec.softcap;
+  o.sinks = spec.sinks;
   attn::GroupedQueryAttention<T> m(c.meta_int("embed_dim"), c.meta_int("num_heads"), spec.num_kv_heads,
                                    spec.head_dim, o);
   m.load_state_dict(c.params<T>());
@@ -109,6 +111,7 @@ void check_gqa_meta(const Case& c, const GqaSpec& spec) {
   ASSERT_TRUE(MetaNumberIs(c, "softcap", spec.softcap));
   ASSERT_TRUE(c.MetaIs("qkv_bias", spec.qkv_bias ? "true" : "false"));
   ASSERT_TRUE(c.HasMasks(spec.masks));
+  ASSERT_EQ(c.has("param.sinks"), spec.sinks);
 }
 
 /// The layer on spec's case, whole or (incremental) chunk by chunk through a KV cache stored
@@ -162,6 +165,8 @@ const GqaSpec kGqaCases[] = {
     {"gqa_long_window_f32", 2, "half", 0, 1e4, 48, 0, false, 0, ""},
     {"gqa_long_combined_f64", 1, "interleaved", 8, 5e5, 37, 6, true, 12, ""},
     {"gqa_combined_f32", 2, "half", 4, 1e6, 20, 8, true, 6, ""},
+    {"gqa_sinks_f32", 2, "half", 0, 1e4, 6, 0, true, 0, "", true},
+    {"gqa_sinks_f64", 3, "half", 0, 1e4, 0, 0, false, 4, "", true},
 };
 
 class GqaReference : public ::testing::TestWithParam<GqaSpec> {};

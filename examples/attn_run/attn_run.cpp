@@ -51,13 +51,14 @@ const char* const kUsage =
     "                        |gqa_attention|linear|sdpa\n"
     "                --embed-dim E [--num-heads H] [--kdim K] [--vdim V] [--ffn-dim F]\n"
     "                [--num-kv-heads K] [--head-dim D] [--rope-theta T | --no-rope] [--rotary-dim R]\n"
-    "                [--rope-interleaved] [--sliding-window W] [--softcap C]\n"
+    "                [--rope-interleaved] [--sliding-window W] [--softcap C] [--sinks]\n"
     "                [--activation relu|gelu] [--norm-first] [--causal] [--incremental C]\n"
     "                [--kv-cache-dtype float32|bfloat16|float16|int8]\n"
     "                [--in-features K --out-features N]\n"
     "                [--qkv-bias] [--no-bias] [--add-bias-kv] [--add-zero-attn]\n"
     "                --weights W.safetensors [--prefix P] --inputs X.safetensors --output Y.safetensors\n"
-    "                [--need-weights] [--per-head-weights] [--dtype D] [--threads N] [--repeat N]\n"
+    "                [--need-weights] [--per-head-weights] [--return-lse] [--dtype D] [--threads N]\n"
+    "                [--repeat N]\n"
     "\n"
     "Runs one module (in eval mode) on the inputs and writes its outputs.\n"
     "\n"
@@ -83,10 +84,13 @@ const char* const kUsage =
     "  gqa_attention         Llama / Mistral / Qwen2 attention: --embed-dim --num-heads --num-kv-heads\n"
     "                        [--head-dim D] [--rope-theta T | --no-rope] [--rotary-dim R]\n"
     "                        [--rope-interleaved] [--qkv-bias] [--sliding-window W] [--softcap C]\n"
-    "                        [--incremental C]; input x, causal\n"
+    "                        [--sinks] [--incremental C]; input x, causal; --sinks: gpt-oss attention\n"
+    "                        sinks, a weight `sinks` (H) of one logit per head\n"
     "  linear                nn.Linear(K, N, bias): --in-features --out-features [--no-bias]; x is (..., K)\n"
     "  sdpa                  the attention core, softmax(q k^T / sqrt(D)) v, on query (B, H, L, D), key\n"
-    "                        (B, H, S, D), value (B, H, S, Dv) (and the optional masks); no --weights\n"
+    "                        (B, H, S, D), value (B, H, S, Dv) (and the optional masks); no --weights;\n"
+    "                        --return-lse: also lse (B, H, L), each query's log-sum-exp of its logits\n"
+    "                        (float32 for a 16-bit --dtype)\n"
     "\n"
     "Files (safetensors):\n"
     "  --weights   the module's state_dict under PyTorch's names; with --prefix P only the tensors\n"
@@ -99,7 +103,7 @@ const char* const kUsage =
     "              conventions. Computation is in the dtype of x / query, or --dtype's.\n"
     "  --output    output; with --need-weights (multi_head_attention only) also attn_weights,\n"
     "              averaged over heads (B, L, S), or per head (B, H, L, S) with --per-head-weights\n"
-    "              (which implies --need-weights).\n"
+    "              (which implies --need-weights); with --return-lse (sdpa) also lse.\n"
     "\n"
     "  --dtype D    float32, float64, bfloat16 or float16: the dtype of the computation, of the\n"
     "               weights and activations it stores, and of the output (default: that of x /\n"
@@ -131,7 +135,7 @@ struct Options {
   bool qkv_bias = false, no_bias = false, add_bias_kv = false, add_zero_attn = false;
   bool no_rope = false, rope_interleaved = false, norm_first = false, causal = false;
   std::string weights, prefix, inputs, output, dtype, kv_cache_dtype;
-  bool need_weights = false, per_head_weights = false;
+  bool need_weights = false, per_head_weights = false, return_lse = false, sinks = false;
   int threads = 0;
   long repeat = 0;
   std::set<std::string> given;  // flags that appeared, without "--"
@@ -202,6 +206,7 @@ Options parse_args(int argc, char** argv) {
       {"need-weights", &o.need_weights}, {"per-head-weights", &o.per_head_weights},
       {"no-rope", &o.no_rope},           {"rope-interleaved", &o.rope_interleaved},
       {"norm-first", &o.norm_first},     {"causal", &o.causal},
+      {"return-lse", &o.return_lse},     {"sinks", &o.sinks},
   };
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -258,10 +263,10 @@ const std::map<std::string, ModuleFlags>& module_flags() {
         {"embed-dim", "num-heads", "ffn-dim"}}},
       {"gqa_attention",
        {{"embed-dim", "num-heads", "num-kv-heads", "head-dim", "rope-theta", "no-rope", "rotary-dim", "rope-interleaved",
-         "qkv-bias", "sliding-window", "softcap", "incremental", "kv-cache-dtype"},
+         "qkv-bias", "sliding-window", "softcap", "incremental", "kv-cache-dtype", "sinks"},
         {"embed-dim", "num-heads", "num-kv-heads"}}},
       {"linear", {{"in-features", "out-features", "no-bias"}, {"in-features", "out-features"}}},
-      {"sdpa", {{}, {}}},
+      {"sdpa", {{"return-lse"}, {}}},
   };
   return table;
 }
@@ -341,6 +346,7 @@ template <class T>
 struct Result {
   attn::Tensor<T> output;
   attn::Tensor<T> attn_weights;  // empty unless --need-weights
+  attn::Tensor<attn::compute_t<T>> lse{};  // empty unless --return-lse
 };
 
 bool is_float(DType t) { return t == DType::kF32 || t == DType::kF64 || t == DType::kF16 || t == DType::kBF16; }
@@ -486,6 +492,7 @@ std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& 
   go.rotary.interleaved = o.rope_interleaved;
   if (o.sliding_window > 0) go.sliding_window = o.sliding_window;
   if (o.softcap > 0) go.softcap = o.softcap;
+  go.sinks = o.sinks;
   auto m = std::make_shared<attn::GroupedQueryAttention<T>>(o.embed_dim, o.num_heads, o.num_kv_heads, o.head_dim, go);
   m->load_state_dict(weights);
   attn::GqaArgs<T> args;
@@ -533,7 +540,12 @@ std::function<Result<T>()> sdpa_forward(const Options& o, const Inputs<T>& in) {
   attn::SdpaOptions<T> opt;
   opt.key_padding_mask = in.masks.key_padding_mask;
   opt.attn_mask = in.masks.attn_mask;
-  return [&q, &k, &v, opt] { return Result<T>{attn::scaled_dot_product_attention<T>(q, k, v, opt), {}}; };
+  return [&q, &k, &v, opt, lse = o.return_lse]() mutable {
+    Result<T> r;
+    if (lse) opt.lse = &r.lse;
+    r.output = attn::scaled_dot_product_attention<T>(q, k, v, opt);
+    return r;
+  };
 }
 
 /// multi_head_attention: query, key and value (key and value may be the query), whole or
@@ -678,6 +690,7 @@ void run(const Options& o, const attn::io::SafetensorsFile& inputs_file) {
   attn::io::SafetensorsWriter writer;
   writer.add("output", result.output);
   if (o.need_weights) writer.add("attn_weights", result.attn_weights);
+  if (o.return_lse) writer.add("lse", result.lse);
   write_atomically(writer, o.output);
 }
 

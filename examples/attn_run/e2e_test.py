@@ -13,6 +13,9 @@
         (PyTorch 1.13 has no float16 matmul on CPU); multi_head_attention in both against the
         float64 module on the rounded weights and inputs. Float32 files, converted on load; the
         output must be in the --dtype. Exit 77 without PyTorch, as `case`.
+    e2e_test.py lse ATTN_RUN WORKDIR
+        --module sdpa --return-lse against PyTorch's float64 softmax and torch.logsumexp of the
+        masked logits, in float32 and (lse stays float32) bfloat16. Exit 77 without PyTorch.
 """
 import copy
 import json
@@ -158,6 +161,8 @@ def run_errors(attn_run, workdir):
     check("missing value", base + ["--repeat"], 2, "--repeat")
     check("non-numeric number", args(embed_dim="4x"), 2, "--embed-dim")
     check("flag the module does not take", base + ["--need-weights"], 2, "--need-weights")
+    check("--return-lse is sdpa's", base + ["--return-lse"], 2, "--return-lse")
+    check("--sinks is gqa_attention's", base + ["--sinks"], 2, "--sinks")
     check("missing --weights", base[:4] + base[6:], 2, "--weights")
     check("unknown module", args(module="lstm"), 2, "lstm")
 
@@ -187,18 +192,28 @@ def run_errors(attn_run, workdir):
     return 1 if failures else 0
 
 
-def run_dtypes(attn_run, workdir):
+def with_torch(workdir):
+    """(numpy, torch, WORKDIR emptied) with torch.manual_seed(0), or None with the reason
+    printed when this Python has no PyTorch or NumPy."""
     try:
-        import numpy as np
+        import numpy
         import torch
     except ImportError as e:
         print(f"SKIPPED: {sys.executable} cannot import PyTorch/NumPy ({e}); "
               "install python3-torch python3-numpy to run the end-to-end check")
-        return SKIP
+        return None
     w = Path(workdir)
     shutil.rmtree(w, ignore_errors=True)
     w.mkdir(parents=True)
     torch.manual_seed(0)
+    return numpy, torch, w
+
+
+def run_dtypes(attn_run, workdir):
+    env = with_torch(workdir)
+    if env is None:
+        return SKIP
+    np, torch, w = env
     K, N = 67, 40
     m, x = torch.nn.Linear(K, N), torch.randn(3, 7, K)
     f32 = lambda t: ("F32", list(t.shape), t.detach().flatten().tolist())  # noqa: E731
@@ -206,8 +221,8 @@ def run_dtypes(attn_run, workdir):
     write_st(w / "inputs.safetensors", {"x": f32(x)})
     with torch.no_grad():
         h = {k: v.half().double() for k, v in m.state_dict().items()}
-        expected = {"float16": ("F16", "<f2", x.half().double() @ h["weight"].T + h["bias"], 2.0 ** -10),
-                    "bfloat16": ("BF16", "<u2", m.to(torch.bfloat16)(x.to(torch.bfloat16)).float(), 2.0 ** -7)}
+        expected = {"float16": ("F16", x.half().double() @ h["weight"].T + h["bias"], 2.0 ** -10),
+                    "bfloat16": ("BF16", m.to(torch.bfloat16)(x.to(torch.bfloat16)).float(), 2.0 ** -7)}
     # nn.MultiheadAttention (self-attention): against the float64 module on the values rounded
     # to the dtype, within four steps of the dtype (attn sums in float32, rounds each op's output).
     E, H = 32, 4
@@ -218,14 +233,14 @@ def run_dtypes(attn_run, workdir):
         for dtype, dt in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
             exact = copy.deepcopy(mha).to(dt).double()
             ref = exact(*(q.to(dt).double(),) * 3, need_weights=False)[0]
-            st, npd, _, one = expected[dtype]
-            expected["mha_" + dtype] = (st, npd, ref, 4 * one)
+            st, _, one = expected[dtype]
+            expected["mha_" + dtype] = (st, ref, 4 * one)
     runs = {"linear": ["--module", "linear", "--in-features", str(K), "--out-features", str(N), "--weights",
                        str(w / "weights.safetensors"), "--inputs", str(w / "inputs.safetensors")],
             "mha": ["--module", "multi_head_attention", "--embed-dim", str(E), "--num-heads", str(H), "--weights",
                     str(w / "mha_weights.safetensors"), "--inputs", str(w / "mha_inputs.safetensors")]}
     failures = []
-    for name, (st_dtype, np_dtype, ref, tol) in expected.items():
+    for name, (st_dtype, ref, tol) in expected.items():
         module, dtype = name.split("_") if "_" in name else ("linear", name)
         out = w / f"{name}.safetensors"
         r = subprocess.run([attn_run, *runs[module], "--output", str(out), "--dtype", dtype], capture_output=True,
@@ -233,11 +248,7 @@ def run_dtypes(attn_run, workdir):
         if r.returncode != 0:
             failures.append(f"{name}: exit {r.returncode}: {r.stderr.strip()}")
             continue
-        info = read_header(out)["output"]
-        raw = out.read_bytes()
-        begin, end = info["data_offsets"]
-        a = np.frombuffer(raw[8 + int.from_bytes(raw[:8], "little"):][begin:end], dtype=np_dtype)
-        got = (a.astype(np.uint32) << 16).view(np.float32) if st_dtype == "BF16" else a.astype(np.float32)
+        info, got = read_tensor(out, "output", np)
         shape, ref = list(ref.shape), ref.numpy().reshape(-1)
         err = float(np.abs(got.astype(np.float64) - ref).max()) / float(np.abs(ref).max())
         ok = info["dtype"] == st_dtype and info["shape"] == shape and err <= tol
@@ -249,8 +260,54 @@ def run_dtypes(attn_run, workdir):
     return 1 if failures else 0
 
 
+def read_tensor(path, name, np):
+    """(header entry, values as float32) of an F32, F16 or BF16 tensor of a safetensors file."""
+    info = read_header(path)[name]
+    raw = Path(path).read_bytes()
+    begin, end = info["data_offsets"]
+    data = raw[8 + int.from_bytes(raw[:8], "little"):][begin:end]
+    if info["dtype"] == "BF16":
+        return info, (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    return info, np.frombuffer(data, dtype={"F16": "<f2", "F32": "<f4"}[info["dtype"]]).astype(np.float32)
+
+
+def run_lse(attn_run, workdir):
+    env = with_torch(workdir)
+    if env is None:
+        return SKIP
+    np, torch, w = env
+    B, H, L, S, D = 2, 3, 5, 11, 8
+    q, k, v = torch.randn(B, H, L, D) * 2, torch.randn(B, H, S, D), torch.randn(B, H, S, D)
+    kpm = torch.zeros(B, S, dtype=torch.bool)
+    kpm[1, 7:] = True
+    f32 = lambda t: ("F32", list(t.shape), t.flatten().tolist())  # noqa: E731
+    write_st(w / "inputs.safetensors", {"query": f32(q), "key": f32(k), "value": f32(v),
+                                        "key_padding_mask": ("BOOL", [B, S], kpm.flatten().tolist())})
+    logits = (q.double() @ k.double().transpose(-1, -2) / D ** 0.5).masked_fill(kpm[:, None, None, :], float("-inf"))
+    expected = {"output": logits.softmax(-1) @ v.double(), "lse": torch.logsumexp(logits, -1)}
+    failures = []
+    for dtype, tol in (("float32", 1e-5), ("bfloat16", 2e-2)):
+        out = w / f"{dtype}.safetensors"
+        r = subprocess.run([attn_run, "--module", "sdpa", "--inputs", str(w / "inputs.safetensors"), "--output",
+                            str(out), "--dtype", dtype, "--return-lse"], capture_output=True, text=True)
+        if r.returncode != 0:
+            failures.append(f"{dtype}: exit {r.returncode}: {r.stderr.strip()}")
+            continue
+        for name, ref in expected.items():
+            info, got = read_tensor(out, name, np)
+            want = "F32" if name == "lse" else {"float32": "F32", "bfloat16": "BF16"}[dtype]
+            err = float(np.abs(got.astype(np.float64) - ref.numpy().reshape(-1)).max() / ref.abs().max())
+            ok = info["dtype"] == want and info["shape"] == list(ref.shape) and err <= tol
+            print(f"{'ok  ' if ok else 'FAIL'} sdpa --dtype {dtype}: {name} {info['dtype']}{info['shape']}, max "
+                  f"error {err:.3g} of max |ref| (tolerance {tol:g})")
+            if not ok:
+                failures.append(f"{dtype} {name}")
+    print(f"{len(failures)} failure(s)" + (": " + ", ".join(failures) if failures else ""))
+    return 1 if failures else 0
+
+
 def main(argv):
-    if len(argv) < 3 or argv[0] not in ("case", "errors", "dtypes"):
+    if len(argv) < 3 or argv[0] not in ("case", "errors", "dtypes", "lse"):
         print(__doc__, file=sys.stderr)
         return 2
     mode, attn_run, workdir = argv[:3]
@@ -258,6 +315,8 @@ def main(argv):
         return run_case(attn_run, workdir, argv[3:])
     if mode == "dtypes":
         return run_dtypes(attn_run, workdir)
+    if mode == "lse":
+        return run_lse(attn_run, workdir)
     return run_errors(attn_run, workdir)
 
 

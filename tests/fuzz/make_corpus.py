@@ -61,7 +61,7 @@ MODULES = {
     "gqa": {**linear("q_proj.", 16, 8, False), **linear("k_proj.", 8, 8, False), **linear("v_proj.", 8, 8, False),
             **linear("o_proj.", 8, 16, False)},
     "gqa_multi_query_qkv_bias": {**linear("q_proj.", 16, 8), **linear("k_proj.", 4, 8), **linear("v_proj.", 4, 8),
-                                 **linear("o_proj.", 8, 16, False)},
+                                 **linear("o_proj.", 8, 16, False), "sinks": [4]},
     "linear": linear("", 8, 8),
     "layer_norm": norm(""),
 }

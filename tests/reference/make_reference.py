@@ -724,13 +724,15 @@ def opt_meta(value) -> str:
 def build_gqa(c: Case, B, L, E, H, K, D=None, kpm=None, q_gain=1.0, kv_cache_dtype=None, **opts):
     """LlamaAttention (HF Llama / Mistral / Qwen2 / Gemma 2 attention), causal over x (B, L, E).
     opts: qkv_bias, rope, rotary_dim, rope_theta, interleaved, sliding_window,
-    attn_logit_softcapping. q_gain (a power of two: exact) scales q_proj to spread the logits
+    attn_logit_softcapping, sinks (param.sinks, 2 randn). q_gain (a power of two: exact) scales q_proj to spread the logits
     where the softcap should bite. kpm: a bool key_padding_mask (ragged prompts).
     kv_cache_dtype ("bfloat16", "float16", "int8"): the keys and values go through a KV cache
     stored in that type (ref.kv_store): output.torch is that, output.exact the same module and
     inputs in float64 without the storage."""
     m = reinit(ref.LlamaAttention(E, H, K, D, **opts).to(c.dtype))
     m.q_proj.weight *= q_gain
+    if m.sinks is not None:  # logits of the scores' size, so that the sinks take a real share
+        m.sinks *= 2 / 0.3
     x = torch.randn(B, L, E, dtype=c.dtype)
     kp, _, _ = draw_case_masks(B, H, L, L, c.dtype, kpm, None, "bottom_right")
     m.kv_store = ref.kv_store(kv_cache_dtype) if kv_cache_dtype else None
@@ -1178,6 +1180,11 @@ case("gqa_long_combined_f64", GQA, "Everything at once in float64: x (2,100,24),
 case("gqa_combined_f32", GQA, "x (1,70,32), 8 heads over 2 kv heads (head_dim 6), q/k/v biases, rotate_half partial "
      "rotary (4 of 6), theta 1e6, window 20, softcap 8 (q_proj x4).", B=1, L=70, E=32, H=8, K=2, D=6,
      qkv_bias=True, rotary_dim=4, rope_theta=1e6, sliding_window=20, attn_logit_softcapping=8.0, q_gain=4.0)
+case("gqa_sinks_f32", GQA, "gpt-oss attention sinks (param.sinks, one logit per head) with a sliding window 6, x "
+     "(2,11,32), 4 heads over 2 kv heads, q/k/v biases.", B=2, L=11, E=32, H=4, K=2, qkv_bias=True,
+     sliding_window=6, sinks=True)
+case("gqa_sinks_f64", GQA, "Attention sinks in float64, x (1,9,24), 6 heads over 3 kv heads (head_dim 4).",
+     B=1, L=9, E=24, H=6, K=3, D=4, sinks=True)
 
 case("core_gqa_f32", CORE, "Attention core q (2,6,9,8) over k, v (2,2,9,8): 3 query heads per kv head, no mask.",
      shape=(2, 6, 2, 9, 9, 8))

@@ -23,7 +23,8 @@ namespace attn {
 /// @brief Grouped-query attention as in HF's LlamaAttention / MistralAttention / Qwen2Attention:
 /// q_proj (H*D, E), k_proj and v_proj (K*D, E), o_proj (E, H*D) without bias, q and k
 /// rotated by position, query head h reading key/value head h / (H / K) (no copy of k or v;
-/// K = 1 is multi-query attention), causal masking, scale 1/sqrt(D).
+/// K = 1 is multi-query attention), causal masking, scale 1/sqrt(D); optionally gpt-oss's
+/// attention sinks (GqaOptions::sinks: parameter `sinks`, (H)).
 ///
 /// forward(x) runs a whole sequence at positions 0 .. L-1. forward(x, cache) runs a chunk of
 /// new tokens at positions cache.length() .. : it projects only the chunk, appends its keys
@@ -36,7 +37,7 @@ class GroupedQueryAttention : public Module<T> {
   /// @param num_heads H, num_attention_heads
   /// @param num_kv_heads K, num_key_value_heads; H must be a multiple of K
   /// @param head_dim D (0: E / H, which must then divide exactly)
-  /// @param options biases, rotary embedding, sliding window, softcap, dropout
+  /// @param options biases, rotary embedding, sliding window, softcap, dropout, sinks
   /// @throws std::invalid_argument for sizes or options that do not fit
   GroupedQueryAttention(Index embed_dim, Index num_heads, Index num_kv_heads, Index head_dim = 0,
                         const GqaOptions& options = {})
@@ -47,7 +48,8 @@ class GroupedQueryAttention : public Module<T> {
         q_proj_(embed_dim, num_heads * head_dim_, options.qkv_bias, 41),
         k_proj_(embed_dim, num_kv_heads * head_dim_, options.qkv_bias, 43),
         v_proj_(embed_dim, num_kv_heads * head_dim_, options.qkv_bias, 45),
-        o_proj_(num_heads * head_dim_, embed_dim, false, 47) {}
+        o_proj_(num_heads * head_dim_, embed_dim, false, 47),
+        sinks_(Vector<T>::Zero(options.sinks ? num_heads : 0)) {}
 
   Index embed_dim() const { return q_proj_.in_features(); }  ///< E
   Index num_heads() const { return num_heads_; }              ///< H
@@ -115,6 +117,7 @@ class GroupedQueryAttention : public Module<T> {
     this->append_child(s, k_proj_, "k_proj.");
     this->append_child(s, v_proj_, "v_proj.");
     this->append_child(s, o_proj_, "o_proj.");
+    if (options_.sinks) s.push_back({"sinks", sinks_.data(), {num_heads_}});
     return s;
   }
   const char* type_name() const override { return "attn::GroupedQueryAttention"; }
@@ -124,13 +127,14 @@ class GroupedQueryAttention : public Module<T> {
   using WorkBuffer = detail::WorkBuffer<T>;
 
   /// The options of one call, checked before anything is written: causal (bottom-right),
-  /// window, softcap, dropout, and the masks against len queries over `keys` keys.
+  /// window, softcap, sinks, dropout, and the masks against len queries over `keys` keys.
   SdpaOptions<T> attention_options(const char* where, const GqaArgs<T>& args, Index nb, Index len,
                                    Index keys) const {
     SdpaOptions<T> opt = detail::sdpa_options<T>(where, args, scale(), false, keys);
     opt.causal = Causal::kBottomRight;
     opt.sliding_window = options_.sliding_window;
     if (options_.softcap) opt.softcap = static_cast<compute_t<T>>(*options_.softcap);
+    if (options_.sinks) opt.sinks = TensorView<const T>(sinks_.data(), {num_heads_});
     opt.generator = args.generator;
     opt.dropout_p = this->is_training() ? static_cast<compute_t<T>>(options_.dropout) : 0;
     detail::check_options(where, opt, nb, num_heads_, len, keys);
@@ -197,6 +201,7 @@ class GroupedQueryAttention : public Module<T> {
   Index head_dim_, num_heads_, num_kv_heads_;
   GqaOptions options_;
   Linear<T> q_proj_, k_proj_, v_proj_, o_proj_;
+  Vector<T> sinks_;  ///< (H) when options_.sinks, else empty
 };
 
 }  // namespace attn

@@ -74,6 +74,9 @@ struct GqaOptions {
   std::optional<Index> sliding_window;  ///< Mistral's sliding_window (keys), if any; >= 1
   std::optional<double> softcap;        ///< attention logit soft-capping (Gemma 2), if any; > 0
   double dropout = 0.0;                 ///< attention_dropout on the weights (training mode only)
+  /// gpt-oss attention sinks: a learnable logit per query head (parameter `sinks`, (H), zero
+  /// at construction) in each softmax's denominator (SdpaOptions::sinks)
+  bool sinks = false;
 };
 
 }  // namespace attn
