@@ -209,6 +209,26 @@ BENCHMARK_TEMPLATE(BM_DecodeCore, attn::bfloat16)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
+/// BM_DecodeCore for one sequence over few key/value heads (multi-query: K = 1) on `threads`
+/// threads (the last argument; the others as BM_DecodeCore): with fewer (batch, key/value head)
+/// units than threads, a step has to split its keys across threads to use them.
+void BM_DecodeCoreThreads(benchmark::State& state) {
+  const Index h = state.range(0), k = state.range(1), ctx = state.range(2), d = state.range(3);
+  const auto q = attn_bench::input({1, h, 1, d}, 1), kk = attn_bench::input({1, k, ctx, d}, 2),
+             v = attn_bench::input({1, k, ctx, d}, 3);
+  attn::set_num_threads(static_cast<int>(state.range(4)));
+  const double secs = run(state, attn_bench::core_flops(1, h, 1, ctx, d, d),
+                          [&] { benchmark::DoNotOptimize(attn::scaled_dot_product_attention<float>(q, kk, v)); });
+  attn::set_num_threads(attn_bench::setup().threads);
+  step_counters(state, 2.0 * sizeof(float) * double(k * ctx * d), 1, secs);
+  state.counters["threads"] = double(state.range(4));
+}
+BENCHMARK(BM_DecodeCoreThreads)
+    ->ArgNames({"H", "K", "ctx", "D", "threads"})
+    ->ArgsProduct({{4, 8}, {1}, {32768}, {128}, {1, 2}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
 template <class S>
 void BM_DecodeCoreStored(benchmark::State& state) {
   const Index h = state.range(0), k = state.range(1), ctx = state.range(2), d = state.range(3);

@@ -302,15 +302,16 @@ TYPED_TEST(KernelsTyped, NanLogitsPropagateToTheirRowOnly) {
     for (Index c = 0; c < 8; ++c) EXPECT_EQ(std::isnan(out(0, 0, i, c)), i == 66) << i << ", " << c;
 }
 
-// Sinks and the log-sum-exp on every kernel: the decode tile (3 queries), the tiled kernel
-// (100) and the weights path agree with each other and with the definition computed here in
-// long double: lse = log(sum_j exp(logit_j) + exp(sink_h)), out = sum_j exp(logit_j - lse) v_j.
+// Sinks and the log-sum-exp on every kernel: the decode tile (3 queries; over 9000 keys it
+// splits them, SdpaRows::run), the tiled kernel (100) and the weights path agree with each
+// other and with the definition computed here in long double: lse = log(sum_j exp(logit_j) +
+// exp(sink_h)), out = sum_j exp(logit_j - lse) v_j.
 TYPED_TEST(KernelsTyped, SinksAndLogSumExpOnEveryKernel) {
   using T = TypeParam;
   const double tol = std::is_same<T, float>::value ? 2e-6 : 1e-13;
-  for (Index len_q : {3, 100}) {
-    SCOPED_TRACE(::testing::Message() << len_q << " queries");
-    const Index len_k = 150, dim = 16;
+  for (auto [len_q, len_k] : {std::pair<Index, Index>{3, 150}, {100, 150}, {3, 9000}}) {
+    SCOPED_TRACE(::testing::Message() << len_q << " queries over " << len_k << " keys");
+    const Index dim = 16;
     const Tensor<T> q = random_tensor<T>({2, 4, len_q, dim}, 1, 2.0), k = random_tensor<T>({2, 2, len_k, dim}, 2, 2.0),
                     v = random_tensor<T>({2, 2, len_k, 5}, 3), sinks = random_tensor<T>({4}, 4, 3.0);
     attn::SdpaOptions<T> opt;
@@ -347,8 +348,44 @@ TYPED_TEST(KernelsTyped, SinksAndLogSumExpOnEveryKernel) {
   }
 }
 
+// Split-KV decoding (SdpaRows::run: a few units, many keys, their keys cut into ranges merged
+// after) against the weights path, which never splits: multi-query heads, 1 to 4 queries over
+// 20000 keys with a padding mask, a sliding window, dropout (the same kept weights) and
+// sinks, outputs and log-sum-exps.
+TYPED_TEST(KernelsTyped, SplitKeysEqualOneRange) {
+  using T = TypeParam;
+  const double tol = std::is_same<T, float>::value ? 2e-6 : 1e-13;
+  const Index len_k = 20000;
+  const Tensor<T> k = random_tensor<T>({1, 1, len_k, 32}, 2, 2.0), v = random_tensor<T>({1, 1, len_k, 32}, 3),
+                  sinks = random_tensor<T>({4}, 4, 3.0);
+  Tensor<bool> padding({1, len_k}, false);
+  for (Index j = 500; j < 4000; ++j) padding(0, j) = true;
+  for (Index len_q : {1, 2, 4})
+    for (Index window : {0, 9000}) {
+      SCOPED_TRACE(::testing::Message() << len_q << " queries, window " << window);
+      const Tensor<T> q = random_tensor<T>({1, 4, len_q, 32}, 1, 2.0);
+      attn::SdpaOptions<T> opt;
+      opt.causal = Causal::kBottomRight;
+      if (window) opt.sliding_window = window;
+      opt.key_padding_mask = Mask<T>::block_where_true(padding);
+      opt.sinks = sinks;
+      attn::Generator g1(7), g2(7);
+      opt.dropout_p = T(0.1);
+      opt.generator = &g1;
+      Tensor<T> lse, lse_weights, weights;
+      opt.lse = &lse;
+      const Tensor<T> split = attn::scaled_dot_product_attention<T>(q, k, v, opt);
+      opt.generator = &g2;
+      opt.lse = &lse_weights;
+      opt.attn_weights = &weights;
+      EXPECT_TRUE(AllClose(split, attn::scaled_dot_product_attention<T>(q, k, v, opt), tol));
+      EXPECT_TRUE(AllClose(lse, lse_weights, tol));
+    }
+}
+
 // Every kernel gives the same bits on 1, 2 and 3 threads: SDPA (tiled, with weights, and the
-// decode tile over a long cache, with grouped heads and dropout; outputs and log-sum-exps), linear, and
+// decode tile over a long cache, its keys split, with grouped heads and dropout; outputs and
+// log-sum-exps), linear, and
 // MultiHeadAttention with masks and dropout. (Every module: test_threads.cpp.)
 TYPED_TEST(KernelsTyped, BitIdenticalForEveryThreadCount) {
   using T = TypeParam;

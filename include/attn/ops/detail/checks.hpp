@@ -108,8 +108,9 @@ template <class T>
 TileMasks<T> tile_masks(const char*, SdpaOptions<T>&&, const AttentionDims&) = delete;  // would dangle
 
 /// @brief What every work item of one attention call reads: the views, the masks, the
-/// scale, the dropout stream and the sinks; and where it writes the log-sum-exp. Built by prepare_call once the arguments are checked; its
-/// masks refer to the caller's SdpaOptions, which must outlive it. q and out hold T, k and v
+/// scale, the dropout stream and the sinks; and where it writes the log-sum-exp. Built by
+/// prepare_call once the arguments are checked; its masks refer to the caller's
+/// SdpaOptions, which must outlive it. q and out hold T, k and v
 /// S (a KV cache's storage type: T, float, bfloat16, half, or int8 with a float scale per row
 /// in k_scales and v_scales); the kernels compute in C = compute_t<T> (float32 for a 16-bit
 /// T), and so do the call's scalars.

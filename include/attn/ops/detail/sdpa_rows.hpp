@@ -10,11 +10,13 @@
 #include <Eigen/Core>
 
 #include "attn/core/heads_view.hpp"
+#include "attn/core/parallel.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/ops/detail/checks.hpp"
 #include "attn/ops/detail/online_softmax.hpp"
 #include "attn/ops/detail/packets.hpp"
 #include "attn/ops/detail/tile.hpp"
+#include "attn/ops/detail/work.hpp"
 
 ATTN_PACKET_CODE_BEGIN
 

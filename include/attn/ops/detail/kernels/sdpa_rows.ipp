@@ -38,7 +38,9 @@ struct SdpaRows {
   struct Scratch {
     C *q, *s, *acc, *row_max, *row_sum;
     Index dim, dim_v;  ///< padded row lengths of q and acc
-    static Index size(Index dim, Index dim_v) { return kMaxRows * (padded(dim) + kKeys + padded(dim_v) + 2); }
+    static Index size(Index dim, Index dim_v) { return kMaxRows * (padded(dim) + kKeys) + state_size(dim_v); }
+    /// The accumulators, maxima and sums, contiguous from acc: a tile's softmax state.
+    static Index state_size(Index dim_v) { return kMaxRows * (padded(dim_v) + 2); }
     Scratch(C* base, Index d, Index dv)
         : q(base), s(q + kMaxRows * padded(d)), acc(s + kMaxRows * kKeys), row_max(acc + kMaxRows * padded(dv)),
           row_sum(row_max + kMaxRows), dim(padded(d)), dim_v(padded(dv)) {}
@@ -70,24 +72,123 @@ struct SdpaRows {
             call.v_scales.row(b, kvh)};
   }
 
+  /// Keys a split of a unit's keys holds at least (see key_splits).
+  static constexpr Index kSplitKeys = 2048;
+  /// Work items a call is cut into at least, by splitting keys, when its units are fewer.
+  static constexpr Index kSplitItems = 16;
+
+  /// @brief The whole call: (batch, group of heads sharing a key/value head) units of all
+  /// queries, each over every key it may see, or over key_splits ranges of them merged after
+  /// (split-KV decoding). Bit-identical for every thread count: the splits depend on the
+  /// problem alone.
+  static void run(const AttentionCall<T, S>& call) {
+    const AttentionDims d = call.dims();
+    const Index dim = call.q.head_dim, dim_v = call.v.head_dim, heads = heads_per_tile(call);
+    const QueryBlocks units{d.batch, d.heads / heads, d.len_q, d.len_q};
+    const auto tile_of = [&](const QueryBlock& u) { return Tile{d, u.b, u.h * heads, 0, d.len_q, 0, d.len_k}; };
+    const auto kv_of = [&](const Tile& t) { return head(call, t.b, call.kv_head(t.h)); };
+    const double cost = double(heads * d.len_q) * double(d.len_k) * double(dim + dim_v + 8);
+    // The keys every unit's queries may see (the same for all units), cut into ranges of whole key tiles.
+    const Tile first = tile_of(units[0]);
+    const Index begin = first.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys,
+                end = std::max(begin, first.key_end(call.masks.causal));
+    const Index splits = key_splits(units.count(), end - begin);
+    const Index span = (end - begin + splits * kKeys - 1) / (splits * kKeys) * kKeys;
+    const Index parts = splits > 1 ? (end - begin + span - 1) / span : 1;
+    if (parts == 1) {
+      for_each_block<C>(units, cost, Scratch::size(dim, dim_v), [&](const QueryBlock& u, C* scratch) {
+        const Scratch w(scratch, dim, dim_v);
+        const Tile t = tile_of(u);
+        block(call, t, heads, kv_of(t), w, begin, end);
+        finish(call, t, heads, w);
+      });
+      return;
+    }
+    const Index stride = Scratch::state_size(dim_v);  // a split's state: accumulators, maxima, sums
+    const WorkBuffer<C> states(units.count() * parts * stride);
+    const WorkSplit items = WorkSplit::of(units.count() * parts, cost / double(parts));
+    parallel_for(items.items(), [&](Index item) {
+      const WorkBuffer<C> scratch(Scratch::size(dim, dim_v));
+      const Scratch w(scratch.data(), dim, dim_v);
+      for (Index x = items.begin(item); x < items.end(item); ++x) {
+        const Tile t = tile_of(units[x / parts]);
+        const Index j = begin + (x % parts) * span;
+        block(call, t, heads, kv_of(t), w, j, std::min(end, j + span));
+        std::copy(w.acc, w.acc + stride, states.data() + x * stride);
+      }
+    });
+    parallel_for(units.count(), [&](Index u) {
+      const WorkBuffer<C> scratch(Scratch::size(dim, dim_v));
+      const Scratch w(scratch.data(), dim, dim_v);
+      const Tile t = tile_of(units[u]);
+      merge(states.data() + u * parts * stride, parts, heads * t.rows, w);
+      finish(call, t, heads, w);
+    });
+  }
+
+  /// @brief Key ranges a unit's `keys` keys are cut into: enough that the call has
+  /// kSplitItems items when it has fewer units, each range at least kSplitKeys keys. Fixed by
+  /// the problem alone, never by the thread count.
+  static Index key_splits(Index units, Index keys) {
+    const Index wanted = (kSplitItems + std::max<Index>(units, 1) - 1) / std::max<Index>(units, 1);
+    return std::max<Index>(1, std::min(wanted, keys / kSplitKeys));
+  }
+
   /// @brief All queries of `heads` consecutive heads from tile.h (sharing the key/value head
-  /// kv) over every key they may see. Row r of the tile is query r % L of head tile.h + r / L.
-  static void block(const AttentionCall<T, S>& call, const Tile& tile, Index heads, const Head& kv, const Scratch& w) {
+  /// kv) over the keys in [j_begin, j_end) they may see (j_begin a multiple of kKeys), into
+  /// w's accumulators, running maxima and sums. Row r of the tile is query r % L of head
+  /// tile.h + r / L.
+  static void block(const AttentionCall<T, S>& call, const Tile& tile, Index heads, const Head& kv, const Scratch& w,
+                    Index j_begin, Index j_end) {
     static_assert(kMaxRows == 4, "block() dispatches on 1 to 4 rows");
     switch (heads * tile.rows) {
-      case 1: return block_rows<1>(call, tile, heads, kv, w);
-      case 2: return block_rows<2>(call, tile, heads, kv, w);
-      case 3: return block_rows<3>(call, tile, heads, kv, w);
-      default: return block_rows<4>(call, tile, heads, kv, w);
+      case 1: return block_rows<1>(call, tile, heads, kv, w, j_begin, j_end);
+      case 2: return block_rows<2>(call, tile, heads, kv, w, j_begin, j_end);
+      case 3: return block_rows<3>(call, tile, heads, kv, w, j_begin, j_end);
+      default: return block_rows<4>(call, tile, heads, kv, w, j_begin, j_end);
+    }
+  }
+
+  /// The outputs of a tile's rows from w's state (each row through AttentionCall::end_row).
+  static void finish(const AttentionCall<T, S>& call, const Tile& tile, Index heads, const Scratch& w) {
+    for (Index r = 0; r < heads * tile.rows; ++r) {
+      const Index h = tile.h + r / tile.rows, i = tile.i0 + r % tile.rows;
+      finalise_row(w.acc + r * w.dim_v, call.v.head_dim, w.row_max[r],
+                   call.end_row(tile.b, h, i, w.row_max[r], w.row_sum[r]), call.out.row(tile.b, h, i));
+    }
+  }
+
+  /// @brief The states of `parts` key ranges of one tile (each Scratch::state_size values in a
+  /// Scratch's layout, one after another) merged into w's for its `rows` rows, in range order,
+  /// by the online softmax's rule: the largest maximum, and each range's sum and accumulator
+  /// times rescale_factor(its maximum, that one).
+  static void merge(const C* states, Index parts, Index rows, const Scratch& w) {
+    const Index stride = Scratch::state_size(w.dim_v);
+    const Index at_max = kMaxRows * w.dim_v, at_sum = at_max + kMaxRows;  // in a state, after the accumulators
+    for (Index r = 0; r < rows; ++r) {
+      C top = -std::numeric_limits<C>::infinity();
+      for (Index p = 0; p < parts; ++p) top = std::max(top, states[p * stride + at_max + r]);
+      P sum = ei::pset1<P>(C(0));
+      C* acc = w.acc + r * w.dim_v;
+      std::fill(acc, acc + w.dim_v, C(0));
+      for (Index p = 0; p < parts; ++p) {
+        const C* state = states + p * stride;
+        const P alpha = rescale_factor(ei::pset1<P>(state[at_max + r]), ei::pset1<P>(top));
+        sum = ei::pmadd(ei::pset1<P>(state[at_sum + r]), alpha, sum);
+        for (Index c = 0; c < w.dim_v; c += kP)
+          ei::pstoreu(acc + c, ei::pmadd(ei::ploadu<P>(state + r * w.dim_v + c), alpha, ei::ploadu<P>(acc + c)));
+      }
+      w.row_max[r] = top;
+      w.row_sum[r] = ei::pfirst(sum);
     }
   }
 
  private:
   template <int R>
   static EIGEN_DONT_INLINE void block_rows(const AttentionCall<T, S>& call, const Tile& tile, Index heads,
-                                           const Head& kv, const Scratch& w) {
-    const Index dim_v = call.v.head_dim, key_end = tile.key_end(call.masks.causal);
-    const Index key_begin = tile.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys;
+                                           const Head& kv, const Scratch& w, Index j_begin, Index j_end) {
+    const Index dim_v = call.v.head_dim, key_end = std::min(j_end, tile.key_end(call.masks.causal));
+    const Index key_begin = std::max(j_begin, tile.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys);
     const Index per_head = tile.rows * kKeys;  // scores of one head's queries
     for (Index e = 0; e < heads; ++e)
       load_scaled_queries(call.q, tile.b, tile.h + e, tile.i0, tile.rows, tile.rows, call.scale,
@@ -97,7 +198,7 @@ struct SdpaRows {
     std::fill(w.row_max, w.row_max + R, -std::numeric_limits<C>::infinity());
     std::fill(w.row_sum, w.row_sum + R, C(0));
     for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
-      const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
+      const Tile t = tile.keys(j0, std::min(kKeys, j_end - j0));
       scores<R>(t.cols, kv.k + j0 * kv.ks, kv.ks, call.q.head_dim, w);
       if (kv.k_scale) scale_keys<R>(kv.k_scale + j0, t.cols, w);
       if (call.adjusts(t))
@@ -113,11 +214,6 @@ struct SdpaRows {
           dropout_tile(t.head(t.h + e), call.dropout_p, call.dropout_key, w.s + e * per_head, kKeys, 1);
       if (kv.v_scale) scale_keys<R>(kv.v_scale + j0, t.cols, w);
       accumulate<R>(t.cols, kv.v + j0 * kv.vs, kv.vs, dim_v, w);
-    }
-    for (Index r = 0; r < heads * tile.rows; ++r) {
-      const Index h = tile.h + r / tile.rows, i = tile.i0 + r % tile.rows;
-      finalise_row(w.acc + r * w.dim_v, dim_v, w.row_max[r], call.end_row(tile.b, h, i, w.row_max[r], w.row_sum[r]),
-                   call.out.row(tile.b, h, i));
     }
   }
 

@@ -282,7 +282,7 @@ struct SdpaTilesBf16 {
 /// for_each_block; bit-identical for every thread count. A call of at most
 /// SdpaRows::kMaxRows queries (a decode step) runs SdpaRows' query-major tiles instead, over
 /// (batch, group of heads sharing a key/value head) units, reading k and v in place in any
-/// storage type; bfloat16 on avx512bf16 (native_bf16) with an even head dimension runs
+/// storage type, their keys split across items where the units are few (SdpaRows::run); bfloat16 on avx512bf16 (native_bf16) with an even head dimension runs
 /// SdpaTilesBf16.
 template <class T, class S>
 void run_sdpa_tiled(const AttentionCall<T, S>& call, bool native_bf16 = false) {
@@ -291,18 +291,7 @@ void run_sdpa_tiled(const AttentionCall<T, S>& call, bool native_bf16 = false) {
   const AttentionDims d = call.dims();
   const Index dim = call.q.head_dim, dim_v = call.v.head_dim;
   if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || (dim_v == 0 && !call.lse)) return;
-  if (d.len_q <= SdpaRows<T>::kMaxRows) {  // decoding: a few queries, query-major, grouped heads together
-    using R = SdpaRows<T, S>;
-    const Index heads = R::heads_per_tile(call);
-    const QueryBlocks units{d.batch, d.heads / heads, d.len_q, d.len_q};
-    for_each_block<C>(units, double(heads * d.len_q) * double(d.len_k) * double(dim + dim_v + 8),
-                      R::Scratch::size(dim, dim_v), [&](const QueryBlock& u, C* scratch) {
-                        const Index kvh = call.kv_head(u.h * heads);
-                        R::block(call, Tile{d, u.b, u.h * heads, 0, d.len_q, 0, d.len_k}, heads, R::head(call, u.b, kvh),
-                                 typename R::Scratch(scratch, dim, dim_v));
-                      });
-    return;
-  }
+  if (d.len_q <= SdpaRows<T>::kMaxRows) return SdpaRows<T, S>::run(call);  // decoding: a few queries
 #if ATTN_HAS_AVX512BF16
   if constexpr (std::is_same<T, bfloat16>::value && std::is_same<S, T>::value && kPacketSize<float> == 16)
     if (native_bf16 && dim % 2 == 0) return SdpaTilesBf16<T>::run(call);
