@@ -112,7 +112,8 @@ fi
 
 # --- 3. ThreadSanitizer on the concurrency tests ----------------------------------------
 # libgomp is not TSan-instrumented (TSan would report OpenMP's own synchronisation), so
-# this tree is built without OpenMP; the threads are test_concurrency's own.
+# this tree is built without OpenMP; the threads are test_concurrency's own, and attn's
+# pool's helpers (Concurrency.Pool* runs loops on them directly).
 threads() {
   cmake -S "$root" -B "$root/build-tsan" \
     -DCMAKE_BUILD_TYPE=Release \

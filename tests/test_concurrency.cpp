@@ -4,17 +4,24 @@
 // in training mode with dropout (one Generator per call, same seed -> same result), full and
 // through a KV cache. Run under ThreadSanitizer too (see
 // tests/run.sh and the README): libgomp is not TSan-instrumented, so that tree is built
-// with -DATTN_OPENMP=OFF.
+// with -DATTN_OPENMP=OFF. The Concurrency.Pool* tests drive attn's thread pool directly, so
+// they run with helper threads in that tree too.
 
 #include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#if defined(__unix__)
+#include <sys/wait.h>
+#include <unistd.h>
+#endif
 
 #include "every_module.hpp"
 
@@ -79,6 +86,83 @@ struct Inputs {
     }
   }
 };
+
+/// Runs body(i) for i in [0, n) on the calling thread and `helpers` pool threads (false if
+/// another thread's loop holds the pool).
+template <class F>
+bool pool_run(Index n, F& body, int helpers) {
+  return attn::detail::ThreadPool::instance().run(
+      n, [](void* b, Index i) { (*static_cast<F*>(b))(i); }, &body, helpers);
+}
+
+// Every item runs exactly once, whichever threads take it, loop after loop; a loop started
+// inside an item runs on that thread.
+TEST(Concurrency, PoolRunsEveryItemOnce) {
+  for (const Index n : {1, 2, 7, 1000}) {
+    for (int loop = 0; loop < 200; ++loop) {
+      std::vector<int> runs(std::size_t(n), 0);
+      auto body = [&](Index i) {
+        ++runs[std::size_t(i)];
+        int inner = 0;
+        attn::detail::parallel_for(3, [&](Index) { ++inner; });  // nested: serial, no race
+        EXPECT_EQ(inner, 3);
+      };
+      ASSERT_TRUE(pool_run(n, body, 2));
+      for (Index i = 0; i < n; ++i) ASSERT_EQ(runs[std::size_t(i)], 1) << "item " << i << " of " << n;
+    }
+  }
+}
+
+// The first exception thrown by an item reaches the caller; the pool runs the next loop.
+TEST(Concurrency, PoolRethrowsAndGoesOn) {
+  auto throwing = [](Index i) {
+    if (i == 37) throw std::runtime_error("item 37");
+  };
+  EXPECT_THROW(pool_run(100, throwing, 2), std::runtime_error);
+  std::atomic<Index> sum{0};
+  auto adding = [&](Index i) { sum += i; };
+  ASSERT_TRUE(pool_run(100, adding, 2));
+  EXPECT_EQ(sum.load(), 4950);
+}
+
+// Loops called from several threads at once all complete: one holds the pool, the others
+// run their items on their own thread.
+TEST(Concurrency, PoolCalledFromSeveralThreads) {
+  std::atomic<long> sum{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (int loop = 0; loop < 300; ++loop) {
+        auto adding = [&](Index i) { sum += long(i); };
+        if (!pool_run(50, adding, 2)) attn::detail::parallel_for(50, adding);
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(sum.load(), 4L * 300 * 1225);
+  attn::release_workspace();  // reaches every pool thread, and returns
+}
+
+#if defined(__unix__)
+// A child of fork() has none of the parent's pool threads: its loops and
+// release_workspace() still complete.
+TEST(Concurrency, PoolAfterFork) {
+  std::atomic<Index> sum{0};
+  auto adding = [&](Index i) { sum += i; };
+  ASSERT_TRUE(pool_run(10, adding, 2));  // the parent's helpers exist
+  const pid_t child = fork();
+  ASSERT_NE(child, -1);
+  if (child == 0) {
+    std::atomic<Index> s{0};
+    auto add = [&](Index i) { s += i; };
+    const bool ran = pool_run(100, add, 2);
+    attn::release_workspace();
+    _exit(ran && s.load() == 4950 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+}
+#endif
 
 template <class E>
 class EveryModule : public ::testing::Test {};

@@ -16,11 +16,8 @@
 #include <new>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "attn/core/error.hpp"
+#include "attn/core/parallel.hpp"
 
 namespace attn {
 namespace detail {
@@ -143,10 +140,7 @@ inline std::size_t workspace_bytes() { return detail::Workspace::this_thread().r
 /// again. Must not run while another attn call runs in the same process.
 inline void release_workspace() {
   detail::Workspace::this_thread().release();
-#if defined(_OPENMP)
-#pragma omp parallel
-  detail::Workspace::this_thread().release();
-#endif
+  detail::ThreadPool::instance().on_every_thread([] { detail::Workspace::this_thread().release(); });
 }
 
 }  // namespace attn
