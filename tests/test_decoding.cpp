@@ -6,6 +6,8 @@
 //   - chunk by chunk equals the one-shot causal pass, for any chunk size;
 //   - errors on the incremental paths leave the caches as they were (length and contents);
 //   - ragged prompts through a key padding mask equal unpadded runs;
+//   - a rolling cache keeps the last positions and decodes a sliding window as the full
+//     sequence does;
 //   - a decode loop neither grows the workspace nor reallocates the caches.
 
 #include <algorithm>
@@ -426,6 +428,105 @@ TYPED_TEST(Decoding, GqaIncrementalMatchesFullSequence) {
       expect_chunks_match(m, x, m.forward(x));
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rolling caches
+// ---------------------------------------------------------------------------------------
+
+// A rolling cache keeps the last window - 1 positions when it runs out of room, in order,
+// and counts positions across the drops; its memory is allocated once.
+TYPED_TEST(Decoding, RollingCacheKeepsTheLastPositions) {
+  using T = TypeParam;
+  KVCache<T> c(2, 3, 8, 4), all(2, 3, 40, 4);
+  c.set_rolling_window(3);
+  const T* base = c.keys().data;
+  const std::size_t bytes = c.bytes();
+  Index appended = 0;
+  for (const Index n : {5, 3, 1, 4, 6, 2, 1, 1, 6}) {
+    const Shape s{2, 3, n, 4};
+    const Tensor<T> k = random_tensor<T>(s, 100 + appended), v = random_tensor<T>(s, 200 + appended);
+    const Index expected = c.length_after(n);
+    c.append(heads_of(k), heads_of(v));
+    all.append(heads_of(k), heads_of(v));
+    appended += n;
+    ASSERT_EQ(c.length(), expected);
+    ASSERT_EQ(c.position(), appended);
+    ASSERT_EQ(c.first() + c.length(), appended);
+    ASSERT_GE(c.length(), std::min<Index>(appended, 2 + n));  // the window's 2 older ones, and the chunk
+    for (Index b = 0; b < 2; ++b)
+      for (Index h = 0; h < 3; ++h) {
+        EXPECT_EQ(c.keys().head(b, h), all.keys().head(b, h).middleRows(c.first(), c.length()));
+        EXPECT_EQ(c.values().head(b, h), all.values().head(b, h).middleRows(c.first(), c.length()));
+      }
+  }
+  EXPECT_GT(c.first(), 0);
+  EXPECT_EQ(c.keys().data, base);
+  EXPECT_EQ(c.bytes(), bytes);
+  c.reset();
+  EXPECT_EQ(c.position(), 0);
+  EXPECT_EQ(c.rolling_window(), 3);
+}
+
+// Decoding a sliding-window GroupedQueryAttention (RoPE) through a rolling cache of twice the
+// window, token by token and in chunks, equals the full sequence's attention restricted to
+// the window, also in int8. The keys are the same, in the same order; the bits differ where
+// the kernel's blocks start at another key (the cache holds fewer positions before them).
+TYPED_TEST(Decoding, RollingCacheMatchesTheFullSequenceInTheWindow) {
+  using T = TypeParam;
+  attn::GqaOptions o;
+  o.sliding_window = 6;
+  attn::GroupedQueryAttention<T> m(16, 4, 2, 0, o);
+  randomize(m, 81);
+  const Tensor<T> x = random_tensor<T>({2, 50, 16}, 83);
+  const Tensor<T> full = m.forward(x);
+  for (const Index chunk : {1, 3, 7}) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    KVCache<T> cache = m.make_cache(2, 12);
+    cache.set_rolling_window(6);
+    const Tensor<T> rolled = in_chunks(x, chunk, [&](const Tensor<T>& c, Index) { return m.forward(c, cache); });
+    EXPECT_TRUE(AllClose(rolled, full, tight<T>()));
+    EXPECT_EQ(cache.position(), 50);
+    EXPECT_GT(cache.first(), 0);
+    if constexpr (std::is_same<T, float>::value) {
+      KVCache<T, std::int8_t> q8 = m.template make_cache<std::int8_t>(2, 16), whole = m.template make_cache<std::int8_t>(2, 50);
+      q8.set_rolling_window(8);  // wider than the layer's: allowed
+      const auto run = [&](auto& c) { return in_chunks(x, chunk, [&](const Tensor<T>& p, Index) { return m.forward(p, c); }); };
+      EXPECT_TRUE(AllClose(run(q8), run(whole), tight<T>()));
+    }
+  }
+}
+
+// What a rolling cache refuses, each time with the cache unchanged: a window outside
+// [1, capacity], a chunk beyond the room it can make, and a layer that sees further back
+// than it keeps (no sliding window, or a wider one).
+TYPED_TEST(Decoding, RollingCacheRejectsMisfitsUnchanged) {
+  using T = TypeParam;
+  KVCache<T> c(2, 2, 8, 8);
+  ExpectInvalid([&] { c.set_rolling_window(0); }, {"set_rolling_window", "window 0", "capacity 8"});
+  ExpectInvalid([&] { c.set_rolling_window(9); }, {"set_rolling_window", "window 9", "capacity 8"});
+  EXPECT_EQ(c.rolling_window(), 0);
+  c.set_rolling_window(4);
+  fill(c, 6, 85);
+  const CacheState<T> before(c);
+  EXPECT_EQ(c.room(), 5);
+  ExpectInvalid([&] { fill(c, 6, 87); }, {"6 more positions do not fit", "length 6", "capacity 8", "rolling window 4"});
+  EXPECT_TRUE(Unchanged(c, before));
+  attn::GqaOptions narrow, wide;
+  narrow.sliding_window = 4;
+  wide.sliding_window = 5;
+  const Tensor<T> x = random_tensor<T>({2, 1, 16}, 89);
+  ExpectInvalid([&] { attn::GroupedQueryAttention<T>(16, 4, 2, 8).forward(x, c); },
+                {"GroupedQueryAttention::forward", "rolls with a window of 4", "none"});
+  ExpectInvalid([&] { attn::GroupedQueryAttention<T>(16, 4, 2, 8, wide).forward(x, c); },
+                {"rolls with a window of 4", "sliding window is 5"});
+  ExpectInvalid([&] { attn::MultiHeadAttention<T>(16, 2).forward(x, c); }, {"MultiHeadAttention::forward", "rolls"});
+  ExpectInvalid([&] { attn::GroupedQueryAttention<T>(16, 4, 2, 8, narrow).forward(random_tensor<T>({2, 6, 16}, 91), c); },
+                {"6 more tokens do not fit", "rolling window 4"});
+  EXPECT_TRUE(Unchanged(c, before));
+  attn::GroupedQueryAttention<T>(16, 4, 2, 8, narrow).forward(random_tensor<T>({2, 5, 16}, 93), c);  // fits exactly
+  EXPECT_EQ(c.length(), 8);
+  EXPECT_EQ(c.position(), 11);
 }
 
 /// Rows [from, from + c) of an (L, L) mask over the first from + c keys: the mask of that

@@ -27,7 +27,7 @@ namespace attn {
 /// attention sinks (GqaOptions::sinks: parameter `sinks`, (H)).
 ///
 /// forward(x) runs a whole sequence at positions 0 .. L-1. forward(x, cache) runs a chunk of
-/// new tokens at positions cache.length() .. : it projects only the chunk, appends its keys
+/// new tokens at positions cache.position() .. : it projects only the chunk, appends its keys
 /// and values to the cache and attends over everything cached; chunk by chunk it gives the
 /// full-sequence outputs.
 template <class T>
@@ -82,9 +82,10 @@ class GroupedQueryAttention : public Module<T> {
     }, q.data());
   }
 
-  /// @brief A chunk of new tokens with a KV cache (decoding), at positions cache.length() ..
+  /// @brief A chunk of new tokens with a KV cache (decoding), at positions cache.position() ..
   /// @param x (B, C, E); @param cache make_cache<S>(B, capacity): the chunk's keys and values
-  /// are stored in S (rounded or quantised once), and attention reads them in S
+  /// are stored in S (rounded or quantised once), and attention reads them in S. A rolling
+  /// cache (KVCache::set_rolling_window) needs a sliding window no wider than its own.
   /// @param args key_padding_mask (B, S) over the S cached tokens after the append (ragged
   /// prompts), attn_mask broadcastable to (B, H, C, S), generator; masking is causal
   /// (bottom-right)
@@ -94,17 +95,17 @@ class GroupedQueryAttention : public Module<T> {
   template <class S>
   Tensor<T> forward(const TensorView<const T>& x, KVCache<T, S>& cache, const GqaArgs<T>& args = {}) const {
     constexpr const char* where = "attn::GroupedQueryAttention::forward";
-    const Index nb = check_input(where, x, args), len = x.size(1), before = cache.length();
-    cache.require_fits(where, nb, num_kv_heads_, head_dim_, len);
-    SdpaOptions<T> opt = attention_options(where, args, nb, len, before + len);
+    const Index nb = check_input(where, x, args), len = x.size(1), position = cache.position();
+    cache.require_fits(where, nb, num_kv_heads_, head_dim_, len, options_.sliding_window);
+    SdpaOptions<T> opt = attention_options(where, args, nb, len, cache.length_after(len));
     const WorkBuffer q(nb * len * num_heads_ * head_dim_);
-    cache.append_written(len, [&](const HeadsView<T>& k, const HeadsView<T>& v) { project(x, q.data(), k, v, before); });
+    cache.append_written(len, [&](const HeadsView<T>& k, const HeadsView<T>& v) { project(x, q.data(), k, v, position); });
     try {
       return attend(where, x.shape(), [&](const HeadsView<const T>& qh, const HeadsView<T>& out) {
         scaled_dot_product_attention<T>(qh, cache, out, opt);
       }, q.data());
     } catch (...) {
-      cache.truncate(before);
+      cache.truncate(cache.length() - len);
       throw;
     }
   }

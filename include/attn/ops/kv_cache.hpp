@@ -7,7 +7,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <optional>
+#include <string>
 #include <type_traits>
 
 #include "attn/core/error.hpp"
@@ -24,6 +27,12 @@ namespace attn {
 /// and never reallocates. keys() and values() view the first length() positions as the
 /// head-major (B, K, length, D) layout the attention kernels read. Ragged prompts in one
 /// batch share the length: mask the padding with a key padding mask.
+///
+/// A rolling cache (set_rolling_window(W), for layers with a sliding window of at most W
+/// keys) never runs out: an append that would pass the capacity first drops the oldest
+/// positions, keeping the last W - 1, which are all that a new query can still see. Memory
+/// stays the capacity's; keys() then starts at position first(), and position() counts
+/// every token appended (RoPE's position of the next one).
 ///
 /// T is the type the layer computes in, S the type the cache stores (T by default):
 /// - float, bfloat16 or half: each key and value is rounded to S once, when it is appended
@@ -71,6 +80,13 @@ class KVCache {
   Index capacity() const { return capacity_; }  ///< the most positions it can hold
   Index head_dim() const { return head_dim_; }  ///< D
   Index length() const { return length_; }      ///< positions held
+  /// The position (counted from the first token appended) of the first position held: 0
+  /// unless a rolling cache dropped some.
+  Index first() const { return first_; }
+  /// The position of the next token appended: first() + length().
+  Index position() const { return first_ + length_; }
+  /// W of a rolling cache, 0 for one that holds every position.
+  Index rolling_window() const { return window_; }
   /// Bytes of keys and values allocated (the whole capacity), with int8's scales.
   std::size_t bytes() const {
     return sizeof(S) * static_cast<std::size_t>(keys_.size() + values_.size()) +
@@ -78,21 +94,43 @@ class KVCache {
   }
 
   /// @brief Checks that the cache suits a layer's call: `batch` sequences, `kv_heads` heads of
-  /// `head_dim`, and room for `more` positions.
+  /// `head_dim`, room for `more` positions, and, if the cache rolls, a layer whose queries
+  /// see no further back than it keeps.
   /// @param where the caller's name, which starts the message
   /// @param batch B of the call; @param kv_heads K of the layer; @param head_dim D of the layer
   /// @param more positions the call will append
-  /// @throws std::invalid_argument naming both shapes, or the length and capacity
-  void require_fits(const char* where, Index batch, Index kv_heads, Index head_dim, Index more) const {
+  /// @param sliding_window the layer's sliding window (keys), if it has one
+  /// @throws std::invalid_argument naming both shapes, the length and capacity, or the windows
+  void require_fits(const char* where, Index batch, Index kv_heads, Index head_dim, Index more,
+                    std::optional<Index> sliding_window = std::nullopt) const {
     detail::require(batch_ == batch && heads_ == kv_heads && head_dim_ == head_dim, where, ": the cache is (batch ",
                     batch_, ", kv_heads ", heads_, ", head_dim ", head_dim_, "), the layer and input need (", batch,
                     ", ", kv_heads, ", ", head_dim, ")");
-    detail::require(more <= capacity_ - length_, where, ": ", more, " more tokens do not fit the cache (length ",
-                    length_, ", capacity ", capacity_, ")");
+    detail::require(!window_ || (sliding_window && *sliding_window <= window_), where,
+                    ": the cache rolls with a window of ", window_, " positions, the layer's sliding window is ",
+                    sliding_window ? std::to_string(*sliding_window) : std::string("none (it sees every position)"));
+    detail::require(more <= room(), where, ": ", more, " more tokens do not fit the cache (length ", length_,
+                    ", capacity ", capacity_, window_ ? ", rolling window " + std::to_string(window_) : std::string(),
+                    ")");
   }
 
-  /// Forgets every position (the memory is kept).
-  void reset() { length_ = 0; }
+  /// @brief Makes the cache rolling for layers whose sliding window is at most `window` keys
+  /// (see the class). With a capacity of 2 * window, the kept rows move once every
+  /// window + 1 single-token steps; a chunk can have up to capacity - (window - 1) tokens.
+  /// @throws std::invalid_argument, the cache unchanged, unless 1 <= window <= capacity()
+  void set_rolling_window(Index window) {
+    detail::require(window >= 1 && window <= capacity_, "attn::KVCache::set_rolling_window: window ", window,
+                    " is not between 1 and the capacity ", capacity_);
+    window_ = window;
+  }
+
+  /// The most positions one append can take now.
+  Index room() const { return capacity_ - (window_ ? std::min(length_, window_ - 1) : length_); }
+  /// The positions held after appending `count` (a rolling cache may drop old ones first).
+  Index length_after(Index count) const { return (needs_roll(count) ? window_ - 1 : length_) + count; }
+
+  /// Forgets every position (the memory is kept; position() starts again at 0).
+  void reset() { length_ = first_ = 0; }
   /// @brief Forgets the positions from `length` on (rolls back to a shorter cache).
   /// @throws std::invalid_argument if length is negative or beyond length()
   void truncate(Index length) {
@@ -104,15 +142,16 @@ class KVCache {
   /// @brief Appends a chunk of C positions, rounded or quantised to S.
   /// @param k (B, K, C, D) keys; @param v (B, K, C, D) values (any strides)
   /// @throws std::invalid_argument, the cache unchanged, when the shapes differ from the
-  /// cache's or length() + C would pass the capacity
+  /// cache's or C is more than room()
   void append(const HeadsView<const T>& k, const HeadsView<const T>& v) {
     require_chunk("append", k.shape(), v.shape(), k.length);
+    roll(k.length);
     for (Index b = 0; b < batch_; ++b)
       for (Index h = 0; h < heads_; ++h)
         for (Index n = 0; n < k.length; ++n) {
-          const Index at = offset(b, h, length_ + n);
-          store_row(k.row(b, h, n), keys_.data() + at, kQuantised ? key_scales_.data() + at / head_dim_ : nullptr);
-          store_row(v.row(b, h, n), values_.data() + at, kQuantised ? value_scales_.data() + at / head_dim_ : nullptr);
+          const Index r = row(b, h, length_ + n), at = r * head_dim_;
+          store_row(k.row(b, h, n), keys_.data() + at, kQuantised ? key_scales_.data() + r : nullptr);
+          store_row(v.row(b, h, n), values_.data() + at, kQuantised ? value_scales_.data() + r : nullptr);
         }
     length_ += k.length;
   }
@@ -120,12 +159,14 @@ class KVCache {
   /// @brief Appends `count` positions whose keys and values write(k, v) writes into two
   /// (B, K, count, D) views of T: the cache's own memory when S is T (a projection writes
   /// straight into the cache), else a buffer then appended (rounded or quantised). Nothing is
-  /// appended if write throws.
-  /// @throws std::invalid_argument, the cache unchanged, if length() + count would pass the capacity
+  /// appended if write throws (a rolling cache may have dropped positions that no new query
+  /// can see).
+  /// @throws std::invalid_argument, the cache unchanged, if count is more than room()
   template <class Write>
   void append_written(Index count, Write&& write) {
     checked_count(count);
     if constexpr (std::is_same<S, T>::value) {
+      roll(count);
       write(view(keys_.data(), length_, count), view(values_.data(), length_, count));
       length_ += count;
     } else {
@@ -147,7 +188,30 @@ class KVCache {
   RowScales value_scales() const { return scales(value_scales_); }
 
  private:
-  Index offset(Index b, Index h, Index n) const { return ((b * heads_ + h) * capacity_ + n) * head_dim_; }
+  /// Row (one token of one key/value head) n of sequence b, head h; its D values start at offset().
+  Index row(Index b, Index h, Index n) const { return (b * heads_ + h) * capacity_ + n; }
+  Index offset(Index b, Index h, Index n) const { return row(b, h, n) * head_dim_; }
+
+  bool needs_roll(Index count) const { return window_ && length_ + count > capacity_ && length_ > window_ - 1; }
+
+  /// A rolling cache about to take `count` positions it has no room for: moves the last
+  /// window - 1 rows of every (sequence, head) to the front and drops the others.
+  void roll(Index count) {
+    if (!needs_roll(count)) return;
+    const Index keep = window_ - 1, drop = length_ - keep;
+    const auto move = [keep](auto* data, Index to, Index from, Index width) {
+      std::memmove(data + to * width, data + from * width, sizeof(*data) * std::size_t(keep * width));
+    };
+    for (Index b = 0; b < batch_; ++b)
+      for (Index h = 0; h < heads_; ++h) {
+        const Index to = row(b, h, 0), from = row(b, h, drop);
+        move(keys_.data(), to, from, head_dim_);
+        move(values_.data(), to, from, head_dim_);
+        if (kQuantised) move(key_scales_.data(), to, from, 1), move(value_scales_.data(), to, from, 1);
+      }
+    first_ += drop;
+    length_ = keep;
+  }
 
   RowScales scales(const Vector<float>& s) const {
     return s.size() ? RowScales{s.data(), heads_ * capacity_, capacity_} : RowScales{};
@@ -180,8 +244,9 @@ class KVCache {
   }
 
   Index checked_count(Index count) const {
-    detail::require(count >= 0 && count <= capacity_ - length_, "attn::KVCache: ", count,
-                    " more positions do not fit (length ", length_, ", capacity ", capacity_, ")");
+    detail::require(count >= 0 && count <= room(), "attn::KVCache: ", count, " more positions do not fit (length ",
+                    length_, ", capacity ", capacity_, window_ ? ", rolling window " + std::to_string(window_) : std::string(),
+                    ")");
     return count;
   }
 
@@ -193,6 +258,7 @@ class KVCache {
   }
 
   Index batch_ = 0, heads_ = 0, capacity_ = 0, head_dim_ = 0, length_ = 0;
+  Index first_ = 0, window_ = 0;  ///< rolling: positions dropped so far, and W (0: not rolling)
   Vector<S> keys_, values_;
   Vector<float> key_scales_, value_scales_;  ///< int8: (B, K, capacity) each
 };
