@@ -143,8 +143,9 @@ TEST(Concurrency, PoolCalledFromSeveralThreads) {
 }
 
 #if defined(__unix__)
-// A child of fork() has none of the parent's pool threads: its loops and
-// release_workspace() still complete.
+// A child of fork() has none of the parent's pool threads and starts none (a lock held by
+// another thread during the fork stays locked there: new threads hung in ASan's allocator):
+// its loops run on the calling thread, and release_workspace() completes.
 TEST(Concurrency, PoolAfterFork) {
   std::atomic<Index> sum{0};
   auto adding = [&](Index i) { sum += i; };

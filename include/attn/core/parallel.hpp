@@ -150,8 +150,13 @@ class ThreadPool {
 
   ThreadPool() {
 #if defined(__unix__)
-    // A child of fork() has none of the pool's threads: it starts its own when it needs them.
-    pthread_atfork(nullptr, nullptr, [] { instance().started_.store(0); });
+    // A child of fork() has none of the pool's threads, and starts none: in the child of a
+    // threaded process only async-signal-safe calls are safe (a lock another thread held
+    // during the fork, in malloc say, stays locked), so its loops run on the calling thread.
+    pthread_atfork(nullptr, nullptr, [] {
+      instance().started_.store(0);
+      instance().forked_.store(true);
+    });
 #endif
   }
 
@@ -159,17 +164,17 @@ class ThreadPool {
   /// ones; returns the loop's generation.
   std::uint64_t publish(Index n, Call call, void* body, int helpers, bool each) {
     try {
-      for (int id = started_.load(); id < helpers; started_.store(++id)) std::thread([this, id] { serve(id); }).detach();
+      for (int id = started_.load(); id < helpers && !forked_.load(); started_.store(++id))
+        std::thread([this, id] { serve(id); }).detach();
     } catch (const std::system_error&) {  // no more threads: the loop runs on those there are
     }
     const std::uint64_t writing = next_generation(generation(ticket_.load(std::memory_order_relaxed)), 1);
     const std::uint64_t gen = next_generation(writing, 1);
+    // Release stores: a reader that sees a field's new value sees the odd ticket before it.
     ticket_.store(writing << kItemBits, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
-    n_.store(n, std::memory_order_relaxed), call_.store(call, std::memory_order_relaxed);
-    body_.store(body, std::memory_order_relaxed), helpers_.store(helpers, std::memory_order_relaxed);
-    each_.store(each, std::memory_order_relaxed), done_.store(0, std::memory_order_relaxed);
-    failed_.store(false, std::memory_order_relaxed), error_ = nullptr;
+    constexpr auto order = std::memory_order_release;
+    n_.store(n, order), call_.store(call, order), body_.store(body, order), helpers_.store(helpers, order);
+    each_.store(each, order), done_.store(0, order), failed_.store(false, order), error_ = nullptr;
     ticket_.store(gen << kItemBits);  // seq_cst: ordered before reading sleeping_ (see serve)
     if (helpers > 0 && sleeping_.load() > 0) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -226,13 +231,15 @@ class ThreadPool {
         wake_.wait(lock, fresh);
         sleeping_.fetch_sub(1);
       }
-      const std::uint64_t gen = generation(ticket_.load(std::memory_order_acquire));
-      const Index n = n_.load(std::memory_order_relaxed);
-      const Call call = call_.load(std::memory_order_relaxed);
-      void* const body = body_.load(std::memory_order_relaxed);
-      const int helpers = helpers_.load(std::memory_order_relaxed);
-      const bool each = each_.load(std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_acquire);
+      // Acquire loads: the ticket is read again after the fields, and unchanged means they
+      // are the loop of generation gen (not torn by a newer publish).
+      constexpr auto order = std::memory_order_acquire;
+      const std::uint64_t gen = generation(ticket_.load(order));
+      const Index n = n_.load(order);
+      const Call call = call_.load(order);
+      void* const body = body_.load(order);
+      const int helpers = helpers_.load(order);
+      const bool each = each_.load(order);
       if (gen % 2 != 0 || generation(ticket_.load(std::memory_order_relaxed)) != gen) continue;  // torn
       seen = gen;
       if (id >= helpers) continue;
@@ -249,7 +256,7 @@ class ThreadPool {
   std::atomic<Call> call_{nullptr};
   std::atomic<void*> body_{nullptr};
   std::atomic<int> helpers_{0}, started_{0}, sleeping_{0};
-  std::atomic<bool> each_{false}, failed_{false};
+  std::atomic<bool> each_{false}, failed_{false}, forked_{false};  ///< forked_: in a fork() child
   std::mutex mutex_;  ///< guards error_; sleeping helpers wait on it
   std::condition_variable wake_;
   std::exception_ptr error_;  ///< the first exception thrown by an item of the current loop
