@@ -92,7 +92,9 @@ class ItemScope {
 
  private:
   bool outer_;
+#if defined(_OPENMP)
   int omp_threads_ = 1;
+#endif
 };
 
 /// @brief attn's threads: helpers that join the calling thread's parallel loops.
