@@ -1043,4 +1043,224 @@ TYPED_TEST(Decoding, DecodeLoopAllocatesNothingNew) {
   });
   EXPECT_EQ(dc.self.length(), 68);
 }
+// ---------------------------------------------------------------------------------------
+// Ragged batches: sequences of different lengths in one cache
+// ---------------------------------------------------------------------------------------
+
+// Each sequence appends at its own end; truncate(b, n), assign and pop change one sequence
+// or undo an append; key_lengths() is empty while the lengths agree.
+TYPED_TEST(Decoding, RaggedCacheHoldsEachSequenceAtItsOwnEnd) {
+  using T = TypeParam;
+  KVCache<T> c(3, 2, 9, 4), other(2, 2, 9, 4);
+  fill(c, 5, 121);
+  EXPECT_FALSE(c.ragged());
+  EXPECT_TRUE(c.key_lengths().empty());
+  const CacheState<T> five(c);
+  c.truncate(1, 2);
+  c.truncate(2, 0);
+  EXPECT_TRUE(c.ragged());
+  EXPECT_EQ(c.length(), 5);
+  EXPECT_EQ(c.position(1), 2);
+  ASSERT_EQ(c.key_lengths().shape(), Shape({3}));
+  EXPECT_EQ(std::vector<std::int64_t>(c.key_lengths().data(), c.key_lengths().data() + 3),
+            (std::vector<std::int64_t>{5, 2, 0}));
+  const Shape s{3, 2, 3, 4};
+  const Tensor<T> k = random_tensor<T>(s, 123), v = random_tensor<T>(s, 125);
+  c.append(heads_of(k), heads_of(v));
+  const Index want[3] = {8, 5, 3};
+  for (Index b = 0; b < 3; ++b) {
+    ASSERT_EQ(c.length(b), want[b]);
+    for (Index h = 0; h < 2; ++h) {
+      const Index kept = want[b] - 3;
+      EXPECT_EQ(c.keys().head(b, h).topRows(kept), heads_of(five.keys).head(b, h).topRows(kept));
+      EXPECT_EQ(c.keys().head(b, h).middleRows(kept, 3), heads_of(k).head(b, h));
+      EXPECT_EQ(c.values().head(b, h).middleRows(kept, 3), heads_of(v).head(b, h));
+    }
+  }
+  EXPECT_EQ(c.length(), 8);
+  ExpectInvalid([&] { c.pop(4); }, {"pop", "4 positions", "shortest sequence's length 3"});
+  c.pop(3);
+  EXPECT_EQ(c.length(), 5);
+  EXPECT_EQ(c.length(2), 0);
+  fill(other, 7, 127);
+  other.truncate(1, 4);
+  c.assign(2, other, 1);
+  EXPECT_EQ(c.length(2), 4);
+  for (Index h = 0; h < 2; ++h) EXPECT_EQ(c.values().head(2, h).topRows(4), other.values().head(1, h).topRows(4));
+  ExpectInvalid([&] { c.truncate(3, 0); }, {"truncate", "sequence 3", "between 0 and 2"});
+  ExpectInvalid([&] { c.truncate(0, 6); }, {"truncate", "length 6", "sequence 0's length 5"});
+  ExpectInvalid([&] { c.length(-1); }, {"length", "sequence -1"});
+  ExpectInvalid([&] { c.assign(0, KVCache<T>(1, 3, 9, 4), 0); }, {"assign", "3 heads", "this one of 2 heads"});
+  ExpectInvalid([&] { c.set_rolling_window(4); }, {"set_rolling_window", "different lengths"});
+  EXPECT_EQ(c.length(2), 4);
+  c.reset();
+  EXPECT_FALSE(c.ragged());
+  EXPECT_EQ(c.length(1), 0);
+}
+
+/// x[b, from : from + count, :] as (1, count, E).
+template <class T>
+Tensor<T> sequence_rows(const Tensor<T>& x, Index b, Index from, Index count) {
+  return part(x, b, 1, from, count);
+}
+
+/// Sequence b's rows first[b] + t .. + count of x (B, N, E), as one (B, count, E) chunk.
+template <class T>
+Tensor<T> ragged_chunk(const Tensor<T>& x, const std::vector<Index>& first, Index t, Index count) {
+  Tensor<T> y({x.size(0), count, x.size(2)});
+  for (Index b = 0; b < x.size(0); ++b) {
+    const Tensor<T> r = sequence_rows(x, b, first[b] + t, count);
+    std::copy_n(r.data(), r.numel(), y.data() + b * r.numel());
+  }
+  return y;
+}
+
+template <class T>
+void assign_sequence(KVCache<T>& to, Index b, const KVCache<T>& from) { to.assign(b, from, 0); }
+template <class T>
+void assign_sequence(attn::DecoderCache<T>& to, Index b, const attn::DecoderCache<T>& from) {
+  to.self.assign(b, from.self, 0);
+  to.memory.assign(b, from.memory, 0);
+}
+
+/// A ragged batch decoded together equals each sequence decoded alone: sequence b's prompt
+/// (its first prompts[b] tokens of x) is prefilled alone into make(b)'s batch-1 cache and
+/// assigned to slot b of make(-1)'s; then chunks of 1, 2 and 5 tokens (the decode tile and
+/// the tiled kernel) go through both, each sequence at its own position.
+template <class T, class Make, class Step>
+void expect_ragged_matches_alone(const Tensor<T>& x, const std::vector<Index>& prompts, Make&& make, Step&& step) {
+  const Index nb = x.size(0), most = *std::max_element(prompts.begin(), prompts.end());
+  for (const Index chunk : {1, 2, 5}) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    auto batch = make(-1);
+    std::vector<decltype(batch)> alone;
+    for (Index b = 0; b < nb; ++b) {
+      alone.push_back(make(b));
+      step(sequence_rows(x, b, 0, prompts[b]), alone.back());
+      assign_sequence(batch, b, alone.back());
+    }
+    for (Index t = 0; most + t + chunk <= x.size(1); t += chunk) {
+      const Tensor<T> y = step(ragged_chunk(x, prompts, t, chunk), batch);
+      for (Index b = 0; b < nb; ++b)
+        EXPECT_TRUE(AllClose(sequence_rows(y, b, 0, chunk), step(sequence_rows(x, b, prompts[b] + t, chunk), alone[b]),
+                             tight<T>()))
+            << "sequence " << b << ", from token " << prompts[b] + t;
+    }
+  }
+}
+
+// GroupedQueryAttention (RoPE at each sequence's positions, a sliding window, sinks),
+// MultiHeadAttention self-attention and TransformerDecoderLayer (each sequence with its own
+// memory length too) decode a ragged batch as each sequence alone.
+TYPED_TEST(Decoding, RaggedBatchDecodesAsEachSequenceAlone) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({3, 20, 16}, 131), memory = random_tensor<T>({3, 9, 16}, 133);
+  const std::vector<Index> prompts{1, 9, 4};
+  attn::GqaOptions o;
+  o.sliding_window = 6;
+  o.sinks = true;
+  attn::GroupedQueryAttention<T> gqa(16, 4, 2, 0, o);
+  randomize(gqa, 135);
+  const auto cache_of = [](const auto& m) { return [&m](Index b) { return m.make_cache(b < 0 ? 3 : 1, 32); }; };
+  expect_ragged_matches_alone(x, prompts, cache_of(gqa), [&](const Tensor<T>& c, KVCache<T>& k) { return decode(gqa, c, k); });
+  attn::MultiHeadAttention<T> mha(16, 4);
+  randomize(mha, 137);
+  expect_ragged_matches_alone(x, prompts, cache_of(mha), [&](const Tensor<T>& c, KVCache<T>& k) { return decode(mha, c, k); });
+  const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(true);
+  const auto layer_cache = [&](Index b) {
+    if (b < 0) return layer.make_cache(3, 32, 9);
+    attn::DecoderCache<T> c = layer.make_cache(1, 32, 9);
+    layer.encode_memory(sequence_rows(memory, b, 0, 3 + 3 * b), c);  // memories of 3, 6 and 9 tokens
+    return c;
+  };
+  expect_ragged_matches_alone(x, prompts, layer_cache,
+                              [&](const Tensor<T>& c, attn::DecoderCache<T>& k) { return layer.forward(c, k); });
+}
+
+/// Batch element b of a (B, H, N, D) tensor, its first `rows` rows of each head only.
+template <class T>
+HeadsView<const T> first_rows(const Tensor<T>& t, Index b, Index rows) {
+  const Index h = t.size(1), n = t.size(2), d = t.size(3);
+  return {t.data() + b * h * n * d, 1, h, rows, d, h * n * d, n * d, d};
+}
+
+/// A contiguous (B, H, N, D) tensor as a writable heads view.
+template <class T>
+HeadsView<T> out_heads(Tensor<T>& t) {
+  return HeadsView<T>::bhnd(t.data(), t.size(0), t.size(1), t.size(2), t.size(3));
+}
+
+/// Batch element b of a (B, H, N, D) tensor, as (1, H, N, D).
+template <class T>
+Tensor<T> element(const Tensor<T>& t, Index b) {
+  const Index n = t.numel() / t.size(0);
+  return Tensor<T>::from_data({1, t.size(1), t.size(2), t.size(3)}, t.data() + b * n);
+}
+
+/// scaled_dot_product_attention with opt and key_lengths `lengths` against each batch
+/// element alone over its first lengths[b] keys: bit for bit, or within tol when tol > 0.
+template <class T>
+void expect_key_lengths_act_alone(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                                  const std::vector<std::int64_t>& lengths, attn::SdpaOptions<T> opt, double tol) {
+  Tensor<T> out(q.shape()), w, alone(element(q, 0).shape());
+  const bool weights = opt.attn_weights != nullptr;
+  attn::SdpaOptions<T> ragged = opt;
+  if (weights) ragged.attn_weights = &w;
+  const Tensor<std::int64_t> n = Tensor<std::int64_t>::from_data({q.size(0)}, lengths.data());
+  ragged.key_lengths = n.view();
+  attn::scaled_dot_product_attention<T>(heads_of(q), heads_of(k), heads_of(v), out_heads(out), ragged);
+  for (Index b = 0; b < q.size(0); ++b) {
+    attn::scaled_dot_product_attention<T>(first_rows(q, b, q.size(2)), first_rows(k, b, lengths[b]),
+                                          first_rows(v, b, lengths[b]), out_heads(alone), opt);
+    EXPECT_TRUE(tol > 0 ? AllClose(element(out, b), alone, tol) : same_bits(element(out, b), alone))
+        << "batch element " << b;
+    if (weights) {
+      for (Index h = 0; h < q.size(1); ++h)
+        for (Index i = 0; i < q.size(2); ++i)
+          for (Index j = lengths[b]; j < k.size(2); ++j) ASSERT_EQ(w(b, h, i, j), T(0)) << b << " " << h << " " << i;
+    }
+  }
+}
+
+// SdpaOptions::key_lengths: each batch element attends over its first key_lengths[b] keys,
+// its queries at their end (causal, window, ALiBi), as that element alone over those keys:
+// bit for bit on the decode tile (1 and 3 queries) and the tiled kernel (9), to rounding on
+// the weights path (whose weights past a sequence's keys are 0) and in split-KV decoding
+// (5000 keys, split otherwise when alone). Bad lengths are std::invalid_argument.
+TYPED_TEST(Decoding, KeyLengthsAttendEachElementOverItsOwnKeys) {
+  using T = TypeParam;
+  const Tensor<T> slopes = random_tensor<T>({4}, 141, 0.1), sinks = random_tensor<T>({4}, 143);
+  const Tensor<T> k = random_tensor<T>({3, 2, 300, 8}, 147), v = random_tensor<T>({3, 2, 300, 8}, 149);
+  Tensor<T> weights;
+  for (const Index len_q : {1, 3, 9})
+    for (const bool with_weights : {false, true}) {
+      SCOPED_TRACE(std::to_string(len_q) + " queries" + (with_weights ? ", weights" : ""));
+      attn::SdpaOptions<T> opt;
+      opt.causal = attn::Causal::kBottomRight;  // (2 keys for 3 or 9 queries: the first see none)
+      opt.sliding_window = 100;
+      opt.alibi_slopes = slopes.view();
+      opt.sinks = sinks.view();
+      if (with_weights) opt.attn_weights = &weights;
+      // (the weights path's products may take another Eigen kernel over fewer keys)
+      expect_key_lengths_act_alone(random_tensor<T>({3, 4, len_q, 8}, 145), k, v, {300, 2, 129}, opt,
+                                   with_weights ? tight<T>() : 0);
+    }
+  SCOPED_TRACE("split keys");
+  const Tensor<T> long_k = random_tensor<T>({2, 1, 5000, 8}, 151), long_v = random_tensor<T>({2, 1, 5000, 8}, 153);
+  expect_key_lengths_act_alone(random_tensor<T>({2, 2, 1, 8}, 155), long_k, long_v, {2100, 5000}, {}, tight<T>());
+  attn::SdpaOptions<T> bad;
+  const Tensor<std::int64_t> two({2}, std::int64_t(1)), big({3}, std::int64_t(301));
+  Tensor<T> out({3, 4, 1, 8});
+  const Tensor<T> q = random_tensor<T>({3, 4, 1, 8}, 157);
+  const auto run = [&] { attn::scaled_dot_product_attention<T>(heads_of(q), heads_of(k), heads_of(v), out_heads(out), bad); };
+  bad.key_lengths = two.view();
+  ExpectInvalid(run, {"key_lengths has shape (2,)", "(batch) = (3,)"});
+  bad.key_lengths = big.view();
+  ExpectInvalid(run, {"key_lengths[0] = 301", "300 keys"});
+  KVCache<T> cache(3, 2, 8, 8);
+  fill(cache, 4, 159);
+  cache.truncate(1, 2);
+  ExpectInvalid([&] { attn::scaled_dot_product_attention<T>(heads_of(q), cache, out_heads(out), bad); },
+                {"a KV cache gives its own key_lengths"});
+}
 }  // namespace

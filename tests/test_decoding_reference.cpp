@@ -178,6 +178,54 @@ TEST_P(GqaReference, IncrementalDouble) { check_gqa<double>(GetParam(), true); }
 INSTANTIATE_TEST_SUITE_P(PyTorch, GqaReference, ::testing::ValuesIn(kGqaCases),
                          [](const ::testing::TestParamInfo<GqaSpec>& info) { return std::string(info.param.name); });
 
+// A ragged batch against PyTorch: sequence b's first P_b tokens (1 for the first sequence,
+// L - 1 for the last, spread between) are prefilled alone into a batch-1 cache and assigned
+// to slot b of one batch cache; then all sequences decode together in chunks of 1, 3 and 6
+// tokens (the decode tile and the tiled kernel), each at its own position (RoPE, causal
+// masking, window), sequences past their end fed zeros. Every output of every sequence
+// against LlamaAttention's full-sequence output. Cases with one sequence or a mask are left
+// out: they have no ragged batch.
+template <class T>
+void check_gqa_ragged(const GqaSpec& spec) {
+  const Case c(spec.name);
+  const Tensor<T> x = c.get<T>("input.x");
+  const Index nb = x.size(0), len = x.size(1), e = x.size(2);
+  if (nb < 2 || std::string(spec.masks) != "") return;
+  SCOPED_TRACE(spec.name);
+  const attn::GroupedQueryAttention<T> m = make_gqa<T>(c, spec);
+  std::vector<Index> prompt(nb);
+  for (Index b = 0; b < nb; ++b) prompt[b] = 1 + b * (len - 2) / (nb - 1);
+  for (const Index chunk : {1, 3, 6}) {
+    attn::KVCache<T> cache = m.make_cache(nb, 2 * len + chunk);
+    Tensor<T> y({nb, len, e});
+    for (Index b = 0; b < nb; ++b) {
+      attn::KVCache<T> alone = m.make_cache(1, prompt[b]);
+      const Tensor<T> out = m.forward(part(x, b, 1, 0, prompt[b]), alone);
+      std::copy_n(out.data(), out.numel(), y.data() + b * len * e);
+      cache.assign(b, alone, 0);
+    }
+    for (Index t = 0; prompt[0] + t < len; t += chunk) {
+      Tensor<T> in({nb, chunk, e});
+      for (Index b = 0; b < nb; ++b)
+        for (Index n = 0; n < chunk && prompt[b] + t + n < len; ++n)
+          std::copy_n(x.data() + (b * len + prompt[b] + t + n) * e, e, in.data() + (b * chunk + n) * e);
+      const Tensor<T> out = m.forward(in, cache);
+      for (Index b = 0; b < nb; ++b)
+        for (Index n = 0; n < chunk && prompt[b] + t + n < len; ++n)
+          std::copy_n(out.data() + (b * chunk + n) * e, e, y.data() + (b * len + prompt[b] + t + n) * e);
+    }
+    EXPECT_EQ(cache.length(nb - 1) - cache.length(0), prompt[nb - 1] - prompt[0]);
+    ExpectMatchesReference(c, y, tolerance<T>(c.is_double()), "ragged, chunks of " + std::to_string(chunk));
+  }
+}
+
+TEST(GqaRaggedReference, Float) {
+  for (const GqaSpec& spec : kGqaCases) check_gqa_ragged<float>(spec);
+}
+TEST(GqaRaggedReference, Double) {
+  for (const GqaSpec& spec : kGqaCases) check_gqa_ragged<double>(spec);
+}
+
 // GroupedQueryAttention cast to bfloat16 against LlamaAttention in bfloat16 (the 16-bit
 // rule of ExpectMatchesReference), whole and through the cache.
 const GqaSpec kGqa16Cases[] = {{"gqa_bf16", 2, "half", 0, 1e4, 0, 0, true, 0, ""}};

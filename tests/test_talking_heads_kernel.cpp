@@ -36,14 +36,14 @@ void reference_talking_heads(const HeadsView<const T>& q, const HeadsView<const 
     for (Index g = 0; g < nh; ++g) {
       mixed[g] = RowMatrix<T>::Constant(len_q, len_k, mix.logits_bias[g]);
       for (Index h = 0; h < nh; ++h) mixed[g] += mix.logits_weight(g, h) * logits[h];
-      masks.apply(attn::detail::Tile{dims, b, g, 0, len_q, 0, len_k}, mixed[g].data(), len_k, 1);
+      masks.apply(attn::detail::Tile{dims, b, g, 0, len_q, 0, len_k, len_k}, mixed[g].data(), len_k, 1);
       attn::softmax_rows_inplace(mixed[g]);
     }
     for (Index f = 0; f < nh; ++f) {
       RowMatrix<T> p = RowMatrix<T>::Constant(len_q, len_k, mix.weights_bias[f]);
       for (Index g = 0; g < nh; ++g) p += mix.weights_weight(f, g) * mixed[g];
       if (opt.dropout_p > T(0))
-        attn::detail::dropout_tile(attn::detail::Tile{dims, b, f, 0, len_q, 0, len_k}, opt.dropout_p, dropout_key,
+        attn::detail::dropout_tile(attn::detail::Tile{dims, b, f, 0, len_q, 0, len_k, len_k}, opt.dropout_p, dropout_key,
                                    p.data(), len_k, 1);
       if (opt.attn_weights)
         Eigen::Map<RowMatrix<T>>(opt.attn_weights->data() + (b * nh + f) * len_q * len_k, len_q, len_k) = p;

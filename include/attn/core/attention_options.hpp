@@ -2,6 +2,7 @@
 /// @file
 /// @brief SdpaOptions: everything about one attention kernel call besides q, k and v.
 
+#include <cstdint>
 #include <optional>
 
 #include "attn/core/generator.hpp"
@@ -43,6 +44,12 @@ struct SdpaOptions {
   /// denominator as one more key with no value, so the weights may sum to less than 1. Not
   /// scaled, capped or masked; a query with every key masked gets output 0. Empty: none.
   TensorView<const T> sinks;
+  /// @brief Ragged keys: (B) the keys each batch element holds. Batch element b attends to
+  /// its first key_lengths[b] keys only (0 to S; the rest may hold anything), and its queries
+  /// sit at the end of them: causal masking's and ALiBi's S is key_lengths[b] (FlashAttention's
+  /// cache_seqlens; ONNX Runtime GroupQueryAttention's seqlens_k + 1). A KV cache whose
+  /// sequences have different lengths passes its own. Empty: every element holds all S.
+  TensorView<const std::int64_t> key_lengths;
   /// Dropout on the attention weights, applied when > 0 (callers pass 0 in eval mode).
   compute_t<T> dropout_p = 0;
   /// Source of the dropout mask; required when dropout_p > 0.

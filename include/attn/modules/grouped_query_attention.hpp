@@ -27,9 +27,10 @@ namespace attn {
 /// attention sinks (GqaOptions::sinks: parameter `sinks`, (H)).
 ///
 /// forward(x) runs a whole sequence at positions 0 .. L-1. forward(x, cache) runs a chunk of
-/// new tokens at positions cache.position() .. : it projects only the chunk, appends its keys
-/// and values to the cache and attends over everything cached; chunk by chunk it gives the
-/// full-sequence outputs.
+/// new tokens of each sequence at its positions cache.position(b) .. : it projects only the
+/// chunk, appends its keys and values to the cache and attends over everything the sequence
+/// holds; chunk by chunk it gives the full-sequence outputs. The cache's sequences may hold
+/// different lengths (a ragged batch, KVCache): each decodes at its own position.
 template <class T>
 class GroupedQueryAttention : public Module<T> {
  public:
@@ -76,13 +77,14 @@ class GroupedQueryAttention : public Module<T> {
     const WorkBuffer q(nb * len * num_heads_ * head_dim_), k(nb * num_kv_heads_ * len * head_dim_), v(k.size());
     const HeadsView<T> kh = HeadsView<T>::bhnd(k.data(), nb, num_kv_heads_, len, head_dim_),
                        vh = HeadsView<T>::bhnd(v.data(), nb, num_kv_heads_, len, head_dim_);
-    project(x, q.data(), kh, vh, 0);
+    project(x, q.data(), kh, vh, rotary_table(len, [](Index) { return Index(0); }, 1));
     return attend(where, x.shape(), [&](const HeadsView<const T>& qh, const HeadsView<T>& out) {
       scaled_dot_product_attention<T>(qh, kh, vh, out, opt);
     }, q.data());
   }
 
-  /// @brief A chunk of new tokens with a KV cache (decoding), at positions cache.position() ..
+  /// @brief A chunk of new tokens with a KV cache (decoding), sequence b's at positions
+  /// cache.position(b) ..
   /// @param x (B, C, E); @param cache make_cache<S>(B, capacity): the chunk's keys and values
   /// are stored in S (rounded or quantised once), and attention reads them in S. A rolling
   /// cache (KVCache::set_rolling_window) needs a sliding window no wider than its own.
@@ -95,17 +97,18 @@ class GroupedQueryAttention : public Module<T> {
   template <class S>
   Tensor<T> forward(const TensorView<const T>& x, KVCache<T, S>& cache, const GqaArgs<T>& args = {}) const {
     constexpr const char* where = "attn::GroupedQueryAttention::forward";
-    const Index nb = check_input(where, x, args), len = x.size(1), position = cache.position();
+    const Index nb = check_input(where, x, args), len = x.size(1);
     cache.require_fits(where, nb, num_kv_heads_, head_dim_, len, options_.sliding_window);
     SdpaOptions<T> opt = attention_options(where, args, nb, len, cache.length_after(len));
     const WorkBuffer q(nb * len * num_heads_ * head_dim_);
-    cache.append_written(len, [&](const HeadsView<T>& k, const HeadsView<T>& v) { project(x, q.data(), k, v, position); });
+    const auto table = rotary_table(len, [&](Index b) { return cache.position(b); }, nb);
+    cache.append_written(len, [&](const HeadsView<T>& k, const HeadsView<T>& v) { project(x, q.data(), k, v, table); });
     try {
       return attend(where, x.shape(), [&](const HeadsView<const T>& qh, const HeadsView<T>& out) {
         scaled_dot_product_attention<T>(qh, cache, out, opt);
       }, q.data());
     } catch (...) {
-      cache.truncate(cache.length() - len);
+      cache.pop(len);
       throw;
     }
   }
@@ -142,17 +145,31 @@ class GroupedQueryAttention : public Module<T> {
     return opt;
   }
 
+  /// With rope, the cos and sin of `len` positions from first(b) on for each of `nb`
+  /// sequences (one row when all start at first(0)); else none.
+  template <class First>
+  std::optional<RotaryTable<T>> rotary_table(Index len, First&& first, Index nb) const {
+    if (!options_.rope) return std::nullopt;
+    bool ragged = false;
+    for (Index b = 1; b < nb; ++b) ragged = ragged || first(b) != first(0);
+    if (!ragged) return RotaryTable<T>(options_.rotary, head_dim_, len, nb ? first(0) : 0);
+    Tensor<std::int64_t> positions({nb, len});
+    for (Index b = 0; b < nb; ++b)
+      for (Index n = 0; n < len; ++n) positions.data()[b * len + n] = first(b) + n;
+    return RotaryTable<T>(options_.rotary, head_dim_, positions.view());
+  }
+
   /// q (B*L, H*D rows) = q_proj(x), k and v (B, K, L, D) = k_proj(x), v_proj(x), q and k
-  /// rotated for positions offset .. offset + L - 1 (cos and sin computed once for both).
-  void project(const TensorView<const T>& x, T* q, const HeadsView<T>& k, const HeadsView<T>& v, Index offset) const {
+  /// rotated by `table` (cos and sin computed once for both), if there is one.
+  void project(const TensorView<const T>& x, T* q, const HeadsView<T>& k, const HeadsView<T>& v,
+               const std::optional<RotaryTable<T>>& table) const {
     const Index nb = x.size(0), len = x.size(1), hd = num_heads_ * head_dim_;
     q_proj_.apply(x, {{0, HeadsView<T>::bnhd(q, nb, len, 1, hd, hd)}});
     k_proj_.apply(x, {{0, k}});
     v_proj_.apply(x, {{0, v}});
-    if (!options_.rope) return;
-    const RotaryTable<T> table(options_.rotary, head_dim_, len, offset);
-    table.apply(HeadsView<T>::bnhd(q, nb, len, num_heads_, head_dim_, hd));
-    table.apply(k);
+    if (!table) return;
+    table->apply(HeadsView<T>::bnhd(q, nb, len, num_heads_, head_dim_, hd));
+    table->apply(k);
   }
 
   /// Attention of the projected q (sdpa(q heads, out heads): over the sequence's or the

@@ -171,7 +171,7 @@ class MultiHeadAttention : public Module<T> {
     detail::require(x.dim() == 3 && same_embed_dims() && extra_keys() == 0, where,
                     ": a KV cache needs batched (B, C, E) input, kdim = vdim = embed_dim and no add_bias_kv / "
                     "add_zero_attn (x ", x.shape(), ")");
-    const Index len = x.size(1), before = cache.length();
+    const Index len = x.size(1), before = cache.length();  // (the longest sequence's)
     cache.require_fits(where, nb, num_heads_, head_dim_, len);
     const Causal causal = args.causal == Causal::kNone ? Causal::kNone : Causal::kBottomRight;  // positions
     SdpaOptions<T> opt = call_options(where, args, causal, false, nb, len, before + len);
@@ -185,7 +185,7 @@ class MultiHeadAttention : public Module<T> {
       return attend(where, HeadsView<const T>::bnhd(qbuf.data(), nb, len, num_heads_, head_dim_, embed_dim_),
                     kv_cache(cache), opt, args, x.shape());
     } catch (...) {
-      cache.truncate(before);
+      cache.pop(len);
       throw;
     }
   }

@@ -128,16 +128,20 @@ class TransformerDecoderLayer : public Module<T> {
     check(where, tgt_chunk, args);
     detail::require(cache.memory.length() > 0, where,
                     ": cache.memory holds no memory: call encode_memory(memory, cache) first");
-    const Index before = cache.self.length();
+    bool appended = false;
     try {
       return layers(
           where, tgt_chunk, args,
-          [&](const TensorView<const T>& z) { return self_attn_.forward(z, cache.self, self_args(args)); },
+          [&](const TensorView<const T>& z) {
+            auto y = self_attn_.forward(z, cache.self, self_args(args));
+            appended = true;
+            return y;
+          },
           [&](const TensorView<const T>& z) {
             return multihead_attn_.forward_memory(z, cache.memory, memory_args(args));
           });
     } catch (...) {
-      cache.self.truncate(before);  // e.g. a bad memory mask after the self-attention appended
+      if (appended) cache.self.pop(tgt_chunk.size(1));  // e.g. a bad memory mask after the self-attention appended
       throw;
     }
   }

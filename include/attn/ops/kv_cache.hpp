@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "attn/core/error.hpp"
 #include "attn/core/heads_view.hpp"
@@ -25,8 +26,15 @@ namespace attn {
 ///
 /// The memory is allocated once by the constructor; appending copies a chunk into place
 /// and never reallocates. keys() and values() view the first length() positions as the
-/// head-major (B, K, length, D) layout the attention kernels read. Ragged prompts in one
-/// batch share the length: mask the padding with a key padding mask.
+/// head-major (B, K, length, D) layout the attention kernels read.
+///
+/// Sequences may hold different lengths (a ragged batch: a server's requests, each at its
+/// own position). truncate(b, n) shortens one sequence (n = 0 frees its slot for a new
+/// request) and assign(b, other, c) copies sequence c of another cache (a prompt prefilled
+/// alone) into slot b. Every append then writes each sequence's chunk at its own end;
+/// length() is the longest, length(b) and position(b) each sequence's, and key_lengths()
+/// tells attention (SdpaOptions::key_lengths) which keys each sequence holds, so that no
+/// step computes on another sequence's padding.
 ///
 /// A rolling cache (set_rolling_window(W), for layers with a sliding window of at most W
 /// keys) never runs out: an append that would pass the capacity first drops the oldest
@@ -67,6 +75,7 @@ class KVCache {
                     "), kv_heads (", kv_heads, "), capacity (", capacity, ") and head_dim (", head_dim,
                     ") must be >= 0");
     const Index n = detail::checked_numel({batch, kv_heads, capacity, head_dim}, "attn::KVCache");
+    lengths_.assign(static_cast<std::size_t>(batch), 0);
     keys_.resize(n);
     values_.resize(n);
     if (kQuantised) {
@@ -79,12 +88,26 @@ class KVCache {
   Index kv_heads() const { return heads_; }     ///< K
   Index capacity() const { return capacity_; }  ///< the most positions it can hold
   Index head_dim() const { return head_dim_; }  ///< D
-  Index length() const { return length_; }      ///< positions held
+  Index length() const { return length_; }      ///< positions held (the longest sequence's)
+  /// @brief The positions sequence b holds.
+  /// @throws std::invalid_argument unless 0 <= b < batch()
+  Index length(Index b) const { return static_cast<Index>(lengths_[checked_sequence("length", b)]); }
+  /// Whether the sequences hold different lengths.
+  bool ragged() const {
+    return std::any_of(lengths_.begin(), lengths_.end(), [&](std::int64_t n) { return n != length_; });
+  }
+  /// (B) each sequence's length, as SdpaOptions::key_lengths takes it, when they differ
+  /// (ragged()); else empty (every sequence holds length()). Valid until the next change.
+  TensorView<const std::int64_t> key_lengths() const {
+    return ragged() ? TensorView<const std::int64_t>(lengths_.data(), {batch_}) : TensorView<const std::int64_t>();
+  }
   /// The position (counted from the first token appended) of the first position held: 0
   /// unless a rolling cache dropped some.
   Index first() const { return first_; }
   /// The position of the next token appended: first() + length().
   Index position() const { return first_ + length_; }
+  /// The position of sequence b's next token: first() + length(b).
+  Index position(Index b) const { return first_ + length(b); }
   /// W of a rolling cache, 0 for one that holds every position.
   Index rolling_window() const { return window_; }
   /// Bytes of keys and values allocated (the whole capacity), with int8's scales.
@@ -117,10 +140,12 @@ class KVCache {
   /// @brief Makes the cache rolling for layers whose sliding window is at most `window` keys
   /// (see the class). With a capacity of 2 * window, the kept rows move once every
   /// window + 1 single-token steps; a chunk can have up to capacity - (window - 1) tokens.
-  /// @throws std::invalid_argument, the cache unchanged, unless 1 <= window <= capacity()
+  /// @throws std::invalid_argument, the cache unchanged, unless 1 <= window <= capacity(), or
+  /// if the sequences are ragged (a rolling cache keeps one length for all)
   void set_rolling_window(Index window) {
     detail::require(window >= 1 && window <= capacity_, "attn::KVCache::set_rolling_window: window ", window,
                     " is not between 1 and the capacity ", capacity_);
+    detail::require(!ragged(), "attn::KVCache::set_rolling_window: the sequences hold different lengths");
     window_ = window;
   }
 
@@ -130,16 +155,71 @@ class KVCache {
   Index length_after(Index count) const { return (needs_roll(count) ? window_ - 1 : length_) + count; }
 
   /// Forgets every position (the memory is kept; position() starts again at 0).
-  void reset() { length_ = first_ = 0; }
-  /// @brief Forgets the positions from `length` on (rolls back to a shorter cache).
+  void reset() {
+    length_ = first_ = 0;
+    std::fill(lengths_.begin(), lengths_.end(), 0);
+  }
+  /// @brief Forgets the positions from `length` on in every sequence (rolls back to a
+  /// shorter cache).
   /// @throws std::invalid_argument if length is negative or beyond length()
   void truncate(Index length) {
     detail::require(length >= 0 && length <= length_, "attn::KVCache::truncate: length ", length,
                     " is not between 0 and the current length ", length_);
+    for (auto& n : lengths_) n = std::min<std::int64_t>(n, length);
     length_ = length;
   }
+  /// @brief Forgets the positions of sequence b from `length` on; 0 frees the sequence's slot
+  /// for a new one.
+  /// @throws std::invalid_argument, the cache unchanged, for a b or length out of range, or
+  /// a rolling cache
+  void truncate(Index b, Index length) {
+    checked_sequence("truncate", b);
+    detail::require(length >= 0 && length <= lengths_[b], "attn::KVCache::truncate: length ", length,
+                    " is not between 0 and sequence ", b, "'s length ", lengths_[b]);
+    detail::require(!window_, "attn::KVCache::truncate: a rolling cache keeps one length for all sequences");
+    lengths_[b] = length;
+    length_ = *std::max_element(lengths_.begin(), lengths_.end());
+  }
+  /// @brief Undoes the last append of `count` positions: every sequence forgets its last count.
+  /// @throws std::invalid_argument unless 0 <= count <= every sequence's length
+  void pop(Index count) {
+    const Index shortest = lengths_.empty() ? length_ : *std::min_element(lengths_.begin(), lengths_.end());
+    detail::require(count >= 0 && count <= shortest, "attn::KVCache::pop: ", count,
+                    " positions are not between 0 and the shortest sequence's length ", shortest);
+    for (auto& n : lengths_) n -= count;
+    length_ -= count;
+  }
+  /// @brief Sequence b becomes a copy of sequence `from` of `other` (its keys, values and
+  /// length; a prompt prefilled alone joins a batch).
+  /// @throws std::invalid_argument, the cache unchanged, when the heads or head dims differ,
+  /// b or from is out of range, the sequence does not fit the capacity, or either cache rolls
+  template <class U>
+  void assign(Index b, const KVCache<T, U>& other, Index from) {
+    static_assert(std::is_same<U, S>::value, "attn::KVCache::assign: both caches store the same type");
+    checked_sequence("assign", b);
+    const Index n = other.length(from);
+    detail::require(other.kv_heads() == heads_ && other.head_dim() == head_dim_ && n <= capacity_ && !window_ &&
+                        !other.rolling_window(),
+                    "attn::KVCache::assign: sequence ", from, " of a cache of ", other.kv_heads(), " heads of ",
+                    other.head_dim(), " (length ", n, ") does not fit this one of ", heads_, " heads of ", head_dim_,
+                    " (capacity ", capacity_, "), or a cache rolls");
+    for (Index h = 0; h < heads_; ++h) {
+      const auto copy = [&](const auto& src, auto* dst, Index width) {
+        std::copy(src.row(from, h), src.row(from, h) + n * width, dst + row(b, h, 0) * width);
+      };
+      copy(other.keys(), keys_.data(), head_dim_);
+      copy(other.values(), values_.data(), head_dim_);
+      if (kQuantised) {
+        copy(other.key_scales(), key_scales_.data(), 1);
+        copy(other.value_scales(), value_scales_.data(), 1);
+      }
+    }
+    lengths_[b] = n;
+    length_ = *std::max_element(lengths_.begin(), lengths_.end());
+  }
 
-  /// @brief Appends a chunk of C positions, rounded or quantised to S.
+  /// @brief Appends a chunk of C positions to every sequence, each at its own end, rounded
+  /// or quantised to S.
   /// @param k (B, K, C, D) keys; @param v (B, K, C, D) values (any strides)
   /// @throws std::invalid_argument, the cache unchanged, when the shapes differ from the
   /// cache's or C is more than room()
@@ -149,16 +229,17 @@ class KVCache {
     for (Index b = 0; b < batch_; ++b)
       for (Index h = 0; h < heads_; ++h)
         for (Index n = 0; n < k.length; ++n) {
-          const Index r = row(b, h, length_ + n), at = r * head_dim_;
+          const Index r = row(b, h, lengths_[b] + n), at = r * head_dim_;
           store_row(k.row(b, h, n), keys_.data() + at, kQuantised ? key_scales_.data() + r : nullptr);
           store_row(v.row(b, h, n), values_.data() + at, kQuantised ? value_scales_.data() + r : nullptr);
         }
-    length_ += k.length;
+    grow(k.length);
   }
 
   /// @brief Appends `count` positions whose keys and values write(k, v) writes into two
-  /// (B, K, count, D) views of T: the cache's own memory when S is T (a projection writes
-  /// straight into the cache), else a buffer then appended (rounded or quantised). Nothing is
+  /// (B, K, count, D) views of T: the cache's own memory when S is T and the sequences share
+  /// one length (a projection writes straight into the cache), else a buffer then appended
+  /// (rounded or quantised, each sequence at its end). Nothing is
   /// appended if write throws (a rolling cache may have dropped positions that no new query
   /// can see).
   /// @throws std::invalid_argument, the cache unchanged, if count is more than room()
@@ -166,16 +247,18 @@ class KVCache {
   void append_written(Index count, Write&& write) {
     checked_count(count);
     if constexpr (std::is_same<S, T>::value) {
-      roll(count);
-      write(view(keys_.data(), length_, count), view(values_.data(), length_, count));
-      length_ += count;
-    } else {
-      const detail::WorkBuffer<T> k(batch_ * heads_ * count * head_dim_), v(k.size());
-      const auto kh = HeadsView<T>::bhnd(k.data(), batch_, heads_, count, head_dim_),
-                 vh = HeadsView<T>::bhnd(v.data(), batch_, heads_, count, head_dim_);
-      write(kh, vh);
-      append(kh, vh);
+      if (!ragged()) {
+        roll(count);
+        write(view(keys_.data(), length_, count), view(values_.data(), length_, count));
+        grow(count);
+        return;
+      }
     }
+    const detail::WorkBuffer<T> k(batch_ * heads_ * count * head_dim_), v(k.size());
+    const auto kh = HeadsView<T>::bhnd(k.data(), batch_, heads_, count, head_dim_),
+               vh = HeadsView<T>::bhnd(v.data(), batch_, heads_, count, head_dim_);
+    write(kh, vh);
+    append(kh, vh);
   }
 
   /// The keys of the positions held: (B, K, length, D), in S.
@@ -211,6 +294,19 @@ class KVCache {
       }
     first_ += drop;
     length_ = keep;
+    std::fill(lengths_.begin(), lengths_.end(), keep);
+  }
+
+  /// Every sequence holds `count` more positions.
+  void grow(Index count) {
+    for (auto& n : lengths_) n += count;
+    length_ += count;
+  }
+
+  Index checked_sequence(const char* what, Index b) const {
+    detail::require(b >= 0 && b < batch_, "attn::KVCache::", what, ": sequence ", b, " is not between 0 and ",
+                    batch_ - 1);
+    return b;
   }
 
   RowScales scales(const Vector<float>& s) const {
@@ -259,6 +355,7 @@ class KVCache {
 
   Index batch_ = 0, heads_ = 0, capacity_ = 0, head_dim_ = 0, length_ = 0;
   Index first_ = 0, window_ = 0;  ///< rolling: positions dropped so far, and W (0: not rolling)
+  std::vector<std::int64_t> lengths_;  ///< (B) each sequence's length; length_ is the longest
   Vector<S> keys_, values_;
   Vector<float> key_scales_, value_scales_;  ///< int8: (B, K, capacity) each
 };

@@ -70,17 +70,20 @@ void scaled_dot_product_attention(const HeadsView<const T>& q, const HeadsView<c
 
 /// @brief Attention of q over every position a KV cache holds, in the cache's storage type
 /// S: as scaled_dot_product_attention(q, cache.keys(), cache.values(), out, opt) over the
-/// keys and values the cache stands for. k and v are read in place, widened (16-bit) or
-/// scaled (int8) in registers by the decode tile; the tiled kernel (more than 4 queries)
-/// widens them once per call into its packed copy.
+/// keys and values the cache stands for, with the cache's key_lengths() when its sequences
+/// hold different lengths (each sequence's queries over its own keys). k and v are read in
+/// place, widened (16-bit) or scaled (int8) in registers by the decode tile; the tiled
+/// kernel (more than 4 queries) widens them once per call into its packed copy.
 /// @param q (B, H, L, D); @param cache (B, K, S, D) with H a multiple of K
-/// @param out (B, H, L, D); @param opt as in the form above
+/// @param out (B, H, L, D); @param opt as in the form above (its key_lengths empty)
 /// @throws std::invalid_argument as the form above
 template <class T, class S>
 void scaled_dot_product_attention(const HeadsView<const T>& q, const KVCache<T, S>& cache, const HeadsView<T>& out,
                                   const SdpaOptions<T>& opt = {}) {
-  auto call =
-      detail::prepare_call("attn::scaled_dot_product_attention", q, cache.keys(), cache.values(), out, opt);
+  constexpr const char* where = "attn::scaled_dot_product_attention";
+  detail::require(opt.key_lengths.empty(), where, ": a KV cache gives its own key_lengths");
+  auto call = detail::prepare_call(where, q, cache.keys(), cache.values(), out, opt);
+  call.key_lengths = cache.key_lengths().data();  // (null unless ragged; each <= cache.length())
   call.k_scales = cache.key_scales();
   call.v_scales = cache.value_scales();
   detail::run_attention(call, opt);

@@ -42,9 +42,10 @@ void talking_heads_attention(const HeadsView<const T>& q, const HeadsView<const 
     require(mix.logits_weight.rows() == nh && mix.logits_weight.cols() == nh && mix.weights_weight.rows() == nh &&
                 mix.weights_weight.cols() == nh && mix.logits_bias.size() == nh && mix.weights_bias.size() == nh,
             where, ": proj_l / proj_w must be Linear(", nh, ", ", nh, ") for ", nh, " heads");
-    require(k.heads == q.heads && !opt.sliding_window && !opt.softcap && opt.alibi_slopes.empty(), where,
-            ": talking heads mixes every head's logits: it takes as many key/value heads as query heads (q ",
-            q.shape(), ", k ", k.shape(), ") and no sliding window, softcap or ALiBi");
+    require(k.heads == q.heads && !opt.sliding_window && !opt.softcap && opt.alibi_slopes.empty() &&
+                opt.key_lengths.empty(),
+            where, ": talking heads mixes every head's logits: it takes as many key/value heads as query heads (q ",
+            q.shape(), ", k ", k.shape(), ") and no sliding window, softcap, ALiBi or key_lengths");
     const AttentionCall<T> call = prepare_call(where, q, k, v, out, opt);
     if (opt.attn_weights) *opt.attn_weights = Tensor<T>({q.batch, nh, q.length, k.length});
     const HeadMixes<T> mixes{mix.logits_weight.data(), mix.logits_bias.data(), mix.weights_weight.data(),

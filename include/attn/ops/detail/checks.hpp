@@ -130,8 +130,15 @@ struct AttentionCall {
   std::uint64_t dropout_key = 0;
   const T* sinks = nullptr;  ///< (H) sink logits, or null
   C* lse = nullptr;          ///< (B, H, L): receives each query's log-sum-exp, or null
+  const std::int64_t* key_lengths = nullptr;  ///< (B) keys each batch element holds, or null: all
 
   AttentionDims dims() const { return {q.batch, q.heads, q.length, k.length}; }
+  /// The keys batch element b holds: its key_lengths entry, else all.
+  Index keys_of(Index b) const { return key_lengths ? static_cast<Index>(key_lengths[b]) : k.length; }
+  /// Queries [i0, i0 + rows) of head h of batch element b over all the keys it holds.
+  Tile tile(Index b, Index h, Index i0, Index rows) const {
+    return Tile{dims(), b, h, i0, rows, 0, keys_of(b), keys_of(b)};
+  }
   /// The key/value head query head h reads (grouped-query attention: H / K query heads share one).
   Index kv_head(Index h) const { return h / (q.heads / k.heads); }
 
@@ -168,7 +175,7 @@ struct AttentionCall {
 };
 
 /// @brief Checks everything in opt against a call of size d: the masks and ALiBi slopes
-/// (tile_masks), the sinks, the dropout probability and its generator, the scale and the
+/// (tile_masks), the sinks, the key lengths, the dropout probability and its generator, the scale and the
 /// softcap.
 /// Returns the call's TileMasks (referring to opt's masks).
 template <class T>
@@ -176,6 +183,14 @@ TileMasks<T> check_options(const char* where, const SdpaOptions<T>& opt, const A
   TileMasks<T> masks = tile_masks(where, opt, d);
   require(opt.sinks.empty() || opt.sinks.shape() == Shape{d.heads}, where, ": sinks has shape ", opt.sinks.shape(),
           ", expected (heads) = ", Shape{d.heads});
+  if (!opt.key_lengths.empty()) {
+    require(opt.key_lengths.shape() == Shape{d.batch}, where, ": key_lengths has shape ", opt.key_lengths.shape(),
+            ", expected (batch) = ", Shape{d.batch});
+    const std::int64_t* n = opt.key_lengths.data();
+    const auto bad = std::find_if(n, n + d.batch, [&](std::int64_t x) { return x < 0 || x > d.len_k; });
+    require(bad == n + d.batch, where, ": key_lengths[", bad - n, "] = ", bad == n + d.batch ? 0 : *bad,
+            " is not between 0 and the ", d.len_k, " keys");
+  }
   check_dropout_p(opt.dropout_p, where);
   require(opt.dropout_p == 0 || opt.generator != nullptr, where, ": dropout_p = ", opt.dropout_p,
           " needs a Generator (SdpaOptions::generator)");
@@ -199,6 +214,7 @@ AttentionCall<T, S> prepare_call(const char* where, const HeadsView<const T>& q,
   call.softcap = opt.softcap ? *opt.softcap : C(0);
   call.dropout_p = opt.dropout_p;
   call.sinks = opt.sinks.empty() ? nullptr : opt.sinks.data();
+  call.key_lengths = opt.key_lengths.empty() ? nullptr : opt.key_lengths.data();
   if (opt.dropout_p > T(0)) call.dropout_key = opt.generator->next_key();
   return call;
 }

@@ -138,8 +138,9 @@ struct TileMasks {
   bool touch(const Tile& t) const { return adds_bias() || t.bounds_cut(causal, window); }
 
   /// @brief Masks the tile's logits s: entry (r, c) is at s[r * qs + c * ks]. Causal and
-  /// window masking set keys to -inf rather than adding it, so that a NaN or +inf logit of
-  /// a key a query cannot see does not reach its row. s is in the kernel's compute type C.
+  /// window masking, and the end of the t.len_k keys b holds, set keys to -inf rather than
+  /// adding it, so that a NaN or +inf logit of a key a query cannot see does not reach its
+  /// row. s is in the kernel's compute type C.
   template <class C>
   void apply(const Tile& t, C* s, Index qs, Index ks) const {
     constexpr C kHidden = -std::numeric_limits<C>::infinity();
@@ -149,17 +150,16 @@ struct TileMasks {
       if (!key_padding.empty()) key_padding.add(t.b, t.h, t.i0 + r, t.j0, t.cols, row, ks);
       if (!attn.empty()) attn.add(t.b, t.h, t.i0 + r, t.j0, t.cols, row, ks);
       for (Index c = 0; c < std::min(t.first_key(causal, window, r) - t.j0, t.cols); ++c) row[c * ks] = kHidden;
-      if (causal != Causal::kNone)
-        for (Index c = std::max<Index>(t.last_key(causal, r) + 1 - t.j0, 0); c < t.cols; ++c) row[c * ks] = kHidden;
+      for (Index c = std::max<Index>(t.last_key(causal, r) + 1 - t.j0, 0); c < t.cols; ++c) row[c * ks] = kHidden;
     }
   }
 
  private:
-  /// row[c * ks] += -slope_h * |i + S - L - j| for keys j = j0 + c.
+  /// row[c * ks] += -slope_h * |i + S - L - j| for keys j = j0 + c (S the keys b holds).
   template <class C>
   void add_alibi(const Tile& t, Index r, C* row, Index ks) const {
     const C slope = static_cast<C>(alibi[t.h]);
-    const Index at = t.i0 + r + t.dims.len_k - t.dims.len_q;
+    const Index at = t.i0 + r + t.len_k - t.dims.len_q;
     for (Index c = 0; c < t.cols; ++c) {
       const Index distance = at - (t.j0 + c);
       row[c * ks] -= slope * static_cast<C>(distance < 0 ? -distance : distance);

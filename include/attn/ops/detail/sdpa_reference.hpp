@@ -56,7 +56,7 @@ void sdpa_reference(const AttentionCall<T, S>& call, T* weights) {
   using Block = Eigen::Map<RowMatrix<C>>;
   for_each_block<C>(blocks, double(rows_max) * double(d.len_k) * double(dim + call.v.head_dim + 8), scratch,
                     [&](const QueryBlock& u, C* buffer) {
-                      const Tile tile{d, u.b, u.h, u.i0, blocks.rows_at(u.i0), 0, d.len_k};
+                      const Tile tile = call.tile(u.b, u.h, u.i0, blocks.rows_at(u.i0)).keys(0, d.len_k);
                       const Index kvh = call.kv_head(u.h), at = ((u.b * d.heads + u.h) * d.len_q + u.i0) * d.len_k;
                       load_scaled_queries(call.q, u.b, u.h, u.i0, tile.rows, tile.rows, call.scale, buffer, dim, 1);
                       C* s_data = buffer + tile.rows * dim;
@@ -71,8 +71,9 @@ void sdpa_reference(const AttentionCall<T, S>& call, T* weights) {
                       if (call.dropout_p > C(0)) dropout_tile(tile, call.dropout_p, call.dropout_key, s.data(), d.len_k, 1);
                       if constexpr (!in_place)
                         if (weights) Eigen::Map<RowMatrix<T>>(weights + at, tile.rows, d.len_k) = s.template cast<T>();
-                      call.out.head(u.b, u.h).middleRows(u.i0, tile.rows).noalias() =
-                          (s * kv_head<C>(call.v, call.v_scales, u.b, kvh)).template cast<T>();
+                      call.out.head(u.b, u.h).middleRows(u.i0, tile.rows).noalias() =  // (b's keys only: ragged)
+                          (s.leftCols(tile.len_k) * kv_head<C>(call.v, call.v_scales, u.b, kvh).topRows(tile.len_k))
+                              .template cast<T>();
                     });
 }
 

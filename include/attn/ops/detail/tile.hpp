@@ -20,7 +20,9 @@ struct AttentionDims {
   Shape shape() const { return {batch, heads, len_q, len_k}; }
 };
 
-/// @brief Queries [i0, i0 + rows) and keys [j0, j0 + cols) of head h of batch element b.
+/// @brief Queries [i0, i0 + rows) and keys [j0, j0 + cols) of head h of batch element b,
+/// which holds len_k keys: dims.len_k, or fewer in a ragged call (SdpaOptions::key_lengths),
+/// its queries then aligned to the end of its own keys.
 ///
 /// Kernels hold a tile's scores in memory with a query stride and a key stride of their
 /// choosing (query-major, or key-major to vectorise across queries); the rules here only
@@ -28,6 +30,7 @@ struct AttentionDims {
 struct Tile {
   AttentionDims dims;
   Index b = 0, h = 0, i0 = 0, rows = 0, j0 = 0, cols = 0;
+  Index len_k;  ///< the keys batch element b holds (<= dims.len_k; no default: -Wextra flags a Tile that omits it)
 
   /// The same queries and head over keys [j0, j0 + cols).
   Tile keys(Index first, Index count) const {
@@ -45,14 +48,15 @@ struct Tile {
 
   /// @brief The diagonal of query i0 + r: the last key it may see under causal masking, before
   /// clamping to the keys there are. kTopLeft: i. kBottomRight (and a sliding window
-  /// without causal masking): i + S - L, the last query's diagonal at the last key.
+  /// without causal masking): i + S - L, the last query's diagonal at the last key (S the
+  /// keys b holds, len_k).
   Index diagonal(Causal causal, Index r) const {
-    return i0 + r + (causal == Causal::kTopLeft ? 0 : dims.len_k - dims.len_q);
+    return i0 + r + (causal == Causal::kTopLeft ? 0 : len_k - dims.len_q);
   }
-  /// The last key query i0 + r may see under `causal` (S - 1 without causal masking);
+  /// The last key query i0 + r may see under `causal` (len_k - 1 without causal masking);
   /// negative when it sees none.
   Index last_key(Causal causal, Index r) const {
-    return causal == Causal::kNone ? dims.len_k - 1 : std::min(diagonal(causal, r), dims.len_k - 1);
+    return causal == Causal::kNone ? len_k - 1 : std::min(diagonal(causal, r), len_k - 1);
   }
   /// The first key query i0 + r may see in a sliding window of `window` keys (0: no window).
   Index first_key(Causal causal, Index window, Index r) const {
@@ -62,9 +66,10 @@ struct Tile {
   /// the rest: the first query sees the earliest keys, the last one the latest).
   Index key_begin(Causal causal, Index window) const { return first_key(causal, window, 0); }
   Index key_end(Causal causal) const { return std::max<Index>(last_key(causal, rows - 1) + 1, 0); }
-  /// Whether causal or window masking hides some key of the tile from some of its queries.
+  /// Whether causal or window masking, or the end of b's keys, hides some key of the tile
+  /// from some of its queries.
   bool bounds_cut(Causal causal, Index window) const {
-    return (causal != Causal::kNone && j0 + cols - 1 > last_key(causal, 0)) || j0 < first_key(causal, window, rows - 1);
+    return j0 + cols - 1 > last_key(causal, 0) || j0 < first_key(causal, window, rows - 1);
   }
 
   /// Element (b, h, i0 + r, j0 + c) of the logical (B, H, L, S) weights is element

@@ -85,21 +85,25 @@ struct SdpaRows {
     const AttentionDims d = call.dims();
     const Index dim = call.q.head_dim, dim_v = call.v.head_dim, heads = heads_per_tile(call);
     const QueryBlocks units{d.batch, d.heads / heads, d.len_q, d.len_q};
-    const auto tile_of = [&](const QueryBlock& u) { return Tile{d, u.b, u.h * heads, 0, d.len_q, 0, d.len_k}; };
+    const auto tile_of = [&](const QueryBlock& u) { return call.tile(u.b, u.h * heads, 0, d.len_q); };
     const auto kv_of = [&](const Tile& t) { return head(call, t.b, call.kv_head(t.h)); };
-    const double cost = double(heads * d.len_q) * double(d.len_k) * double(dim + dim_v + 8);
-    // The keys every unit's queries may see (the same for all units), cut into ranges of whole key tiles.
-    const Tile first = tile_of(units[0]);
-    const Index begin = first.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys,
-                end = std::max(begin, first.key_end(call.masks.causal));
-    const Index splits = key_splits(units.count(), end - begin);
-    const Index span = (end - begin + splits * kKeys - 1) / (splits * kKeys) * kKeys;
-    const Index parts = splits > 1 ? (end - begin + span - 1) / span : 1;
+    // The keys a unit's queries may see, from a whole key tile: [begin, end).
+    const auto begin_of = [&](const Tile& t) { return t.key_begin(call.masks.causal, call.masks.window) / kKeys * kKeys; };
+    const auto end_of = [&](const Tile& t) { return std::max(begin_of(t), t.key_end(call.masks.causal)); };
+    Index most = 0;  // the most keys a unit may see (every unit's, unless the keys are ragged)
+    for (Index b = 0; b < d.batch; ++b) {
+      const Tile t = tile_of(units[b * (units.count() / d.batch)]);
+      most = std::max(most, end_of(t) - begin_of(t));
+    }
+    const double cost = double(heads * d.len_q) * double(most) * double(dim + dim_v + 8);
+    const Index splits = key_splits(units.count(), most);
+    const Index span = (most + splits * kKeys - 1) / (splits * kKeys) * kKeys;
+    const Index parts = splits > 1 ? (most + span - 1) / span : 1;
     if (parts == 1) {
       for_each_block<C>(units, cost, Scratch::size(dim, dim_v), [&](const QueryBlock& u, C* scratch) {
         const Scratch w(scratch, dim, dim_v);
         const Tile t = tile_of(u);
-        block(call, t, heads, kv_of(t), w, begin, end);
+        block(call, t, heads, kv_of(t), w, begin_of(t), end_of(t));
         finish(call, t, heads, w);
       });
       return;
@@ -112,8 +116,8 @@ struct SdpaRows {
       const Scratch w(scratch.data(), dim, dim_v);
       for (Index x = items.begin(item); x < items.end(item); ++x) {
         const Tile t = tile_of(units[x / parts]);
-        const Index j = begin + (x % parts) * span;
-        block(call, t, heads, kv_of(t), w, j, std::min(end, j + span));
+        const Index j = begin_of(t) + (x % parts) * span;  // (past end_of(t), an empty state)
+        block(call, t, heads, kv_of(t), w, j, std::min(end_of(t), j + span));
         std::copy(w.acc, w.acc + stride, states.data() + x * stride);
       }
     });
@@ -198,7 +202,7 @@ struct SdpaRows {
     std::fill(w.row_max, w.row_max + R, -std::numeric_limits<C>::infinity());
     std::fill(w.row_sum, w.row_sum + R, C(0));
     for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
-      const Tile t = tile.keys(j0, std::min(kKeys, j_end - j0));
+      const Tile t = tile.keys(j0, std::min(kKeys, std::min(j_end, tile.len_k) - j0));
       scores<R>(t.cols, kv.k + j0 * kv.ks, kv.ks, call.q.head_dim, w);
       if (kv.k_scale) scale_keys<R>(kv.k_scale + j0, t.cols, w);
       if (call.adjusts(t))

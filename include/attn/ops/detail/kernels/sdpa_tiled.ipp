@@ -64,7 +64,8 @@ struct SdpaTiles {
     const Index chunks = (len_k + kChunk - 1) / kChunk;
     const Index full = dim_v - dim_v % kRegRows;
     parallel_for(nb * chunks, [&](Index item) {
-      const Index b = item / chunks, j_begin = (item % chunks) * kChunk, j_end = std::min(len_k, j_begin + kChunk);
+      const Index b = item / chunks, j_begin = (item % chunks) * kChunk;
+      const Index j_end = std::min(call.keys_of(b), j_begin + kChunk);  // (ragged: the keys b holds)
       for (Index j = j_begin; j < j_end; ++j)
         for (Index h = 0; h < nh; ++h) {
           const Index bh = b * nh + h;
@@ -105,7 +106,7 @@ struct SdpaTiles {
     std::fill(w.row_max, w.row_max + kQueries, -std::numeric_limits<C>::infinity());
     std::fill(w.row_sum, w.row_sum + kQueries, C(0));
     for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
-      const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
+      const Tile t = tile.keys(j0, std::min(kKeys, tile.len_k - j0));
       P tile_max[V];  // per query, taken as the scores are stored
       for (int c = 0; c < V; ++c) tile_max[c] = ei::pset1<P>(-std::numeric_limits<C>::infinity());
       outer_products<C, kRegRows, V, false>(kv.k + j0 * kv.k_stride, kv.k_stride, 1, t.cols, w.qt, kQueries,
@@ -225,7 +226,7 @@ struct SdpaTilesBf16 {
     std::fill(w.row_max, w.row_max + kQueries, -std::numeric_limits<float>::infinity());
     std::fill(w.row_sum, w.row_sum + kQueries, 0.0f);
     for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
-      const Tile t = tile.keys(j0, std::min(kKeys, tile.dims.len_k - j0));
+      const Tile t = tile.keys(j0, std::min(kKeys, tile.len_k - j0));
       SdpaBf16::scores(k + j0 * k_stride, k_stride, t.cols, w.qt2, pairs, call.scale, w.s, w.tile_max);
       P tile_max[kV];
       for (int v = 0; v < kV; ++v) tile_max[v] = ei::ploadu<P>(w.tile_max + v * kPacketSize<float>);
@@ -262,7 +263,7 @@ struct SdpaTilesBf16 {
                           Scratch::float_count(dim_v), [&](const QueryBlock& u, float* floats) {
                             const WorkBuffer<Pair> pairs(Scratch::pair_count(dim));
                             const Index kvh = call.kv_head(u.h);
-                            block(call, Tile{d, u.b, u.h, u.i0, blocks.rows_at(u.i0), 0, d.len_k},
+                            block(call, call.tile(u.b, u.h, u.i0, blocks.rows_at(u.i0)),
                                   call.k.row(u.b, kvh), call.k.row_stride,
                                   v2.data() + (u.b * call.k.heads + kvh) * dim_v * s2, s2,
                                   Scratch(pairs.data(), floats, dim, dim_v));
@@ -310,7 +311,7 @@ void run_sdpa_tiled(const AttentionCall<T, S>& call, bool native_bf16 = false) {
   const QueryBlocks blocks{d.batch, d.heads, d.len_q, K::kQueries};
   for_each_block<C>(blocks, double(K::kQueries) * double(d.len_k) * double(dim + dim_v + 8), K::Scratch::size(dim, dim_v),
                     [&](const QueryBlock& u, C* scratch) {
-                      const Tile tile{d, u.b, u.h, u.i0, blocks.rows_at(u.i0), 0, d.len_k};
+                      const Tile tile = call.tile(u.b, u.h, u.i0, blocks.rows_at(u.i0));
                       K::block(call, tile, head(u.b, u.h), typename K::Scratch(scratch, dim, dim_v));
                     });
 }

@@ -158,7 +158,7 @@ void talking_heads_blocks(TalkingHeadsCall<T> c, TalkingHeadsScheme scheme) {
   const QueryBlocks blocks{d.batch, 1, d.len_q, R};
   const double unit_cost = double(R) * double(d.len_k) * double(nh) * double(call.q.head_dim + call.v.head_dim + 2 * nh);
   for_each_block<T>(blocks, unit_cost, TalkingHeadsBlock<T, R>::scratch_size(c), [&](const QueryBlock& u, T* scratch) {
-    TalkingHeadsBlock<T, R>(c, Tile{d, u.b, 0, u.i0, blocks.rows_at(u.i0), 0, d.len_k}, scratch).run();
+    TalkingHeadsBlock<T, R>(c, c.call.tile(u.b, 0, u.i0, blocks.rows_at(u.i0)), scratch).run();
   });
 }
 
