@@ -177,8 +177,7 @@ class KVCache {
     detail::require(length >= 0 && length <= lengths_[b], "attn::KVCache::truncate: length ", length,
                     " is not between 0 and sequence ", b, "'s length ", lengths_[b]);
     detail::require(!window_, "attn::KVCache::truncate: a rolling cache keeps one length for all sequences");
-    lengths_[b] = length;
-    length_ = *std::max_element(lengths_.begin(), lengths_.end());
+    set_length(b, length);
   }
   /// @brief Undoes the last append of `count` positions: every sequence forgets its last count.
   /// @throws std::invalid_argument unless 0 <= count <= every sequence's length
@@ -193,9 +192,7 @@ class KVCache {
   /// length; a prompt prefilled alone joins a batch).
   /// @throws std::invalid_argument, the cache unchanged, when the heads or head dims differ,
   /// b or from is out of range, the sequence does not fit the capacity, or either cache rolls
-  template <class U>
-  void assign(Index b, const KVCache<T, U>& other, Index from) {
-    static_assert(std::is_same<U, S>::value, "attn::KVCache::assign: both caches store the same type");
+  void assign(Index b, const KVCache& other, Index from) {
     checked_sequence("assign", b);
     const Index n = other.length(from);
     detail::require(other.kv_heads() == heads_ && other.head_dim() == head_dim_ && n <= capacity_ && !window_ &&
@@ -214,8 +211,7 @@ class KVCache {
         copy(other.value_scales(), value_scales_.data(), 1);
       }
     }
-    lengths_[b] = n;
-    length_ = *std::max_element(lengths_.begin(), lengths_.end());
+    set_length(b, n);
   }
 
   /// @brief Appends a chunk of C positions to every sequence, each at its own end, rounded
@@ -295,6 +291,12 @@ class KVCache {
     first_ += drop;
     length_ = keep;
     std::fill(lengths_.begin(), lengths_.end(), keep);
+  }
+
+  /// Sequence b holds n positions; length_ follows.
+  void set_length(Index b, Index n) {
+    lengths_[static_cast<std::size_t>(b)] = n;
+    length_ = *std::max_element(lengths_.begin(), lengths_.end());
   }
 
   /// Every sequence holds `count` more positions.
