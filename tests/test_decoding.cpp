@@ -1263,4 +1263,81 @@ TYPED_TEST(Decoding, KeyLengthsAttendEachElementOverItsOwnKeys) {
   ExpectInvalid([&] { attn::scaled_dot_product_attention<T>(heads_of(q), cache, out_heads(out), bad); },
                 {"a KV cache gives its own key_lengths"});
 }
+// ---------------------------------------------------------------------------------------
+// Packed sequences (varlen)
+// ---------------------------------------------------------------------------------------
+
+/// Packs sequence b's first lengths[b] rows of x (B, N, E) one after another: (T, E), and its
+/// cu_seqlens (B + 1).
+template <class T>
+std::pair<Tensor<T>, Tensor<std::int64_t>> pack(const Tensor<T>& x, const std::vector<Index>& lengths) {
+  Tensor<std::int64_t> cu({Index(lengths.size()) + 1});
+  for (std::size_t b = 0; b < lengths.size(); ++b) cu(Index(b) + 1) = cu(Index(b)) + lengths[b];
+  Tensor<T> packed({cu(Index(lengths.size())), x.size(2)});
+  for (std::size_t b = 0; b < lengths.size(); ++b) {
+    const Tensor<T> rows = sequence_rows(x, Index(b), 0, lengths[b]);
+    std::copy_n(rows.data(), rows.numel(), packed.data() + cu(Index(b)) * x.size(2));
+  }
+  return {packed, cu};
+}
+
+/// Rows [first, first + count) of a packed (T, E) output, as (1, count, E).
+template <class T>
+Tensor<T> packed_rows(const Tensor<T>& y, Index first, Index count) {
+  return Tensor<T>::from_data({1, count, y.size(1)}, y.data() + first * y.size(1));
+}
+
+// MultiHeadAttention (self-attention, causal or not, and cross-attention) and
+// TransformerDecoderLayer on packed sequences of 5, 1, 0 and 9 tokens (memories of 3, 7, 2
+// and 6) equal each sequence alone; GroupedQueryAttention's packed forward is checked
+// against PyTorch (GqaPackedReference).
+TYPED_TEST(Decoding, PackedSequencesAttendAsEachAlone) {
+  using T = TypeParam;
+  const std::vector<Index> lengths{5, 1, 0, 9}, memory_lengths{3, 7, 2, 6};
+  const Tensor<T> x = random_tensor<T>({4, 9, 16}, 161), memory = random_tensor<T>({4, 7, 16}, 163);
+  const auto [xp, cu] = pack(x, lengths);
+  const auto [mp, cu_m] = pack(memory, memory_lengths);
+  attn::MultiHeadAttention<T> mha(16, 4);
+  randomize(mha, 165);
+  const attn::TransformerDecoderLayer<T> layer = decoder_layer<T>(false);
+  for (const attn::Causal causal : {attn::Causal::kNone, attn::Causal::kTopLeft}) {
+    attn::MhaArgs<T> args;
+    args.causal = causal;
+    attn::DecoderArgs<T> layer_args;
+    layer_args.self.causal = causal;
+    const Tensor<T> self = mha.forward(xp, cu.view(), args).output,
+                    cross = mha.forward(xp, mp, mp, cu.view(), cu_m.view(), args).output,
+                    decoded = layer.forward(xp, cu.view(), mp, cu_m.view(), layer_args);
+    for (std::size_t b = 0; b < lengths.size(); ++b) {
+      if (lengths[b] == 0) continue;
+      SCOPED_TRACE("sequence " + std::to_string(b) + (causal == attn::Causal::kNone ? "" : ", causal"));
+      const Tensor<T> xb = sequence_rows(x, Index(b), 0, lengths[b]), mb = sequence_rows(memory, Index(b), 0, memory_lengths[b]);
+      EXPECT_TRUE(AllClose(packed_rows(self, cu(Index(b)), lengths[b]), mha.forward(xb, args).output, tight<T>()));
+      EXPECT_TRUE(AllClose(packed_rows(cross, cu(Index(b)), lengths[b]), mha.forward(xb, mb, mb, args).output, tight<T>()));
+      EXPECT_TRUE(AllClose(packed_rows(decoded, cu(Index(b)), lengths[b]), layer.forward(xb, mb, layer_args), tight<T>()));
+    }
+  }
+}
+
+// What packed sequences refuse: cu_seqlens that do not start at 0, end at the tokens or
+// grow, disagreeing sequence counts, masks and weights, and views that are not batch 1.
+TYPED_TEST(Decoding, PackedSequencesRejectMisfits) {
+  using T = TypeParam;
+  const Tensor<T> x = random_tensor<T>({6, 16}, 167);
+  attn::GroupedQueryAttention<T> gqa(16, 4, 2);
+  attn::MultiHeadAttention<T> mha(16, 4);
+  const auto cu = [](std::initializer_list<std::int64_t> v) { return Tensor<std::int64_t>({Index(v.size())}, v); };
+  ExpectInvalid([&] { gqa.forward(x, cu({1, 6}).view()); }, {"GroupedQueryAttention::forward", "cu_seqlens must run from 0 to the 6", "1 .. 6"});
+  ExpectInvalid([&] { gqa.forward(x, cu({0, 4, 2, 6}).view()); }, {"cu_seqlens decreases from 4 to 2 at sequence 1"});
+  ExpectInvalid([&] { gqa.forward(x, Tensor<std::int64_t>({2, 2}).view()); }, {"cu_seqlens has shape (2, 2)"});
+  ExpectInvalid([&] { mha.forward(x, x, x, cu({0, 6}).view(), cu({0, 2, 6}).view()); }, {"must count the same sequences"});
+  attn::GqaArgs<T> masked;
+  const Tensor<bool> padding({1, 6});
+  masked.key_padding_mask = attn::Mask<T>::block_where_true(padding);
+  ExpectInvalid([&] { gqa.forward(x, cu({0, 6}).view(), masked); }, {"packed sequences take no key_padding_mask"});
+  attn::MhaArgs<T> weights;
+  weights.need_weights = true;
+  ExpectInvalid([&] { mha.forward(x, cu({0, 6}).view(), weights); }, {"need_weights"});
+  ExpectInvalid([&] { mha.forward(random_tensor<T>({1, 6, 16}, 169), cu({0, 6}).view()); }, {"(tokens, features)"});
+}
 }  // namespace

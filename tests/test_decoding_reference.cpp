@@ -6,6 +6,7 @@
 // by chunk, and the concatenated outputs are compared with PyTorch's full-sequence outputs.
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "support.hpp"
@@ -224,6 +225,43 @@ TEST(GqaRaggedReference, Float) {
 }
 TEST(GqaRaggedReference, Double) {
   for (const GqaSpec& spec : kGqaCases) check_gqa_ragged<double>(spec);
+}
+
+// Packed sequences (varlen prefill) against PyTorch: every sequence of the case whole, and
+// each one's first n_b tokens (n_b from 1 to L - 1), packed into one (T, E) input with
+// cu_seqlens; the whole ones' outputs against LlamaAttention's, the prefixes' against the
+// same rows of it (causal: a prefix's outputs are the sequence's first ones). Cases with a
+// mask are left out (packed sequences take none).
+template <class T>
+void check_gqa_packed(const GqaSpec& spec) {
+  const Case c(spec.name);
+  if (std::string(spec.masks) != "") return;
+  SCOPED_TRACE(spec.name);
+  const attn::GroupedQueryAttention<T> m = make_gqa<T>(c, spec);
+  const Tensor<T> x = c.get<T>("input.x"), want = c.get<T>("output.output");
+  const Index nb = x.size(0), len = x.size(1), e = x.size(2);
+  std::vector<std::pair<Index, Index>> parts;  // (sequence, tokens)
+  for (Index b = 0; b < nb; ++b) parts.push_back({b, len});
+  for (Index b = 0; b < nb; ++b) parts.push_back({b, 1 + (b * 7 + len / 2) % (len - 1)});
+  std::vector<std::int64_t> cu{0};
+  for (const auto& p : parts) cu.push_back(cu.back() + p.second);
+  Tensor<T> packed({Index(cu.back()), e});
+  for (std::size_t i = 0; i < parts.size(); ++i)
+    std::copy_n(x.data() + parts[i].first * len * e, parts[i].second * e, packed.data() + cu[i] * e);
+  const Tensor<T> y = m.forward(packed, Tensor<std::int64_t>::from_data({Index(cu.size())}, cu.data()).view());
+  ASSERT_EQ(y.shape(), packed.shape());
+  ExpectMatchesReference(c, Tensor<T>::from_data(x.shape(), y.data()), tolerance<T>(c.is_double()), "packed");
+  for (std::size_t i = std::size_t(nb); i < parts.size(); ++i)
+    EXPECT_TRUE(AllClose(Tensor<T>::from_data({1, parts[i].second, e}, y.data() + cu[i] * e),
+                         part(want, parts[i].first, 1, 0, parts[i].second), tolerance<T>(c.is_double())))
+        << "the first " << parts[i].second << " tokens of sequence " << parts[i].first;
+}
+
+TEST(GqaPackedReference, Float) {
+  for (const GqaSpec& spec : kGqaCases) check_gqa_packed<float>(spec);
+}
+TEST(GqaPackedReference, Double) {
+  for (const GqaSpec& spec : kGqaCases) check_gqa_packed<double>(spec);
 }
 
 // GroupedQueryAttention cast to bfloat16 against LlamaAttention in bfloat16 (the 16-bit

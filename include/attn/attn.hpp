@@ -38,6 +38,7 @@
 #include "attn/ops/scaled_dot_product_attention.hpp"
 #include "attn/ops/softmax.hpp"
 #include "attn/ops/talking_heads_attention.hpp"
+#include "attn/ops/varlen.hpp"
 
 /// @brief Everything attn offers lives in this namespace; attn::detail is internal.
 namespace attn {}

@@ -4,7 +4,10 @@
 /// key/value heads, rotary positions), full-sequence and incremental.
 
 #include <cmath>
+#include <algorithm>
+#include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "attn/core/error.hpp"
 #include "attn/core/heads_view.hpp"
@@ -17,6 +20,7 @@
 #include "attn/ops/kv_cache.hpp"
 #include "attn/ops/rotary.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"
+#include "attn/ops/varlen.hpp"
 
 namespace attn {
 
@@ -77,7 +81,7 @@ class GroupedQueryAttention : public Module<T> {
     const WorkBuffer q(nb * len * num_heads_ * head_dim_), k(nb * num_kv_heads_ * len * head_dim_), v(k.size());
     const HeadsView<T> kh = HeadsView<T>::bhnd(k.data(), nb, num_kv_heads_, len, head_dim_),
                        vh = HeadsView<T>::bhnd(v.data(), nb, num_kv_heads_, len, head_dim_);
-    project(x, q.data(), kh, vh, rotary_table(len, [](Index) { return Index(0); }, 1));
+    project(x, q.data(), kh, vh, rotary_table(1, len, [](Index, Index n) { return n; }));
     return attend(where, x.shape(), [&](const HeadsView<const T>& qh, const HeadsView<T>& out) {
       scaled_dot_product_attention<T>(qh, kh, vh, out, opt);
     }, q.data());
@@ -101,7 +105,7 @@ class GroupedQueryAttention : public Module<T> {
     cache.require_fits(where, nb, num_kv_heads_, head_dim_, len, options_.sliding_window);
     SdpaOptions<T> opt = attention_options(where, args, nb, len, cache.length_after(len));
     const WorkBuffer q(nb * len * num_heads_ * head_dim_);
-    const auto table = rotary_table(len, [&](Index b) { return cache.position(b); }, nb);
+    const auto table = rotary_table(nb, len, [&](Index b, Index n) { return cache.position(b) + n; });
     cache.append_written(len, [&](const HeadsView<T>& k, const HeadsView<T>& v) { project(x, q.data(), k, v, table); });
     try {
       return attend(where, x.shape(), [&](const HeadsView<const T>& qh, const HeadsView<T>& out) {
@@ -111,6 +115,38 @@ class GroupedQueryAttention : public Module<T> {
       cache.pop(len);
       throw;
     }
+  }
+
+  /// @brief Packed sequences of different lengths, none padded (varlen prefill): sequence b is
+  /// rows [cu_seqlens[b], cu_seqlens[b + 1]) of x, at positions 0 .. n_b - 1, attending
+  /// causally within itself only (scaled_dot_product_attention_varlen); one projection GEMM
+  /// for all rows. Each sequence's outputs are those of forward on it alone.
+  /// @param x (T, E): every sequence's tokens, one after another
+  /// @param cu_seqlens (B + 1) from 0 to T, never decreasing (I64)
+  /// @param args generator only (no masks: they are per batch, not per packed sequence)
+  /// @return (T, E)
+  /// @throws std::invalid_argument for shapes, bad cu_seqlens or masks
+  Tensor<T> forward(const TensorView<const T>& x, const TensorView<const std::int64_t>& cu_seqlens,
+                    const GqaArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::GroupedQueryAttention::forward";
+    detail::require(x.dim() == 2, where, ": packed x has shape ", x.shape(), ", expected (tokens, ", embed_dim(), ")");
+    detail::require(args.key_padding_mask.empty() && args.attn_mask.empty(), where,
+                    ": packed sequences take no key_padding_mask or attn_mask");
+    const Index total = x.size(0);
+    const TensorView<const T> rows(x.data(), {1, total, x.size(1)});
+    check_input(where, rows, args);
+    const Index nb = detail::checked_cu_seqlens(where, "cu_seqlens", cu_seqlens, total);
+    const SdpaOptions<T> opt = attention_options(where, args, 1, total, total);
+    const WorkBuffer q(total * num_heads_ * head_dim_), k(num_kv_heads_ * total * head_dim_), v(k.size());
+    const HeadsView<T> kh = HeadsView<T>::bhnd(k.data(), 1, num_kv_heads_, total, head_dim_),
+                       vh = HeadsView<T>::bhnd(v.data(), 1, num_kv_heads_, total, head_dim_);
+    const std::int64_t* cu = cu_seqlens.data();
+    std::vector<Index> start(static_cast<std::size_t>(total));  // each token's sequence's first row
+    for (Index b = 0; b < nb; ++b) std::fill(start.begin() + cu[b], start.begin() + cu[b + 1], Index(cu[b]));
+    project(rows, q.data(), kh, vh, rotary_table(1, total, [&](Index, Index t) { return t - start[std::size_t(t)]; }));
+    return attend(where, rows.shape(), [&](const HeadsView<const T>& qh, const HeadsView<T>& out) {
+      scaled_dot_product_attention_varlen<T>(qh, kh, vh, out, cu_seqlens, cu_seqlens, opt);
+    }, q.data()).reshaped(x.shape());
   }
 
  protected:
@@ -145,17 +181,16 @@ class GroupedQueryAttention : public Module<T> {
     return opt;
   }
 
-  /// With rope, the cos and sin of `len` positions from first(b) on for each of `nb`
-  /// sequences (one row when all start at first(0)); else none.
-  template <class First>
-  std::optional<RotaryTable<T>> rotary_table(Index len, First&& first, Index nb) const {
+  /// With rope, the cos and sin of position(b, n) for `len` tokens n of each of `nb` sequences
+  /// b (one row when all sequences start at the same position); else none.
+  template <class Position>
+  std::optional<RotaryTable<T>> rotary_table(Index nb, Index len, Position&& position) const {
     if (!options_.rope) return std::nullopt;
-    bool ragged = false;
-    for (Index b = 1; b < nb; ++b) ragged = ragged || first(b) != first(0);
-    if (!ragged) return RotaryTable<T>(options_.rotary, head_dim_, len, nb ? first(0) : 0);
-    Tensor<std::int64_t> positions({nb, len});
-    for (Index b = 0; b < nb; ++b)
-      for (Index n = 0; n < len; ++n) positions.data()[b * len + n] = first(b) + n;
+    bool shared = true;  // (each row counts up from its first position)
+    for (Index b = 1; b < nb && shared; ++b) shared = position(b, 0) == position(0, 0);
+    Tensor<std::int64_t> positions({shared ? 1 : nb, len});
+    for (Index b = 0; b < positions.size(0); ++b)
+      for (Index n = 0; n < len; ++n) positions.data()[b * len + n] = position(b, n);
     return RotaryTable<T>(options_.rotary, head_dim_, positions.view());
   }
 

@@ -22,6 +22,7 @@
 #include "attn/modules/options.hpp"
 #include "attn/ops/kv_cache.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"
+#include "attn/ops/varlen.hpp"
 
 namespace attn {
 
@@ -141,6 +142,46 @@ class MultiHeadAttention : public Module<T> {
   /// Self-attention: forward(x, x, x, args).
   MhaOutput<T> forward(const TensorView<const T>& x, const MhaArgs<T>& args = {}) const {
     return forward(x, x, x, args);
+  }
+
+  /// @brief Packed sequences of different lengths, none padded (varlen): sequence b's queries
+  /// are rows [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of query and attend to rows
+  /// [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of key and value only, with args.causal within
+  /// each sequence (scaled_dot_product_attention_varlen); one projection GEMM per input. Each
+  /// sequence's outputs are those of forward on it alone.
+  /// @param query (Tq, E); @param key (Tk, kdim); @param value (Tk, vdim): every sequence's
+  /// tokens, one after another
+  /// @param cu_seqlens_q (B + 1) from 0 to Tq; @param cu_seqlens_k (B + 1) from 0 to Tk (I64)
+  /// @param args causal and generator (no masks or weights: they are per batch, not per
+  /// packed sequence)
+  /// @return output (Tq, E)
+  /// @throws std::invalid_argument for shapes, bad cu_seqlens, masks, need_weights, or
+  /// add_bias_kv / add_zero_attn
+  MhaOutput<T> forward(const TensorView<const T>& query, const TensorView<const T>& key,
+                       const TensorView<const T>& value, const TensorView<const std::int64_t>& cu_seqlens_q,
+                       const TensorView<const std::int64_t>& cu_seqlens_k, const MhaArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::MultiHeadAttention::forward";
+    check_inputs(where, query, key, value, args);
+    detail::require(query.dim() == 2 && extra_keys() == 0 && args.key_padding_mask.empty() && args.attn_mask.empty() &&
+                        !args.need_weights,
+                    where, ": packed sequences need (tokens, features) inputs (query ", query.shape(),
+                    ") and take no masks, need_weights, add_bias_kv or add_zero_attn");
+    const Index len_q = query.size(0), len_k = key.size(0);
+    detail::checked_cu_seqlens(where, "cu_seqlens_q", cu_seqlens_q, len_q);
+    detail::checked_cu_seqlens(where, "cu_seqlens_k", cu_seqlens_k, len_k);
+    SdpaOptions<T> opt = call_options(where, args, args.causal, true, 1, len_q, len_k);
+    Projections p(len_q * embed_dim_, len_k * embed_dim_);
+    project(query, key, value, 1, p);
+    const auto varlen = [&](const HeadsView<const T>& q, const HeadsView<T>& out, const SdpaOptions<T>& o) {
+      scaled_dot_product_attention_varlen<T>(q, p.k, p.v, out, cu_seqlens_q, cu_seqlens_k, o);
+    };
+    return attend(where, p.q, varlen, opt, args, query.shape());
+  }
+
+  /// Packed self-attention: forward(x, x, x, cu_seqlens, cu_seqlens, args).
+  MhaOutput<T> forward(const TensorView<const T>& x, const TensorView<const std::int64_t>& cu_seqlens,
+                       const MhaArgs<T>& args = {}) const {
+    return forward(x, x, x, cu_seqlens, cu_seqlens, args);
   }
 
   /// @brief A cache for decoding with this layer: (batch, num_heads, capacity, head_dim),

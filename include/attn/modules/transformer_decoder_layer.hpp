@@ -3,6 +3,8 @@
 /// @brief TransformerDecoderLayer<T>: torch.nn.TransformerDecoderLayer (batch_first), full
 /// sequence and incremental (a self-attention KV cache and a cross-attention memory cache).
 
+#include <cstdint>
+
 #include "attn/core/error.hpp"
 #include "attn/core/tensor.hpp"
 #include "attn/modules/attention_args.hpp"
@@ -90,6 +92,30 @@ class TransformerDecoderLayer : public Module<T> {
     return layers(
         where, tgt, args, [&](const TensorView<const T>& z) { return self_attn_.forward(z, self_args(args)); },
         [&](const TensorView<const T>& z) { return multihead_attn_.forward(z, memory, memory, memory_args(args)); });
+  }
+
+  /// @brief Packed sequences of different lengths, none padded (varlen): target sequence b is
+  /// rows [cu_seqlens[b], cu_seqlens[b + 1]) of tgt and its memory rows [cu_seqlens_memory[b],
+  /// cu_seqlens_memory[b + 1]) of memory; each attends within itself (causal with
+  /// args.self.causal) and to its own memory only (MultiHeadAttention's packed forward). Each
+  /// sequence's outputs are those of forward on it alone.
+  /// @param tgt (T, E); @param cu_seqlens (B + 1) from 0 to T (I64)
+  /// @param memory (S, E); @param cu_seqlens_memory (B + 1) from 0 to S
+  /// @param args args.self.causal and the generator (no masks)
+  /// @return (T, E)
+  /// @throws std::invalid_argument for shapes, bad cu_seqlens or masks
+  Tensor<T> forward(const TensorView<const T>& tgt, const TensorView<const std::int64_t>& cu_seqlens,
+                    const TensorView<const T>& memory, const TensorView<const std::int64_t>& cu_seqlens_memory,
+                    const DecoderArgs<T>& args = {}) const {
+    constexpr const char* where = "attn::TransformerDecoderLayer::forward";
+    check(where, tgt, args);
+    detail::check_sequence(where, "memory", memory.shape(), d_model());
+    return layers(
+        where, tgt, args,
+        [&](const TensorView<const T>& z) { return self_attn_.forward(z, cu_seqlens, self_args(args)); },
+        [&](const TensorView<const T>& z) {
+          return multihead_attn_.forward(z, memory, memory, cu_seqlens, cu_seqlens_memory, memory_args(args));
+        });
   }
 
   /// @brief Caches for incremental decoding of a batch of `batch`: up to `capacity` target
