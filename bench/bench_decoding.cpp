@@ -3,6 +3,7 @@
 // attention core with grouped vs full key/value heads, and 256 decoded tokens with the
 // cache vs recomputing the prefix. bench/README.md says what each counter means.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -254,6 +255,82 @@ BENCHMARK_TEMPLATE(BM_DecodeCoreStored, std::int8_t)
     ->Name("BM_DecodeCore_kv_int8")
     ->ArgNames({"H", "K", "ctx", "D"})
     ->Args({32, 8, 16384, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+// ---- a ragged batch ------------------------------------------------------------------------
+
+/// Context of sequence i of n spread geometrically over [lo, hi] (lo at i = 0, hi at n - 1):
+/// a server's mix of short and long requests.
+Index spread_context(Index i, Index n, Index lo, Index hi) {
+  return static_cast<Index>(std::lround(double(lo) * std::pow(double(hi) / double(lo), double(i) / double(n - 1))));
+}
+
+/// One decode step of B sequences whose contexts spread over [lo, hi] (spread_context).
+/// ragged = 1: one KVCache holds each sequence at its own length, and attention reads each
+/// sequence's keys only (KVCache::key_lengths). ragged = 0: the batch padded to the longest,
+/// every sequence at hi positions with a key padding mask over the padding (the way to batch
+/// them without per-sequence lengths). MB/step, GB/s and bw_frac count the bytes each step
+/// must read: the weights and the positions actually held (ragged's bound, in both).
+void BM_RaggedDecodeStep(benchmark::State& state) {
+  const LayerShape s{state.range(0), state.range(1), state.range(2), state.range(3)};
+  const Index b = state.range(4), lo = state.range(5), hi = state.range(6);
+  const bool ragged = state.range(7) != 0;
+  const auto layer = make_layer(s);
+  attn::KVCache<float> cache = layer.make_cache(b, hi + 1);
+  fill_cache(cache, hi);
+  Index held = 0;
+  attn::Tensor<bool> padding({b, hi + 1});  // true: blocked
+  for (Index i = 0; i < b; ++i) {
+    const Index ctx = spread_context(i, b, lo, hi);
+    held += ctx + 1;
+    if (ragged) cache.truncate(i, ctx);
+    for (Index j = ctx; j < hi; ++j) padding(i, j) = true;
+  }
+  attn::GqaArgs<float> args;
+  if (!ragged) args.key_padding_mask = attn::Mask<float>::block_where_true(padding);
+  const auto x = attn_bench::input({b, 1, s.e});
+  const double secs = run(state, 0.0, [&] {
+    benchmark::DoNotOptimize(layer.forward(x, cache, args));
+    cache.pop(1);
+  });
+  step_counters(state, weight_bytes<float>(s) + cache_bytes<float>(s.k * held, s.d), b, secs);
+}
+BENCHMARK(BM_RaggedDecodeStep)
+    ->ArgNames({"E", "H", "K", "D", "B", "lo", "hi", "ragged"})
+    ->ArgsProduct({{4096}, {32}, {8}, {128}, {16}, {64}, {4096}, {1, 0}})
+    ->Args({256, 8, 2, 32, 4, 8, 64, 1})  // a small layer: the ctest smoke case
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+/// The prefill of B prompts whose lengths spread over [lo, hi] (spread_context). packed = 1:
+/// one (T, E) input with cu_seqlens, no padding computed. packed = 0: the prompts padded to
+/// hi in one (B, hi, E) batch with a key padding mask (causal masking keeps each prompt's
+/// tokens from seeing its padding). tokens/s counts the prompts' own tokens.
+void BM_VarlenPrefill(benchmark::State& state) {
+  const LayerShape s{state.range(0), state.range(1), state.range(2), state.range(3)};
+  const Index b = state.range(4), lo = state.range(5), hi = state.range(6);
+  const bool packed = state.range(7) != 0;
+  const auto layer = make_layer(s);
+  attn::Tensor<std::int64_t> cu({b + 1});
+  attn::Tensor<bool> padding({b, hi});  // true: blocked
+  for (Index i = 0; i < b; ++i) {
+    const Index n = spread_context(i, b, lo, hi);
+    cu(i + 1) = cu(i) + n;
+    for (Index j = n; j < hi; ++j) padding(i, j) = true;
+  }
+  attn::GqaArgs<float> args;
+  if (!packed) args.key_padding_mask = attn::Mask<float>::block_where_true(padding);
+  const auto x = packed ? attn_bench::input({cu(b), s.e}) : attn_bench::input({b, hi, s.e});
+  const double secs = run(state, 0.0, [&] {
+    benchmark::DoNotOptimize(packed ? layer.forward(x, cu.view()) : layer.forward(x, args));
+  });
+  if (secs > 0) state.counters["tokens/s"] = double(cu(b)) / secs;
+}
+BENCHMARK(BM_VarlenPrefill)
+    ->ArgNames({"E", "H", "K", "D", "B", "lo", "hi", "packed"})
+    ->ArgsProduct({{4096}, {32}, {8}, {128}, {8}, {64}, {2048}, {1, 0}})
+    ->Args({256, 8, 2, 32, 3, 4, 32, 1})  // a small layer: the ctest smoke case
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
