@@ -1,7 +1,7 @@
-// Greedy decoding with a small decoder-only language model built from attn pieces: a token
-// embedding table, pre-norm layers (LayerNorm, GroupedQueryAttention with RoPE, LayerNorm,
-// Linear-GELU-Linear), a final LayerNorm and an LM head. The weights are random, so the
-// tokens mean nothing: this shows the mechanics of a KV cache and what it saves.
+// Greedy decoding with a small decoder-only language model built from attn pieces (tiny_lm.hpp:
+// a token embedding table, pre-norm layers of GroupedQueryAttention with RoPE and a
+// feed-forward, a final LayerNorm and an LM head). The weights are random, so the tokens
+// mean nothing: this shows the mechanics of a KV cache and what it saves.
 // The same tokens are generated twice, (a) with one KVCache per layer (the prompt prefilled
 // in one chunk, then one token per step) and (b) recomputing the whole prefix every step
 // with forward(x); the two must agree (exit 1 otherwise).
@@ -11,121 +11,21 @@
 // Usage: greedy_decoding [--embed E] [--heads H] [--kv-heads K] [--layers N] [--ffn F]
 //                        [--vocab V] [--prompt P] [--new-tokens T] [--threads N]
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
+#include <cstdio>
 #include <stdexcept>
-#include <string>
 #include <vector>
 
 #include "example_util.hpp"
+#include "tiny_lm.hpp"
 
 namespace {
 
 using attn::Index;
-using Tokens = std::vector<Index>;
+using example::Tokens;
 
 struct Config {
   Index embed = 256, heads = 8, kv_heads = 2, layers = 4, ffn = 1024, vocab = 1000, prompt = 16, new_tokens = 128;
   Index threads = 0;  // all cores (attn::set_num_threads(0))
-};
-
-/// Fills every weight matrix of `m` with U(-1/sqrt(in), 1/sqrt(in)) from its own seed (the
-/// modules' default initialisation uses the same seeds in every layer).
-void randomize(attn::Module<float>& m, std::uint64_t seed) {
-  for (auto& slot : m.edit_parameters()) {  // the module repacks its weights when the edit ends
-    if (slot.shape.size() != 2) continue;   // biases and norms keep their defaults
-    const double bound = 1.0 / std::sqrt(double(slot.shape[1]));
-    attn::fill_uniform(attn::TensorView<float>(slot.data, slot.shape), seed++, -bound, bound);
-  }
-}
-
-/// One pre-norm decoder layer: x + attention(norm1(x)), then h + down(gelu(up(norm2(h)))).
-class DecoderLayer {
- public:
-  DecoderLayer(const Config& c, std::uint64_t seed)
-      : norm1_(c.embed), norm2_(c.embed), attention_(c.embed, c.heads, c.kv_heads), up_(c.embed, c.ffn),
-        down_(c.ffn, c.embed) {
-    randomize(attention_, seed);
-    randomize(up_, seed + 10);
-    randomize(down_, seed + 20);
-  }
-
-  attn::KVCache<float> make_cache(Index capacity) const { return attention_.make_cache(1, capacity); }
-
-  /// The whole sequence (causal).
-  attn::Tensor<float> forward(const attn::Tensor<float>& x) const {
-    return residuals(x, [&](const attn::Tensor<float>& z) { return attention_.forward(z); });
-  }
-  /// The next tokens, appended to `cache`.
-  attn::Tensor<float> forward(const attn::Tensor<float>& x, attn::KVCache<float>& cache) const {
-    return residuals(x, [&](const attn::Tensor<float>& z) { return attention_.forward(z, cache); });
-  }
-
- private:
-  template <class Attend>
-  attn::Tensor<float> residuals(const attn::Tensor<float>& x, Attend&& attend) const {
-    attn::Tensor<float> h(x);
-    h.matrix() += attend(norm1_.forward(x)).matrix();
-    attn::Tensor<float> hidden = up_.forward(norm2_.forward(h));
-    attn::gelu_inplace(hidden.matrix());
-    h.matrix() += down_.forward(hidden).matrix();
-    return h;
-  }
-
-  attn::LayerNorm<float> norm1_, norm2_;
-  attn::GroupedQueryAttention<float> attention_;
-  attn::Linear<float> up_, down_;
-};
-
-/// Embedding, decoder layers, final norm, LM head; batch 1.
-class TinyLm {
- public:
-  explicit TinyLm(const Config& c)
-      : table_(attn::random_uniform<float>({c.vocab, c.embed}, 1, -1.0, 1.0)), norm_(c.embed),
-        lm_head_(c.embed, c.vocab, false) {
-    for (Index i = 0; i < c.layers; ++i) layers_.emplace_back(c, 100 + 100 * std::uint64_t(i));
-    randomize(lm_head_, 2);
-  }
-
-  Index vocab() const { return table_.size(0); }
-
-  std::vector<attn::KVCache<float>> make_caches(Index capacity) const {
-    std::vector<attn::KVCache<float>> caches;
-    for (const auto& layer : layers_) caches.push_back(layer.make_cache(capacity));
-    return caches;
-  }
-
-  /// Logits (vocab) of the next token after `tokens`, recomputing every position.
-  attn::Tensor<float> next_logits(const Tokens& tokens) const {
-    attn::Tensor<float> x = embed(tokens);
-    for (const auto& layer : layers_) x = layer.forward(x);
-    return logits(x);
-  }
-  /// The same after the tokens cached so far and `chunk`, which is appended to the caches.
-  attn::Tensor<float> next_logits(const Tokens& chunk, std::vector<attn::KVCache<float>>& caches) const {
-    attn::Tensor<float> x = embed(chunk);
-    for (std::size_t i = 0; i < layers_.size(); ++i) x = layers_[i].forward(x, caches[i]);
-    return logits(x);
-  }
-
- private:
-  attn::Tensor<float> embed(const Tokens& tokens) const {
-    const Index e = table_.size(1);
-    attn::Tensor<float> x({1, Index(tokens.size()), e});
-    for (std::size_t i = 0; i < tokens.size(); ++i) x.matrix().row(Index(i)) = table_.matrix().row(tokens[i]);
-    return x;
-  }
-  /// The LM head on the final norm of the last position only.
-  attn::Tensor<float> logits(const attn::Tensor<float>& x) const {
-    const Index e = x.size(2);
-    const attn::TensorView<const float> last(x.data() + x.numel() - e, {1, e});
-    return lm_head_.forward(norm_.forward(last));
-  }
-
-  attn::Tensor<float> table_;  // (vocab, E)
-  std::vector<DecoderLayer> layers_;
-  attn::LayerNorm<float> norm_;
-  attn::Linear<float> lm_head_;
 };
 
 /// What one way of decoding produced.
@@ -143,12 +43,9 @@ Decoded generate(const Tokens& prompt, Index count, Step&& step) {
   d.ms = example::time_ms([&] {
     for (Index i = 0; i < count; ++i) {
       const attn::Tensor<float> logits = step(context, i);
-      const float* p = logits.data();
-      const Index best = Index(std::max_element(p, p + logits.numel()) - p);
-      float second = -1e30f;
-      for (Index v = 0; v < logits.numel(); ++v)
-        if (v != best) second = std::max(second, p[v]);
-      d.min_margin = std::min(d.min_margin, double(p[best] - second));
+      const example::Choice choice = example::greedy(logits.data(), logits.numel());
+      const Index best = choice.token;
+      d.min_margin = std::min(d.min_margin, choice.margin);
       d.tokens.push_back(best);
       context.push_back(best);
     }
@@ -167,32 +64,12 @@ constexpr const char* kUsage =
     "usage: greedy_decoding [--embed E] [--heads H] [--kv-heads K] [--layers N] [--ffn F] [--vocab V] "
     "[--prompt P] [--new-tokens T] [--threads N]   (all positive integers)\n";
 
-[[noreturn]] void usage_error(const std::string& message) {
-  std::fprintf(stderr, "greedy_decoding: %s\n%s", message.c_str(), kUsage);
-  std::exit(2);
-}
-
 Config parse_args(int argc, char** argv) {
   Config c;
-  const std::pair<const char*, Index*> options[] = {
-      {"--embed", &c.embed}, {"--heads", &c.heads}, {"--kv-heads", &c.kv_heads}, {"--layers", &c.layers},
-      {"--ffn", &c.ffn},     {"--vocab", &c.vocab}, {"--prompt", &c.prompt},     {"--new-tokens", &c.new_tokens},
-      {"--threads", &c.threads}};
-  for (int i = 1; i < argc; i += 2) {
-    if (std::strcmp(argv[i], "--help") == 0) {
-      std::printf("%s", kUsage);
-      std::exit(0);
-    }
-    const auto* o = std::find_if(std::begin(options), std::end(options),
-                                 [&](const auto& opt) { return std::strcmp(opt.first, argv[i]) == 0; });
-    if (o == std::end(options)) usage_error(std::string("unknown argument '") + argv[i] + "'");
-    if (i + 1 >= argc) usage_error(std::string(argv[i]) + " needs a value");
-    char* end = nullptr;
-    const long long v = std::strtoll(argv[i + 1], &end, 10);
-    if (*argv[i + 1] == '\0' || *end != '\0' || v <= 0 || v > 100000)
-      usage_error(std::string(argv[i]) + " must be an integer from 1 to 100000, got '" + argv[i + 1] + "'");
-    *o->second = Index(v);
-  }
+  example::parse_options(argc, argv, "greedy_decoding", kUsage,
+                         {{"--embed", &c.embed}, {"--heads", &c.heads}, {"--kv-heads", &c.kv_heads},
+                          {"--layers", &c.layers}, {"--ffn", &c.ffn}, {"--vocab", &c.vocab}, {"--prompt", &c.prompt},
+                          {"--new-tokens", &c.new_tokens}, {"--threads", &c.threads}});
   return c;
 }
 
@@ -204,13 +81,13 @@ bool run(const Config& c) {
               (long long)c.vocab, (long long)c.embed, (long long)c.layers, (long long)c.heads, (long long)c.kv_heads,
               (long long)c.ffn, (long long)c.prompt, (long long)c.new_tokens, attn::get_num_threads());
   std::printf("weights are random: the tokens are meaningless; this shows the mechanics and the speed\n");
-  const TinyLm model(c);
+  const example::TinyLm model({c.embed, c.heads, c.kv_heads, c.layers, c.ffn, c.vocab});
   Tokens prompt;
   for (Index i = 0; i < c.prompt; ++i) prompt.push_back((i * 7919 + 13) % c.vocab);
 
-  auto caches = model.make_caches(c.prompt + c.new_tokens);
+  auto caches = model.make_caches(1, c.prompt + c.new_tokens);
   const Decoded cached = generate(prompt, c.new_tokens, [&](const Tokens& context, Index i) {
-    return i == 0 ? model.next_logits(context, caches) : model.next_logits({context.back()}, caches);
+    return model.next_logits({i == 0 ? context : Tokens{context.back()}}, caches);
   });
   const Decoded full =
       generate(prompt, c.new_tokens, [&](const Tokens& context, Index) { return model.next_logits(context); });
@@ -236,6 +113,7 @@ int main(int argc, char** argv) {
   try {
     return run(c) ? 0 : 1;
   } catch (const std::invalid_argument& e) {  // sizes that do not fit (e.g. heads not a multiple of kv-heads)
-    usage_error(e.what());
+    std::fprintf(stderr, "greedy_decoding: %s\n%s", e.what(), kUsage);
+    return 2;
   }
 }
