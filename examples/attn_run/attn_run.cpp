@@ -101,6 +101,11 @@ const char* const kUsage =
     "              (B, H, L, S), or (B*H, L, S)), bool or\n"
     "              uint8 (true = masked out) or float (added to the logits): nn.MultiheadAttention's\n"
     "              conventions. Computation is in the dtype of x / query, or --dtype's.\n"
+    "              Packed sequences of different lengths (no padding): cu_seqlens (I64, B + 1), the\n"
+    "              first row of each sequence, then the total, with x (T, E) (gqa_attention), query\n"
+    "              (T, E) (multi_head_attention; cu_seqlens_k for key and value if they differ) or\n"
+    "              tgt (T, E) and cu_seqlens_memory for memory (transformer_decoder_layer). Each\n"
+    "              sequence attends within itself only; no masks.\n"
     "  --output    output; with --need-weights (multi_head_attention only) also attn_weights,\n"
     "              averaged over heads (B, L, S), or per head (B, H, L, S) with --per-head-weights\n"
     "              (which implies --need-weights); with --return-lse (sdpa) also lse.\n"
@@ -356,16 +361,20 @@ template <class T>
 struct Inputs {
   std::map<std::string, attn::Tensor<T>> values;  // x / query / key / value, float masks
   std::map<std::string, attn::Tensor<bool>> bools;  // bool masks
+  std::map<std::string, attn::Tensor<std::int64_t>> offsets;  // cu_seqlens*
   attn::AttentionMasks<T> masks;
 
   Inputs(const attn::io::SafetensorsFile& f, const std::vector<std::string>& data_names,
          const std::string& module) {
     std::set<std::string> known(data_names.begin(), data_names.end());
+    const std::vector<std::string> packed = offset_names(module);
     known.insert({"key_padding_mask", "attn_mask"});
+    known.insert(packed.begin(), packed.end());
     for (const auto& n : f.names())
       if (!known.count(n)) {
         std::string list;
         for (const auto& d : data_names) list += d + ", ";
+        for (const auto& d : packed) list += d + ", ";
         throw std::runtime_error(f.path() + ": tensor '" + n + "' is not an input of " + module + " (expected " +
                                  list + "key_padding_mask, attn_mask)");
       }
@@ -373,6 +382,24 @@ struct Inputs {
       if (f.contains(n)) values.emplace(n, f.get<T>(n));
     masks.key_padding_mask = mask(f, "key_padding_mask");
     masks.attn_mask = mask(f, "attn_mask");
+    for (const auto& n : packed)
+      if (f.contains(n)) {
+        const std::vector<std::int64_t> v = f.get_int64(n);
+        offsets.emplace(n, attn::Tensor<std::int64_t>::from_data(f.info(n).shape, v.data()));
+      }
+  }
+
+  /// The cu_seqlens tensors a module takes.
+  static std::vector<std::string> offset_names(const std::string& module) {
+    if (module == "gqa_attention") return {"cu_seqlens"};
+    if (module == "multi_head_attention") return {"cu_seqlens", "cu_seqlens_k"};
+    if (module == "transformer_decoder_layer") return {"cu_seqlens", "cu_seqlens_memory"};
+    return {};
+  }
+  /// The cu_seqlens tensor `name`, or null when the inputs have none.
+  const attn::Tensor<std::int64_t>* offset(const std::string& name) const {
+    const auto it = offsets.find(name);
+    return it == offsets.end() ? nullptr : &it->second;
   }
 
  private:
@@ -480,9 +507,18 @@ auto with_kv_storage(const std::string& name, F&& f) {
   return f(T{});
 }
 
-/// gqa_attention: causal over x, whole or --incremental through a KV cache.
+/// The inputs' cu_seqlens `name` when they pack sequences (which excludes --incremental), else null.
 template <class T>
-std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& x, const attn::AttentionMasks<T>& masks,
+const attn::Tensor<std::int64_t>* packed(const Options& o, const Inputs<T>& in, const std::string& name) {
+  const attn::Tensor<std::int64_t>* cu = in.offset(name);
+  if (cu && o.incremental > 0)
+    throw std::runtime_error(o.inputs + ": packed sequences (" + name + ") run whole, not --incremental");
+  return cu;
+}
+
+/// gqa_attention: causal over x, whole, packed or --incremental through a KV cache.
+template <class T>
+std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& x, const Inputs<T>& in,
                                       const attn::StateDict<T>& weights) {
   attn::GqaOptions go;
   go.qkv_bias = o.qkv_bias;
@@ -496,7 +532,9 @@ std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& 
   auto m = std::make_shared<attn::GroupedQueryAttention<T>>(o.embed_dim, o.num_heads, o.num_kv_heads, o.head_dim, go);
   m->load_state_dict(weights);
   attn::GqaArgs<T> args;
-  static_cast<attn::AttentionMasks<T>&>(args) = masks;
+  static_cast<attn::AttentionMasks<T>&>(args) = in.masks;
+  if (const attn::Tensor<std::int64_t>* cu = packed(o, in, "cu_seqlens"))
+    return [m, &x, args, cu] { return Result<T>{m->forward(x, cu->view(), args), {}}; };
   if (o.incremental == 0) return [m, &x, args] { return Result<T>{m->forward(x, args), {}}; };
   return [m, &x, args, c = o.incremental, kv = o.kv_cache_dtype] {
     return with_kv_storage<T>(kv, [&](auto s) {
@@ -519,6 +557,13 @@ std::function<Result<T>()> decoder_forward(const Options& o, const Inputs<T>& in
   attn::DecoderArgs<T> args;
   static_cast<attn::AttentionMasks<T>&>(args.self) = in.masks;
   args.self.causal = attn::Causal::kTopLeft;  // tgt_is_causal (with the cache: over the positions so far)
+  if (const attn::Tensor<std::int64_t>* cu = packed(o, in, "cu_seqlens")) {
+    const attn::Tensor<std::int64_t>* cu_m = in.offset("cu_seqlens_memory");
+    if (!cu_m) throw std::runtime_error(o.inputs + ": packed tgt (cu_seqlens) needs cu_seqlens_memory for memory");
+    return [m, &tgt, &memory, args, cu, cu_m] {
+      return Result<T>{m->forward(tgt, cu->view(), memory, cu_m->view(), args), {}};
+    };
+  }
   if (o.incremental == 0) return [m, &tgt, &memory, args] { return Result<T>{m->forward(tgt, memory, args), {}}; };
   return [m, &tgt, &memory, args, c = o.incremental, kv = o.kv_cache_dtype] {
     return with_kv_storage<T>(kv, [&](auto s) {
@@ -579,6 +624,12 @@ std::function<Result<T>()> mha_forward(const Options& o, const Inputs<T>& in, co
   args.need_weights = o.need_weights;
   args.average_attn_weights = !o.per_head_weights;
   if (o.causal || o.incremental > 0) args.causal = attn::Causal::kBottomRight;
+  if (const attn::Tensor<std::int64_t>* cu = packed(o, in, "cu_seqlens")) {
+    const attn::Tensor<std::int64_t>* cu_k = in.offset("cu_seqlens_k") ? in.offset("cu_seqlens_k") : cu;
+    return [m, &q, &k, vp, args, cu, cu_k] {
+      return Result<T>{m->forward(q, k, *vp, cu->view(), cu_k->view(), args).output, {}};
+    };
+  }
   if (o.incremental > 0) {
     if (&k != &q || vp != &q)
       throw std::runtime_error(o.inputs + ": --incremental is self-attention: key and value must be the query");
@@ -625,7 +676,7 @@ std::function<Result<T>()> make_forward(const Options& o, const Inputs<T>& in, c
   if (o.module == "attention_block") return single(std::make_shared<attn::AttentionBlock<T>>(o.embed_dim, o.num_heads));
   if (o.module == "transformer_encoder_layer")
     return single(std::make_shared<attn::TransformerEncoderLayer<T>>(o.embed_dim, o.num_heads, layer_options(o)));
-  if (o.module == "gqa_attention") return gqa_forward(o, x, in.masks, weights);
+  if (o.module == "gqa_attention") return gqa_forward(o, x, in, weights);
   return single(std::make_shared<attn::MobileViTEncoderLayer<T>>(o.embed_dim, o.ffn_dim, o.num_heads));
 }
 

@@ -16,6 +16,10 @@
     e2e_test.py lse ATTN_RUN WORKDIR
         --module sdpa --return-lse against PyTorch's float64 softmax and torch.logsumexp of the
         masked logits, in float32 and (lse stays float32) bfloat16. Exit 77 without PyTorch.
+    e2e_test.py packed ATTN_RUN WORKDIR
+        Packed sequences (cu_seqlens): gqa_attention against examples/torch_reference.py's
+        LlamaAttention and causal multi_head_attention against nn.MultiheadAttention, each
+        PyTorch sequence run alone. Exit 77 without PyTorch.
 """
 import copy
 import json
@@ -51,8 +55,8 @@ def run_case(attn_run, workdir, export_args):
 # ----------------------------------------------------------------------------
 
 def write_st(path, tensors):
-    """tensors: {name: (dtype, shape, flat list)}; dtype F32, F16 or BOOL."""
-    fmt = {"F32": "f", "F16": "e", "BOOL": "?"}
+    """tensors: {name: (dtype, shape, flat list)}; dtype F32, F16, BOOL or I64."""
+    fmt = {"F32": "f", "F16": "e", "BOOL": "?", "I64": "q"}
     header, blobs, offset = {}, [], 0
     for name, (dtype, shape, values) in tensors.items():
         blob = struct.pack(f"<{len(values)}{fmt[dtype]}", *values)
@@ -306,8 +310,57 @@ def run_lse(attn_run, workdir):
     return 1 if failures else 0
 
 
+def run_packed(attn_run, workdir):
+    env = with_torch(workdir)
+    if env is None:
+        return SKIP
+    np, torch, w = env
+    sys.path.insert(0, str(EXPORT.parent))
+    import torch_reference as ref
+    E, H, K, lengths = 32, 4, 2, [5, 1, 12, 7]
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    seqs = [torch.randn(1, n, E) for n in lengths]
+    f32 = lambda t: ("F32", list(t.shape), t.detach().flatten().tolist())  # noqa: E731
+    packed = torch.cat(seqs, 1)[0]
+    gqa = ref.LlamaAttention(E, H, K)
+    mha = torch.nn.MultiheadAttention(E, H, batch_first=True)
+    runs = {}
+    with torch.no_grad():
+        for p in gqa.parameters():
+            p.normal_(0, 0.2)
+        mask = lambda n: torch.ones(n, n, dtype=torch.bool).triu(1)  # noqa: E731
+        runs["gqa_attention"] = (gqa, "x", torch.cat([gqa(s) for s in seqs], 1)[0],
+                                 ["--num-kv-heads", str(K)])
+        runs["multi_head_attention"] = (mha, "query", torch.cat([mha(s, s, s, attn_mask=mask(s.shape[1]),
+                                                                     need_weights=False)[0] for s in seqs], 1)[0],
+                                        ["--causal"])
+    failures = []
+    for module, (m, name, expected, flags) in runs.items():
+        write_st(w / f"{module}_weights.safetensors", {k: f32(v) for k, v in m.state_dict().items()})
+        write_st(w / f"{module}_inputs.safetensors", {name: f32(packed), "cu_seqlens": ("I64", [len(cu)], cu)})
+        out = w / f"{module}_out.safetensors"
+        r = subprocess.run([attn_run, "--module", module, "--embed-dim", str(E), "--num-heads", str(H), *flags,
+                            "--weights", str(w / f"{module}_weights.safetensors"), "--inputs",
+                            str(w / f"{module}_inputs.safetensors"), "--output", str(out)], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            failures.append(f"{module}: exit {r.returncode}: {r.stderr.strip()}")
+            continue
+        info, got = read_tensor(out, "output", np)
+        err = float(np.abs(got.astype(np.float64) - expected.numpy().reshape(-1)).max() / expected.abs().max())
+        ok = info["shape"] == list(expected.shape) and err <= 1e-5
+        print(f"{'ok  ' if ok else 'FAIL'} {module} packed {lengths}: output {info['dtype']}{info['shape']}, max "
+              f"error {err:.3g} of max |ref| (tolerance 1e-05)")
+        if not ok:
+            failures.append(module)
+    print(f"{len(failures)} failure(s)" + (": " + ", ".join(failures) if failures else ""))
+    return 1 if failures else 0
+
+
 def main(argv):
-    if len(argv) < 3 or argv[0] not in ("case", "errors", "dtypes", "lse"):
+    if len(argv) < 3 or argv[0] not in ("case", "errors", "dtypes", "lse", "packed"):
         print(__doc__, file=sys.stderr)
         return 2
     mode, attn_run, workdir = argv[:3]
@@ -317,6 +370,8 @@ def main(argv):
         return run_dtypes(attn_run, workdir)
     if mode == "lse":
         return run_lse(attn_run, workdir)
+    if mode == "packed":
+        return run_packed(attn_run, workdir)
     return run_errors(attn_run, workdir)
 
 
