@@ -11,11 +11,13 @@ purpose="${1:-all}"
 
 base=(cmake g++ make libeigen3-dev)
 case "$purpose" in
-  tests)    extra=(libgtest-dev libgmock-dev nlohmann-json3-dev libstb-dev libbenchmark-dev python3-torch python3-numpy doxygen pkg-config) ;;
+  tests)    extra=(libgtest-dev libgmock-dev nlohmann-json3-dev libstb-dev libbenchmark-dev python3-torch python3-numpy doxygen pkg-config
+                   libopenmpi-dev openmpi-bin) ;;
   examples) extra=(nlohmann-json3-dev libstb-dev) ;;
   bench)    extra=(libbenchmark-dev python3-torch python3-numpy python3-matplotlib libopenblas0-pthread
                    python3-onnx) ;;
-  all)      extra=(libgtest-dev libgmock-dev nlohmann-json3-dev libstb-dev libbenchmark-dev doxygen pkg-config) ;;
+  all)      extra=(libgtest-dev libgmock-dev nlohmann-json3-dev libstb-dev libbenchmark-dev doxygen pkg-config
+                   libopenmpi-dev openmpi-bin) ;;
   -h|--help)
     sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0 ;;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build and test attn four ways (this is the README's test command and CI's):
-#   1. build/        everything (tests, examples, benchmarks, install; warnings are errors),
+#   1. build/        everything (tests, examples, benchmarks, install, the MPI target whose
+#                    test runs on 2 processes; warnings are errors),
 #                    Release, the API documentation (Doxygen; an undocumented public
 #                    declaration is an error), then the whole ctest suite; the kernel and
 #                    reference tests also for the other machine kinds' instruction sets the CPU
@@ -76,6 +77,7 @@ plain() {
     -DATTN_BUILD_EXAMPLES=ON \
     -DATTN_BUILD_BENCHMARKS=ON \
     -DATTN_INSTALL=ON \
+    -DATTN_MPI=ON \
     -DATTN_WERROR=ON &&
   cmake --build "$root/build" -j"$jobs" &&
   cmake --build "$root/build" --target docs &&
