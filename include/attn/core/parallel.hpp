@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <new>
 #include <system_error>
 #include <thread>
 #include <type_traits>
@@ -136,6 +137,7 @@ class ThreadPool {
   /// Runs f() once on every pool thread started so far, and waits for all of them.
   template <class F>
   void on_every_thread(F f) {
+    if (forked_.load()) return;  // a fork() child has no pool threads (owner_ may be a lost thread's)
     std::lock_guard<std::mutex> owner(owner_);
     const int threads = started_.load();
     publish(threads, [](void* body, Index) { (*static_cast<F*>(body))(); }, &f, threads, true);
@@ -155,9 +157,15 @@ class ThreadPool {
     // A child of fork() has none of the pool's threads, and starts none: in the child of a
     // threaded process only async-signal-safe calls are safe (a lock another thread held
     // during the fork, in malloc say, stays locked), so its loops run on the calling thread.
+    // The helpers that were sleeping, or held the pool's lock on their way to sleep, did not
+    // come along: the child counts none and gets a new lock and condition variable.
     pthread_atfork(nullptr, nullptr, [] {
-      instance().started_.store(0);
-      instance().forked_.store(true);
+      ThreadPool& p = instance();
+      new (&p.mutex_) std::mutex;
+      new (&p.wake_) std::condition_variable;
+      p.sleeping_.store(0);
+      p.started_.store(0);
+      p.forked_.store(true);
     });
 #endif
   }
