@@ -253,15 +253,20 @@ def run_dtypes(attn_run, workdir):
             failures.append(f"{name}: exit {r.returncode}: {r.stderr.strip()}")
             continue
         info, got = read_tensor(out, "output", np)
-        shape, ref = list(ref.shape), ref.numpy().reshape(-1)
-        err = float(np.abs(got.astype(np.float64) - ref).max()) / float(np.abs(ref).max())
-        ok = info["dtype"] == st_dtype and info["shape"] == shape and err <= tol
+        err = max_error(got, ref, np)
+        ok = info["dtype"] == st_dtype and info["shape"] == list(ref.shape) and err <= tol
         print(f"{'ok  ' if ok else 'FAIL'} {module} --dtype {dtype}: output {info['dtype']}{info['shape']}, max "
               f"error {err:.3g} of max |ref| (tolerance {tol:g})")
         if not ok:
             failures.append(name)
     print(f"{len(failures)} failure(s)" + (": " + ", ".join(failures) if failures else ""))
     return 1 if failures else 0
+
+
+def max_error(got, ref, np):
+    """max |got - ref| / max |ref| of a flat NumPy array against a torch tensor, in float64."""
+    ref = ref.double().numpy().reshape(-1)
+    return float(np.abs(got.astype(np.float64) - ref).max() / np.abs(ref).max())
 
 
 def read_tensor(path, name, np):
@@ -300,7 +305,7 @@ def run_lse(attn_run, workdir):
         for name, ref in expected.items():
             info, got = read_tensor(out, name, np)
             want = "F32" if name == "lse" else {"float32": "F32", "bfloat16": "BF16"}[dtype]
-            err = float(np.abs(got.astype(np.float64) - ref.numpy().reshape(-1)).max() / ref.abs().max())
+            err = max_error(got, ref, np)
             ok = info["dtype"] == want and info["shape"] == list(ref.shape) and err <= tol
             print(f"{'ok  ' if ok else 'FAIL'} sdpa --dtype {dtype}: {name} {info['dtype']}{info['shape']}, max "
                   f"error {err:.3g} of max |ref| (tolerance {tol:g})")
@@ -349,7 +354,7 @@ def run_packed(attn_run, workdir):
             failures.append(f"{module}: exit {r.returncode}: {r.stderr.strip()}")
             continue
         info, got = read_tensor(out, "output", np)
-        err = float(np.abs(got.astype(np.float64) - expected.numpy().reshape(-1)).max() / expected.abs().max())
+        err = max_error(got, expected, np)
         ok = info["shape"] == list(expected.shape) and err <= 1e-5
         print(f"{'ok  ' if ok else 'FAIL'} {module} packed {lengths}: output {info['dtype']}{info['shape']}, max "
               f"error {err:.3g} of max |ref| (tolerance 1e-05)")
