@@ -68,6 +68,12 @@ class GroupedQueryAttention : public Module<T> {
   KVCache<T, S> make_cache(Index batch, Index capacity) const {
     return KVCache<T, S>(batch, num_kv_heads_, capacity, head_dim_);
   }
+  /// @brief A paged cache for forward(x, cache): `batch` sequences of at most `capacity`
+  /// positions in `pool`'s pages of (K, page_size, D) (see KVCache).
+  template <class S = T>
+  KVCache<T, S> make_cache(Index batch, Index capacity, KVPages pool) const {
+    return KVCache<T, S>(batch, num_kv_heads_, capacity, head_dim_, pool);
+  }
 
   /// @brief The whole sequence, causal.
   /// @param x (B, L, E)

@@ -190,6 +190,12 @@ class MultiHeadAttention : public Module<T> {
   KVCache<T, S> make_cache(Index batch, Index capacity) const {
     return KVCache<T, S>(batch, num_heads_, capacity, head_dim_);
   }
+  /// @brief A paged cache for decoding with this layer: `batch` sequences of at most
+  /// `capacity` positions in `pool`'s pages of (num_heads, page_size, head_dim) (see KVCache).
+  template <class S = T>
+  KVCache<T, S> make_cache(Index batch, Index capacity, KVPages pool) const {
+    return KVCache<T, S>(batch, num_heads_, capacity, head_dim_, pool);
+  }
 
   /// @brief Self-attention on a chunk of new tokens with a KV cache (autoregressive decoding):
   /// only the chunk is projected, its keys and values are appended to the cache, and the

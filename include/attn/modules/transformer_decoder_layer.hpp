@@ -124,6 +124,13 @@ class TransformerDecoderLayer : public Module<T> {
   DecoderCache<T, S> make_cache(Index batch, Index capacity, Index memory_length) const {
     return {self_attn_.template make_cache<S>(batch, capacity), multihead_attn_.template make_cache<S>(batch, memory_length)};
   }
+  /// @brief make_cache with the target tokens' cache paged in `pool` (see KVCache); the
+  /// memory's is contiguous.
+  template <class S = T>
+  DecoderCache<T, S> make_cache(Index batch, Index capacity, Index memory_length, KVPages pool) const {
+    return {self_attn_.template make_cache<S>(batch, capacity, pool),
+            multihead_attn_.template make_cache<S>(batch, memory_length)};
+  }
 
   /// @brief Projects the memory's keys and values once into cache.memory (and empties
   /// cache.self): the start of decoding a new sequence.

@@ -21,6 +21,13 @@
 
 namespace attn {
 
+/// @brief The pool of a paged KVCache: `pages` pages of `page_size` positions each, shared by
+/// every sequence of the cache.
+struct KVPages {
+  Index page_size = 0;  ///< positions per page (vLLM's block size)
+  Index pages = 0;      ///< pages in the pool
+};
+
 /// @brief Keys and values (B, K, capacity, D) of an autoregressive decoder, appended a chunk
 /// at a time (flash_attn_with_kvcache's cache, HF's past_key_values).
 ///
@@ -35,6 +42,16 @@ namespace attn {
 /// length() is the longest, length(b) and position(b) each sequence's, and key_lengths()
 /// tells attention (SdpaOptions::key_lengths) which keys each sequence holds, so that no
 /// step computes on another sequence's padding.
+///
+/// A paged cache (constructed with KVPages, as vLLM's) keeps its positions in a pool of
+/// pages of (K, page_size, D) shared by every sequence, with a block table per sequence: an
+/// append takes pages from the pool as a sequence needs them, truncate(b, n) and pop return
+/// them, and memory follows the positions actually held instead of batch x capacity.
+/// fork(b, from) makes sequence b a copy of sequence `from` that shares its pages; the first
+/// append to a shared page that is not full copies it first (copy on write), so a prompt
+/// prefilled once serves many sequences. keys() and values() are then paged views
+/// (HeadsView::pages), which the attention kernels read in place with the same bits as a
+/// contiguous cache. Only a contiguous cache rolls.
 ///
 /// A rolling cache (set_rolling_window(W), for layers with a sliding window of at most W
 /// keys) never runs out: an append that would pass the capacity first drops the oldest
@@ -70,19 +87,15 @@ class KVCache {
   /// positions it can hold; @param head_dim D
   /// @throws std::invalid_argument for negative sizes or an element count that overflows
   KVCache(Index batch, Index kv_heads, Index capacity, Index head_dim)
-      : batch_(batch), heads_(kv_heads), capacity_(capacity), head_dim_(head_dim) {
-    detail::require(batch >= 0 && kv_heads >= 0 && capacity >= 0 && head_dim >= 0, "attn::KVCache: batch (", batch,
-                    "), kv_heads (", kv_heads, "), capacity (", capacity, ") and head_dim (", head_dim,
-                    ") must be >= 0");
-    const Index n = detail::checked_numel({batch, kv_heads, capacity, head_dim}, "attn::KVCache");
-    lengths_.assign(static_cast<std::size_t>(batch), 0);
-    keys_.resize(n);
-    values_.resize(n);
-    if (kQuantised) {
-      key_scales_.setZero(batch * kv_heads * capacity);
-      value_scales_.setZero(batch * kv_heads * capacity);
-    }
-  }
+      : KVCache(batch, kv_heads, capacity, head_dim, batch, capacity, false) {}
+  /// A paged cache (see the class) whose sequences hold at most `capacity` positions each,
+  /// in a pool of pool.pages pages of pool.page_size positions.
+  /// @param batch B; @param kv_heads K; @param capacity the most positions one sequence can
+  /// hold; @param head_dim D; @param pool the pages
+  /// @throws std::invalid_argument for negative sizes, a page size below 1, more than 2^31 - 1
+  /// pages or an element count that overflows
+  KVCache(Index batch, Index kv_heads, Index capacity, Index head_dim, KVPages pool)
+      : KVCache(batch, kv_heads, capacity, head_dim, pool.pages, pool.page_size, true) {}
 
   Index batch() const { return batch_; }        ///< B
   Index kv_heads() const { return heads_; }     ///< K
@@ -110,11 +123,20 @@ class KVCache {
   Index position(Index b) const { return first_ + length(b); }
   /// W of a rolling cache, 0 for one that holds every position.
   Index rolling_window() const { return window_; }
-  /// Bytes of keys and values allocated (the whole capacity), with int8's scales.
-  std::size_t bytes() const {
-    return sizeof(S) * static_cast<std::size_t>(keys_.size() + values_.size()) +
-           sizeof(float) * static_cast<std::size_t>(key_scales_.size() + value_scales_.size());
-  }
+  /// Bytes of keys and values allocated (the whole capacity, or pool), with int8's scales.
+  std::size_t bytes() const { return page_bytes() * static_cast<std::size_t>(pages_); }
+  /// Bytes of the pages sequences hold: bytes() for a contiguous cache (each sequence owns its
+  /// capacity), the pages in use for a paged one.
+  std::size_t bytes_in_use() const { return page_bytes() * static_cast<std::size_t>(pages_ - free_pages()); }
+  /// Whether the cache is paged (constructed with KVPages).
+  bool paged() const { return paged_; }
+  /// Positions per page: the page size of a paged cache, the capacity of a contiguous one
+  /// (whose sequence b owns page b).
+  Index page_size() const { return page_size_; }
+  /// Pages in the pool (a contiguous cache's: batch()).
+  Index pages() const { return pages_; }
+  /// Pages no sequence holds (a contiguous cache's: 0).
+  Index free_pages() const { return static_cast<Index>(free_.size()); }
 
   /// @brief Checks that the cache suits a layer's call: `batch` sequences, `kv_heads` heads of
   /// `head_dim`, room for `more` positions, and, if the cache rolls, a layer whose queries
@@ -132,32 +154,45 @@ class KVCache {
     detail::require(!window_ || (sliding_window && *sliding_window <= window_), where,
                     ": the cache rolls with a window of ", window_, " positions, the layer's sliding window is ",
                     sliding_window ? std::to_string(*sliding_window) : std::string("none (it sees every position)"));
-    detail::require(more <= room(), where, ": ", more, " more tokens do not fit the cache (length ", length_,
-                    ", capacity ", capacity_, window_ ? ", rolling window " + std::to_string(window_) : std::string(),
-                    ")");
+    detail::require(more <= room(), where, ": ", more, " more tokens do not fit the cache (", fill(), ")");
   }
 
   /// @brief Makes the cache rolling for layers whose sliding window is at most `window` keys
   /// (see the class). With a capacity of 2 * window, the kept rows move once every
   /// window + 1 single-token steps; a chunk can have up to capacity - (window - 1) tokens.
   /// @throws std::invalid_argument, the cache unchanged, unless 1 <= window <= capacity(), or
-  /// if the sequences are ragged (a rolling cache keeps one length for all)
+  /// if the sequences are ragged (a rolling cache keeps one length for all) or the cache paged
   void set_rolling_window(Index window) {
     detail::require(window >= 1 && window <= capacity_, "attn::KVCache::set_rolling_window: window ", window,
                     " is not between 1 and the capacity ", capacity_);
     detail::require(!ragged(), "attn::KVCache::set_rolling_window: the sequences hold different lengths");
+    detail::require(!paged_, "attn::KVCache::set_rolling_window: a paged cache does not roll");
     window_ = window;
   }
 
-  /// The most positions one append can take now.
-  Index room() const { return capacity_ - (window_ ? std::min(length_, window_ - 1) : length_); }
+  /// The most positions one append (to every sequence) can take now: within the capacity,
+  /// and for a paged cache within the free pages.
+  Index room() const {
+    const Index most = capacity_ - (window_ ? std::min(length_, window_ - 1) : length_);
+    if (!paged_) return most;
+    Index lo = 0, hi = most;  // pages_needed grows with the count: the largest count that fits
+    while (lo < hi) {
+      const Index mid = hi - (hi - lo) / 2;
+      if (pages_needed(mid) <= free_pages())
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    return lo;
+  }
   /// The positions held after appending `count` (a rolling cache may drop old ones first).
   Index length_after(Index count) const { return (needs_roll(count) ? window_ - 1 : length_) + count; }
 
-  /// Forgets every position (the memory is kept; position() starts again at 0).
+  /// Forgets every position (the memory is kept, a paged cache's pages all free; position()
+  /// starts again at 0).
   void reset() {
+    for (Index b = 0; b < batch_; ++b) release(b, 0);
     length_ = first_ = 0;
-    std::fill(lengths_.begin(), lengths_.end(), 0);
   }
   /// @brief Forgets the positions from `length` on in every sequence (rolls back to a
   /// shorter cache).
@@ -165,7 +200,7 @@ class KVCache {
   void truncate(Index length) {
     detail::require(length >= 0 && length <= length_, "attn::KVCache::truncate: length ", length,
                     " is not between 0 and the current length ", length_);
-    for (auto& n : lengths_) n = std::min<std::int64_t>(n, length);
+    for (Index b = 0; b < batch_; ++b) release(b, std::min<Index>(lengths_[std::size_t(b)], length));
     length_ = length;
   }
   /// @brief Forgets the positions of sequence b from `length` on; 0 frees the sequence's slot
@@ -177,6 +212,7 @@ class KVCache {
     detail::require(length >= 0 && length <= lengths_[b], "attn::KVCache::truncate: length ", length,
                     " is not between 0 and sequence ", b, "'s length ", lengths_[b]);
     detail::require(!window_, "attn::KVCache::truncate: a rolling cache keeps one length for all sequences");
+    release(b, length);
     set_length(b, length);
   }
   /// @brief Undoes the last append of `count` positions: every sequence forgets its last count.
@@ -185,31 +221,60 @@ class KVCache {
     const Index shortest = lengths_.empty() ? length_ : *std::min_element(lengths_.begin(), lengths_.end());
     detail::require(count >= 0 && count <= shortest, "attn::KVCache::pop: ", count,
                     " positions are not between 0 and the shortest sequence's length ", shortest);
-    for (auto& n : lengths_) n -= count;
+    for (Index b = 0; b < batch_; ++b) release(b, lengths_[std::size_t(b)] - count);
     length_ -= count;
   }
   /// @brief Sequence b becomes a copy of sequence `from` of `other` (its keys, values and
-  /// length; a prompt prefilled alone joins a batch).
+  /// length; a prompt prefilled alone joins a batch). Either cache may be paged.
   /// @throws std::invalid_argument, the cache unchanged, when the heads or head dims differ,
-  /// b or from is out of range, the sequence does not fit the capacity, or either cache rolls
+  /// b or from is out of range, the sequence does not fit the capacity (or the free pages), or
+  /// either cache rolls
   void assign(Index b, const KVCache& other, Index from) {
     checked_sequence("assign", b);
     const Index n = other.length(from);
+    if (&other == this && b == from) return;
     detail::require(other.kv_heads() == heads_ && other.head_dim() == head_dim_ && n <= capacity_ && !window_ &&
                         !other.rolling_window(),
                     "attn::KVCache::assign: sequence ", from, " of a cache of ", other.kv_heads(), " heads of ",
                     other.head_dim(), " (length ", n, ") does not fit this one of ", heads_, " heads of ", head_dim_,
                     " (capacity ", capacity_, "), or a cache rolls");
-    for (Index h = 0; h < heads_; ++h) {
-      const auto copy = [&](const auto& src, auto* dst, Index width) {
-        std::copy(src.row(from, h), src.row(from, h) + n * width, dst + row(b, h, 0) * width);
-      };
-      copy(other.keys(), keys_.data(), head_dim_);
-      copy(other.values(), values_.data(), head_dim_);
-      if (kQuantised) {
-        copy(other.key_scales(), key_scales_.data(), 1);
-        copy(other.value_scales(), value_scales_.data(), 1);
+    if (paged_)
+      detail::require(pages_for(n) <= free_pages() + pages_freed(b), "attn::KVCache::assign: sequence ", from,
+                      " (length ", n, ") needs ", pages_for(n), " pages, the pool has ", free_pages(),
+                      " free and sequence ", b, " frees ", pages_freed(b));
+    release(b, 0);
+    set_length(b, 0);
+    make_room(b, n);
+    for (Index h = 0; h < heads_; ++h)
+      for (Index j = 0; j < n; ++j) {
+        const Index r = row(b, h, j);
+        const auto copy = [](const auto* src, auto* dst, Index width) { std::copy(src, src + width, dst); };
+        copy(other.keys().row(from, h, j), keys_.data() + r * head_dim_, head_dim_);
+        copy(other.values().row(from, h, j), values_.data() + r * head_dim_, head_dim_);
+        if (kQuantised) {
+          key_scales_[r] = *other.key_scales().row(from, h, j);
+          value_scales_[r] = *other.value_scales().row(from, h, j);
+        }
       }
+    set_length(b, n);
+  }
+
+  /// @brief Sequence b becomes a copy of sequence `from` of this cache. A paged cache shares
+  /// from's pages with b (a page both hold is copied when either first appends into it); a
+  /// contiguous one copies them (assign). Prefix sharing: a prompt prefilled once, forked into
+  /// the sequences that continue it.
+  /// @throws std::invalid_argument, the cache unchanged, as assign
+  void fork(Index b, Index from) {
+    checked_sequence("fork", b);
+    checked_sequence("fork", from);
+    if (!paged_) return assign(b, *this, from);
+    if (b == from) return;
+    release(b, 0);
+    const Index n = lengths_[std::size_t(from)];
+    for (Index i = 0; i < pages_for(n); ++i) {
+      const std::int32_t p = table_[std::size_t(from * width_ + i)];
+      table_[std::size_t(b * width_ + i)] = p;
+      ++refs_[std::size_t(p)];
     }
     set_length(b, n);
   }
@@ -222,6 +287,7 @@ class KVCache {
   void append(const HeadsView<const T>& k, const HeadsView<const T>& v) {
     require_chunk("append", k.shape(), v.shape(), k.length);
     roll(k.length);
+    for (Index b = 0; b < batch_; ++b) make_room(b, k.length);
     for (Index b = 0; b < batch_; ++b)
       for (Index h = 0; h < heads_; ++h)
         for (Index n = 0; n < k.length; ++n) {
@@ -233,8 +299,9 @@ class KVCache {
   }
 
   /// @brief Appends `count` positions whose keys and values write(k, v) writes into two
-  /// (B, K, count, D) views of T: the cache's own memory when S is T and the sequences share
-  /// one length (a projection writes straight into the cache), else a buffer then appended
+  /// (B, K, count, D) views of T: the cache's own memory when S is T, the cache contiguous and
+  /// the sequences share one length (a projection writes straight into the cache), else a
+  /// buffer then appended
   /// (rounded or quantised, each sequence at its end). Nothing is
   /// appended if write throws (a rolling cache may have dropped positions that no new query
   /// can see).
@@ -243,7 +310,7 @@ class KVCache {
   void append_written(Index count, Write&& write) {
     checked_count(count);
     if constexpr (std::is_same<S, T>::value) {
-      if (!ragged()) {
+      if (!ragged() && !paged_) {
         roll(count);
         write(view(keys_.data(), length_, count), view(values_.data(), length_, count));
         grow(count);
@@ -257,19 +324,126 @@ class KVCache {
     append(kh, vh);
   }
 
-  /// The keys of the positions held: (B, K, length, D), in S.
+  /// The keys of the positions held: (B, K, length, D), in S (a paged view if the cache is).
   HeadsView<const S> keys() const { return view(keys_.data(), 0, length_); }
   /// The values of the positions held: (B, K, length, D), in S.
   HeadsView<const S> values() const { return view(values_.data(), 0, length_); }
-  /// For int8: the scale of each key row (B, K, length), else empty.
+  /// For int8: the scale of each key row (B, K, length) (paged as keys()), else empty.
   RowScales key_scales() const { return scales(key_scales_); }
   /// For int8: the scale of each value row (B, K, length), else empty.
   RowScales value_scales() const { return scales(value_scales_); }
 
  private:
-  /// Row (one token of one key/value head) n of sequence b, head h; its D values start at offset().
-  Index row(Index b, Index h, Index n) const { return (b * heads_ + h) * capacity_ + n; }
-  Index offset(Index b, Index h, Index n) const { return row(b, h, n) * head_dim_; }
+  /// The constructors' common part: `pages` pages of (K, page_size, D); if paged, all free
+  /// and a block table of ceil(capacity / page_size) pages per sequence.
+  KVCache(Index batch, Index kv_heads, Index capacity, Index head_dim, Index pages, Index page_size, bool paged)
+      : batch_(batch), heads_(kv_heads), capacity_(capacity), head_dim_(head_dim), pages_(pages),
+        page_size_(page_size), paged_(paged) {
+    detail::require(batch >= 0 && kv_heads >= 0 && capacity >= 0 && head_dim >= 0 && pages >= 0, "attn::KVCache: batch (",
+                    batch, "), kv_heads (", kv_heads, "), capacity (", capacity, "), head_dim (", head_dim,
+                    ") and pages (", pages, ") must be >= 0");
+    detail::require(!paged || (page_size >= 1 && pages <= std::numeric_limits<std::int32_t>::max()),
+                    "attn::KVCache: a paged cache needs pages of at least 1 position and at most 2^31 - 1 pages, got ",
+                    pages, " pages of ", page_size);
+    const Index n = detail::checked_numel({pages, kv_heads, page_size, head_dim}, "attn::KVCache");
+    lengths_.assign(static_cast<std::size_t>(batch), 0);
+    if (paged) {
+      width_ = std::max<Index>(1, (capacity + page_size - 1) / page_size);
+      table_.assign(static_cast<std::size_t>(detail::checked_numel({batch, width_}, "attn::KVCache")), 0);
+      refs_.assign(static_cast<std::size_t>(pages), 0);
+      for (Index p = pages; p-- > 0;) free_.push_back(static_cast<std::int32_t>(p));  // page 0 is taken first
+    }
+    keys_.resize(n);
+    values_.resize(n);
+    if (kQuantised) {
+      key_scales_.setZero(pages * kv_heads * page_size);
+      value_scales_.setZero(pages * kv_heads * page_size);
+    }
+  }
+
+  /// Row (one token of one key/value head) n of sequence b, head h, in the pool of
+  /// (pages, K, page_size) rows; its D values start at row * D.
+  Index row(Index b, Index h, Index n) const {
+    if (!paged_) return (b * heads_ + h) * page_size_ + n;
+    return (table_[std::size_t(b * width_ + n / page_size_)] * heads_ + h) * page_size_ + n % page_size_;
+  }
+
+  /// Bytes of one page: its keys, values and int8 scales.
+  std::size_t page_bytes() const {
+    const std::size_t rows = static_cast<std::size_t>(heads_ * page_size_);
+    return rows * (2 * sizeof(S) * static_cast<std::size_t>(head_dim_) + (kQuantised ? 2 * sizeof(float) : 0));
+  }
+  /// Pages that hold n positions (paged caches only: a contiguous one's page size may be 0).
+  Index pages_for(Index n) const { return (n + page_size_ - 1) / page_size_; }
+  /// Whether sequence b's last page is partly filled and shared with another sequence: an
+  /// append to b copies it first.
+  bool shared_tail(Index b) const {
+    const Index n = lengths_[std::size_t(b)];
+    return paged_ && n % page_size_ != 0 && refs_[std::size_t(table_[std::size_t(b * width_ + n / page_size_)])] > 1;
+  }
+  /// Pages an append of `count` positions to every sequence takes from the pool, at most (a
+  /// shared tail counts for each sequence that copies it).
+  Index pages_needed(Index count) const {
+    if (!paged_ || count == 0) return 0;
+    Index pages = 0;
+    for (Index b = 0; b < batch_; ++b) {
+      const Index n = lengths_[std::size_t(b)];
+      pages += pages_for(n + count) - pages_for(n) + (shared_tail(b) ? 1 : 0);
+    }
+    return pages;
+  }
+  /// Pages that return to the pool if sequence b of a paged cache releases all of its own.
+  Index pages_freed(Index b) const {
+    Index pages = 0;
+    for (Index i = 0; i < pages_for(lengths_[std::size_t(b)]); ++i)
+      pages += refs_[std::size_t(table_[std::size_t(b * width_ + i)])] == 1;
+    return pages;
+  }
+  /// Paged: sequence b gets the pages its next `count` positions need, its shared tail copied.
+  void make_room(Index b, Index count) {
+    if (!paged_ || count == 0) return;
+    const Index n = lengths_[std::size_t(b)];
+    std::int32_t* pages = table_.data() + b * width_;
+    if (shared_tail(b)) {
+      const std::int32_t shared = pages[n / page_size_], own = take_page();
+      const Index rows = heads_ * page_size_;
+      const auto copy = [&](auto& data, Index width) {
+        std::copy(data.data() + shared * rows * width, data.data() + (shared + 1) * rows * width,
+                  data.data() + own * rows * width);
+      };
+      copy(keys_, head_dim_);
+      copy(values_, head_dim_);
+      if (kQuantised) copy(key_scales_, 1), copy(value_scales_, 1);
+      drop_page(shared);
+      pages[n / page_size_] = own;
+    }
+    for (Index i = pages_for(n); i < pages_for(n + count); ++i) pages[i] = take_page();
+  }
+  /// Sequence b keeps its first n positions: a paged cache's pages past them return to the pool.
+  void release(Index b, Index n) {
+    if (paged_)
+      for (Index i = pages_for(n); i < pages_for(lengths_[std::size_t(b)]); ++i) {
+        drop_page(table_[std::size_t(b * width_ + i)]);
+        table_[std::size_t(b * width_ + i)] = 0;
+      }
+    lengths_[std::size_t(b)] = n;
+  }
+  std::int32_t take_page() {
+    const std::int32_t p = free_.back();
+    free_.pop_back();
+    refs_[std::size_t(p)] = 1;
+    return p;
+  }
+  void drop_page(std::int32_t p) {
+    if (--refs_[std::size_t(p)] == 0) free_.push_back(p);
+  }
+  /// What holds how much, for messages: the length and capacity, the window, the free pages.
+  std::string fill() const {
+    std::string s = "length " + std::to_string(length_) + ", capacity " + std::to_string(capacity_);
+    if (window_) s += ", rolling window " + std::to_string(window_);
+    if (paged_) s += ", " + std::to_string(free_.size()) + " free pages of " + std::to_string(page_size_) + " positions";
+    return s;
+  }
 
   bool needs_roll(Index count) const { return window_ && length_ + count > capacity_ && length_ > window_ - 1; }
 
@@ -312,8 +486,9 @@ class KVCache {
   }
 
   RowScales scales(const Vector<float>& s) const {
-    return s.size() ? RowScales{s.data(), heads_ * capacity_, capacity_} : RowScales{};
+    return s.size() ? RowScales{s.data(), heads_ * page_size_, page_size_, page_table()} : RowScales{};
   }
+  PageTable page_table() const { return paged_ ? PageTable{table_.data(), page_size_, width_, pages_} : PageTable{}; }
 
   /// One row of D values to S: rounded, or for int8 quantised with its scale written to *scale.
   void store_row(const T* x, S* dst, float* scale) const {
@@ -337,13 +512,12 @@ class KVCache {
 
   template <class P>
   HeadsView<P> view(P* data, Index first, Index count) const {
-    return {data + first * head_dim_, batch_, heads_, count, head_dim_, heads_ * capacity_ * head_dim_,
-            capacity_ * head_dim_, head_dim_};
+    return {data + first * head_dim_, batch_, heads_, count, head_dim_, heads_ * page_size_ * head_dim_,
+            page_size_ * head_dim_, head_dim_, page_table()};
   }
 
   Index checked_count(Index count) const {
-    detail::require(count >= 0 && count <= room(), "attn::KVCache: ", count, " more positions do not fit (length ",
-                    length_, ", capacity ", capacity_, window_ ? ", rolling window " + std::to_string(window_) : std::string(),
+    detail::require(count >= 0 && count <= room(), "attn::KVCache: ", count, " more positions do not fit (", fill(),
                     ")");
     return count;
   }
@@ -357,9 +531,15 @@ class KVCache {
 
   Index batch_ = 0, heads_ = 0, capacity_ = 0, head_dim_ = 0, length_ = 0;
   Index first_ = 0, window_ = 0;  ///< rolling: positions dropped so far, and W (0: not rolling)
+  Index pages_ = 0, page_size_ = 0;  ///< the pool: pages of (K, page_size, D); contiguous: B of capacity
+  Index width_ = 1;                  ///< block table entries per sequence
+  bool paged_ = false;
   std::vector<std::int64_t> lengths_;  ///< (B) each sequence's length; length_ is the longest
-  Vector<S> keys_, values_;
-  Vector<float> key_scales_, value_scales_;  ///< int8: (B, K, capacity) each
+  std::vector<std::int32_t> table_;    ///< paged: (B, width_) each sequence's pages
+  std::vector<std::int32_t> refs_;     ///< paged: the sequences holding each page
+  std::vector<std::int32_t> free_;     ///< paged: the pages no sequence holds, taken from the back
+  Vector<S> keys_, values_;                  ///< (pages, K, page_size, D) each
+  Vector<float> key_scales_, value_scales_;  ///< int8: (pages, K, page_size) each
 };
 
 }  // namespace attn

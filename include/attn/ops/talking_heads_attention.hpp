@@ -34,6 +34,7 @@ template <class T>
 void talking_heads_attention(const HeadsView<const T>& q, const HeadsView<const T>& k, const HeadsView<const T>& v,
                              const HeadsView<T>& out, const TalkingHeadsMix<T>& mix, const SdpaOptions<T>& opt,
                              TalkingHeadsScheme scheme) {
+  require_unpaged("attn::talking_heads_attention", k, v);
   if constexpr (is_storage16<T>::value) {
     talking_heads_widened(q, k, v, out, mix, opt, scheme);
   } else {

@@ -65,6 +65,7 @@ void scaled_dot_product_attention_varlen(const HeadsView<const T>& q, const Head
                                          const SdpaOptions<T>& opt = {}) {
   constexpr const char* where = "attn::scaled_dot_product_attention_varlen";
   detail::check_views(where, q, k, v, out);
+  detail::require_unpaged(where, k, v);
   detail::require(q.batch == 1, where, ": q ", q.shape(), " must hold the packed sequences along its length (batch 1)");
   detail::require(opt.key_padding_mask.empty() && opt.attn_mask.empty() && !opt.attn_weights && !opt.lse &&
                       opt.key_lengths.empty(),

@@ -24,8 +24,24 @@
 namespace attn {
 namespace detail {
 
+/// Checks that a paged view's page table holds a page in [0, pages) for every position it
+/// views. Returns the last position of a page plus one (the rows a page spans).
+template <class T>
+Index check_pages(const char* where, const char* name, const HeadsView<T>& v) {
+  const PageTable& p = v.pages;
+  require(p.page_size >= 1 && p.stride * p.page_size >= v.length && p.pages >= 1, where, ": ", name, " of shape ",
+          v.shape(), " is paged with pages of ", p.page_size, " positions, ", p.stride, " per sequence, ", p.pages,
+          " pages: not enough for its length");
+  for (Index b = 0; b < v.batch; ++b)
+    for (Index n = 0; n < v.length; n += p.page_size)
+      require(p.page(b, n) >= 0 && p.page(b, n) < p.pages, where, ": ", name, "'s page table gives page ",
+              p.page(b, n), " (of ", p.pages, ") to position ", n, " of batch element ", b);
+  return p.page_size;
+}
+
 /// Checks that a view is well formed: sizes >= 0, rows at least head_dim apart, data when
-/// non-empty. Returns the address range [first, last) it spans.
+/// non-empty, a paged view's page table (check_pages). Returns the address range [first,
+/// last) it spans.
 template <class T>
 std::pair<const void*, const void*> check_view(const char* where, const char* name, const HeadsView<T>& v) {
   require(v.batch >= 0 && v.heads >= 0 && v.length >= 0 && v.head_dim >= 0, where, ": ", name, " has negative size ",
@@ -35,9 +51,16 @@ std::pair<const void*, const void*> check_view(const char* where, const char* na
           ") smaller than its rows (", v.head_dim, ")");
   if (v.batch == 0 || v.heads == 0 || v.length == 0 || v.head_dim == 0) return {nullptr, nullptr};
   require(v.data != nullptr, where, ": ", name, " of shape ", v.shape(), " has no data");
-  const Index last =
-      (v.batch - 1) * v.batch_stride + (v.heads - 1) * v.head_stride + (v.length - 1) * v.row_stride + v.head_dim;
+  const Index blocks = v.pages ? v.pages.pages : v.batch, rows = v.pages ? check_pages(where, name, v) : v.length;
+  const Index last = (blocks - 1) * v.batch_stride + (v.heads - 1) * v.head_stride + (rows - 1) * v.row_stride + v.head_dim;
   return {v.data, v.data + last};
+}
+
+/// Checks that k and v are not paged, for an operation that reads a head as one strided matrix.
+template <class S>
+void require_unpaged(const char* where, const HeadsView<const S>& k, const HeadsView<const S>& v) {
+  require(!k.pages && !v.pages, where, ": k ", k.shape(), " and v ", v.shape(),
+          " must not be paged (a paged KV cache's keys and values); scaled_dot_product_attention reads them");
 }
 
 /// Checks that no two elements of an output view share memory (threads write its heads
@@ -63,6 +86,7 @@ template <class T, class S>
 void check_views(const char* where, const HeadsView<const T>& q, const HeadsView<const S>& k,
                  const HeadsView<const S>& v, const HeadsView<T>& out) {
   const auto out_range = check_view(where, "output", out);
+  require(!q.pages && !out.pages, where, ": q and the output cannot be paged views (only k and v can)");
   check_disjoint(where, "output", out);
   for (const auto& in : {std::make_pair("q", check_view(where, "q", q)), std::make_pair("k", check_view(where, "k", k)),
                          std::make_pair("v", check_view(where, "v", v))}) {

@@ -36,17 +36,48 @@ auto kv_head(const HeadsView<const S>& x, const RowScales& scales, Index b, Inde
   }
 }
 
+/// The keys b holds of a paged k or v (with their int8 scales) copied into an unpaged (B, H,
+/// S, D) view, the positions past them zero: for the straightforward kernel, which reads a
+/// head as one matrix.
+template <class S>
+struct Unpaged {
+  Vector<S> rows;
+  Vector<float> scale_rows;
+  HeadsView<const S> view;
+  RowScales scales;
+  template <class T>
+  Unpaged(const AttentionCall<T, S>& call, const HeadsView<const S>& x, const RowScales& sc)
+      : rows(Vector<S>::Zero(x.batch * x.heads * x.length * x.head_dim)),
+        scale_rows(Vector<float>::Zero(sc ? x.batch * x.heads * x.length : 0)),
+        view(HeadsView<const S>::bhnd(rows.data(), x.batch, x.heads, x.length, x.head_dim)),
+        scales(sc ? RowScales{scale_rows.data(), x.heads * x.length, x.length} : RowScales{}) {
+    for (Index b = 0; b < x.batch; ++b)
+      for (Index h = 0; h < x.heads; ++h)
+        for (Index j = 0; j < call.keys_of(b); ++j) {
+          std::copy_n(x.row(b, h, j), x.head_dim, rows.data() + (view.row(b, h, j) - view.data));
+          if (sc) scale_rows[(b * x.heads + h) * x.length + j] = *sc.row(b, h, j);
+        }
+  }
+};
+
 /// @brief out = softmax(scale q k^T + masks) v per (batch, head), a block of query rows at
 /// a time, each block holding its full (rows, S) score rows (query-major).
 ///
 /// Computes in C = compute_t<T>: 16-bit q, k and v are widened for the products (int8 k and
-/// v times their rows' scales: kv_head), the weights and outputs rounded once. Threaded over (batch, head, query block) units with
+/// v times their rows' scales: kv_head), the weights and outputs rounded once. Paged k and v
+/// are first copied (Unpaged). Threaded over (batch, head, query block) units with
 /// for_each_block; bit-identical for every thread count.
 /// @param weights if not null, (B, H, L, S) storage that receives the weights (after
 /// dropout); where T is C the scores are computed in place there
 template <class T, class S>
 void sdpa_reference(const AttentionCall<T, S>& call, T* weights) {
   using C = compute_t<T>;
+  if (call.k.pages || call.v.pages) {
+    const Unpaged<S> k(call, call.k, call.k_scales), v(call, call.v, call.v_scales);
+    AttentionCall<T, S> unpaged = call;
+    unpaged.k = k.view, unpaged.k_scales = k.scales, unpaged.v = v.view, unpaged.v_scales = v.scales;
+    return sdpa_reference(unpaged, weights);
+  }
   constexpr bool in_place = std::is_same<T, C>::value;  // scores computed in the weights' storage
   const AttentionDims d = call.dims();
   if (d.batch == 0 || d.heads == 0 || d.len_q == 0 || (call.out.head_dim == 0 && weights == nullptr && !call.lse)) return;

@@ -17,7 +17,9 @@
 ///
 /// k and v are read in place in their own element type S (a KV cache's storage type); 16-bit
 /// and int8 packets are widened in registers (load_packet), so a cache in bfloat16 or half is
-/// read at half the bytes and one in int8 at a quarter. An int8 key's scale multiplies its
+/// read at half the bytes and one in int8 at a quarter. A paged k or v (a paged cache's) is
+/// read a run of rows at a time (Head::runs: to the end of a page); every score and every
+/// step of p v is the same operation whatever the runs, so paged gives the bits contiguous does. An int8 key's scale multiplies its
 /// score, and a value's scale its weight (after the softmax sums took the weight), so no
 /// element is dequantised in memory. The tile computes in C = compute_t<T>.
 template <class T, class S = T>
@@ -56,21 +58,45 @@ struct SdpaRows {
     return n;
   }
 
-  /// One key/value head as the tile reads it: k[j][d] at k[j * ks + d], v[j][c] at
-  /// v[j * vs + c], and for int8 each key's and value's scale (else null).
+  /// A run of n keys (rows of k or v) the tile reads: key i at at + i * stride, its int8
+  /// scale at scales[i] (else null); `next` is where the keys after it are (the next page's
+  /// rows of a paged view), what the prefetches reach for past the run's end.
+  struct Run {
+    const S* at;
+    Index n, stride;
+    const float* scales;
+    const S* next;
+    /// The row kAhead keys after key i: in the run, or past it from next.
+    const S* ahead(Index i) const { return i + kAhead < n ? at + (i + kAhead) * stride : next + (i + kAhead - n) * stride; }
+  };
+
+  /// One key/value head (b, h) of the call as the tile reads it.
   struct Head {
-    const S* k;
-    Index ks;
-    const S* v;
-    Index vs;
-    const float *k_scale, *v_scale;
+    const AttentionCall<T, S>& call;
+    Index b, h;
+    /// f(j, run) for each Run of keys of x (k or v) in [j0, j0 + cols), j its first key: one
+    /// for an unpaged view, one per page for a paged one (page numbers counted on from j0's,
+    /// with no division per page).
+    template <class F>
+    void runs(const HeadsView<const S>& x, const RowScales& sc, Index j0, Index cols, F&& f) const {
+      const Index end = j0 + cols;
+      if (!x.pages) {
+        const S* at = x.row(b, h, j0);
+        return f(j0, Run{at, cols, x.row_stride, sc.row(b, h, j0), at + cols * x.row_stride});
+      }
+      const Index size = x.pages.page_size;
+      for (Index j = j0, i = j0 / size, offset = j0 % size; j < end; ++i, offset = 0) {
+        const Index n = std::min(end - j, size - offset);
+        const S* at = x.page_row(b, h, i, offset);
+        f(j, Run{at, n, x.row_stride, sc.pages ? sc.page_row(b, h, i, offset) : sc.row(b, h, j),
+                 j + n < x.length ? x.page_row(b, h, i + 1, 0) : at + n * x.row_stride});
+        j += n;
+      }
+    }
   };
 
   /// Key/value head kvh of batch element b of the call.
-  static Head head(const AttentionCall<T, S>& call, Index b, Index kvh) {
-    return {call.k.row(b, kvh), call.k.row_stride, call.v.row(b, kvh), call.v.row_stride, call.k_scales.row(b, kvh),
-            call.v_scales.row(b, kvh)};
-  }
+  static Head head(const AttentionCall<T, S>& call, Index b, Index kvh) { return {call, b, kvh}; }
 
   /// Keys a split of a unit's keys holds at least (see key_splits).
   static constexpr Index kSplitKeys = 2048;
@@ -203,8 +229,10 @@ struct SdpaRows {
     std::fill(w.row_sum, w.row_sum + R, C(0));
     for (Index j0 = key_begin; j0 < key_end; j0 += kKeys) {
       const Tile t = tile.keys(j0, std::min(kKeys, std::min(j_end, tile.len_k) - j0));
-      scores<R>(t.cols, kv.k + j0 * kv.ks, kv.ks, call.q.head_dim, w);
-      if (kv.k_scale) scale_keys<R>(kv.k_scale + j0, t.cols, w);
+      kv.runs(call.k, call.k_scales, j0, t.cols, [&](Index j, const Run& k) {
+        scores<R>(j - j0, k, call.q.head_dim, w);
+        if (k.scales) scale_keys<R>(k.scales, j - j0, k.n, w);
+      });
       if (call.adjusts(t))
         for (Index e = 0; e < heads; ++e) call.adjust_logits(t.head(t.h + e), w.s + e * per_head, kKeys, 1);
       for (Index r = 0; r < R; ++r) {
@@ -216,32 +244,38 @@ struct SdpaRows {
       if (call.dropout_p > C(0))
         for (Index e = 0; e < heads; ++e)
           dropout_tile(t.head(t.h + e), call.dropout_p, call.dropout_key, w.s + e * per_head, kKeys, 1);
-      if (kv.v_scale) scale_keys<R>(kv.v_scale + j0, t.cols, w);
-      accumulate<R>(t.cols, kv.v + j0 * kv.vs, kv.vs, dim_v, w);
+      kv.runs(call.v, call.v_scales, j0, t.cols, [&](Index j, const Run& v) {
+        if (v.scales) scale_keys<R>(v.scales, j - j0, v.n, w);
+        accumulate<R>(j - j0, v, dim_v, w);
+      });
     }
   }
 
-  /// s[r][j] *= scale[j] for `cols` keys: an int8 key's scale on its scores, or a value's
-  /// on its weights.
+  /// s[r][at + j] *= scale[j] for `cols` keys: an int8 key's scale on its scores, or a
+  /// value's on its weights.
   template <int R>
-  static void scale_keys(const float* scale, Index cols, const Scratch& w) {
+  static void scale_keys(const float* scale, Index at, Index cols, const Scratch& w) {
     for (Index r = 0; r < R; ++r)
-      for (Index j = 0; j < cols; ++j) w.s[r * kKeys + j] *= scale[j];
+      for (Index j = 0; j < cols; ++j) w.s[r * kKeys + at + j] *= scale[j];
   }
 
-  /// s[r][j] = q_r . k_j for `cols` keys, four at a time (4 R independent sums), each key
-  /// row loaded once for all R queries.
+  /// s[r][at + j] = q_r . k_j for the run's keys, four at a time (4 R independent sums), each
+  /// key row loaded once for all R queries.
   template <int R>
-  static EIGEN_DONT_INLINE void scores(Index cols, const S* k, Index ks, Index dim, const Scratch& w) {
+  static EIGEN_DONT_INLINE void scores(Index at, const Run& k, Index dim, const Scratch& w) {
     Index j = 0;
-    for (; j + 4 <= cols; j += 4) dots<R, 4>(k + j * ks, ks, dim, w, j);
-    for (; j < cols; ++j) dots<R, 1>(k + j * ks, ks, dim, w, j);
+    for (; j + 4 <= k.n; j += 4) dots<R, 4>(k, j, dim, w, at + j);
+    for (; j < k.n; ++j) dots<R, 1>(k, j, dim, w, at + j);
   }
 
-  /// s[r][j + x] = q_r . k_x for the N keys k_x at k + x * ks: packets of multiply-adds along
-  /// the head dimension (its tail a zero-padded packet), then the lanes summed in order.
+  /// s[r][at + x] = q_r . k_x for the N keys of run `run` from key j: packets of multiply-adds
+  /// along the head dimension (its tail a zero-padded packet), then the lanes summed in order.
   template <int R, int N>
-  static EIGEN_ALWAYS_INLINE void dots(const S* k, Index ks, Index dim, const Scratch& w, Index j) {
+  static EIGEN_ALWAYS_INLINE void dots(const Run& run, Index j, Index dim, const Scratch& w, Index at) {
+    const S* k = run.at + j * run.stride;
+    const Index ks = run.stride;
+    const S* ahead[N];
+    for (int x = 0; x < N; ++x) ahead[x] = run.ahead(j + x);
     P acc[R][N];
     for (int r = 0; r < R; ++r)
       for (int x = 0; x < N; ++x) acc[r][x] = ei::pset1<P>(C(0));
@@ -253,7 +287,7 @@ struct SdpaRows {
     P kd[N];
     for (; d + kP <= dim; d += kP) {
       for (int x = 0; x < N; ++x) {
-        prefetch(k + (x + kAhead) * ks + d);
+        prefetch(ahead[x] + d);
         kd[x] = load_packet(k + x * ks + d);
       }
       step(d, kd);
@@ -263,33 +297,36 @@ struct SdpaRows {
       step(d, kd);
     }
     for (int r = 0; r < R; ++r)
-      for (int x = 0; x < N; ++x) w.s[r * kKeys + j + x] = sum_lanes(acc[r][x]);
+      for (int x = 0; x < N; ++x) w.s[r * kKeys + at + x] = sum_lanes(acc[r][x]);
   }
 
-  /// acc[r] += sum_j p[r][j] v_j over `cols` keys: the accumulator kept in registers for N
-  /// packets of columns at a time, each v packet loaded once for all R queries; the last
-  /// columns are one zero-padded packet.
+  /// acc[r] += sum_j p[r][at + j] v_j over the run's keys: the accumulator kept in registers
+  /// for N packets of columns at a time, each v packet loaded once for all R queries; the
+  /// last columns are one zero-padded packet.
   template <int R>
-  static EIGEN_DONT_INLINE void accumulate(Index cols, const S* v, Index vs, Index dim_v, const Scratch& w) {
+  static EIGEN_DONT_INLINE void accumulate(Index at, const Run& v, Index dim_v, const Scratch& w) {
     Index c = 0;
-    for (; c + 4 * kP <= dim_v; c += 4 * kP) accumulate_columns<R, 4, false>(cols, v + c, vs, 0, c, w);
-    for (; c + kP <= dim_v; c += kP) accumulate_columns<R, 1, false>(cols, v + c, vs, 0, c, w);
-    if (c < dim_v) accumulate_columns<R, 1, true>(cols, v + c, vs, dim_v - c, c, w);
+    for (; c + 4 * kP <= dim_v; c += 4 * kP) accumulate_columns<R, 4, false>(at, v, 0, c, w);
+    for (; c + kP <= dim_v; c += kP) accumulate_columns<R, 1, false>(at, v, 0, c, w);
+    if (c < dim_v) accumulate_columns<R, 1, true>(at, v, dim_v - c, c, w);
   }
 
   /// accumulate() for N packets of columns from column c0 (Partial: one packet of `width` < kP).
   template <int R, int N, bool Partial>
-  static EIGEN_ALWAYS_INLINE void accumulate_columns(Index cols, const S* v, Index vs, Index width, Index c0,
+  static EIGEN_ALWAYS_INLINE void accumulate_columns(Index at, const Run& run, Index width, Index c0,
                                                      const Scratch& w) {
+    const C* p = w.s + at;
+    const S* v = run.at + c0;
+    const Index vs = run.stride;
     C* acc = w.acc + c0;
     P a[R][N];
     for (int r = 0; r < R; ++r)
       for (int x = 0; x < N; ++x) a[r][x] = ei::ploadu<P>(acc + r * w.dim_v + x * kP);
-    for (Index j = 0; j < cols; ++j)
+    for (Index j = 0; j < run.n; ++j)
       for (int x = 0; x < N; ++x) {
-        prefetch(v + (j + kAhead) * vs + x * kP);
+        prefetch(run.ahead(j) + c0 + x * kP);
         const P vp = Partial ? load_partial(v + j * vs, width) : load_packet(v + j * vs + x * kP);
-        for (int r = 0; r < R; ++r) a[r][x] = ei::pmadd(ei::pset1<P>(w.s[r * kKeys + j]), vp, a[r][x]);
+        for (int r = 0; r < R; ++r) a[r][x] = ei::pmadd(ei::pset1<P>(p[r * kKeys + j]), vp, a[r][x]);
       }
     for (int r = 0; r < R; ++r)
       for (int x = 0; x < N; ++x) ei::pstoreu(acc + r * w.dim_v + x * kP, a[r][x]);

@@ -44,10 +44,12 @@ struct SdpaTiles {
   /// Whether k and v are copied first: when their rows are strided (rows of a projection's
   /// output, 3E apart, fall into few cache sets and thrash the caches, and the hardware
   /// prefetcher does not follow them across pages) and several query blocks reuse them; and
-  /// always when they are not in C (16-bit or int8 k and v, which the tiles read widened).
+  /// always when they are not in C (16-bit or int8 k and v, which the tiles read widened) or
+  /// paged (a paged cache's: the tiles read a head's keys as one strided matrix). Packing
+  /// changes no bit: the tiles compute the same on rows in either place.
   template <class S>
   static bool packs(const HeadsView<const T>& q, const HeadsView<const S>& k, const HeadsView<const S>& v) {
-    return !std::is_same<S, C>::value ||
+    return !std::is_same<S, C>::value || k.pages || v.pages ||
            (q.length > kQueries && (k.row_stride != k.head_dim || v.row_stride != v.head_dim));
   }
 
@@ -69,7 +71,7 @@ struct SdpaTiles {
       for (Index j = j_begin; j < j_end; ++j)
         for (Index h = 0; h < nh; ++h) {
           const Index bh = b * nh + h;
-          const auto scale = [&](const RowScales& sc) { return sc ? C(sc.row(b, h)[j]) : C(1); };  // x 1 is exact
+          const auto scale = [&](const RowScales& sc) { return sc ? C(*sc.row(b, h, j)) : C(1); };  // x 1 is exact
           const C ks = scale(call.k_scales), vs = scale(call.v_scales);
           const S *krow = k.row(b, h, j), *vrow = v.row(b, h, j);
           C* kp = k_packed + (bh * len_k + j) * dim;
@@ -252,19 +254,29 @@ struct SdpaTilesBf16 {
     }
   }
 
-  /// The whole call: v packed once, then (batch, head, query block) units with for_each_block.
+  /// The whole call: v packed once (and a paged k copied into rows), then (batch, head, query
+  /// block) units with for_each_block.
   static void run(const AttentionCall<T>& call) {
     const AttentionDims d = call.dims();
     const Index dim = call.q.head_dim, dim_v = call.v.head_dim, s2 = (d.len_k + 1) / 2;
     const WorkBuffer<Pair> v2(d.batch * call.k.heads * dim_v * s2);
     pack_v(call.v, v2.data());
+    const WorkBuffer<T> k_rows(call.k.pages ? d.batch * call.k.heads * d.len_k * dim : 0);
+    HeadsView<const T> k = call.k;
+    if (call.k.pages) {
+      k = HeadsView<const T>::bhnd(k_rows.data(), d.batch, call.k.heads, d.len_k, dim);
+      parallel_for(d.batch * call.k.heads, [&](Index bh) {
+        for (Index j = 0; j < call.keys_of(bh / k.heads); ++j)
+          std::copy_n(call.k.row(bh / k.heads, bh % k.heads, j), dim, k_rows.data() + (bh * d.len_k + j) * dim);
+      });
+    }
     const QueryBlocks blocks{d.batch, d.heads, d.len_q, kQueries};
     for_each_block<float>(blocks, double(kQueries) * double(d.len_k) * double(dim + dim_v + 8),
                           Scratch::float_count(dim_v), [&](const QueryBlock& u, float* floats) {
                             const WorkBuffer<Pair> pairs(Scratch::pair_count(dim));
                             const Index kvh = call.kv_head(u.h);
-                            block(call, call.tile(u.b, u.h, u.i0, blocks.rows_at(u.i0)),
-                                  call.k.row(u.b, kvh), call.k.row_stride,
+                            block(call, call.tile(u.b, u.h, u.i0, blocks.rows_at(u.i0)), k.row(u.b, kvh),
+                                  k.row_stride,
                                   v2.data() + (u.b * call.k.heads + kvh) * dim_v * s2, s2,
                                   Scratch(pairs.data(), floats, dim, dim_v));
                           });
