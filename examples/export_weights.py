@@ -43,8 +43,9 @@ Modules (the constructor flags are attn_run's, see attn_run --help):
 All but nn.MultiheadAttention and the torch.nn layers are defined in torch_reference.py, next
 to this script. --incremental C is passed on to attn_run (gqa_attention, the decoder layer and
 multi_head_attention with --causal run through a KV cache C tokens at a time; PyTorch's
-reference is the full causal pass). gqa_attention and multi_head_attention take
---key-padding-mask, which attn_run's incremental runs cut to the tokens cached so far.
+reference is the full causal pass), and so is --page-size P (the cache paged). gqa_attention
+and multi_head_attention take --key-padding-mask, which attn_run's incremental runs cut to the
+tokens cached so far.
 
 Your own model: --state-dict FILE.pt (a state_dict or a whole module saved with torch.save)
 and, when the module is part of a bigger model, --prefix (e.g. blocks.0.attn.). The
@@ -77,15 +78,15 @@ MODULE_FLAGS = {
     "self_attention": set(),
     "multi_head_attention": {"num_heads", "kdim", "vdim", "no_bias", "add_bias_kv", "add_zero_attn", "layout",
                              "source_length", "key_padding_mask", "attn_mask", "need_weights", "per_head_weights",
-                             "causal", "incremental"},
+                             "causal", "incremental", "page_size"},
     "talking_heads": {"num_heads", "qkv_bias"},
     "attention_block": {"num_heads"},
     "transformer_encoder": {"num_heads", "ffn_dim"},
     "transformer_encoder_layer": TORCH_LAYER_FLAGS,
-    "transformer_decoder_layer": TORCH_LAYER_FLAGS | {"source_length", "incremental"},
+    "transformer_decoder_layer": TORCH_LAYER_FLAGS | {"source_length", "incremental", "page_size"},
     "gqa_attention": {"num_heads", "num_kv_heads", "head_dim", "rope_theta", "no_rope", "rotary_dim",
                       "rope_interleaved", "qkv_bias", "sliding_window", "softcap", "incremental", "key_padding_mask",
-                      "kv_cache_dtype", "sinks"},
+                      "kv_cache_dtype", "page_size", "sinks"},
 }
 REQUIRED = {"multi_head_attention": {"num_heads"}, "attention_block": {"num_heads"},
             "transformer_encoder": {"ffn_dim"}, "transformer_encoder_layer": {"num_heads", "ffn_dim"},
@@ -94,7 +95,7 @@ REQUIRED = {"multi_head_attention": {"num_heads"}, "attention_block": {"num_head
 PASSED_ON = [("num_kv_heads", True), ("head_dim", True), ("rope_theta", True), ("no_rope", False),
              ("rotary_dim", True), ("rope_interleaved", False), ("sliding_window", True), ("softcap", True),
              ("activation", True), ("norm_first", False), ("incremental", True), ("causal", False),
-             ("kv_cache_dtype", True), ("sinks", False)]
+             ("kv_cache_dtype", True), ("page_size", True), ("sinks", False)]
 TOLERANCE = {"F32": 1e-5, "F64": 1e-12}
 # --kv-cache-dtype: about one rounding of the cache's storage: half the unit roundoff of
 # bfloat16 and float16; for int8 half a quantisation step of a row as large as the output,
@@ -296,6 +297,8 @@ def check_args(a, p):
         p.error("--key-padding-mask float: LlamaAttention takes a bool key padding mask")
     if a.kv_cache_dtype and not a.incremental:
         p.error("--kv-cache-dtype needs --incremental (the cache is what it stores)")
+    if a.page_size and not a.incremental:
+        p.error("--page-size needs --incremental (it pages the KV cache)")
     if a.module == "gqa_attention" and a.num_heads % a.num_kv_heads:
         p.error(f"--num-heads {a.num_heads} is not a multiple of --num-kv-heads {a.num_kv_heads}")
     if a.no_rope and (a.rope_theta or a.rotary_dim or a.rope_interleaved):
@@ -475,6 +478,8 @@ def main(argv=None):
     p.add_argument("--incremental", type=int, metavar="C",
                    help="gqa_attention, transformer_decoder_layer, multi_head_attention --causal: attn_run "
                         "decodes C tokens at a time")
+    p.add_argument("--page-size", type=int, metavar="P",
+                   help="with --incremental: attn_run's KV cache is paged in pages of P positions")
     p.add_argument("--kv-cache-dtype", choices=("bfloat16", "float16", "int8"),
                    help="gqa_attention --incremental: attn_run's KV cache stores keys and values in this type, "
                         "and PyTorch's reference rounds or quantises them the same way (kv_store)")

@@ -53,7 +53,7 @@ const char* const kUsage =
     "                [--num-kv-heads K] [--head-dim D] [--rope-theta T | --no-rope] [--rotary-dim R]\n"
     "                [--rope-interleaved] [--sliding-window W] [--softcap C] [--sinks]\n"
     "                [--activation relu|gelu] [--norm-first] [--causal] [--incremental C]\n"
-    "                [--kv-cache-dtype float32|bfloat16|float16|int8]\n"
+    "                [--kv-cache-dtype float32|bfloat16|float16|int8] [--page-size P]\n"
     "                [--in-features K --out-features N]\n"
     "                [--qkv-bias] [--no-bias] [--add-bias-kv] [--add-zero-attn]\n"
     "                --weights W.safetensors [--prefix P] --inputs X.safetensors --output Y.safetensors\n"
@@ -119,6 +119,8 @@ const char* const kUsage =
     "               bfloat16, float16, or int8 with a float32 scale per token and head, quantised\n"
     "               when appended); attention reads them in S and computes in the --dtype\n"
     "               (float32 or 16-bit; default: the cache stores the --dtype)\n"
+    "  --page-size P  with --incremental: the KV cache is paged, in pages of P positions\n"
+    "               (KVCache with KVPages; the same bits as the contiguous cache)\n"
     "  --threads N  threads for attn's kernels (0 = all cores, the default)\n"
     "  --repeat N   after the first forward pass, run it N more times and print\n"
     "               'forward median: <ms> ms (N runs)' (forward pass only, no I/O)\n"
@@ -134,7 +136,7 @@ struct UsageError : std::runtime_error {
 struct Options {
   std::string module;
   Index embed_dim = 0, num_heads = 0, kdim = 0, vdim = 0, ffn_dim = 0, in_features = 0, out_features = 0;
-  Index num_kv_heads = 0, head_dim = 0, rotary_dim = 0, sliding_window = 0, incremental = 0;
+  Index num_kv_heads = 0, head_dim = 0, rotary_dim = 0, sliding_window = 0, incremental = 0, page_size = 0;
   double rope_theta = 10000.0, softcap = 0.0;
   std::string activation = "relu";
   bool qkv_bias = false, no_bias = false, add_bias_kv = false, add_zero_attn = false;
@@ -193,6 +195,7 @@ Options parse_args(int argc, char** argv) {
       {"rotary-dim", [&](const std::string& v) { o.rotary_dim = parse_number("rotary-dim", v, 1, kMaxDim); }},
       {"sliding-window", [&](const std::string& v) { o.sliding_window = parse_number("sliding-window", v, 1, kMaxDim); }},
       {"incremental", [&](const std::string& v) { o.incremental = parse_number("incremental", v, 1, kMaxDim); }},
+      {"page-size", [&](const std::string& v) { o.page_size = parse_number("page-size", v, 1, kMaxDim); }},
       {"rope-theta", [&](const std::string& v) { o.rope_theta = parse_positive("rope-theta", v); }},
       {"softcap", [&](const std::string& v) { o.softcap = parse_positive("softcap", v); }},
       {"activation", [&](const std::string& v) { o.activation = v; }},
@@ -256,7 +259,7 @@ const std::map<std::string, ModuleFlags>& module_flags() {
       {"self_attention", {{"embed-dim"}, {"embed-dim"}}},
       {"multi_head_attention",
        {{"embed-dim", "num-heads", "kdim", "vdim", "no-bias", "add-bias-kv", "add-zero-attn", "need-weights",
-         "per-head-weights", "causal", "incremental", "kv-cache-dtype"},
+         "per-head-weights", "causal", "incremental", "kv-cache-dtype", "page-size"},
         {"embed-dim", "num-heads"}}},
       {"talking_heads", {{"embed-dim", "num-heads", "qkv-bias"}, {"embed-dim"}}},
       {"attention_block", {{"embed-dim", "num-heads"}, {"embed-dim", "num-heads"}}},
@@ -264,11 +267,11 @@ const std::map<std::string, ModuleFlags>& module_flags() {
       {"transformer_encoder_layer",
        {{"embed-dim", "num-heads", "ffn-dim", "activation", "norm-first"}, {"embed-dim", "num-heads", "ffn-dim"}}},
       {"transformer_decoder_layer",
-       {{"embed-dim", "num-heads", "ffn-dim", "activation", "norm-first", "incremental", "kv-cache-dtype"},
+       {{"embed-dim", "num-heads", "ffn-dim", "activation", "norm-first", "incremental", "kv-cache-dtype", "page-size"},
         {"embed-dim", "num-heads", "ffn-dim"}}},
       {"gqa_attention",
        {{"embed-dim", "num-heads", "num-kv-heads", "head-dim", "rope-theta", "no-rope", "rotary-dim", "rope-interleaved",
-         "qkv-bias", "sliding-window", "softcap", "incremental", "kv-cache-dtype", "sinks"},
+         "qkv-bias", "sliding-window", "softcap", "incremental", "kv-cache-dtype", "page-size", "sinks"},
         {"embed-dim", "num-heads", "num-kv-heads"}}},
       {"linear", {{"in-features", "out-features", "no-bias"}, {"in-features", "out-features"}}},
       {"sdpa", {{"return-lse"}, {}}},
@@ -299,6 +302,7 @@ void validate_decoding_flags(const Options& o) {
     if (o.incremental == 0) throw UsageError("--kv-cache-dtype needs --incremental (the cache is what it stores)");
     if (o.dtype == "float64") throw UsageError("--kv-cache-dtype needs a float32 or 16-bit computation, not float64");
   }
+  if (o.page_size > 0 && o.incremental == 0) throw UsageError("--page-size needs --incremental (it pages the KV cache)");
 }
 
 /// The safetensors dtype of a --dtype name, or nothing.
@@ -507,6 +511,15 @@ auto with_kv_storage(const std::string& name, F&& f) {
   return f(T{});
 }
 
+/// The KV cache of --incremental for module m: m.make_cache<S>(batch, length, extra...),
+/// paged with --page-size P (a pool of batch x ceil(length / P) pages of P positions).
+template <class S, class M, class... Extra>
+auto make_cache(const M& m, Index page_size, Index batch, Index length, Extra... extra) {
+  if (page_size == 0) return m.template make_cache<S>(batch, length, extra...);
+  const attn::KVPages pool{page_size, batch * ((length + page_size - 1) / page_size)};
+  return m.template make_cache<S>(batch, length, extra..., pool);
+}
+
 /// The inputs' cu_seqlens `name` when they pack sequences (which excludes --incremental), else null.
 template <class T>
 const attn::Tensor<std::int64_t>* packed(const Options& o, const Inputs<T>& in, const std::string& name) {
@@ -536,9 +549,9 @@ std::function<Result<T>()> gqa_forward(const Options& o, const attn::Tensor<T>& 
   if (const attn::Tensor<std::int64_t>* cu = packed(o, in, "cu_seqlens"))
     return [m, &x, args, cu] { return Result<T>{m->forward(x, cu->view(), args), {}}; };
   if (o.incremental == 0) return [m, &x, args] { return Result<T>{m->forward(x, args), {}}; };
-  return [m, &x, args, c = o.incremental, kv = o.kv_cache_dtype] {
+  return [m, &x, args, c = o.incremental, kv = o.kv_cache_dtype, page = o.page_size] {
     return with_kv_storage<T>(kv, [&](auto s) {
-      auto cache = m->template make_cache<decltype(s)>(x.size(0), x.size(1));
+      auto cache = make_cache<decltype(s)>(*m, page, x.size(0), x.size(1));
       attn::GqaArgs<T> a = args;
       return Result<T>{incremental(x, c, a, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a); }),
                        {}};
@@ -565,9 +578,9 @@ std::function<Result<T>()> decoder_forward(const Options& o, const Inputs<T>& in
     };
   }
   if (o.incremental == 0) return [m, &tgt, &memory, args] { return Result<T>{m->forward(tgt, memory, args), {}}; };
-  return [m, &tgt, &memory, args, c = o.incremental, kv = o.kv_cache_dtype] {
+  return [m, &tgt, &memory, args, c = o.incremental, kv = o.kv_cache_dtype, page = o.page_size] {
     return with_kv_storage<T>(kv, [&](auto s) {
-      auto cache = m->template make_cache<decltype(s)>(tgt.size(0), tgt.size(1), memory.size(1));
+      auto cache = make_cache<decltype(s)>(*m, page, tgt.size(0), tgt.size(1), memory.size(1));
       m->encode_memory(memory, cache);
       attn::DecoderArgs<T> a = args;
       return Result<T>{
@@ -633,9 +646,9 @@ std::function<Result<T>()> mha_forward(const Options& o, const Inputs<T>& in, co
   if (o.incremental > 0) {
     if (&k != &q || vp != &q)
       throw std::runtime_error(o.inputs + ": --incremental is self-attention: key and value must be the query");
-    return [m, &q, args, c = o.incremental, kv = o.kv_cache_dtype] {
+    return [m, &q, args, c = o.incremental, kv = o.kv_cache_dtype, page = o.page_size] {
       return with_kv_storage<T>(kv, [&](auto s) {
-        auto cache = m->template make_cache<decltype(s)>(q.size(0), q.size(1));
+        auto cache = make_cache<decltype(s)>(*m, page, q.size(0), q.size(1));
         attn::MhaArgs<T> a = args;
         return Result<T>{
             incremental(q, c, a, [&](const attn::Tensor<T>& chunk) { return m->forward(chunk, cache, a).output; }),
