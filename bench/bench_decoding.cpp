@@ -303,6 +303,37 @@ BENCHMARK(BM_RaggedDecodeStep)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
+// ---- a paged cache --------------------------------------------------------------------------
+
+/// The same work through a contiguous cache (page = 0) and a paged one (pages of `page`
+/// positions, KVCache with KVPages): L = 1, one decode step at context ctx (the token is
+/// popped after); ctx = 0, the prefill of L tokens into an empty cache (reset after). The
+/// paged decode tile reads a run of keys per page; the paged prefill's tiled kernel packs k
+/// and v, which the contiguous one reads in place.
+void BM_PagedCache(benchmark::State& state) {
+  const LayerShape s{state.range(0), state.range(1), state.range(2), state.range(3)};
+  const Index b = state.range(4), ctx = state.range(5), len = state.range(6), page = state.range(7);
+  const auto layer = make_layer(s);
+  const Index capacity = ctx + len;
+  attn::KVCache<float> cache = page ? layer.make_cache(b, capacity, attn::KVPages{page, b * ((capacity + page - 1) / page)})
+                                    : layer.make_cache(b, capacity);
+  fill_cache(cache, ctx);
+  const auto x = attn_bench::input({b, len, s.e});
+  const double flops = attn_bench::linear_flops(b * len, s.e, double((2 * s.h + 2 * s.k) * s.d)) +
+                       (ctx ? attn_bench::core_flops(b, s.h, len, capacity, s.d, s.d) : causal_core_flops(b, s.h, len, s.d));
+  run(state, flops, [&] {
+    benchmark::DoNotOptimize(layer.forward(x, cache));
+    cache.truncate(ctx);
+  });
+}
+BENCHMARK(BM_PagedCache)
+    ->ArgNames({"E", "H", "K", "D", "B", "ctx", "L", "page"})
+    ->ArgsProduct({{4096}, {32}, {8}, {128}, {1, 8}, {4096}, {1}, {0, 16, 128}})
+    ->ArgsProduct({{4096}, {32}, {8}, {128}, {1}, {0}, {2048}, {0, 16, 128}})
+    ->Args({256, 8, 2, 32, 2, 64, 1, 16})  // a small layer: the ctest smoke case
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
 /// The prefill of B prompts whose lengths spread over [lo, hi] (spread_context). packed = 1:
 /// one (T, E) input with cu_seqlens, no padding computed. packed = 0: the prompts padded to
 /// hi in one (B, hi, E) batch with a key padding mask (causal masking keeps each prompt's
