@@ -43,7 +43,11 @@ class DecoderLayer {
     randomize(down_, seed + 20);
   }
 
-  attn::KVCache<float> make_cache(Index batch, Index capacity) const { return attention_.make_cache(batch, capacity); }
+  /// The layer's KV cache: contiguous, or paged in `pool` when one is given.
+  template <class... Pool>
+  attn::KVCache<float> make_cache(Index batch, Index capacity, Pool... pool) const {
+    return attention_.make_cache(batch, capacity, pool...);
+  }
 
   /// The whole sequence (causal).
   attn::Tensor<float> forward(const attn::Tensor<float>& x) const {
@@ -82,10 +86,12 @@ class TinyLm {
 
   Index vocab() const { return table_.size(0); }
 
-  /// One KV cache per layer, each of `batch` sequences.
-  std::vector<attn::KVCache<float>> make_caches(Index batch, Index capacity) const {
+  /// One KV cache per layer, each of `batch` sequences of up to `capacity` positions:
+  /// contiguous, or paged with a pool of its own per layer when `pool` (attn::KVPages) is given.
+  template <class... Pool>
+  std::vector<attn::KVCache<float>> make_caches(Index batch, Index capacity, Pool... pool) const {
     std::vector<attn::KVCache<float>> caches;
-    for (const auto& layer : layers_) caches.push_back(layer.make_cache(batch, capacity));
+    for (const auto& layer : layers_) caches.push_back(layer.make_cache(batch, capacity, pool...));
     return caches;
   }
 
