@@ -114,6 +114,25 @@ void BM_Core(benchmark::State& state) {
 BENCHMARK_TEMPLATE(BM_Core, float)->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_Core, attn::bfloat16)->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_Core, attn::half)->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_Core, float)->Name("BM_Core_D128")->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 128})->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// ---- the attention core's backward pass: dq, dk, dv from the forward's output and lse -----
+// FLOPs counted as FlashAttention-2 counts a backward pass: 2.5 times the forward's (five
+// matrix products against two); compare its time with BM_Core's of the same shape.
+
+void BM_CoreBackward(benchmark::State& state) {
+  const Index b = state.range(0), h = state.range(1), n = state.range(2), d = state.range(3);
+  const auto q = input({b, h, n, d}, 1), k = input({b, h, n, d}, 2), v = input({b, h, n, d}, 3),
+             grad_out = input({b, h, n, d}, 4);
+  attn::Tensor<float> lse;
+  attn::SdpaOptions<float> opt;
+  opt.lse = &lse;
+  const attn::Tensor<float> out = attn::scaled_dot_product_attention<float>(q, k, v, opt);
+  run(state, 2.5 * attn_bench::core_flops(b, h, n, n, d, d), [&] {
+    benchmark::DoNotOptimize(attn::scaled_dot_product_attention_backward<float>(q, k, v, out, grad_out, lse));
+  });
+}
+BENCHMARK(BM_CoreBackward)->ArgNames({"B", "H", "N", "D"})->Args({1, 8, 2048, 64})->Args({1, 8, 2048, 128})->UseManualTime()->Unit(benchmark::kMillisecond);
 
 // ---- the projection GEMM: Linear(512, 1536) (a fused qkv projection) on 2048 rows -------
 // In float32, and in bfloat16 and half (16-bit weights, inputs and outputs, float32 sums):

@@ -1,6 +1,7 @@
 // The decoding features against PyTorch (tests/reference/make_reference.py): GroupedQueryAttention
 // against examples/torch_reference.py's LlamaAttention, the attention core's grouped heads,
-// sliding window, softcap and ALiBi against attention_reference, TransformerEncoderLayer and
+// sliding window, softcap and ALiBi against attention_reference (and its backward pass against
+// torch.autograd's gradients: the core_backward_* cases), TransformerEncoderLayer and
 // TransformerDecoderLayer against torch.nn's own layers. GroupedQueryAttention, the decoder
 // layer and MultiHeadAttention self-attention also run incrementally through a KV cache, chunk
 // by chunk, and the concatenated outputs are compared with PyTorch's full-sequence outputs.
@@ -367,6 +368,17 @@ void check_core(const CoreSpec& spec) {
   if (opt.lse) {
     EXPECT_TRUE(AllClose(lse, c.get<T>("output.lse"), tol)) << "lse with weights";
   }
+  if (c.has("output.grad_query")) {  // torch.autograd's gradients of sum(out * grad_output)
+    opt.attn_weights = nullptr;
+    opt.lse = &lse;
+    const Tensor<T> out = attn::scaled_dot_product_attention<T>(q, k, v, opt);
+    opt.lse = nullptr;
+    const attn::SdpaGradients<T> g =
+        attn::scaled_dot_product_attention_backward<T>(q, k, v, out, c.get<T>("input.grad_output"), lse, opt);
+    EXPECT_TRUE(AllClose(g.query, c.get<T>("output.grad_query"), tol)) << "dq";
+    EXPECT_TRUE(AllClose(g.key, c.get<T>("output.grad_key"), tol)) << "dk";
+    EXPECT_TRUE(AllClose(g.value, c.get<T>("output.grad_value"), tol)) << "dv";
+  }
 }
 
 using attn::Causal;
@@ -386,6 +398,11 @@ const CoreSpec kCoreCases[] = {
     {"core_sinks_f32", 2, kBottomRight, 0, 0, false, "", true},
     {"core_sinks_decode_f64", 2, kBottomRight, 16, 0, false, "kpm:bool", true},
     {"core_lse_long_f32", 2, kNoCausal, 0, 4, false, ""},
+    {"core_backward_gqa_f64", 2, kNoCausal, 0, 0, false, ""},
+    {"core_backward_window_top_left_f32", 2, kTopLeft, 4, 0, false, ""},
+    {"core_backward_combined_f64", 3, kNoCausal, 7, 3, true, "kpm:bool"},
+    {"core_backward_sinks_f64", 2, kBottomRight, 0, 0, false, "", true},
+    {"core_backward_long_f32", 2, kBottomRight, 40, 4, true, ""},
 };
 
 class AttentionCoreReference : public ::testing::TestWithParam<CoreSpec> {};

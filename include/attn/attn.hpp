@@ -36,6 +36,7 @@
 #include "attn/ops/linear.hpp"
 #include "attn/ops/rotary.hpp"
 #include "attn/ops/scaled_dot_product_attention.hpp"
+#include "attn/ops/scaled_dot_product_attention_backward.hpp"
 #include "attn/ops/softmax.hpp"
 #include "attn/ops/talking_heads_attention.hpp"
 #include "attn/ops/varlen.hpp"

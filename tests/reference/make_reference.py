@@ -774,12 +774,14 @@ def draw_unblocked_kpm(kind, B, H, L, S, dtype, blocked_ls) -> Optional[torch.Te
 
 
 def build_attention_core(c: Case, shape, causal="none", window=None, softcap=None, alibi=False, kpm=None,
-                         q_gain=1.0, sinks=False, lse=False):
+                         q_gain=1.0, sinks=False, lse=False, grad=False):
     """attention_reference (float64) on q (B, H, L, D), k, v (B, K, S, D): grouped heads,
     causal, sliding window, softcap, ALiBi (input.alibi_slopes, BLOOM's slopes), a bool
     key_padding_mask; scale 1/sqrt(D). q_gain spreads the logits (softcap). sinks: gpt-oss
     attention sinks input.sinks (H), 2 randn (logits of the scores' size). lse: also
-    output.lse (B, H, L), torch.logsumexp of the logits (the sinks included)."""
+    output.lse (B, H, L), torch.logsumexp of the logits (the sinks included). grad: also
+    input.grad_output (randn, out's shape) and torch.autograd's output.grad_query, grad_key and
+    grad_value of sum(out * grad_output)."""
     dt = c.dtype
     B, H, K, L, S, D = shape
     q = torch.randn(B, H, L, D, dtype=dt) * q_gain
@@ -789,17 +791,28 @@ def build_attention_core(c: Case, shape, causal="none", window=None, softcap=Non
     kp = draw_unblocked_kpm(kpm, B, H, L, S, dt, blocked_ls) if kpm else None
     slopes = ref.alibi_slopes(H).to(dt) if alibi else None
     sink_logits = 2 * torch.randn(H, dtype=dt) if sinks else None
-    out = ref.attention_reference(q, k, v, causal=causal, sliding_window=window, softcap=softcap, alibi=slopes,
-                                  mask_bias=None if kp is None else additive_bias(kp, None, B, H, L, S, dt),
-                                  sinks=sink_logits, return_lse=lse)
+    for t in (q, k, v):
+        t.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):  # (the builders run under no_grad)
+        out = ref.attention_reference(q, k, v, causal=causal, sliding_window=window, softcap=softcap, alibi=slopes,
+                                      mask_bias=None if kp is None else additive_bias(kp, None, B, H, L, S, dt),
+                                      sinks=sink_logits, return_lse=lse)
     out, lse_out = out if lse else (out, None)
-    tensors = {"input.query": q, "input.key": k, "input.value": v, **mask_tensors(kp, None), "output.output": out}
+    grads = {}
+    if grad:
+        grad_output = torch.randn(out.shape, dtype=dt)
+        out.backward(grad_output)
+        grads = {"input.grad_output": grad_output, "output.grad_query": q.grad, "output.grad_key": k.grad,
+                 "output.grad_value": v.grad}
+    q, k, v, out = (t.detach() for t in (q, k, v, out))
+    tensors = {"input.query": q, "input.key": k, "input.value": v, **mask_tensors(kp, None), "output.output": out,
+               **grads}
     if alibi:
         tensors["input.alibi_slopes"] = slopes
     if sinks:
         tensors["input.sinks"] = sink_logits
     if lse:
-        tensors["output.lse"] = lse_out
+        tensors["output.lse"] = lse_out.detach()
     meta = {"num_heads": H, "num_kv_heads": K, "causal": causal, "sliding_window": opt_meta(window),
             "softcap": opt_meta(softcap), "alibi": s(alibi), "scale": "default"}
     return tensors, meta
@@ -1217,6 +1230,19 @@ case("core_sinks_decode_f64", CORE, "Sinks, window 16 and a bool key_padding_mas
 case("core_lse_long_f32", CORE, "The log-sum-exp (output.lse) of q (1,4,70,16) over (1,2,200,16), softcap 4 (q x 3), "
      "no mask: the key ranges the merge tests split and merge.", shape=(1, 4, 2, 70, 200, 16), softcap=4.0,
      q_gain=3.0, lse=True)
+# the backward pass: torch.autograd's gradients of q, k and v
+case("core_backward_gqa_f64", CORE, "Gradients (torch.autograd) of the attention core q (2,6,9,8) over k, v (2,2,11,8), "
+     "3 query heads per kv head, no mask, float64.", shape=(2, 6, 2, 9, 11, 8), grad=True)
+case("core_backward_window_top_left_f32", CORE, "Gradients with a sliding window 4, causal top_left, q (2,2,7,8) over "
+     "(2,2,20,8).", shape=(2, 2, 2, 7, 20, 8), causal="top_left", window=4, grad=True)
+case("core_backward_combined_f64", CORE, "Gradients with GQA 6 over 3, window 7, softcap 3 (q x 3), ALiBi and a bool "
+     "key_padding_mask, q (2,6,9,8) over (2,3,15,8), float64.", shape=(2, 6, 3, 9, 15, 8), window=7, softcap=3.0,
+     alibi=True, kpm="bool", q_gain=3.0, grad=True)
+case("core_backward_sinks_f64", CORE, "Gradients with sinks and causal bottom_right, GQA 4 over 2, q (2,4,9,8) over "
+     "(2,2,9,8), float64.", shape=(2, 4, 2, 9, 9, 8), causal="bottom_right", sinks=True, grad=True)
+case("core_backward_long_f32", CORE, "Gradients with GQA 4 over 2, window 40, softcap 4 (q x 3), ALiBi, causal "
+     "bottom_right, q (1,4,100,10) over (1,2,150,10) (several query and key tiles).", shape=(1, 4, 2, 100, 150, 10),
+     causal="bottom_right", window=40, softcap=4.0, alibi=True, q_gain=3.0, grad=True)
 
 case("tel_relu_post_f32", TEL, "nn.TransformerEncoderLayer src (2,9,16), 4 heads, ffn 24, relu, post-norm.",
      shape=(2, 9, 16), H=4, ffn=24)

@@ -3,6 +3,10 @@
 /// @brief Scaled dot-product attention: softmax(scale * q k^T + masks) v, per batch and head.
 
 
+#include <initializer_list>
+#include <string>
+#include <utility>
+
 #include <Eigen/Core>
 
 #include "attn/core/error.hpp"
@@ -30,6 +34,25 @@ void run_attention(AttentionCall<T, S> call, const SdpaOptions<T>& opt) {
   } else {
     sdpa_tiled<T>(call);
   }
+}
+
+/// A (B, H, N, D) tensor, or a (B, N, D) one as one head, as a heads view.
+template <class P>
+HeadsView<P> tensor_heads(const TensorView<P>& t) {
+  return t.dim() == 4 ? HeadsView<P>::bhnd(t.data(), t.size(0), t.size(1), t.size(2), t.size(3))
+                      : HeadsView<P>::bhnd(t.data(), t.size(0), 1, t.size(1), t.size(2));
+}
+
+/// Checks that tensors of an attention call are all (B, H, N, D) or all (B, N, D).
+inline void require_heads_rank(const char* where, std::initializer_list<std::pair<const char*, Shape>> tensors) {
+  const Index rank = static_cast<Index>(tensors.begin()->second.size());
+  std::string names;
+  bool ok = rank == 3 || rank == 4;
+  for (const auto& t : tensors) {
+    ok = ok && static_cast<Index>(t.second.size()) == rank;
+    names += std::string(names.empty() ? "" : ", ") + t.first + " " + to_string(t.second);
+  }
+  require(ok, where, ": ", names, " must all be (B, H, N, D) or all (B, N, D)");
 }
 
 }  // namespace detail
@@ -108,20 +131,12 @@ void check_sdpa_options(const SdpaOptions<T>& opt, Index batch, Index heads, Ind
 template <class T>
 Tensor<T> scaled_dot_product_attention(const TensorView<const T>& q, const TensorView<const T>& k,
                                        const TensorView<const T>& v, const SdpaOptions<T>& opt = {}) {
-  constexpr const char* where = "attn::scaled_dot_product_attention";
-  const Index rank = q.dim();
-  detail::require((rank == 3 || rank == 4) && k.dim() == rank && v.dim() == rank, where,
-                  ": q ", q.shape(), ", k ", k.shape(), " and v ", v.shape(),
-                  " must all be (B, H, N, D) or all (B, N, D)");
-  auto heads = [rank](const auto& t) {
-    using P = std::remove_pointer_t<decltype(t.data())>;
-    return rank == 4 ? HeadsView<P>::bhnd(t.data(), t.size(0), t.size(1), t.size(2), t.size(3))
-                     : HeadsView<P>::bhnd(t.data(), t.size(0), 1, t.size(1), t.size(2));
-  };
+  detail::require_heads_rank("attn::scaled_dot_product_attention", {{"q", q.shape()}, {"k", k.shape()}, {"v", v.shape()}});
   Shape shape = q.shape();
   shape.back() = v.size(-1);
   auto out = Tensor<T>::uninitialized(shape);
-  scaled_dot_product_attention<T>(heads(q), heads(k), heads(v), heads(out.view()), opt);
+  scaled_dot_product_attention<T>(detail::tensor_heads(q), detail::tensor_heads(k), detail::tensor_heads(v),
+                                  detail::tensor_heads(out.view()), opt);
   return out;
 }
 

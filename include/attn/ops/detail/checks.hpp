@@ -7,10 +7,12 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <iterator>
 #include <limits>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "attn/core/attention_options.hpp"
 #include "attn/core/error.hpp"
@@ -80,22 +82,52 @@ void check_disjoint(const char* where, const char* name, const HeadsView<T>& v) 
   }
 }
 
+/// A view's name and the address range check_view found it spans.
+using NamedRange = std::pair<const char*, std::pair<const void*, const void*>>;
+
+/// Checks that output `out` does not share memory with view `in`.
+inline void require_apart(const char* where, const NamedRange& out, const NamedRange& in) {
+  const auto &a = out.second, &b = in.second;
+  std::less<const void*> before;  // a total order on pointers
+  require(a.first == nullptr || b.first == nullptr || !before(b.first, a.second) || !before(a.first, b.second), where,
+          ": ", out.first, " overlaps ", in.first, " in memory");
+}
+
+/// Checks the output views of a call: each well formed, unpaged and disjoint (check_disjoint),
+/// and apart from every input and every other output.
+template <class T>
+void check_outputs(const char* where, std::initializer_list<std::pair<const char*, HeadsView<T>>> outputs,
+                   std::initializer_list<std::pair<const char*, HeadsView<const T>>> inputs) {
+  std::vector<NamedRange> seen;
+  for (const auto& in : inputs) seen.push_back({in.first, check_view(where, in.first, in.second)});
+  for (const auto& out : outputs) {
+    const NamedRange range{out.first, check_view(where, out.first, out.second)};
+    require(!out.second.pages, where, ": ", out.first, " cannot be a paged view");
+    check_disjoint(where, out.first, out.second);
+    for (const NamedRange& other : seen) require_apart(where, range, other);
+    seen.push_back(range);
+  }
+}
+
+/// Every element of a (well formed) view set to x.
+template <class T>
+void fill_view(const HeadsView<T>& v, T x) {
+  for (Index b = 0; b < v.batch; ++b)
+    for (Index h = 0; h < v.heads; ++h)
+      for (Index n = 0; n < v.length; ++n) std::fill(v.row(b, h, n), v.row(b, h, n) + v.head_dim, x);
+}
+
 /// Checks the views of an attention call: well formed, the output disjoint and not
 /// overlapping an input, and shapes that pair up.
 template <class T, class S>
 void check_views(const char* where, const HeadsView<const T>& q, const HeadsView<const S>& k,
                  const HeadsView<const S>& v, const HeadsView<T>& out) {
-  const auto out_range = check_view(where, "output", out);
+  const NamedRange out_range{"the output", check_view(where, "output", out)};
   require(!q.pages && !out.pages, where, ": q and the output cannot be paged views (only k and v can)");
   check_disjoint(where, "output", out);
-  for (const auto& in : {std::make_pair("q", check_view(where, "q", q)), std::make_pair("k", check_view(where, "k", k)),
-                         std::make_pair("v", check_view(where, "v", v))}) {
-    const auto& r = in.second;
-    std::less<const void*> before;  // a total order on pointers
-    require(r.first == nullptr || out_range.first == nullptr || !before(r.first, out_range.second) ||
-                !before(out_range.first, r.second),
-            where, ": the output overlaps ", in.first, " in memory");
-  }
+  for (const NamedRange& in : {NamedRange{"q", check_view(where, "q", q)}, NamedRange{"k", check_view(where, "k", k)},
+                               NamedRange{"v", check_view(where, "v", v)}})
+    require_apart(where, out_range, in);
   require(k.batch == q.batch && v.batch == q.batch && k.heads == v.heads &&
               (k.heads == 0 ? q.heads == 0 : q.heads % k.heads == 0),
           where, ": q ", q.shape(), ", k ", k.shape(), " and v ", v.shape(),
@@ -169,18 +201,26 @@ struct AttentionCall {
   /// Whether adjust_logits would change something in tile t.
   bool adjusts(const Tile& t) const { return softcap > C(0) || masks.touch(t); }
   /// @brief What happens to a tile's logits between q k^T and the softmax, in this order:
-  /// soft-capping, then the masks (TileMasks::apply). Logit (r, c) of tile t is at
-  /// s[r * qs + c * ks]. Every kernel calls this one compiled copy (never inlined).
+  /// soft-capping (softcap_logits), then the masks (mask_logits). Logit (r, c) of tile t is
+  /// at s[r * qs + c * ks]. Every kernel calls this one compiled copy (never inlined); the
+  /// backward pass calls the two steps, keeping the capped logits for the cap's derivative.
   EIGEN_DONT_INLINE void adjust_logits(const Tile& t, C* s, Index qs, Index ks) const {
-    if (softcap > C(0)) {  // on lines of contiguous logits: query rows, or key columns
-      if (ks == 1)
-        for (Index r = 0; r < t.rows; ++r) softcap_inplace(s + r * qs, t.cols, softcap);
-      else if (qs == 1)
-        for (Index c = 0; c < t.cols; ++c) softcap_inplace(s + c * ks, t.rows, softcap);
-      else
-        for (Index r = 0; r < t.rows; ++r)
-          for (Index c = 0; c < t.cols; ++c) softcap_inplace(s + r * qs + c * ks, 1, softcap);
-    }
+    softcap_logits(t, s, qs, ks);
+    mask_logits(t, s, qs, ks);
+  }
+  /// The first step of adjust_logits: s = softcap * tanh(s / softcap), if soft-capping.
+  void softcap_logits(const Tile& t, C* s, Index qs, Index ks) const {
+    if (softcap <= C(0)) return;
+    if (ks == 1)  // on lines of contiguous logits: query rows, or key columns
+      for (Index r = 0; r < t.rows; ++r) softcap_inplace(s + r * qs, t.cols, softcap);
+    else if (qs == 1)
+      for (Index c = 0; c < t.cols; ++c) softcap_inplace(s + c * ks, t.rows, softcap);
+    else
+      for (Index r = 0; r < t.rows; ++r)
+        for (Index c = 0; c < t.cols; ++c) softcap_inplace(s + r * qs + c * ks, 1, softcap);
+  }
+  /// The second step of adjust_logits: the masks (TileMasks::apply), where they touch the tile.
+  void mask_logits(const Tile& t, C* s, Index qs, Index ks) const {
     if (masks.touch(t)) masks.apply(t, s, qs, ks);
   }
 
